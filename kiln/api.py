@@ -1,0 +1,436 @@
+"""The Python API the CLI wraps: resolve, key, lookup, fetch, put, ls, show, verify, gc.
+
+Nothing here imports torch or a compiler toolchain: lookups and fetches run in serving
+containers that have neither. Builds (which do) run in worker subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ._lmi import interpret, properties_from_env, read_serving_properties
+from ._models import ModelSource, resolve_model
+from .cache._store import Store
+from .errors import CorruptBlobError, NotFoundError, SpecError, ToolchainError, UnsafeManifestError
+from .manifests._index import IndexEntry, spec_differences, toolchain_differences
+from .manifests._manifest import Manifest
+from .manifests._record import make_record, utc_now
+from .spec import BuildSpec, Field, build_key, key_inputs, spec_from_fields
+from .targets import get_target
+
+__all__ = [
+    "Resolution",
+    "LookupResult",
+    "spec_from_sources",
+    "parse_toolchain_pins",
+    "resolve",
+    "compute_key",
+    "lookup",
+    "fetch",
+    "put",
+    "list_artifacts",
+    "find_artifact",
+]
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """A spec plus what its parser decided and ignored (for --explain)."""
+
+    spec: BuildSpec
+    ignored: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def spec_from_sources(
+    flags: Mapping[str, Field],
+    *,
+    from_env: bool = False,
+    env: Mapping[str, str] | None = None,
+    serving_properties: Path | None = None,
+) -> SpecSource:
+    """Merge CLI flags with an LMI env and/or serving.properties into one spec.
+
+    Precedence: explicit CLI flags > serving.properties > OPTION_* env (the file beats the
+    environment, as in DJL Serving).
+    """
+    if not from_env and serving_properties is None:
+        return SpecSource(spec_from_fields(flags))
+    props = {}
+    if from_env:
+        props.update(properties_from_env(os.environ if env is None else env))
+    if serving_properties is not None:
+        props.update(read_serving_properties(serving_properties))
+    env_map = os.environ if env is None else env
+    instance = flags.get("option.instance_type")
+    target_flag = flags.get("target")
+    from .targets.neuron import INSTANCE_CORES, normalize_instance_type
+
+    cores = None
+    if instance is not None:
+        cores = INSTANCE_CORES.get(normalize_instance_type(str(instance.value))) or _GPU_COUNTS.get(
+            normalize_instance_type(str(instance.value))
+        )
+    cfg = interpret(
+        props,
+        target=str(target_flag.value) if target_flag is not None else None,
+        instance_type=str(instance.value) if instance is not None else None,
+        instance_cores=cores,
+        serving_features=env_map.get("SERVING_FEATURES"),
+    )
+    merged = {**cfg.fields, **flags}
+    return SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes)
+
+
+# GPUs per SageMaker GPU instance type, for resolving tensor_parallel_degree=max.
+_GPU_COUNTS = {
+    "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
+    "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8, "p4d.24xlarge": 8, "p4de.24xlarge": 8,
+    "p5.48xlarge": 8, "g6.12xlarge": 4, "g6.48xlarge": 8, "g6e.12xlarge": 4, "g6e.48xlarge": 8,
+}
+
+
+def parse_toolchain_pins(pins: Iterable[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pin in pins:
+        for part in str(pin).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, version = part.partition("=")
+            if not sep or not name.strip() or not version.strip():
+                raise ToolchainError(
+                    f"--toolchain {part!r} is not NAME=VERSION; write e.g. --toolchain neuronx-cc=2.15.128 "
+                    "or --toolchain hardware=cuda-sm90."
+                )
+            out[name.strip()] = version.strip()
+    return out
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A spec resolved against its model and this machine: everything a key needs."""
+
+    spec: BuildSpec  # resolved (defaults filled)
+    model: ModelSource
+    toolchain: Mapping[str, str | None]  # None: not installed here and not pinned
+    toolchain_origin: Mapping[str, str]  # component -> "detected" / "pinned" / "unknown"
+    notes: tuple[str, ...] = ()
+    ignored: tuple[tuple[str, str], ...] = ()
+    key_options: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def complete(self) -> bool:
+        return all(v is not None for v in self.toolchain.values())
+
+    @property
+    def unknown_components(self) -> list[str]:
+        return sorted(k for k, v in self.toolchain.items() if v is None)
+
+    @property
+    def shape(self) -> dict[str, Any]:
+        return self.spec.shape_json(self.key_options)
+
+    def inputs(self) -> dict[str, Any]:
+        if not self.complete:
+            raise ToolchainError(
+                f"the {self.spec.target} toolchain is not installed here, so the key cannot be "
+                f"computed: {', '.join(self.unknown_components)} unknown. Pin it with "
+                + " ".join(f"--toolchain {c}=VERSION" for c in self.unknown_components)
+                + " (as on the build machine), or run on a machine with the toolchain."
+            )
+        return key_inputs(self.spec, self.model.tree_digest, {k: str(v) for k, v in self.toolchain.items()}, self.key_options)
+
+    @property
+    def key(self) -> str:
+        return build_key(self.inputs())
+
+    def entry_spec(self) -> dict[str, Any]:
+        return {**self.shape, "model": self.spec.model}
+
+    def model_summary(self) -> dict[str, Any]:
+        m = self.model
+        return {"tree_digest": m.tree_digest, "ref": m.ref, "repo_id": m.repo_id, "commit": m.commit}
+
+
+def resolve(
+    source: SpecSource | BuildSpec,
+    *,
+    store: Store,
+    toolchain: Mapping[str, str] | None = None,
+) -> Resolution:
+    """Resolve the model, validate the spec (fast, before any work), settle the toolchain."""
+    if isinstance(source, BuildSpec):
+        source = SpecSource(source)
+    target = get_target(source.spec.target)
+    model = resolve_model(source.spec.model, store.memo)
+    resolved = target.validate(source.spec, model.config())
+    pins = dict(toolchain or {})
+    unknown = set(pins) - set(target.components)
+    if unknown:
+        raise ToolchainError(
+            f"--toolchain {', '.join(sorted(unknown))}: not a component of the {target.name} "
+            f"toolchain; its components are {', '.join(target.components)}."
+        )
+    detected = target.detect_toolchain(resolved.spec)
+    chain: dict[str, str | None] = {}
+    origin: dict[str, str] = {}
+    for comp in target.components:
+        if comp in pins:
+            chain[comp], origin[comp] = pins[comp], "pinned"
+        elif detected.get(comp) is not None:
+            chain[comp], origin[comp] = detected[comp], "detected"
+        else:
+            chain[comp], origin[comp] = None, "unknown"
+    return Resolution(
+        spec=resolved.spec,
+        model=model,
+        toolchain=chain,
+        toolchain_origin=origin,
+        notes=source.notes + resolved.notes,
+        ignored=source.ignored,
+        key_options=target.key_options(),
+    )
+
+
+def compute_key(source: SpecSource | BuildSpec, *, store: Store, toolchain: Mapping[str, str] | None = None) -> Resolution:
+    res = resolve(source, store=store, toolchain=toolchain)
+    res.inputs()  # raises ToolchainError with the pins to add when the toolchain is unknown
+    return res
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    resolution: Resolution
+    entry: IndexEntry | None
+    manifest: Manifest | None
+    explanation: tuple[str, ...] = ()  # why a miss, and the nearest entries
+    damaged: tuple[str, ...] = ()  # loud warnings: matching artifacts that failed verification
+    notes: tuple[str, ...] = ()
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None and self.manifest is not None
+
+    def to_json(self) -> dict[str, Any]:
+        res = self.resolution
+        return {
+            "hit": self.hit,
+            "key": self.entry.key if self.entry else (res.key if res.complete else None),
+            "manifest": self.entry.manifest if self.entry else None,
+            "spec": res.entry_spec(),
+            "model": res.model_summary(),
+            "toolchain": dict(res.toolchain),
+            "toolchain_origin": dict(res.toolchain_origin),
+            "entry": self.entry.to_json() if self.entry else None,
+            "explanation": list(self.explanation),
+            "damaged": list(self.damaged),
+            "notes": list(res.notes) + list(self.notes),
+        }
+
+
+def _matches(res: Resolution, entry: IndexEntry) -> bool:
+    if {k: v for k, v in entry.spec.items() if k != "model"} != res.shape:
+        return False
+    return not toolchain_differences(res.toolchain, entry.toolchain)
+
+
+def lookup(res: Resolution, *, store: Store) -> LookupResult:
+    """Exact lookup when the toolchain is known (one read), else a query over the model's entries.
+
+    A matching artifact whose files fail verification is a loud miss, never a silent hit.
+    """
+    model_hex = res.model.tree_digest.split(":", 1)[1]
+    candidates: list[IndexEntry]
+    notes: list[str] = []
+    if res.complete:
+        exact = store.get_entry(model_hex, res.key)
+        candidates = [exact] if exact is not None else []
+    else:
+        candidates = sorted(
+            (e for e in store.iter_entries(model_hex) if _matches(res, e)),
+            key=lambda e: e.created,
+            reverse=True,
+        )
+        if candidates:
+            notes.append(
+                f"toolchain not installed here ({', '.join(res.unknown_components)} unconstrained): "
+                f"{len(candidates)} matching artifact(s), newest chosen; pin --toolchain to choose another"
+            )
+    damaged: list[str] = []
+    for entry in candidates:
+        try:
+            manifest = store.check_artifact(entry)
+        except (CorruptBlobError, NotFoundError, UnsafeManifestError) as e:
+            damaged.append(f"artifact {entry.key[:12]} matches but failed verification: {e}")
+            continue
+        store.touch(entry)
+        return LookupResult(res, entry, manifest, (), tuple(damaged), tuple(notes))
+    return LookupResult(res, None, None, tuple(explain_miss(res, store=store)), tuple(damaged), tuple(notes))
+
+
+def explain_miss(res: Resolution, *, store: Store, limit: int = 3) -> list[str]:
+    """The closest cached entries and exactly which fields differ (invariant 6)."""
+    model_hex = res.model.tree_digest.split(":", 1)[1]
+    want = res.shape
+    scored = []
+    for e in store.iter_entries(model_hex):
+        if e.spec.get("target") != res.spec.target:
+            continue
+        have = {k: v for k, v in e.spec.items() if k != "model"}
+        diffs = spec_differences(want, have) + toolchain_differences(res.toolchain, e.toolchain)
+        scored.append((len(diffs), e.created, e, diffs))
+    lines: list[str] = []
+    if scored:
+        scored.sort(key=lambda t: (t[0], t[1]))
+        lines.append(f"{len(scored)} {res.spec.target} artifact(s) for this model in {store.root}; nearest:")
+        for _, _, e, diffs in scored[:limit]:
+            lines.append(f"  {e.key[:12]}: " + "; ".join(diffs or ["identical spec (damaged artifact?)"]))
+        only_toolchain = all(all(d.startswith("toolchain") for d in t[3]) for t in scored[:1])
+        if only_toolchain:
+            lines.append(
+                "The nearest differs only in toolchain: engines are tied to the compiler version and "
+                "hardware they were built with; rebuild here with `kiln build`, or deploy where that "
+                "toolchain runs."
+            )
+        else:
+            lines.append("Rebuild for this spec with `kiln build`, or change the deployment config to match an entry.")
+        return lines
+    others = [
+        e for e in store.iter_entries()
+        if e.model_hex != model_hex and (
+            (res.model.repo_id and e.model.get("repo_id") == res.model.repo_id) or e.model.get("ref") == res.model.ref
+        )
+    ]
+    if others:
+        e = max(others, key=lambda x: x.created)
+        lines.append(
+            f"{len(others)} artifact(s) exist for {res.model.ref} but with other weights: want tree "
+            f"{res.model.tree_digest[:19]} (commit {res.model.commit or 'local'}), nearest has "
+            f"{str(e.model.get('tree_digest'))[:19]} (commit {e.model.get('commit') or 'local'}). "
+            "Weights changed since they were built; rebuild with `kiln build`."
+        )
+        return lines
+    lines.append(
+        f"no {res.spec.target} artifact for this model ({res.model.tree_digest[:19]}) in {store.root}; "
+        "build one with `kiln build`."
+    )
+    return lines
+
+
+def fetch(res: Resolution, dest: Path, *, store: Store, replace: bool = False, copy: bool = False) -> tuple[LookupResult, Path | None]:
+    """Lookup, then materialise a hit into ``dest`` (hard links where possible)."""
+    result = lookup(res, store=store)
+    if not result.hit:
+        return result, None
+    assert result.manifest is not None
+    try:
+        path = store.materialize(result.manifest, dest, replace=replace, copy=copy)
+    except CorruptBlobError as e:
+        damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed verification while fetched: {e}",)  # type: ignore[union-attr]
+        return LookupResult(res, None, None, tuple(explain_miss(res, store=store)), damaged), None
+    return result, path
+
+
+# --------------------------------------------------------------------------- put / query
+
+
+def put(
+    res: Resolution,
+    artifact_dir: Path,
+    *,
+    store: Store,
+    duration_s: float = 0.0,
+    started: str | None = None,
+    move: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    command: Sequence[str] | None = None,
+) -> IndexEntry:
+    """Publish a directory as the artifact for ``res`` (blobs, manifest, index entry last)."""
+    inputs = res.inputs()
+    key = build_key(inputs)
+    record = make_record(
+        key=key,
+        inputs=inputs,
+        spec=res.spec.to_json(),
+        model=res.model.to_json(),
+        toolchain={k: str(v) for k, v in res.toolchain.items()},
+        started=started or utc_now(),
+        duration_s=duration_s,
+        notes=res.notes,
+        command=command,
+        extra=extra,
+    )
+    return store.publish(
+        artifact_dir,
+        key=key,
+        spec=res.entry_spec(),
+        model=res.model_summary(),
+        toolchain={k: str(v) for k, v in res.toolchain.items()},
+        record=record,
+        move=move,
+    )
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters for `kiln ls` / queries: every field optional."""
+
+    model_hex: str | None = None
+    ref: str | None = None
+    target: str | None = None
+    n_positions: int | None = None
+    batch_size: int | None = None
+    tp_degree: int | None = None
+    dtype: str | None = None
+    toolchain: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, e: IndexEntry) -> bool:
+        s = e.spec
+        if self.ref is not None and self.ref not in (e.model.get("ref"), e.model.get("repo_id")):
+            return False
+        for name in ("target", "n_positions", "batch_size", "tp_degree", "dtype"):
+            want = getattr(self, name)
+            if want is not None and s.get(name) != want:
+                return False
+        return all(e.toolchain.get(k) == v for k, v in self.toolchain.items())
+
+
+def list_artifacts(store: Store, query: Query | None = None) -> list[IndexEntry]:
+    query = query or Query()
+    entries = [e for e in store.iter_entries(query.model_hex) if query.matches(e)]
+    return sorted(entries, key=lambda e: e.created, reverse=True)
+
+
+def find_artifact(store: Store, ref: str) -> IndexEntry:
+    """An entry by key (or unique key prefix of at least 6 hex digits) or manifest digest."""
+    ref = ref.strip().lower()
+    wanted = ref[len("sha256:"):] if ref.startswith("sha256:") else ref
+    if len(wanted) < 6:
+        raise SpecError(f"{ref!r} is too short to name an artifact; give at least 6 hex digits of its key.")
+    found = [
+        e for e in store.iter_entries()
+        if e.key.startswith(wanted) or e.manifest.split(":", 1)[1].startswith(wanted)
+    ]
+    if not found:
+        raise NotFoundError(f"no artifact with key or manifest digest starting {wanted!r} in {store.root}; see `kiln ls`.")
+    if len({e.key for e in found}) > 1:
+        raise SpecError(f"{wanted!r} matches {len(found)} artifacts; give more digits of the key.")
+    return found[0]
+
+
+
+

@@ -1,0 +1,53 @@
+"""Small filesystem primitives the store's crash safety rests on.
+
+Every file that becomes visible under a final name is first written in full to a temporary
+name *in the same directory tree* (same filesystem), fsynced, and then renamed: rename is
+atomic on POSIX filesystems, NFS included, so a reader sees the old state or the new state,
+never a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(final: Path) -> Path:
+    # Hidden, unique, and in the final directory, so the rename never crosses filesystems.
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def atomic_write_bytes(final: Path, data: bytes, *, mode: int = 0o644, durable: bool = False) -> None:
+    """Write ``data`` to ``final`` so that readers see all of it or none of it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        fsync_dir(final.parent)

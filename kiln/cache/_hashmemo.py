@@ -1,0 +1,71 @@
+"""sha256 of local files, memoised by (device, inode, size, mtime_ns, ctime_ns).
+
+Model directories hold multi-GB weights; hashing them on every `kiln key` would cost
+seconds to minutes. A file whose inode, size, mtime and ctime are unchanged still has the
+same bytes (ctime cannot be set from user space, so even a write followed by a `touch -d`
+back-dating the mtime changes the signature). Memo entries are tiny files written with an
+atomic rename, so concurrent writers never leave a half-written entry; a missing or
+unreadable entry only means hashing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ._fsutil import atomic_write_bytes
+
+CHUNK = 8 * 1024 * 1024
+
+
+def stat_signature(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Hex sha256 and byte count of a file, read once."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+            size += n
+    return h.hexdigest(), size
+
+
+class HashMemo:
+    """Memoised file hashing; ``root=None`` disables the memo (always hashes)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self.hashed_bytes = 0  # bytes actually read, for tests and progress
+
+    def _entry(self, signature: str) -> Path:
+        assert self.root is not None
+        name = hashlib.sha256(signature.encode()).hexdigest()
+        return self.root / name[:2] / name
+
+    def sha256(self, path: Path) -> str:
+        st = os.stat(path)
+        signature = stat_signature(st)
+        if self.root is not None:
+            try:
+                cached = self._entry(signature).read_text().strip()
+                if len(cached) == 64:
+                    return cached
+            except OSError:
+                pass
+        digest, size = sha256_file(path)
+        self.hashed_bytes += size
+        if self.root is not None and os.stat(path).st_mtime_ns == st.st_mtime_ns:
+            try:
+                atomic_write_bytes(self._entry(signature), digest.encode())
+            except OSError:
+                pass  # a read-only store still hashes correctly, just without the memo
+        return digest

@@ -1,0 +1,438 @@
+"""`kiln` command line: parse, call kiln.api, print (rich tables or --json).
+
+Exit codes: 0 success / hit, 1 miss (lookup, fetch, ensure), 2 or more errors — grep's
+convention. Errors Kiln raises on purpose print one message saying what to do, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+
+from . import __version__
+from .errors import KilnError
+from .spec import Field
+
+# --------------------------------------------------------------------------- output helpers
+
+
+def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _human_size(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _age(created: str) -> str:
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return "?"
+    s = (datetime.now(timezone.utc) - t).total_seconds()
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if s >= size:
+            return f"{int(s // size)}{unit}"
+    return f"{int(s)}s"
+
+
+def _parse_size(text: str) -> int:
+    t = text.strip().upper().replace("IB", "").replace("B", "")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size; write e.g. 500M, 20G or 1T.") from None
+
+
+def _parse_duration(text: str) -> float:
+    t = text.strip().lower()
+    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if t and t[-1] in mult:
+            return float(t[:-1]) * mult[t[-1]]
+        return float(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration; write e.g. 30m, 12h or 7d.") from None
+
+
+# --------------------------------------------------------------------------- group
+
+
+class KilnGroup(click.Group):
+    """Turns Kiln's own errors into one clear line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KilnError as e:
+            click.echo(f"kiln: error: {e}", err=True)
+            tail = getattr(e, "log_tail", "")
+            if tail:
+                click.echo("--- worker log (tail) ---\n" + tail, err=True)
+            ctx.exit(e.exit_code)
+        except OSError as e:  # permissions, full disks, vanished files
+            click.echo(f"kiln: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="kiln")
+@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="KILN_HOME",
+              help="Local store directory [env: KILN_HOME; default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].")
+@click.pass_context
+def cli(ctx: click.Context, store_path: Path | None) -> None:
+    """Build LLM engines ahead of time; keep them in a content-addressed store; find them fast."""
+    from .cache._store import Store
+
+    ctx.obj = Store(store_path)
+
+
+def _store(ctx: click.Context):  # type: ignore[no-untyped-def]
+    return ctx.find_root().obj
+
+
+# --------------------------------------------------------------------------- spec options
+
+_SPEC_FLAGS = {
+    "target": "--target",
+    "n_positions": "--n-positions",
+    "batch_size": "--batch-size",
+    "tp_degree": "--tp-degree",
+    "dtype": "--dtype",
+    "smoothquant_alpha": "--smoothquant",
+    "per_token": "--per-token",
+    "per_channel": "--per-channel",
+    "int8_kv_cache": "--int8-kv-cache",
+}
+
+
+def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The spec flags every command accepts (or --from-env / --serving-properties instead)."""
+    options = [
+        click.argument("model", required=False),
+        click.option("--target", "-t", help="torch-aoti, trtllm or neuron."),
+        click.option("--n-positions", help="Max input + output tokens the engine is compiled for."),
+        click.option("--batch-size", help="Batch size (LMI: max_rolling_batch_size)."),
+        click.option("--tp-degree", help="Tensor-parallel degree."),
+        click.option("--dtype", help="fp32, fp16 or bf16 (float32/float16/bfloat16 accepted)."),
+        click.option("--smoothquant", "smoothquant_alpha", metavar="ALPHA", help="SmoothQuant with this alpha in [0, 1] (trtllm)."),
+        click.option("--per-token", is_flag=True, default=None, help="SmoothQuant per-token activation scales."),
+        click.option("--per-channel", is_flag=True, default=None, help="SmoothQuant per-channel weight scales."),
+        click.option("--int8-kv-cache", is_flag=True, default=None, help="INT8 KV cache (trtllm)."),
+        click.option("--instance-type", help="Instance type, e.g. ml.inf2.24xlarge (validation, hardware class, tp=max)."),
+        click.option("--option", "-o", "target_options", multiple=True, metavar="NAME=VALUE", help="Target option, e.g. gqa_strategy=shard-over-heads."),
+        click.option("--from-env", is_flag=True, help="Read SageMaker LMI OPTION_* / HF_MODEL_ID environment variables."),
+        click.option("--serving-properties", type=click.Path(path_type=Path), metavar="FILE", help="Read an LMI serving.properties file."),
+        click.option("--toolchain", "toolchain_pins", multiple=True, metavar="NAME=VERSION", help="Pin a toolchain component (e.g. neuronx-cc=2.15.128, hardware=cuda-sm90)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _resolution(ctx: click.Context, kw: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """Spec flags → api.Resolution (model resolved, validated, toolchain settled)."""
+    from .api import parse_toolchain_pins, resolve, spec_from_sources
+
+    flags: dict[str, Field] = {}
+    model = kw.pop("model", None)
+    if model is not None:
+        flags["model"] = Field(model, "MODEL")
+    for name, flag in _SPEC_FLAGS.items():
+        value = kw.pop(name, None)
+        if value is not None:
+            flags[name] = Field(value, flag)
+    instance = kw.pop("instance_type", None)
+    if instance:
+        flags["option.instance_type"] = Field(instance, "--instance-type")
+    for item in kw.pop("target_options", ()):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--option")
+        flags[f"option.{name.strip()}"] = Field(value, f"--option {name.strip()}")
+    from_env = kw.pop("from_env", False)
+    props = kw.pop("serving_properties", None)
+    pins = parse_toolchain_pins(kw.pop("toolchain_pins", ()))
+    source = spec_from_sources(flags, from_env=from_env, serving_properties=props)
+    return resolve(source, store=_store(ctx), toolchain=pins)
+
+
+def _explain_lines(res: Any) -> list[str]:
+    lines = [f"model        {res.model.ref}  ({res.model.kind}{', commit ' + res.model.commit if res.model.commit else ''})",
+             f"tree digest  {res.model.tree_digest}  ({len(res.model.files)} files)"]
+    for k, v in res.shape.items():
+        lines.append(f"spec.{k:<12} {json.dumps(v, sort_keys=True) if isinstance(v, dict) or v is None else v}")
+    for k, v in res.toolchain.items():
+        lines.append(f"toolchain.{k:<9} {v if v is not None else '(unknown)'}  [{res.toolchain_origin[k]}]")
+    for n in res.notes:
+        lines.append(f"note         {n}")
+    for src, value in res.ignored:
+        lines.append(f"ignored      {src}={value}  (does not change the engine)")
+    return lines
+
+
+# --------------------------------------------------------------------------- key
+
+
+@cli.command()
+@spec_options
+@click.option("--explain", is_flag=True, help="Show every key input and what was ignored.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def key(ctx: click.Context, explain: bool, as_json: bool, **kw: Any) -> None:
+    """Print the build key of MODEL with the given spec."""
+    res = _resolution(ctx, kw)
+    inputs = res.inputs()
+    if as_json:
+        out: dict[str, Any] = {"key": res.key}
+        if explain:
+            out.update(inputs=inputs, notes=list(res.notes), ignored=[{"source": s, "value": v} for s, v in res.ignored],
+                       toolchain_origin=dict(res.toolchain_origin))
+        _print_json(out)
+        return
+    click.echo(res.key)
+    if explain:
+        for line in _explain_lines(res):
+            click.echo(line)
+
+
+# --------------------------------------------------------------------------- lookup / fetch
+
+
+def _report_lookup(result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    for d in result.damaged:
+        click.echo(f"kiln: WARNING: {d}", err=True)
+    if as_json:
+        data = result.to_json()
+        data.update(extra or {})
+        _print_json(data)
+        return
+    if result.hit:
+        e = result.entry
+        click.echo(f"hit {e.key}  {e.spec['target']} n_positions={e.spec['n_positions']} batch_size={e.spec['batch_size']} "
+                   f"tp={e.spec['tp_degree']} dtype={e.spec['dtype']}  {_human_size(e.size)}  built {_age(e.created)} ago")
+        for n in result.notes:
+            click.echo(f"note: {n}")
+        for k, v in (extra or {}).items():
+            click.echo(f"{k}: {v}")
+    else:
+        click.echo(f"miss: no artifact for {result.resolution.model.ref} with {result.resolution.spec.summary()}")
+        for line in result.explanation:
+            click.echo(line)
+
+
+@cli.command()
+@spec_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def lookup(ctx: click.Context, as_json: bool, **kw: Any) -> None:
+    """Find the artifact for a spec. Exit 0 on a hit, 1 on a miss (with the nearest entries), 2+ on errors."""
+    from . import api
+
+    res = _resolution(ctx, kw)
+    result = api.lookup(res, store=_store(ctx))
+    _report_lookup(result, as_json)
+    ctx.exit(0 if result.hit else 1)
+
+
+@cli.command()
+@spec_options
+@click.option("--dest", required=True, type=click.Path(path_type=Path), help="Directory to materialise the artifact into.")
+@click.option("--force", is_flag=True, help="Replace DEST if it is not empty.")
+@click.option("--copy", is_flag=True, help="Copy files instead of hard-linking them from the store.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def fetch(ctx: click.Context, dest: Path, force: bool, copy: bool, as_json: bool, **kw: Any) -> None:
+    """Look a spec up and materialise the hit into --dest (hard links where possible). Exit 1 on a miss."""
+    from . import api
+
+    res = _resolution(ctx, kw)
+    t0 = time.monotonic()
+    result, path = api.fetch(res, dest, store=_store(ctx), replace=force, copy=copy)
+    extra = {"dest": str(path), "seconds": round(time.monotonic() - t0, 3)} if path else {}
+    _report_lookup(result, as_json, extra)
+    ctx.exit(0 if result.hit and path else 1)
+
+
+# --------------------------------------------------------------------------- ls / show
+
+
+@cli.command(name="ls")
+@click.option("--model", "model_ref", help="Only artifacts of this model ref or Hub id.")
+@click.option("--target", "-t")
+@click.option("--n-positions", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--tp-degree", type=int)
+@click.option("--dtype")
+@click.option("--toolchain", "toolchain_pins", multiple=True, metavar="NAME=VERSION")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_positions: int | None,
+           batch_size: int | None, tp_degree: int | None, dtype: str | None, toolchain_pins: Sequence[str], as_json: bool) -> None:
+    """List artifacts in the store (filter by any field)."""
+    from .api import Query, list_artifacts, parse_toolchain_pins
+    from .spec import normalize_dtype, normalize_target
+
+    q = Query(
+        ref=model_ref,
+        target=normalize_target(target, "--target") if target else None,
+        n_positions=n_positions, batch_size=batch_size, tp_degree=tp_degree,
+        dtype=normalize_dtype(dtype, "--dtype") if dtype else None,
+        toolchain=parse_toolchain_pins(toolchain_pins),
+    )
+    entries = list_artifacts(_store(ctx), q)
+    if as_json:
+        _print_json([e.to_json() for e in entries])
+        return
+    if not entries:
+        click.echo(f"no artifacts in {_store(ctx).root}" + (" matching the filters" if q != Query() else ""))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("key", "model", "target", "shape", "dtype", "quant", "size", "age"):
+        table.add_column(col, justify="right" if col in ("size", "age") else "left")
+    for e in entries:
+        s = e.spec
+        from .spec import Quantization
+
+        table.add_row(
+            e.key[:12], str(e.model.get("repo_id") or e.model.get("ref")), s["target"],
+            f"{s['n_positions']}x{s['batch_size']} tp{s['tp_degree']}", s["dtype"],
+            Quantization.from_json(s.get("quantization")).describe(), _human_size(e.size), _age(e.created),
+        )
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and build record as JSON.")
+@click.pass_context
+def show(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Show one artifact (REF: key or key prefix, or manifest digest): files, spec, toolchain, provenance."""
+    from .api import find_artifact
+
+    store = _store(ctx)
+    entry = find_artifact(store, ref)
+    manifest = store.read_manifest(entry.manifest)
+    record = store.read_record(manifest)
+    if as_json:
+        _print_json({"entry": entry.to_json(), "manifest": manifest.to_json(), "record": record})
+        return
+    click.echo(f"key        {entry.key}")
+    click.echo(f"manifest   {entry.manifest}")
+    click.echo(f"model      {entry.model.get('ref')}  {entry.model.get('tree_digest')}")
+    click.echo(f"spec       {json.dumps({k: v for k, v in entry.spec.items() if k != 'model'}, sort_keys=True)}")
+    click.echo(f"toolchain  {json.dumps(entry.toolchain, sort_keys=True)}")
+    prov = record.get("provenance", {})
+    click.echo(f"built      {prov.get('started')} on {prov.get('host')} in {prov.get('duration_s')} s (kiln {prov.get('kiln_version')})")
+    click.echo(f"files      {len(manifest.files)}, {_human_size(manifest.total_size)}")
+    for f in manifest.files:
+        click.echo(f"  {f.digest[7:19]}  {_human_size(f.size):>10}  {f.path}")
+
+
+# --------------------------------------------------------------------------- verify / gc
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Re-hash every blob and check every artifact; exit 1 if anything is corrupt or missing."""
+    report = _store(ctx).verify()
+    if as_json:
+        _print_json({"ok": report.ok, "blobs_checked": report.blobs_checked, "bytes_checked": report.bytes_checked,
+                     "entries_checked": report.entries_checked, "corrupt": list(report.corrupt), "missing": list(report.missing)})
+    else:
+        for line in report.corrupt + report.missing:
+            click.echo(f"kiln: CORRUPT: {line}", err=True)
+        click.echo(f"{'ok' if report.ok else 'FAILED'}: {report.blobs_checked} blobs ({_human_size(report.bytes_checked)}), "
+                   f"{report.entries_checked} artifacts checked; {len(report.corrupt)} corrupt, {len(report.missing)} missing")
+    ctx.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.option("--max-size", help="Evict least recently used artifacts until the store is at most this size (e.g. 50G).")
+@click.option("--older-than", help="Evict artifacts not used for this long (e.g. 30d, 12h).")
+@click.option("--dry-run", is_flag=True, help="Show the plan; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def gc(ctx: click.Context, max_size: str | None, older_than: str | None, dry_run: bool, as_json: bool) -> None:
+    """Remove unreferenced blobs and temp leftovers; with --max-size/--older-than, evict LRU artifacts."""
+    store = _store(ctx)
+    plan = store.gc(
+        max_size=_parse_size(max_size) if max_size else None,
+        older_than=_parse_duration(older_than) if older_than else None,
+        dry_run=dry_run,
+    )
+    verb = "would remove" if dry_run else "removed"
+    if as_json:
+        _print_json({
+            "dry_run": dry_run,
+            "evicted": [e.to_json() for e in plan.entries],
+            "blobs": [{"digest": d, "size": s} for d, s in plan.blobs],
+            "temp_paths": [str(p) for p in plan.temp_paths],
+            "bytes_freed": plan.blob_bytes,
+            "bytes_kept": plan.kept_bytes,
+        })
+        return
+    for e in plan.entries:
+        click.echo(f"{verb} artifact {e.key[:12]} {e.spec.get('model')} {e.spec.get('target')} ({_human_size(e.size)}, used {_age(e.created)} ago)")
+    click.echo(f"{verb} {len(plan.entries)} artifacts, {len(plan.blobs)} unreferenced blobs ({_human_size(plan.blob_bytes)}), "
+               f"{len(plan.temp_paths)} temp leftovers; {_human_size(plan.kept_bytes)} kept")
+
+
+# --------------------------------------------------------------------------- store (developer commands)
+
+
+@cli.group()
+def store() -> None:
+    """Developer commands on the local store."""
+
+
+@store.command(name="put")
+@click.argument("artifact_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@spec_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def store_put(ctx: click.Context, artifact_dir: Path, as_json: bool, **kw: Any) -> None:
+    """Publish ARTIFACT_DIR as the artifact of MODEL + spec (as a build would, without compiling)."""
+    from . import api
+
+    res = _resolution(ctx, kw)
+    t0 = time.monotonic()
+    entry = api.put(res, artifact_dir, store=_store(ctx), duration_s=0.0)
+    if as_json:
+        _print_json({"key": entry.key, "manifest": entry.manifest, "size": entry.size, "files": entry.files,
+                     "seconds": round(time.monotonic() - t0, 3)})
+    else:
+        click.echo(f"published {entry.key}  {entry.files} files, {_human_size(entry.size)}  manifest {entry.manifest}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="kiln")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

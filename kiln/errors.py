@@ -1,0 +1,96 @@
+"""Every error Kiln raises on purpose derives from :class:`KilnError`.
+
+The tree (subclasses also derive from a stdlib type where that is natural, so callers
+that already catch ``ValueError`` or ``FileNotFoundError`` keep working)::
+
+    KilnError
+    ├── SpecError (ValueError)            a build spec, flag, env var or property is bad
+    │   └── ConfigSourceError             a serving.properties / OPTION_* value Kiln cannot honour
+    ├── ModelError                        a model ref cannot be resolved or read
+    │   └── ModelNotFoundError (FileNotFoundError)
+    ├── ValidationError (ValueError)      a spec does not fit the model or the target
+    ├── ToolchainError                    a target's toolchain is missing or cannot be detected
+    ├── StoreError                        the store is unusable (permissions, layout)
+    │   ├── CorruptBlobError              a blob does not match its digest or size
+    │   ├── UnsafeManifestError           a manifest that must not be trusted (paths, sizes)
+    │   └── NotFoundError (LookupError)   no artifact for a digest/key that must exist
+    └── BuildError                        a build failed; carries the worker's log tail
+
+Every message says what was wrong and what to do next. The CLI prints the message (no
+traceback) and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KilnError",
+    "SpecError",
+    "ConfigSourceError",
+    "ModelError",
+    "ModelNotFoundError",
+    "ValidationError",
+    "ToolchainError",
+    "StoreError",
+    "CorruptBlobError",
+    "UnsafeManifestError",
+    "NotFoundError",
+    "BuildError",
+]
+
+
+class KilnError(Exception):
+    """Root of every error Kiln raises on purpose."""
+
+    exit_code = 2
+
+
+class SpecError(KilnError, ValueError):
+    """A build spec field, CLI flag, environment variable or property has a bad value."""
+
+
+class ConfigSourceError(SpecError):
+    """A value in serving.properties or OPTION_* that Kiln cannot honour."""
+
+
+class ModelError(KilnError):
+    """A model ref cannot be resolved or its files cannot be read."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """A model ref names nothing on disk or in the local Hugging Face cache."""
+
+
+class ValidationError(KilnError, ValueError):
+    """A spec that does not fit the model or the target."""
+
+
+class ToolchainError(KilnError):
+    """A target's toolchain is missing, or a toolchain pin is malformed."""
+
+
+class StoreError(KilnError):
+    """The store cannot be used."""
+
+
+class CorruptBlobError(StoreError):
+    """A blob's bytes do not match its digest or declared size."""
+
+    def __init__(self, message: str, digest: str = "") -> None:
+        super().__init__(message)
+        self.digest = digest
+
+
+class UnsafeManifestError(StoreError, ValueError):
+    """A manifest that Kiln refuses to trust (unsafe paths, unbounded sizes, bad digests)."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """A digest, key or artifact that was asked for by name is not in the store."""
+
+
+class BuildError(KilnError):
+    """A build failed; ``log_tail`` holds the end of the worker's log when there is one."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail

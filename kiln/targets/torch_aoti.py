@@ -1,0 +1,34 @@
+"""`torch-aoti`: torch.export (strict) + AOTInductor packages, CPU (tested here) and CUDA.
+
+This module is the light half (metadata, toolchain, validation); the compile and the loader
+live in :mod:`kiln.targets._aoti_engine`, imported only inside worker processes and engine
+loaders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec import BuildSpec
+from ._base import Target, TargetOption
+from ._hardware import cpu_class, cuda_class
+
+
+@dataclass(frozen=True)
+class TorchAotiTarget(Target):
+    def hardware(self, spec: BuildSpec) -> str | None:
+        return cuda_class() if spec.option("device", "cpu") == "cuda" else cpu_class()
+
+
+TORCH_AOTI = TorchAotiTarget(
+    name="torch-aoti",
+    description="torch.export + AOTInductor .pt2 engine with a static KV cache (CPU or CUDA)",
+    # transformers is in the toolchain because its model code is what gets exported.
+    packages={"torch": "torch", "transformers": "transformers"},
+    dtypes=("fp32", "bf16", "fp16"),
+    default_dtype="fp32",
+    architectures=("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM"),
+    max_tp_degree=1,
+    options=(TargetOption("device", "where the engine runs: cpu or cuda", choices=("cpu", "cuda")),),
+    install_hint="pip install 'kiln[torch]' (install torch first from the wheel for your platform)",
+)
