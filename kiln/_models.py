@@ -146,6 +146,17 @@ def _hash_tree(root: Path, memo: HashMemo, *, trust_lfs_names: bool) -> list[Mod
     return files
 
 
+def _hf_cache_dir() -> str:
+    # Read at call time: huggingface_hub reads these once at import, which would pin a
+    # long-lived process (or a test session) to the first value it saw.
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "huggingface", "hub")
+
+
 def resolve_model(ref: str, memo: HashMemo | None = None) -> ModelSource:
     memo = memo or HashMemo(None)
     kind, where, revision = parse_model_ref(ref)
@@ -161,7 +172,9 @@ def resolve_model(ref: str, memo: HashMemo | None = None) -> ModelSource:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     try:
-        snapshot = Path(snapshot_download(where, revision=revision, local_files_only=offline))
+        snapshot = Path(
+            snapshot_download(where, revision=revision, local_files_only=offline, cache_dir=_hf_cache_dir())
+        )
     except LocalEntryNotFoundError:
         raise ModelNotFoundError(
             f"model {where}{'@' + revision if revision else ''} is neither a local directory nor in "

@@ -154,13 +154,22 @@ class Store:
         final = self.blob_path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
-        if final.exists():
+        if self._blob_ok(digest, os.stat(tmp).st_size):
             # Identical bytes are already there; keep the existing inode (it may be
             # hard-linked into materialised artifacts).
             os.unlink(tmp)
-        else:
-            os.replace(tmp, final)
+            return
+        # Absent, or damaged (check_blob moved it to quarantine): publishing the same bytes
+        # again must repair the store, not keep a bad blob because its name exists.
+        os.replace(tmp, final)
         self._restamp(digest)
+
+    def _blob_ok(self, digest: str, size: int) -> bool:
+        try:
+            self.check_blob(digest, size)  # stamp fast path; re-hashes only a changed blob
+        except (NotFoundError, CorruptBlobError):
+            return False
+        return True
 
     def _new_temp(self) -> Path:
         import secrets
@@ -213,7 +222,7 @@ class Store:
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if not self.has_blob(digest, len(data)):
+        if not self._blob_ok(digest, len(data)):
             tmp = self._new_temp()
             try:
                 with open(tmp, "wb") as f:

@@ -133,6 +133,9 @@ class Manifest:
             raw = json.loads(data)
         except ValueError as e:
             raise UnsafeManifestError(f"manifest is not JSON: {e}") from None
+        except RecursionError:
+            # json raises RecursionError, not ValueError, on deeply nested input.
+            raise UnsafeManifestError("manifest JSON is nested too deeply to be a manifest.") from None
         if not isinstance(raw, dict) or raw.get("mediaType") != MANIFEST_MEDIA_TYPE or raw.get("schemaVersion") != 2:
             raise UnsafeManifestError("not an OCI image manifest (mediaType/schemaVersion).")
         if raw.get("artifactType") != ARTIFACT_TYPE:
@@ -154,7 +157,10 @@ class Manifest:
         for i, layer in enumerate(layers):
             if not isinstance(layer, dict):
                 raise UnsafeManifestError(f"layer {i} is not an object.")
-            path = safe_relpath((layer.get("annotations") or {}).get(TITLE))
+            layer_annotations = layer.get("annotations") or {}
+            if not isinstance(layer_annotations, dict):
+                raise UnsafeManifestError(f"layer {i} annotations are not an object.")
+            path = safe_relpath(layer_annotations.get(TITLE))
             if path in seen:
                 raise UnsafeManifestError(f"file path {path!r} appears twice.")
             seen.add(path)
