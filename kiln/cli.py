@@ -275,6 +275,106 @@ def fetch(ctx: click.Context, dest: Path, force: bool, copy: bool, as_json: bool
     ctx.exit(0 if result.hit and path else 1)
 
 
+# --------------------------------------------------------------------------- build / generate
+
+
+class _StageReporter:
+    """Progress for long steps on stderr: a spinner on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.t0 = time.monotonic()
+        self.status = None
+        if not quiet and sys.stderr.isatty():
+            self.status = _console(stderr=True).status("resolving")
+            self.status.start()
+
+    def __call__(self, stage: str) -> None:
+        if self.quiet:
+            return
+        text = f"[{time.monotonic() - self.t0:6.1f}s] {stage}"
+        if self.status is not None:
+            self.status.update(text)
+        else:
+            click.echo(text, err=True)
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+@cli.command()
+@spec_options
+@click.option("--force", is_flag=True, help="Build even if the store already has the artifact.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
+@click.pass_context
+def build(ctx: click.Context, force: bool, as_json: bool, **kw: Any) -> None:
+    """Build the engine for a spec (a hit returns at once) and publish it into the store."""
+    from .compile import build as run_build
+
+    reporter = _StageReporter(quiet=as_json)
+    try:
+        reporter("resolve model and validate spec")
+        res = _resolution(ctx, kw)
+        result = run_build(res, store=_store(ctx), force=force, on_stage=reporter)
+    finally:
+        reporter.stop()
+    if as_json:
+        _print_json(result.to_json())
+        return
+    e = result.entry
+    how = "cache hit: nothing compiled" if result.hit else "built and published"
+    if result.waited_for_peer:
+        how += " (by another process while this one waited)"
+    click.echo(f"{how} in {result.seconds:.2f} s")
+    click.echo(f"key       {e.key}")
+    click.echo(f"spec      {res.spec.summary()}")
+    click.echo(f"artifact  {e.files} files, {_human_size(e.size)}  (manifest {e.manifest[:19]})")
+    if result.stages:
+        click.echo("stages    " + ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items() if v >= 0.05))
+
+
+@cli.command()
+@spec_options
+@click.option("--prompt", "-p", required=True, help="Text to complete (a chat template is applied when the tokenizer has one).")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--raw", is_flag=True, help="Do not apply the tokenizer's chat template.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def generate(ctx: click.Context, prompt: str, max_new_tokens: int, raw: bool, as_json: bool, **kw: Any) -> None:
+    """Load a stored torch-aoti engine (no compile) and greedy-decode a completion of --prompt."""
+    from ._engines import load_engine
+
+    t0 = time.monotonic()
+    res = _resolution(ctx, kw)
+    loaded = load_engine(res, store=_store(ctx))
+    t_load = time.monotonic() - t0
+    tok = loaded.tokenizer()
+    if not raw and getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt")
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    else:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[0] != loaded.engine.batch_size:
+        ids = ids.repeat(loaded.engine.batch_size, 1)
+    t1 = time.monotonic()
+    try:
+        out = loaded.engine.generate(ids, max_new_tokens)
+    except ValueError as e:  # prompt too long for the engine, and the like
+        from .errors import SpecError
+
+        raise SpecError(str(e)) from None
+    t_gen = time.monotonic() - t1
+    new = out[0, ids.shape[1]:]
+    text = tok.decode(new, skip_special_tokens=True)
+    if as_json:
+        _print_json({"key": loaded.lookup.entry.key, "text": text, "new_tokens": int(new.numel()),  # type: ignore[union-attr]
+                     "load_seconds": round(t_load, 3), "generate_seconds": round(t_gen, 3)})
+        return
+    click.echo(text)
+    click.echo(f"[{int(new.numel())} tokens in {t_gen:.2f} s; engine {loaded.lookup.entry.key[:12]} loaded in {t_load:.2f} s, no compile]", err=True)  # type: ignore[union-attr]
+
+
 # --------------------------------------------------------------------------- ls / show
 
 

@@ -46,7 +46,7 @@ from ..manifests._manifest import (
     check_digest,
 )
 from ..manifests._record import utc_now
-from ._fsutil import atomic_write_bytes, fsync_dir
+from ._fsutil import atomic_write_bytes, exchange, fsync_dir
 from ._hashmemo import CHUNK, HashMemo, stat_signature
 from ._locks import single_flight, store_lock
 
@@ -454,10 +454,15 @@ class Store:
                     else:
                         _copy_verified(blob, target, f.digest, progress)
             if dest.exists():
-                old = dest.parent / f".{dest.name}.kiln-old-{os.getpid()}-{secrets.token_hex(4)}"
-                os.rename(dest, old)
-                os.rename(staging, dest)
-                shutil.rmtree(old, ignore_errors=True)
+                if exchange(staging, dest):
+                    # One atomic swap: dest is the old tree or the new one at every instant;
+                    # staging now holds the old tree.
+                    shutil.rmtree(staging, ignore_errors=True)
+                else:
+                    old = dest.parent / f".{dest.name}.kiln-old-{os.getpid()}-{secrets.token_hex(4)}"
+                    os.rename(dest, old)
+                    os.rename(staging, dest)
+                    shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(staging, dest)
         except BaseException:
@@ -560,6 +565,8 @@ class Store:
         for d in (self.index_dir, self.stamp_dir, self.memo.root):
             if d is not None and d.exists():
                 temps.extend(p for p in d.rglob(".*.tmp-*"))
+        temps.extend(_abandoned_builds(self.root / "builds"))
+        temps.extend(_stale_dirs(self.root / "run", max_age_s=86400))
         return GcPlan(tuple(evict), tuple(dead), tuple(temps), sum(s for _, s in dead), kept_bytes)
 
     def gc(self, *, max_size: int | None = None, older_than: float | None = None, dry_run: bool = False) -> GcPlan:
@@ -605,6 +612,37 @@ def _unlink_quiet(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _abandoned_builds(builds: Path) -> list[Path]:
+    """Build directories whose builder is gone (its flock on ``<dir>.lock`` is free)."""
+    import fcntl
+
+    out: list[Path] = []
+    if not builds.is_dir():
+        return out
+    for d in sorted(p for p in builds.iterdir() if p.is_dir()):
+        lock = Path(str(d) + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live build holds it
+        finally:
+            os.close(fd)
+        out.extend([d, lock])
+    return out
+
+
+def _stale_dirs(root: Path, max_age_s: float) -> list[Path]:
+    """Per-process engine directories (kiln.load_engine) older than ``max_age_s``."""
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - max_age_s
+    return [p for p in sorted(root.iterdir()) if p.stat().st_mtime < cutoff]
 
 
 def _hash_file(path: Path, progress: Progress | None) -> tuple[str, int]:

@@ -13,7 +13,7 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..errors import ValidationError
+from ..errors import ToolchainError, ValidationError
 from ..spec import BuildSpec
 
 __all__ = ["Target", "TargetOption", "ResolvedSpec", "model_dims"]
@@ -97,6 +97,14 @@ class Target:
 
     def missing_toolchain(self, spec: BuildSpec) -> list[str]:
         return [c for c, v in self.detect_toolchain(spec).items() if v is None]
+
+    # ---------------------------------------------------------------- building
+    def worker_argv(self, res: Any, out_dir: Any) -> list[str]:
+        """Arguments after ``python`` for the worker that compiles ``res`` into ``out_dir``."""
+        raise ToolchainError(
+            f"building {self.name} engines is not implemented in this version of Kiln; "
+            "lookups of engines built elsewhere work."
+        )
 
     # ---------------------------------------------------------------- validation
     def validate(self, spec: BuildSpec, config: Mapping[str, Any]) -> ResolvedSpec:

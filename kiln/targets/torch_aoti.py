@@ -8,6 +8,8 @@ loaders.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ..spec import BuildSpec
 from ._base import Target, TargetOption
@@ -18,6 +20,18 @@ from ._hardware import cpu_class, cuda_class
 class TorchAotiTarget(Target):
     def hardware(self, spec: BuildSpec) -> str | None:
         return cuda_class() if spec.option("device", "cpu") == "cuda" else cpu_class()
+
+    def worker_argv(self, res: Any, out_dir: Path) -> list[str]:
+        spec = res.spec
+        return [
+            "-m", "kiln.targets._aoti_worker",
+            "--model-dir", str(res.model.path),
+            "--out-dir", str(out_dir),
+            "--batch-size", str(spec.batch_size),
+            "--n-positions", str(spec.n_positions),
+            "--dtype", str(spec.dtype),
+            "--device", spec.option("device", "cpu") or "cpu",
+        ]
 
 
 TORCH_AOTI = TorchAotiTarget(
