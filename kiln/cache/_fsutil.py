@@ -8,8 +8,10 @@ never a partial file.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import sys
 from pathlib import Path
 
 
@@ -51,3 +53,28 @@ def atomic_write_bytes(final: Path, data: bytes, *, mode: int = 0o644, durable: 
         raise
     if durable:
         fsync_dir(final.parent)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Replacing a non-empty directory by rename alone takes two renames, and between them the
+    destination does not exist; an exchange leaves no such moment. Returns False where the
+    kernel, libc or filesystem cannot exchange (the caller falls back to two renames).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes  # only here: lookups never need it
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False  # libc without renameat2 (glibc < 2.28, some musl builds)
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # e.g. NFS, or an old kernel
+    raise OSError(err, os.strerror(err), str(b))

@@ -8,7 +8,7 @@ Layout under the store root (``KILN_HOME``)::
     tmp/                       writers' temp files (same filesystem as blobs/)
     quarantine/                blobs that failed verification, kept for inspection
     hash-memo/                 memoised sha256 of model files
-    locks/                     store.lock (gc vs writers), build-<key>.lock (single-flight)
+    locks/                     store.lock + gate.lock (gc vs writers), build-<key>.lock (single-flight)
 
 Publish order (DESIGN invariant 2): blobs, then the build record and manifest (blobs too),
 then the index entry, last, each by atomic rename. A reader that finds an index entry

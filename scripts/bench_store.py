@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Benchmark the local store against baselines measured in the same run.
+
+* put: ``kiln.api.put`` of an artifact of several large files (copy into the store, sha256,
+  fsync of every blob) vs ``cp -r`` of the same files (no fsync) and ``cp -r`` + ``sync`` of
+  the copies (fsync, like put).
+* materialise: ``Store.materialize`` with hard links (the default) and with ``copy=True``
+  (``kiln fetch --copy``: read, sha256 and write every byte) vs ``cp -r``.
+* lookup: wall time of the real CLI, ``python -m kiln lookup`` (a new process each run, as a
+  serving container would call it), with N artifacts in the index, vs ``python -c pass``.
+
+The index is populated through the real publish path (``kiln.api.put``: blob, build record,
+manifest, index entry, with fsyncs) for N distinct specs (n_positions x batch_size) of ONE
+model, so all N entries sit in one index directory: the worst case for a miss, which lists
+and reads that directory to explain itself. Each tiny artifact holds one small file with the
+same bytes (one shared blob); every artifact has its own build record and manifest.
+
+Everything lives under a temporary directory that is removed at the end. Page cache is warm
+(the artifact was just written); nothing here drops caches.
+
+    python scripts/bench_store.py                    # 1 GiB artifact (4 files), 10,000 artifacts
+    python scripts/bench_store.py --size-mib 64 --artifacts 200 --runs 5   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kiln import api  # noqa: E402
+from kiln.cache import Store  # noqa: E402
+from kiln.spec import BuildSpec  # noqa: E402
+
+TOOLCHAIN = {"torch": "2.0.0", "transformers": "5.0.0", "hardware": "cpu-bench"}
+MODEL_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "num_hidden_layers": 2,
+    "max_position_embeddings": 4096, "vocab_size": 512,
+}
+CHUNK = 16 << 20
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def write_artifact(root: Path, size: int, files: int) -> None:
+    """``files`` files of random bytes, ``size`` bytes in all, each distinct (no dedup)."""
+    root.mkdir(parents=True)
+    per = size // files
+    rng = random.Random(0)
+    block = rng.randbytes(CHUNK)
+    for i in range(files):
+        with open(root / f"rank{i}.engine", "wb") as f:
+            left = per
+            n = 0
+            while left:
+                # A distinct 16-byte header per chunk keeps every file's bytes unique cheaply.
+                piece = (b"%08d%08d" % (i, n)) + block[16:min(CHUNK, left)]
+                f.write(piece[:left])
+                left -= min(CHUNK, left)
+                n += 1
+    (root / "config.json").write_text('{"engine": "bench"}')
+
+
+def write_model(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps(MODEL_CONFIG))
+    (root / "model.safetensors").write_bytes(b"\0" * 4096)
+    return root
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True)
+
+
+def median_wall(cmd: list[str], env: dict[str, str], runs: int, expect: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        times.append(time.perf_counter() - t0)
+        if r.returncode != expect:
+            raise SystemExit(f"{' '.join(cmd)} exited {r.returncode}, expected {expect}: {r.stderr.decode()[-500:]}")
+    return statistics.median(times)
+
+
+def resolution(store: Store, model: Path, n_positions: int, batch_size: int) -> api.Resolution:
+    spec = BuildSpec(target="torch-aoti", model=str(model), n_positions=n_positions, batch_size=batch_size, dtype="fp32")
+    return api.resolve(spec, store=store, toolchain=TOOLCHAIN)
+
+
+def populate(store: Store, base: api.Resolution, tiny: Path, n: int) -> list[tuple[int, int]]:
+    """N artifacts with distinct specs of one model, through the real publish path."""
+    specs = [(p, b) for b in range(1, n // 4096 + 2) for p in range(1, 4097)][:n]
+    t0 = time.perf_counter()
+    for i, (p, b) in enumerate(specs):
+        res = dataclasses.replace(base, spec=base.spec.replace(n_positions=p, batch_size=b))
+        api.put(res, tiny, store=store)
+        if (i + 1) % 1000 == 0:
+            log(f"  populated {i + 1}/{n} ({time.perf_counter() - t0:.0f} s)")
+    return specs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024, help="artifact size for put/materialise (default 1024)")
+    ap.add_argument("--files", type=int, default=4, help="files in that artifact (default 4)")
+    ap.add_argument("--artifacts", type=int, default=10_000, help="artifacts in the index for lookup (default 10000)")
+    ap.add_argument("--runs", type=int, default=21, help="CLI runs per lookup measurement; the median is reported")
+    ap.add_argument("--repeat", type=int, default=2, help="repeats of each throughput measurement; the best is reported")
+    ap.add_argument("--dir", type=Path, default=None, help="parent of the temporary directory (default: system temp)")
+    args = ap.parse_args()
+
+    size = args.size_mib << 20
+    mb = size / 1e6
+    tmp = Path(tempfile.mkdtemp(prefix="kiln-bench-store-", dir=args.dir))
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        model = write_model(tmp / "model")
+        src = tmp / "artifact"
+        log(f"writing a {args.size_mib} MiB artifact ({args.files} files) under {tmp}")
+        write_artifact(src, size, args.files)
+
+        # ---------------------------------------------------------------- put vs cp
+        def best(fn, cleanup) -> float:  # type: ignore[no-untyped-def]
+            ts = []
+            for _ in range(args.repeat):
+                ts.append(timed(fn))
+                cleanup()
+            return min(ts)
+
+        cp_dest = tmp / "cp-copy"
+        t_cp = best(lambda: sh("cp", "-r", str(src), str(cp_dest)), lambda: shutil.rmtree(cp_dest))
+
+        def cp_sync() -> None:
+            sh("cp", "-r", str(src), str(cp_dest))
+            sh("sync", *[str(p) for p in cp_dest.iterdir()])
+
+        t_cp_sync = best(cp_sync, lambda: shutil.rmtree(cp_dest))
+
+        put_store = Store(tmp / "put-store")
+        res = resolution(put_store, model, 2048, 1)
+        t_put = best(lambda: api.put(res, src, store=put_store), lambda: shutil.rmtree(put_store.root))
+        log(f"put {t_put:.2f} s, cp -r {t_cp:.2f} s, cp -r + sync {t_cp_sync:.2f} s")
+
+        rows.append((f"put {args.size_mib} MiB ({args.files} files), `kiln.api.put`",
+                     f"{t_put:.2f} s", f"{mb / t_put:.0f} MB/s", ""))
+        rows.append(("baseline: `cp -r` (no fsync)", f"{t_cp:.2f} s", f"{mb / t_cp:.0f} MB/s", f"put/cp time {t_put / t_cp:.2f}x"))
+        rows.append(("baseline: `cp -r` + `sync` of the copies", f"{t_cp_sync:.2f} s", f"{mb / t_cp_sync:.0f} MB/s",
+                     f"put/(cp+sync) time {t_put / t_cp_sync:.2f}x"))
+
+        # ---------------------------------------------------------------- materialise
+        api.put(res, src, store=put_store)
+        manifest = put_store.read_manifest(api.lookup(res, store=put_store).entry.manifest)  # type: ignore[union-attr]
+        dest = tmp / "dest"
+        t_link = best(lambda: put_store.materialize(manifest, dest), lambda: shutil.rmtree(dest))
+        t_copy = best(lambda: put_store.materialize(manifest, dest, copy=True), lambda: shutil.rmtree(dest))
+        log(f"materialise: links {t_link:.3f} s, copy {t_copy:.2f} s")
+        rows.append(("materialise, hard links (default `kiln fetch`)", f"{t_link * 1000:.1f} ms",
+                     f"{mb / t_link:.0f} MB/s (logical)", f"vs cp -r: {t_cp / t_link:.0f}x faster"))
+        rows.append(("materialise, `--copy` (sha256 while copying)", f"{t_copy:.2f} s", f"{mb / t_copy:.0f} MB/s",
+                     f"copy/cp time {t_copy / t_cp:.2f}x"))
+        shutil.rmtree(put_store.root)
+        shutil.rmtree(src)
+
+        # ---------------------------------------------------------------- lookup
+        py = sys.executable
+        env = dict(os.environ)
+        env.pop("KILN_REMOTE", None)
+        pins = [f"--toolchain={k}={v}" for k, v in TOOLCHAIN.items()]
+
+        def lookup_cmd(p: int, b: int) -> list[str]:
+            return [py, "-m", "kiln", "lookup", str(model), "-t", "torch-aoti", "--n-positions", str(p),
+                    "--batch-size", str(b), "--dtype", "fp32", *pins]
+
+        tiny = tmp / "tiny"
+        tiny.mkdir()
+        (tiny / "engine.bin").write_bytes(b"tiny engine" * 10)
+
+        one = Store(tmp / "store-1")
+        api.put(resolution(one, model, 2048, 1), tiny, store=one)
+
+        big = Store(tmp / "store-n")
+        log(f"populating {args.artifacts} artifacts (api.put, distinct specs of one model)")
+        t_pop = timed(lambda: populate(big, resolution(big, model, 2048, 1), tiny, args.artifacts))
+        specs = [(p, b) for b in range(1, args.artifacts // 4096 + 2) for p in range(1, 4097)][: args.artifacts]
+        hit_spec = specs[len(specs) // 2]
+        miss_spec = (4096, specs[-1][1] + 1)
+        entries = sum(1 for _ in big.iter_entries())
+        assert entries == args.artifacts, entries
+
+        t_pass = median_wall([py, "-c", "pass"], env, args.runs, 0)
+        t_hit1 = median_wall(lookup_cmd(2048, 1), {**env, "KILN_HOME": str(one.root)}, args.runs, 0)
+        t_hit = median_wall(lookup_cmd(*hit_spec), {**env, "KILN_HOME": str(big.root)}, args.runs, 0)
+        t_miss = median_wall(lookup_cmd(*miss_spec), {**env, "KILN_HOME": str(big.root)}, args.runs, 1)
+        log(f"pass {t_pass * 1000:.0f} ms, hit(1) {t_hit1 * 1000:.0f} ms, hit(N) {t_hit * 1000:.0f} ms, miss(N) {t_miss * 1000:.0f} ms")
+        rows.append(("baseline: `python -c pass`", f"{t_pass * 1000:.0f} ms", "", ""))
+        rows.append(("`kiln lookup` hit, 1 artifact in store", f"{t_hit1 * 1000:.0f} ms", "", f"{t_hit1 / t_pass:.1f}x python -c pass"))
+        rows.append((f"`kiln lookup` hit, {args.artifacts:,} artifacts in store", f"{t_hit * 1000:.0f} ms", "",
+                     f"{t_hit / t_pass:.1f}x python -c pass"))
+        rows.append((f"`kiln lookup` miss (explains nearest), {args.artifacts:,} artifacts of that model",
+                     f"{t_miss * 1000:.0f} ms", "", f"{t_miss / t_pass:.1f}x python -c pass"))
+        rows.append((f"populate: {args.artifacts:,} x `api.put` of a tiny artifact", f"{t_pop:.1f} s",
+                     f"{args.artifacts / t_pop:.0f} publishes/s", ""))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\n{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; size {args.size_mib} MiB in {args.files} files; "
+          f"{args.artifacts:,} artifacts; lookup: median of {args.runs} runs; throughput: best of {args.repeat}\n")
+    print("| measurement | time | throughput | ratio |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
