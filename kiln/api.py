@@ -6,16 +6,17 @@ containers that have neither. Builds (which do) run in worker subprocesses.
 
 from __future__ import annotations
 
+import contextvars
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ._lmi import interpret, properties_from_env, read_serving_properties
 from ._models import ModelSource, resolve_model
+from .cache._remote import Remote
 from .cache._store import Store
-from .errors import CorruptBlobError, NotFoundError, SpecError, ToolchainError, UnsafeManifestError
+from .errors import CorruptBlobError, NotFoundError, RemoteError, SpecError, ToolchainError, UnsafeManifestError
 from .manifests._index import IndexEntry, spec_differences, toolchain_differences
 from .manifests._manifest import Manifest
 from .manifests._record import make_record, utc_now
@@ -36,6 +37,9 @@ __all__ = [
     "find_artifact",
 ]
 
+
+# Where transfer progress goes (the CLI sets a progress bar; the API default is silence).
+_transfer_progress: contextvars.ContextVar = contextvars.ContextVar("kiln_transfer_progress", default=None)
 
 # --------------------------------------------------------------------------- specs
 
@@ -220,6 +224,7 @@ class LookupResult:
     explanation: tuple[str, ...] = ()  # why a miss, and the nearest entries
     damaged: tuple[str, ...] = ()  # loud warnings: matching artifacts that failed verification
     notes: tuple[str, ...] = ()
+    source: str | None = None  # "local" or "remote" on a hit
 
     @property
     def hit(self) -> bool:
@@ -229,6 +234,7 @@ class LookupResult:
         res = self.resolution
         return {
             "hit": self.hit,
+            "source": self.source,
             "key": self.entry.key if self.entry else (res.key if res.complete else None),
             "manifest": self.entry.manifest if self.entry else None,
             "spec": res.entry_spec(),
@@ -248,29 +254,29 @@ def _matches(res: Resolution, entry: IndexEntry) -> bool:
     return not toolchain_differences(res.toolchain, entry.toolchain)
 
 
-def lookup(res: Resolution, *, store: Store) -> LookupResult:
-    """Exact lookup when the toolchain is known (one read), else a query over the model's entries.
+def _candidates(res: Resolution, entries: Iterable[IndexEntry]) -> list[IndexEntry]:
+    return sorted((e for e in entries if _matches(res, e)), key=lambda e: e.created, reverse=True)
 
-    A matching artifact whose files fail verification is a loud miss, never a silent hit.
+
+def lookup(res: Resolution, *, store: Store, remote: Remote | None = None) -> LookupResult:
+    """Local store first, then the remote (read-through: a remote hit is pulled, verified and
+    published locally). Exact lookup when the toolchain is known (one read), else a query over
+    the model's entries. A matching artifact that fails verification is a loud miss, never a
+    silent hit.
     """
     model_hex = res.model.tree_digest.split(":", 1)[1]
-    candidates: list[IndexEntry]
     notes: list[str] = []
+    damaged: list[str] = []
     if res.complete:
         exact = store.get_entry(model_hex, res.key)
         candidates = [exact] if exact is not None else []
     else:
-        candidates = sorted(
-            (e for e in store.iter_entries(model_hex) if _matches(res, e)),
-            key=lambda e: e.created,
-            reverse=True,
-        )
+        candidates = _candidates(res, store.iter_entries(model_hex))
         if candidates:
             notes.append(
                 f"toolchain not installed here ({', '.join(res.unknown_components)} unconstrained): "
                 f"{len(candidates)} matching artifact(s), newest chosen; pin --toolchain to choose another"
             )
-    damaged: list[str] = []
     for entry in candidates:
         try:
             manifest = store.check_artifact(entry)
@@ -278,16 +284,46 @@ def lookup(res: Resolution, *, store: Store) -> LookupResult:
             damaged.append(f"artifact {entry.key[:12]} matches but failed verification: {e}")
             continue
         store.touch(entry)
-        return LookupResult(res, entry, manifest, (), tuple(damaged), tuple(notes))
-    return LookupResult(res, None, None, tuple(explain_miss(res, store=store)), tuple(damaged), tuple(notes))
+        return LookupResult(res, entry, manifest, (), tuple(damaged), tuple(notes), source="local")
+
+    remote_seen: list[IndexEntry] = []
+    if remote is not None:
+        from .cache._sync import pull, remote_entries, remote_entry
+
+        if res.complete:
+            found = remote_entry(remote, model_hex, res.key)
+            remote_cands = [found] if found is not None else []
+        else:
+            remote_seen = list(remote_entries(remote, model_hex))
+            remote_cands = _candidates(res, remote_seen)
+        for entry in remote_cands:
+            try:
+                pulled = pull(store, remote, entry, progress=_transfer_progress.get())
+                manifest = store.check_artifact(entry)
+            except (RemoteError, CorruptBlobError, NotFoundError, UnsafeManifestError) as e:
+                damaged.append(f"remote artifact {entry.key[:12]} on {remote.describe()} failed: {e}")
+                continue
+            notes.append(
+                f"pulled from {remote.describe()}: {pulled.downloaded} blob(s), {pulled.downloaded_bytes} bytes "
+                f"downloaded and verified, {pulled.reused} already local"
+            )
+            return LookupResult(res, entry, manifest, (), tuple(damaged), tuple(notes), source="remote")
+        if res.complete:
+            remote_seen = list(remote_entries(remote, model_hex))
+    local_seen = list(store.iter_entries(model_hex))
+    local_keys = {e.key for e in local_seen}
+    seen = local_seen + [e for e in remote_seen if e.key not in local_keys]
+    where = f"{store.root}" + (f" and {remote.describe()}" if remote else "")
+    explanation = explain_miss(res, store=store, seen=seen, where=where)
+    return LookupResult(res, None, None, tuple(explanation), tuple(damaged), tuple(notes))
 
 
-def explain_miss(res: Resolution, *, store: Store, limit: int = 3) -> list[str]:
+def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where: str, limit: int = 3) -> list[str]:
     """The closest cached entries and exactly which fields differ (invariant 6)."""
     model_hex = res.model.tree_digest.split(":", 1)[1]
     want = res.shape
     scored = []
-    for e in store.iter_entries(model_hex):
+    for e in seen:
         if e.spec.get("target") != res.spec.target:
             continue
         have = {k: v for k, v in e.spec.items() if k != "model"}
@@ -296,7 +332,7 @@ def explain_miss(res: Resolution, *, store: Store, limit: int = 3) -> list[str]:
     lines: list[str] = []
     if scored:
         scored.sort(key=lambda t: (t[0], t[1]))
-        lines.append(f"{len(scored)} {res.spec.target} artifact(s) for this model in {store.root}; nearest:")
+        lines.append(f"{len(scored)} {res.spec.target} artifact(s) for this model in {where}; nearest:")
         for _, _, e, diffs in scored[:limit]:
             lines.append(f"  {e.key[:12]}: " + "; ".join(diffs or ["identical spec (damaged artifact?)"]))
         only_toolchain = all(all(d.startswith("toolchain") for d in t[3]) for t in scored[:1])
@@ -325,23 +361,26 @@ def explain_miss(res: Resolution, *, store: Store, limit: int = 3) -> list[str]:
         )
         return lines
     lines.append(
-        f"no {res.spec.target} artifact for this model ({res.model.tree_digest[:19]}) in {store.root}; "
+        f"no {res.spec.target} artifact for this model ({res.model.tree_digest[:19]}) in {where}; "
         "build one with `kiln build`."
     )
     return lines
 
 
-def fetch(res: Resolution, dest: Path, *, store: Store, replace: bool = False, copy: bool = False) -> tuple[LookupResult, Path | None]:
-    """Lookup, then materialise a hit into ``dest`` (hard links where possible)."""
-    result = lookup(res, store=store)
+def fetch(
+    res: Resolution, dest: Path, *, store: Store, remote: Remote | None = None, replace: bool = False, copy: bool = False
+) -> tuple[LookupResult, Path | None]:
+    """Lookup (local, then remote), then materialise a hit into ``dest`` (hard links where possible)."""
+    result = lookup(res, store=store, remote=remote)
     if not result.hit:
         return result, None
-    assert result.manifest is not None
+    assert result.manifest is not None and result.entry is not None
     try:
         path = store.materialize(result.manifest, dest, replace=replace, copy=copy)
-    except CorruptBlobError as e:
-        damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed verification while fetched: {e}",)  # type: ignore[union-attr]
-        return LookupResult(res, None, None, tuple(explain_miss(res, store=store)), damaged), None
+    except (CorruptBlobError, NotFoundError) as e:
+        # A blob went bad (or gc removed it) between lookup and materialise: a loud miss.
+        damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed while fetched: {e}",)
+        return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",), damaged), None
     return result, path
 
 

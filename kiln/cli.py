@@ -100,16 +100,71 @@ class KilnGroup(click.Group):
 @click.version_option(__version__, prog_name="kiln")
 @click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="KILN_HOME",
               help="Local store directory [env: KILN_HOME; default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].")
+@click.option("--remote", "remote_url", envvar="KILN_REMOTE", metavar="URL",
+              help="Shared store: s3://BUCKET/PREFIX[?endpoint=URL] or a path [env: KILN_REMOTE].")
 @click.pass_context
-def cli(ctx: click.Context, store_path: Path | None) -> None:
+def cli(ctx: click.Context, store_path: Path | None, remote_url: str | None) -> None:
     """Build LLM engines ahead of time; keep them in a content-addressed store; find them fast."""
     from .cache._store import Store
 
-    ctx.obj = Store(store_path)
+    ctx.obj = _Context(Store(store_path), remote_url)
+
+
+class _Context:
+    def __init__(self, store: Any, remote_url: str | None) -> None:
+        self.store = store
+        self.remote_url = remote_url
+        self._remote: Any = None
+
+    def remote(self, required: bool = False) -> Any:
+        from .cache._remote import open_remote
+        from .errors import RemoteError
+
+        if self._remote is None and self.remote_url:
+            self._remote = open_remote(self.remote_url)
+        if required and self._remote is None:
+            raise RemoteError("no remote configured: pass --remote URL (before the command) or set KILN_REMOTE.")
+        return self._remote
 
 
 def _store(ctx: click.Context):  # type: ignore[no-untyped-def]
-    return ctx.find_root().obj
+    return ctx.find_root().obj.store
+
+
+def _remote(ctx: click.Context, required: bool = False):  # type: ignore[no-untyped-def]
+    return ctx.find_root().obj.remote(required)
+
+
+class _TransferBar:
+    """Bytes and throughput for transfers on a terminal (stderr); silent otherwise."""
+
+    def __init__(self, what: str, enabled: bool = True) -> None:
+        self.progress = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            self.progress = Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                     console=_console(stderr=True), transient=True)
+            self.task = self.progress.add_task(what, total=None)
+
+    def __enter__(self) -> Any:
+        from .api import _transfer_progress
+
+        if self.progress is not None:
+            self.progress.start()
+        self._token = _transfer_progress.set(self.advance if self.progress is not None else None)
+        return self.advance if self.progress is not None else None
+
+    def advance(self, n: int) -> None:
+        assert self.progress is not None
+        self.progress.advance(self.task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        from .api import _transfer_progress
+
+        _transfer_progress.reset(self._token)
+        if self.progress is not None:
+            self.progress.stop()
 
 
 # --------------------------------------------------------------------------- spec options
@@ -230,7 +285,7 @@ def _report_lookup(result: Any, as_json: bool, extra: dict[str, Any] | None = No
         return
     if result.hit:
         e = result.entry
-        click.echo(f"hit {e.key}  {e.spec['target']} n_positions={e.spec['n_positions']} batch_size={e.spec['batch_size']} "
+        click.echo(f"hit ({result.source}) {e.key}  {e.spec['target']} n_positions={e.spec['n_positions']} batch_size={e.spec['batch_size']} "
                    f"tp={e.spec['tp_degree']} dtype={e.spec['dtype']}  {_human_size(e.size)}  built {_age(e.created)} ago")
         for n in result.notes:
             click.echo(f"note: {n}")
@@ -251,7 +306,8 @@ def lookup(ctx: click.Context, as_json: bool, **kw: Any) -> None:
     from . import api
 
     res = _resolution(ctx, kw)
-    result = api.lookup(res, store=_store(ctx))
+    with _TransferBar("pull", enabled=not as_json):
+        result = api.lookup(res, store=_store(ctx), remote=_remote(ctx))
     _report_lookup(result, as_json)
     ctx.exit(0 if result.hit else 1)
 
@@ -269,7 +325,8 @@ def fetch(ctx: click.Context, dest: Path, force: bool, copy: bool, as_json: bool
 
     res = _resolution(ctx, kw)
     t0 = time.monotonic()
-    result, path = api.fetch(res, dest, store=_store(ctx), replace=force, copy=copy)
+    with _TransferBar("pull", enabled=not as_json):
+        result, path = api.fetch(res, dest, store=_store(ctx), remote=_remote(ctx), replace=force, copy=copy)
     extra = {"dest": str(path), "seconds": round(time.monotonic() - t0, 3)} if path else {}
     _report_lookup(result, as_json, extra)
     ctx.exit(0 if result.hit and path else 1)
@@ -306,24 +363,37 @@ class _StageReporter:
 @cli.command()
 @spec_options
 @click.option("--force", is_flag=True, help="Build even if the store already has the artifact.")
+@click.option("--push", "do_push", is_flag=True, help="Also publish the artifact to the remote (--remote / KILN_REMOTE).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.pass_context
-def build(ctx: click.Context, force: bool, as_json: bool, **kw: Any) -> None:
-    """Build the engine for a spec (a hit returns at once) and publish it into the store."""
+def build(ctx: click.Context, force: bool, do_push: bool, as_json: bool, **kw: Any) -> None:
+    """Build the engine for a spec (a local or remote hit returns at once) and publish it."""
+    from .cache._sync import push
     from .compile import build as run_build
 
+    remote = _remote(ctx, required=do_push)
     reporter = _StageReporter(quiet=as_json)
     try:
         reporter("resolve model and validate spec")
         res = _resolution(ctx, kw)
-        result = run_build(res, store=_store(ctx), force=force, on_stage=reporter)
+        with _TransferBar("pull", enabled=not as_json):
+            result = run_build(res, store=_store(ctx), remote=remote, force=force, on_stage=reporter)
     finally:
         reporter.stop()
+    pushed = None
+    if do_push:
+        with _TransferBar("push", enabled=not as_json) as bar:
+            pushed = push(_store(ctx), remote, result.entry, progress=bar)
     if as_json:
-        _print_json(result.to_json())
+        data = result.to_json()
+        if pushed is not None:
+            data["push"] = pushed.to_json()
+        _print_json(data)
         return
     e = result.entry
-    how = "cache hit: nothing compiled" if result.hit else "built and published"
+    how = (f"cache hit ({result.source}): nothing compiled" if result.hit else "built and published")
+    if pushed is not None:
+        how += f"; pushed to {remote.describe()} ({pushed.uploaded} blobs, {_human_size(pushed.uploaded_bytes)} uploaded)"
     if result.waited_for_peer:
         how += " (by another process while this one waited)"
     click.echo(f"{how} in {result.seconds:.2f} s")
@@ -337,17 +407,20 @@ def build(ctx: click.Context, force: bool, as_json: bool, **kw: Any) -> None:
 @cli.command()
 @spec_options
 @click.option("--prompt", "-p", required=True, help="Text to complete (a chat template is applied when the tokenizer has one).")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--raw", is_flag=True, help="Do not apply the tokenizer's chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def generate(ctx: click.Context, prompt: str, max_new_tokens: int, raw: bool, as_json: bool, **kw: Any) -> None:
+@click.option("--key", "by_key", metavar="KEY", help="Load this artifact (key or prefix) instead of looking a spec up: needs only the store.")
+def generate(ctx: click.Context, prompt: str, max_new_tokens: int, raw: bool, as_json: bool, by_key: str | None, **kw: Any) -> None:
     """Load a stored torch-aoti engine (no compile) and greedy-decode a completion of --prompt."""
-    from ._engines import load_engine
+    from ._engines import load_engine, load_engine_by_key
 
     t0 = time.monotonic()
-    res = _resolution(ctx, kw)
-    loaded = load_engine(res, store=_store(ctx))
+    if by_key:
+        loaded = load_engine_by_key(by_key, store=_store(ctx))
+    else:
+        loaded = load_engine(_resolution(ctx, kw), store=_store(ctx))
     t_load = time.monotonic() - t0
     tok = loaded.tokenizer()
     if not raw and getattr(tok, "chat_template", None):
@@ -368,11 +441,142 @@ def generate(ctx: click.Context, prompt: str, max_new_tokens: int, raw: bool, as
     new = out[0, ids.shape[1]:]
     text = tok.decode(new, skip_special_tokens=True)
     if as_json:
-        _print_json({"key": loaded.lookup.entry.key, "text": text, "new_tokens": int(new.numel()),  # type: ignore[union-attr]
+        _print_json({"key": loaded.entry.key, "text": text, "new_tokens": int(new.numel()),
                      "load_seconds": round(t_load, 3), "generate_seconds": round(t_gen, 3)})
         return
     click.echo(text)
-    click.echo(f"[{int(new.numel())} tokens in {t_gen:.2f} s; engine {loaded.lookup.entry.key[:12]} loaded in {t_load:.2f} s, no compile]", err=True)  # type: ignore[union-attr]
+    click.echo(f"[{int(new.numel())} tokens in {t_gen:.2f} s; engine {loaded.entry.key[:12]} loaded in {t_load:.2f} s, no compile]", err=True)
+
+
+# --------------------------------------------------------------------------- remotes
+
+
+def _entries_for(ctx: click.Context, kw: dict[str, Any], keys: Sequence[str], all_: bool, *, remote_side: bool) -> list[Any]:
+    """The artifacts a push/pull names: --all, --key KEY..., or a spec."""
+    from .api import find_artifact, lookup
+
+    store = _store(ctx)
+    if all_:
+        if remote_side:
+            from .cache._sync import remote_entries
+
+            return list(remote_entries(_remote(ctx, required=True)))
+        return list(store.iter_entries())
+    if keys:
+        if remote_side:
+            from .cache._sync import remote_entries
+
+            wanted = [k.lower() for k in keys]
+            found = [e for e in remote_entries(_remote(ctx, required=True)) if any(e.key.startswith(w) for w in wanted)]
+            if not found:
+                raise click.UsageError(f"no artifact with key {', '.join(keys)} on the remote")
+            return found
+        return [find_artifact(store, k) for k in keys]
+    if kw.get("model") is None and not kw.get("from_env") and not kw.get("serving_properties"):
+        raise click.UsageError("name what to transfer: MODEL with spec flags, --key KEY, or --all.")
+    res = _resolution(ctx, kw)
+    result = lookup(res, store=store, remote=None)
+    if not result.hit:
+        raise click.UsageError("no local artifact for that spec: " + " ".join(result.explanation))
+    return [result.entry]
+
+
+@cli.command(name="push")
+@spec_options
+@click.option("--key", "keys", multiple=True, metavar="KEY", help="Push this artifact (key or prefix); repeatable.")
+@click.option("--all", "all_", is_flag=True, help="Push every artifact in the local store.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def push_cmd(ctx: click.Context, keys: Sequence[str], all_: bool, as_json: bool, **kw: Any) -> None:
+    """Upload artifacts to the remote: only the blobs it lacks, the index entry last."""
+    from .cache._sync import push
+
+    remote = _remote(ctx, required=True)
+    results = []
+    for entry in _entries_for(ctx, kw, keys, all_, remote_side=False):
+        with _TransferBar(f"push {entry.key[:12]}", enabled=not as_json) as bar:
+            results.append(push(_store(ctx), remote, entry, progress=bar))
+    if as_json:
+        _print_json([r.to_json() for r in results])
+        return
+    for r in results:
+        click.echo(f"pushed {r.entry.key[:12]} to {remote.describe()}: {r.uploaded} blobs ({_human_size(r.uploaded_bytes)}) "
+                   f"uploaded, {r.skipped} ({_human_size(r.skipped_bytes)}) already there")
+
+
+@cli.command(name="pull")
+@spec_options
+@click.option("--key", "keys", multiple=True, metavar="KEY", help="Pull this artifact (key or prefix); repeatable.")
+@click.option("--all", "all_", is_flag=True, help="Pull every artifact on the remote.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def pull_cmd(ctx: click.Context, keys: Sequence[str], all_: bool, as_json: bool, **kw: Any) -> None:
+    """Download artifacts from the remote into the local store, verifying every blob."""
+    from . import api
+    from .cache._sync import pull
+
+    remote = _remote(ctx, required=True)
+    if keys or all_:
+        results = []
+        for entry in _entries_for(ctx, kw, keys, all_, remote_side=True):
+            with _TransferBar(f"pull {entry.key[:12]}", enabled=not as_json) as bar:
+                results.append(pull(_store(ctx), remote, entry, progress=bar))
+        if as_json:
+            _print_json([r.to_json() for r in results])
+        else:
+            for r in results:
+                click.echo(f"pulled {r.entry.key[:12]}: {r.downloaded} blobs ({_human_size(r.downloaded_bytes)}) downloaded "
+                           f"and verified, {r.reused} already local")
+        return
+    res = _resolution(ctx, kw)
+    with _TransferBar("pull", enabled=not as_json):
+        result = api.lookup(res, store=_store(ctx), remote=remote)
+    _report_lookup(result, as_json)
+    ctx.exit(0 if result.hit else 1)
+
+
+@cli.command()
+@spec_options
+@click.option("--dest", required=True, type=click.Path(path_type=Path), help="Directory the server loads the engine from.")
+@click.option("--on-miss", type=click.Choice(["fail", "build"]), default="fail", show_default=True,
+              help="On a miss: exit 1 with the explanation, or build it here.")
+@click.option("--push", "do_push", is_flag=True, help="With --on-miss build: publish the new artifact to the remote.")
+@click.option("--force", is_flag=True, help="Replace DEST if it is not empty.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def ensure(ctx: click.Context, dest: Path, on_miss: str, do_push: bool, force: bool, as_json: bool, **kw: Any) -> None:
+    """What a serving container runs at start-up: lookup (local, then remote), fetch, materialise into DEST.
+
+    Exit 0 when DEST holds the engine; 1 on a miss (with the nearest entries), unless
+    --on-miss build builds it (and --push publishes it).
+    """
+    from . import api
+
+    remote = _remote(ctx, required=do_push)
+    t0 = time.monotonic()
+    res = _resolution(ctx, kw)
+    with _TransferBar("pull", enabled=not as_json):
+        result, path = api.fetch(res, dest, store=_store(ctx), remote=remote, replace=force)
+    built = None
+    if path is None and on_miss == "build":
+        from .cache._sync import push
+        from .compile import build as run_build
+
+        for d in result.damaged:
+            click.echo(f"kiln: WARNING: {d}", err=True)
+        reporter = _StageReporter(quiet=as_json)
+        try:
+            built = run_build(res, store=_store(ctx), on_stage=reporter)
+        finally:
+            reporter.stop()
+        if do_push:
+            push(_store(ctx), remote, built.entry)
+        result, path = api.fetch(res, dest, store=_store(ctx), replace=force)
+    extra: dict[str, Any] = {"dest": str(path), "seconds": round(time.monotonic() - t0, 3)} if path else {}
+    if built is not None:
+        extra["built"] = built.to_json()
+    _report_lookup(result, as_json, extra)
+    ctx.exit(0 if path else 1)
 
 
 # --------------------------------------------------------------------------- ls / show
@@ -386,11 +590,13 @@ def generate(ctx: click.Context, prompt: str, max_new_tokens: int, raw: bool, as
 @click.option("--tp-degree", type=int)
 @click.option("--dtype")
 @click.option("--toolchain", "toolchain_pins", multiple=True, metavar="NAME=VERSION")
+@click.option("--remote", "on_remote", is_flag=True, help="List the remote's artifacts instead of the local store's.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_positions: int | None,
-           batch_size: int | None, tp_degree: int | None, dtype: str | None, toolchain_pins: Sequence[str], as_json: bool) -> None:
-    """List artifacts in the store (filter by any field)."""
+           batch_size: int | None, tp_degree: int | None, dtype: str | None, toolchain_pins: Sequence[str],
+           on_remote: bool, as_json: bool) -> None:
+    """List artifacts in the store or on the remote (filter by any field)."""
     from .api import Query, list_artifacts, parse_toolchain_pins
     from .spec import normalize_dtype, normalize_target
 
@@ -401,12 +607,20 @@ def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_posi
         dtype=normalize_dtype(dtype, "--dtype") if dtype else None,
         toolchain=parse_toolchain_pins(toolchain_pins),
     )
-    entries = list_artifacts(_store(ctx), q)
+    if on_remote:
+        from .cache._sync import remote_entries
+
+        remote = _remote(ctx, required=True)
+        entries = sorted((e for e in remote_entries(remote) if q.matches(e)), key=lambda e: e.created, reverse=True)
+        where = remote.describe()
+    else:
+        entries = list_artifacts(_store(ctx), q)
+        where = str(_store(ctx).root)
     if as_json:
         _print_json([e.to_json() for e in entries])
         return
     if not entries:
-        click.echo(f"no artifacts in {_store(ctx).root}" + (" matching the filters" if q != Query() else ""))
+        click.echo(f"no artifacts in {where}" + (" matching the filters" if q != Query() else ""))
         return
     from rich.table import Table
 
@@ -423,6 +637,17 @@ def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_posi
             Quantization.from_json(s.get("quantization")).describe(), _human_size(e.size), _age(e.created),
         )
     _console().print(table)
+    if on_remote:
+        return
+    logical = sum(e.size for e in entries)
+    unique: dict[str, int] = {}
+    for e in entries:
+        try:
+            unique.update({f.digest: f.size for f in _store(ctx).read_manifest(e.manifest).files})
+        except KilnError:
+            continue
+    click.echo(f"{len(entries)} artifact(s), {_human_size(logical)} in files, {_human_size(sum(unique.values()))} "
+               "stored (identical files are kept once)")
 
 
 @cli.command()
@@ -448,8 +673,25 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     prov = record.get("provenance", {})
     click.echo(f"built      {prov.get('started')} on {prov.get('host')} in {prov.get('duration_s')} s (kiln {prov.get('kiln_version')})")
     click.echo(f"files      {len(manifest.files)}, {_human_size(manifest.total_size)}")
+    sharing = _blob_sharing(store, entry.key)
     for f in manifest.files:
-        click.echo(f"  {f.digest[7:19]}  {_human_size(f.size):>10}  {f.path}")
+        others = sharing.get(f.digest, 0)
+        shared = f"  (shared with {others} other artifact{'s' if others > 1 else ''})" if others else ""
+        click.echo(f"  {f.digest[7:19]}  {_human_size(f.size):>10}  {f.path}{shared}")
+
+
+def _blob_sharing(store: Any, key: str) -> dict[str, int]:
+    """digest -> how many *other* artifacts list the same file blob (deduplication at work)."""
+    counts: dict[str, int] = {}
+    for e in store.iter_entries():
+        if e.key == key:
+            continue
+        try:
+            for digest in {f.digest for f in store.read_manifest(e.manifest).files}:
+                counts[digest] = counts.get(digest, 0) + 1
+        except KilnError:
+            continue
+    return counts
 
 
 # --------------------------------------------------------------------------- verify / gc
@@ -476,10 +718,30 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @click.option("--max-size", help="Evict least recently used artifacts until the store is at most this size (e.g. 50G).")
 @click.option("--older-than", help="Evict artifacts not used for this long (e.g. 30d, 12h).")
 @click.option("--dry-run", is_flag=True, help="Show the plan; remove nothing.")
+@click.option("--remote", "on_remote", is_flag=True, help="Collect the remote: delete blobs no manifest in it references.")
+@click.option("--grace", default="24h", show_default=True, help="With --remote: keep unreferenced blobs younger than this (pushes in flight).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def gc(ctx: click.Context, max_size: str | None, older_than: str | None, dry_run: bool, as_json: bool) -> None:
+def gc(ctx: click.Context, max_size: str | None, older_than: str | None, dry_run: bool, on_remote: bool, grace: str,
+       as_json: bool) -> None:
     """Remove unreferenced blobs and temp leftovers; with --max-size/--older-than, evict LRU artifacts."""
+    if on_remote:
+        from .cache._sync import remote_gc
+
+        if max_size or older_than:
+            raise click.UsageError("--max-size/--older-than apply to the local store only.")
+        remote = _remote(ctx, required=True)
+        rplan = remote_gc(remote, grace_s=_parse_duration(grace), dry_run=dry_run)
+        if as_json:
+            _print_json({"dry_run": dry_run, "blobs": [{"key": k, "size": n} for k, n in rplan.blobs],
+                         "bytes_freed": rplan.bytes, "kept": rplan.kept, "young": rplan.young,
+                         "broken_entries": list(rplan.broken_entries)})
+            return
+        for b in rplan.broken_entries:
+            click.echo(f"kiln: WARNING: {b}", err=True)
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {len(rplan.blobs)} unreferenced blobs ({_human_size(rplan.bytes)}) "
+                   f"from {remote.describe()}; {rplan.kept} referenced, {rplan.young} unreferenced but younger than {grace}")
+        return
     store = _store(ctx)
     plan = store.gc(
         max_size=_parse_size(max_size) if max_size else None,

@@ -13,7 +13,8 @@ that already catch ``ValueError`` or ``FileNotFoundError`` keep working)::
     ├── StoreError                        the store is unusable (permissions, layout)
     │   ├── CorruptBlobError              a blob does not match its digest or size
     │   ├── UnsafeManifestError           a manifest that must not be trusted (paths, sizes)
-    │   └── NotFoundError (LookupError)   no artifact for a digest/key that must exist
+    │   ├── NotFoundError (LookupError)   no artifact for a digest/key that must exist
+    │   └── RemoteError                   a remote (S3 bucket, shared path) failed or holds bad data
     └── BuildError                        a build failed; carries the worker's log tail
 
 Every message says what was wrong and what to do next. The CLI prints the message (no
@@ -34,6 +35,7 @@ __all__ = [
     "CorruptBlobError",
     "UnsafeManifestError",
     "NotFoundError",
+    "RemoteError",
     "BuildError",
 ]
 
@@ -86,6 +88,10 @@ class UnsafeManifestError(StoreError, ValueError):
 
 class NotFoundError(StoreError, LookupError):
     """A digest, key or artifact that was asked for by name is not in the store."""
+
+
+class RemoteError(StoreError):
+    """A remote store cannot be reached or used, or served data that failed verification."""
 
 
 class BuildError(KilnError):

@@ -220,6 +220,33 @@ class Store:
             raise
         return digest, size
 
+    def new_download_path(self) -> Path:
+        """A temp path on the store's filesystem for a download (gc-safe under writer_lock)."""
+        self._writable()
+        return self._new_temp()
+
+    def put_downloaded(self, tmp: Path, digest: str, size: int) -> None:
+        """Adopt a downloaded temp file as blob ``digest`` after verifying its bytes.
+
+        Raises CorruptBlobError (and deletes the temp file) when the bytes do not match.
+        """
+        try:
+            actual, actual_size = _hash_file(tmp, None)
+            if actual != digest or actual_size != size:
+                raise CorruptBlobError(
+                    f"downloaded bytes for {digest} hash to {actual} ({actual_size} bytes, expected {size})", digest
+                )
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            self._ingest(tmp, digest)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+
+    def write_entry(self, entry: IndexEntry) -> None:
+        """Make ``entry`` visible: the last step of any publish (its blobs must be in place)."""
+        atomic_write_bytes(self.entry_path(entry.model_hex, entry.key), entry.to_bytes(), durable=True)
+
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self._blob_ok(digest, len(data)):
@@ -396,7 +423,7 @@ class Store:
             )
             if before_index is not None:
                 before_index()  # test hook: the moment between manifest and index entry
-            atomic_write_bytes(self.entry_path(entry.model_hex, key), entry.to_bytes(), durable=True)
+            self.write_entry(entry)
         return entry
 
     # ------------------------------------------------------------------ materialise

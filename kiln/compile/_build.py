@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..api import Resolution, lookup, put
+from ..cache._remote import Remote
 from ..cache._store import Store
 from ..errors import BuildError, ToolchainError
 from ..manifests._index import IndexEntry
@@ -43,12 +44,14 @@ class BuildResult:
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)
     waited_for_peer: bool = False  # another process built it while we waited
+    source: str | None = None  # on a hit: "local", or "remote" (pulled)
 
     def to_json(self) -> dict[str, object]:
         return {
             "key": self.entry.key,
             "manifest": self.entry.manifest,
             "hit": self.hit,
+            "source": self.source,
             "compiled": not self.hit,
             "waited_for_peer": self.waited_for_peer,
             "seconds": round(self.seconds, 3),
@@ -101,27 +104,28 @@ def build(
     res: Resolution,
     *,
     store: Store,
+    remote: Remote | None = None,
     force: bool = False,
     on_stage: Callable[[str], None] | None = None,
 ) -> BuildResult:
+    """Build ``res`` unless the local store or the remote already has it (then pull it)."""
     t0 = time.monotonic()
     key = res.key  # raises ToolchainError (with the pins to add) when the toolchain is unknown
     if not force:
-        found = lookup(res, store=store)
+        found = lookup(res, store=store, remote=remote)
         if found.hit:
             assert found.entry is not None
-            return BuildResult(found.entry, True, time.monotonic() - t0)
+            return BuildResult(found.entry, True, time.monotonic() - t0, source=found.source)
     target = get_target(res.spec.target)
     _require_real_toolchain(res)
     if on_stage:
         on_stage("waiting for lock")
     with store.single_flight(key):
-        waited = time.monotonic() - t0 > 1.0
         if not force:
             found = lookup(res, store=store)  # a peer may have built it while we waited
             if found.hit:
                 assert found.entry is not None
-                return BuildResult(found.entry, True, time.monotonic() - t0, waited_for_peer=True)
+                return BuildResult(found.entry, True, time.monotonic() - t0, waited_for_peer=True, source=found.source)
         bdir = _BuildDir(store, key)
         try:
             out = bdir.path / "artifact"

@@ -50,27 +50,25 @@ def run_worker(
     with open(log_path, "w") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, bufsize=1,
-            start_new_session=False,
-        )
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                tail.append(line.rstrip("\n"))
-                if line.startswith("stage: "):
-                    now = time.monotonic()
-                    stages[current] = stages.get(current, 0.0) + now - since
-                    current, since = line[len("stage: "):].strip().split()[0], now
-                    if on_stage:
-                        on_stage(current)
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, bufsize=1
+        ) as proc:
+            assert proc.stdout is not None
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    tail.append(line.rstrip("\n"))
+                    if line.startswith("stage: "):
+                        now = time.monotonic()
+                        stages[current] = stages.get(current, 0.0) + now - since
+                        current, since = line[len("stage: "):].strip().split()[0], now
+                        if on_stage:
+                            on_stage(current)
+                rc = proc.wait()
+            except BaseException:
+                proc.kill()
+                raise
     now = time.monotonic()
     stages[current] = stages.get(current, 0.0) + now - since
     result = WorkerResult(rc, now - t0, stages, "\n".join(tail))

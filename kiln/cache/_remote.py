@@ -1,0 +1,336 @@
+"""Remote stores: a shared filesystem path or an S3 bucket prefix, behind one small interface.
+
+A remote holds the same layout as the local store, as objects::
+
+    <prefix>/blobs/sha256/<hex>            files, manifests, build records (immutable)
+    <prefix>/index/<model hex>/<key>.json  index entries, written last
+
+Both backends write each object atomically — the filesystem by temp file + rename, S3 because
+an object (multipart uploads included) becomes visible only when complete — so the order of
+writes in :mod:`kiln.cache._sync` is all that keeps readers from partial artifacts.
+
+Remote data is untrusted: callers verify every blob against its digest after download.
+Credentials come from the standard AWS chain (environment, profiles, instance roles) and are
+never printed: :meth:`Remote.describe` shows the URL without query secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import parse_qs, urlparse
+
+from ..errors import RemoteError
+from ._fsutil import atomic_write_bytes, fsync_dir, temp_name
+
+__all__ = ["Remote", "FileRemote", "S3Remote", "ObjectInfo", "open_remote"]
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the remote's prefix
+    size: int
+    mtime: float  # seconds since the epoch
+
+
+class Remote(ABC):
+    url: str
+
+    def describe(self) -> str:
+        return self.url.split("?", 1)[0]
+
+    @abstractmethod
+    def get(self, key: str, max_size: int) -> bytes | None:
+        """A small object's bytes, or None if absent."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write a small object atomically."""
+
+    @abstractmethod
+    def stat(self, key: str) -> int | None:
+        """The object's size, or None if absent."""
+
+    @abstractmethod
+    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        """Upload a file as one object, atomically (large files in parallel parts)."""
+
+    @abstractmethod
+    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
+        """Download an object into ``dest`` (large objects with parallel ranged reads)."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` (relative keys)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+
+# --------------------------------------------------------------------------- filesystem
+
+
+class FileRemote(Remote):
+    """A directory, typically an NFS or other shared mount."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.url = url
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/"))
+
+    def get(self, key: str, max_size: int) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read(max_size + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RemoteError(f"cannot read {self._path(key)} on remote {self.url}: {e.strerror}") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            atomic_write_bytes(self._path(key), data, durable=True)
+        except OSError as e:
+            raise RemoteError(f"cannot write {self._path(key)} on remote {self.url}: {e.strerror}") from None
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name(final)
+        try:
+            _copy(path, tmp, progress)
+            os.replace(tmp, final)
+        except OSError as e:
+            _unlink(tmp)
+            raise RemoteError(f"cannot write {final} on remote {self.url}: {e.strerror}") from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+        fsync_dir(final.parent)
+
+    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
+        try:
+            _copy(self._path(key), dest, progress)
+        except FileNotFoundError:
+            raise RemoteError(f"object {key} is missing from remote {self.url}") from None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue  # temp files of writers in flight
+                p = Path(dirpath) / name
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        _unlink(self._path(key))
+
+
+def _copy(src: Path, dest: Path, progress: Progress | None) -> None:
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while True:
+            chunk = fin.read(8 << 20)
+            if not chunk:
+                break
+            fout.write(chunk)
+            if progress:
+                progress(len(chunk))
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- S3
+
+
+class S3Remote(Remote):
+    """``s3://bucket/prefix`` with boto3: transfer manager for parallel multipart/ranged I/O.
+
+    Settings, from the URL's query string or the environment (URL wins):
+    ``endpoint`` (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), ``region`` (``AWS_REGION``),
+    ``addressing=path|virtual`` (``KILN_S3_ADDRESSING``; default path when an endpoint is set,
+    as S3-compatible servers expect), ``profile`` (``AWS_PROFILE``). Credentials: the standard
+    AWS chain.
+    """
+
+    PART_SIZE = 64 << 20
+    CONCURRENCY = 8
+
+    def __init__(self, url: str) -> None:
+        try:
+            import boto3
+            from boto3.s3.transfer import TransferConfig
+            from botocore.config import Config
+        except ImportError:
+            raise RemoteError("s3:// remotes need boto3: pip install 'kiln[s3]'.") from None
+        parsed = urlparse(url)
+        self.url = url
+        self.bucket = parsed.netloc
+        if not self.bucket:
+            raise RemoteError(f"remote {url!r} names no bucket; write s3://BUCKET/PREFIX.")
+        self.prefix = parsed.path.strip("/")
+        q = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        endpoint = q.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        addressing = q.get("addressing") or os.environ.get("KILN_S3_ADDRESSING") or ("path" if endpoint else "auto")
+        session = boto3.session.Session(profile_name=q.get("profile") or os.environ.get("AWS_PROFILE") or None)
+        self.endpoint = endpoint
+        self.client = session.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=q.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            config=Config(
+                s3={"addressing_style": addressing},
+                retries={"max_attempts": 4, "mode": "standard"},  # bounded, with backoff
+                connect_timeout=5,
+                read_timeout=60,
+                max_pool_connections=self.CONCURRENCY * 2,
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=self.PART_SIZE,
+            multipart_chunksize=self.PART_SIZE,
+            max_concurrency=self.CONCURRENCY,
+            use_threads=True,
+        )
+
+    def describe(self) -> str:
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        return f"s3://{self.bucket}/{self.prefix}{where}"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _fail(self, action: str, key: str, e: Exception) -> RemoteError:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        name = f"s3://{self.bucket}/{self._key(key)}"
+        inner = e.__cause__ or e.__context__
+        if not isinstance(e, ClientError) and isinstance(inner, ClientError):
+            e = inner  # the transfer manager wraps the real error (S3UploadFailedError)
+        if not isinstance(e, ClientError) and "NoSuchBucket" in str(e):
+            return RemoteError(f"bucket {self.bucket} does not exist at {self.describe()}; create it or fix KILN_REMOTE.")
+        if isinstance(e, NoCredentialsError):
+            return RemoteError(
+                f"no AWS credentials to {action} {name}: set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY, or run where an instance role applies."
+            )
+        if isinstance(e, EndpointConnectionError):
+            return RemoteError(
+                f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'} to {action} {name} (after retries): "
+                "is the server up and the endpoint right?"
+            )
+        if isinstance(e, ClientError):
+            code = e.response.get("Error", {}).get("Code", "?")
+            if code in ("NoSuchBucket",):
+                return RemoteError(f"bucket {self.bucket} does not exist at {self.describe()}; create it or fix KILN_REMOTE.")
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                return RemoteError(f"access denied to {action} {name} ({code}); check the credentials' permissions.")
+            return RemoteError(f"S3 error {code} while trying to {action} {name}.")
+        return RemoteError(f"cannot {action} {name}: {type(e).__name__}: {e}")
+
+    @staticmethod
+    def _missing(e: Exception) -> bool:
+        from botocore.exceptions import ClientError
+
+        return isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+    def get(self, key: str, max_size: int) -> bytes | None:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{max_size}")
+            return obj["Body"].read()
+        except Exception as e:
+            if self._missing(e):
+                return None
+            raise self._fail("read", key, e) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except Exception as e:
+            raise self._fail("write", key, e) from None
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except Exception as e:
+            if self._missing(e):
+                return None
+            raise self._fail("check", key, e) from None
+
+    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer, Callback=progress)
+        except Exception as e:
+            raise self._fail("upload", key, e) from None
+
+    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(dest), Config=self.transfer, Callback=progress)
+        except Exception as e:
+            if self._missing(e):
+                raise RemoteError(f"object s3://{self.bucket}/{self._key(key)} is missing from the remote") from None
+            raise self._fail("download", key, e) from None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"].timestamp())
+        except RemoteError:
+            raise
+        except Exception as e:
+            raise self._fail("list", prefix, e) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as e:
+            raise self._fail("delete", key, e) from None
+
+
+def open_remote(url: str | None) -> Remote | None:
+    """``s3://bucket/prefix[?endpoint=…]``, ``file:///path`` or a plain path; None for none."""
+    if url is None or not str(url).strip():
+        return None
+    url = str(url).strip()
+    if url.startswith("s3://"):
+        return S3Remote(url)
+    if url.startswith("file://"):
+        path = Path(urlparse(url).path)
+    elif "://" in url:
+        raise RemoteError(f"remote {url!r}: Kiln supports s3://BUCKET/PREFIX, file:///PATH or a plain path.")
+    else:
+        path = Path(url).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RemoteError(f"remote directory {path} is not usable: {e.strerror}") from None
+    return FileRemote(path.absolute(), url)
