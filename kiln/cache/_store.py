@@ -109,6 +109,8 @@ class Store:
 
     # ------------------------------------------------------------------ layout
     def _writable(self) -> None:
+        if getattr(self, "_layout_ok", False):
+            return
         try:
             for d in (self.blob_dir, self.index_dir, self.stamp_dir, self.tmp_dir, self.lock_dir):
                 d.mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,7 @@ class Store:
                 f"cannot create the Kiln store at {self.root}: {e.strerror}; set KILN_HOME to a "
                 "writable directory."
             ) from None
+        self._layout_ok = True
 
     def writer_lock(self):  # type: ignore[no-untyped-def]
         self._writable()
@@ -174,6 +177,7 @@ class Store:
     def _new_temp(self) -> Path:
         import secrets
 
+        self._writable()
         return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(6)}"
 
     def put_file(self, src: Path, *, move: bool = False, progress: Progress | None = None) -> tuple[str, int]:
@@ -553,7 +557,10 @@ class Store:
 
         def refs(e: IndexEntry) -> dict[str, int]:
             m = manifests[e.manifest]
-            out = {e.manifest: 0}
+            try:
+                out = {e.manifest: self.blob_path(e.manifest).stat().st_size}
+            except FileNotFoundError:
+                out = {e.manifest: 0}
             if m is not None:
                 out[m.config.digest] = m.config.size
                 out.update({f.digest: f.size for f in m.files})
@@ -571,7 +578,8 @@ class Store:
         for e in sorted(entries, key=self.last_used):
             too_old = older_than is not None and now - self.last_used(e) > older_than
             too_big = max_size is not None and kept_bytes > max_size
-            if not (too_old or too_big):
+            broken = manifests[e.manifest] is None  # can never be served again: drop the entry
+            if not (too_old or too_big or broken):
                 continue
             evict.append(e)
             for d in refs(e):
@@ -651,7 +659,10 @@ def _abandoned_builds(builds: Path) -> list[Path]:
     for d in sorted(p for p in builds.iterdir() if p.is_dir()):
         lock = Path(str(d) + ".lock")
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            out.append(d)  # no lock file at all: no live builder owns it
+            continue
         except OSError:
             continue
         try:
