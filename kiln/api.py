@@ -18,7 +18,7 @@ from .cache._remote import Remote
 from .cache._store import Store
 from .errors import CorruptBlobError, NotFoundError, RemoteError, SpecError, ToolchainError, UnsafeManifestError
 from .manifests._index import IndexEntry, spec_differences, toolchain_differences
-from .manifests._manifest import Manifest
+from .manifests._manifest import FileEntry, Manifest
 from .manifests._record import make_record, utc_now
 from .spec import BuildSpec, Field, build_key, key_inputs, spec_from_fields
 from .targets import get_target
@@ -51,6 +51,7 @@ class SpecSource:
     spec: BuildSpec
     ignored: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    given: frozenset[str] = frozenset()  # spec fields the user actually wrote (not defaults)
 
 
 def spec_from_sources(
@@ -66,7 +67,7 @@ def spec_from_sources(
     environment, as in DJL Serving).
     """
     if not from_env and serving_properties is None:
-        return SpecSource(spec_from_fields(flags))
+        return SpecSource(spec_from_fields(flags), given=frozenset(flags))
     props = {}
     if from_env:
         props.update(properties_from_env(os.environ if env is None else env))
@@ -90,7 +91,8 @@ def spec_from_sources(
         serving_features=env_map.get("SERVING_FEATURES"),
     )
     merged = {**cfg.fields, **flags}
-    return SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes)
+    given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))
+    return SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given)
 
 
 # GPUs per SageMaker GPU instance type, for resolving tensor_parallel_degree=max.
@@ -132,6 +134,7 @@ class Resolution:
     notes: tuple[str, ...] = ()
     ignored: tuple[tuple[str, str], ...] = ()
     key_options: frozenset[str] = field(default_factory=frozenset)
+    given: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def complete(self) -> bool:
@@ -204,6 +207,7 @@ def resolve(
         notes=source.notes + resolved.notes,
         ignored=source.ignored,
         key_options=target.key_options(),
+        given=source.given,
     )
 
 
@@ -225,6 +229,7 @@ class LookupResult:
     damaged: tuple[str, ...] = ()  # loud warnings: matching artifacts that failed verification
     notes: tuple[str, ...] = ()
     source: str | None = None  # "local" or "remote" on a hit
+    env: Mapping[str, str] | None = None  # after a fetch in a deployment layout: the consumer's environment
 
     @property
     def hit(self) -> bool:
@@ -245,6 +250,7 @@ class LookupResult:
             "explanation": list(self.explanation),
             "damaged": list(self.damaged),
             "notes": list(res.notes) + list(self.notes),
+            "env": dict(self.env or {}),
         }
 
 
@@ -314,7 +320,7 @@ def lookup(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
     local_keys = {e.key for e in local_seen}
     seen = local_seen + [e for e in remote_seen if e.key not in local_keys]
     where = f"{store.root}" + (f" and {remote.describe()}" if remote else "")
-    explanation = explain_miss(res, store=store, seen=seen, where=where)
+    explanation = explain_miss(res, store=store, seen=seen, where=where) + explain_presets(res)
     return LookupResult(res, None, None, tuple(explanation), tuple(damaged), tuple(notes))
 
 
@@ -367,21 +373,145 @@ def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where
     return lines
 
 
+def explain_presets(res: Resolution, limit: int = 3) -> list[str]:
+    """Nearest rows of shipped presets for this model and target (what could be prebuilt)."""
+    from .presets import PRESETS, load_preset
+
+    names = {res.spec.model, res.model.repo_id, res.model.ref} - {None}
+    lines: list[str] = []
+    for preset, (_, target, _) in PRESETS.items():
+        if target != res.spec.target:
+            continue
+        scored = []
+        for row in load_preset(preset):
+            if row.model not in names:
+                continue
+            row_spec = spec_from_fields(row.fields())
+            have = row_spec.shape_json(res.key_options)
+            diffs = spec_differences(res.shape, have)
+            scored.append((len(diffs), row.id, diffs))
+        if scored:
+            scored.sort()
+            lines.append(f"nearest rows of preset {preset} (`kiln build --preset {preset}` builds them):")
+            lines.extend(f"  {rid}: " + ("; ".join(d) or "matches this spec") for _, rid, d in scored[:limit])
+    return lines
+
+
+def select(res: Resolution, *, store: Store, remote: Remote | None = None) -> LookupResult:
+    """Choose, among the stored engines of this model and target, the best for the instance.
+
+    Like NVIDIA NIM's profile selection: the fields the user gave (flags, env, properties)
+    must match; the others are free. Candidates must fit the hardware (hardware class, and
+    tp_degree at most the instance's NeuronCores/GPUs); among them the largest tp_degree wins
+    (all devices used), then the largest batch size, then the longest n_positions, then the
+    newest. The notes say what was chosen and why the others were not.
+    """
+    from .targets.neuron import INSTANCE_CORES, normalize_instance_type
+
+    instance = res.spec.option("instance_type")
+    if not instance:
+        raise SpecError("--select chooses for an instance: pass --instance-type (e.g. ml.inf2.24xlarge).")
+    name = normalize_instance_type(instance)
+    devices = INSTANCE_CORES.get(name) or _GPU_COUNTS.get(name)
+    model_hex = res.model.tree_digest.split(":", 1)[1]
+    entries = {e.key: e for e in store.iter_entries(model_hex)}
+    if remote is not None:
+        from .cache._sync import remote_entries
+
+        for e in remote_entries(remote, model_hex):
+            entries.setdefault(e.key, e)
+    fields = {"n_positions", "batch_size", "tp_degree", "dtype"} & res.given
+    fields |= {"quantization"} if {"smoothquant_alpha", "int8_kv_cache"} & res.given else set()
+    fit, rejected = [], []
+    for e in entries.values():
+        if e.spec.get("target") != res.spec.target:
+            continue
+        why = [d for d in spec_differences({k: res.shape[k] for k in fields}, {k: e.spec.get(k) for k in fields})]
+        why += toolchain_differences(res.toolchain, e.toolchain)
+        if devices is not None and e.spec["tp_degree"] > devices:
+            why.append(f"tp_degree {e.spec['tp_degree']} > {devices} devices of {instance}")
+        (rejected if why else fit).append((e, why))
+    fit.sort(key=lambda t: (t[0].spec["tp_degree"], t[0].spec["batch_size"], t[0].spec["n_positions"], t[0].created),
+             reverse=True)
+    notes = [f"selecting for {instance} ({devices if devices is not None else '?'} devices) among {len(entries)} "
+             f"stored {res.spec.target} engine(s) of this model; constrained by: {', '.join(sorted(fields)) or 'nothing'}"]
+    for e, _ in fit:
+        s_ = e.spec
+        label = f"{e.key[:12]} (n_positions {s_['n_positions']}, batch {s_['batch_size']}, tp {s_['tp_degree']}, {s_['dtype']})"
+        notes.append(("chosen: " if e is fit[0][0] else "fits, ranked lower: ") + label)
+    for e, why in rejected[:5]:
+        notes.append(f"rejected {e.key[:12]}: " + "; ".join(why))
+    for e, _ in fit:
+        try:
+            if store.get_entry(model_hex, e.key) is None and remote is not None:
+                from .cache._sync import pull
+
+                pull(store, remote, e, progress=_transfer_progress.get())
+            manifest = store.check_artifact(e)
+        except (RemoteError, CorruptBlobError, NotFoundError, UnsafeManifestError) as err:
+            notes.append(f"chosen engine {e.key[:12]} failed verification, trying the next: {err}")
+            continue
+        store.touch(e)
+        return LookupResult(res, e, manifest, (), (), tuple(notes), source="local")
+    return LookupResult(res, None, None, tuple(notes[1:] or ["no stored engine of this model and target at all"]),
+                        (), tuple(notes[:1]))
+
+
 def fetch(
-    res: Resolution, dest: Path, *, store: Store, remote: Remote | None = None, replace: bool = False, copy: bool = False
+    res: Resolution,
+    dest: Path,
+    *,
+    store: Store,
+    remote: Remote | None = None,
+    replace: bool = False,
+    copy: bool = False,
+    layout: str = "raw",
+    container_dir: str | None = None,
 ) -> tuple[LookupResult, Path | None]:
-    """Lookup (local, then remote), then materialise a hit into ``dest`` (hard links where possible)."""
+    """Lookup (local, then remote), then materialise a hit into ``dest`` in ``layout``."""
     result = lookup(res, store=store, remote=remote)
     if not result.hit:
         return result, None
     assert result.manifest is not None and result.entry is not None
     try:
-        path = store.materialize(result.manifest, dest, replace=replace, copy=copy)
+        path, env = materialize_layout(store, result.entry, result.manifest, dest, layout=layout,
+                                       replace=replace, copy=copy, container_dir=container_dir)
     except (CorruptBlobError, NotFoundError) as e:
         # A blob went bad (or gc removed it) between lookup and materialise: a loud miss.
         damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed while fetched: {e}",)
         return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",), damaged), None
-    return result, path
+    return LookupResult(res, result.entry, result.manifest, result.explanation, result.damaged, result.notes,
+                        result.source, env), path
+
+
+def materialize_layout(
+    store: Store,
+    entry: IndexEntry,
+    manifest: Manifest,
+    dest: Path,
+    *,
+    layout: str = "raw",
+    replace: bool = False,
+    copy: bool = False,
+    container_dir: str | None = None,
+) -> tuple[Path, dict[str, str]]:
+    """Materialise an artifact in a deployment layout; return the path and the consumer's env."""
+    from .manifests._layouts import plan_layout
+    from .manifests._manifest import MAX_CONFIG_BYTES as _MAX
+
+    dest = Path(dest).absolute()
+    plan = plan_layout(layout, entry, manifest, lambda d: store.read_blob(d, _MAX), dest=str(dest),
+                       container_dir=container_dir)
+    # Generated files become (tiny) blobs; the shared lock keeps gc from collecting them
+    # before they are linked into place.
+    with store.writer_lock():
+        files = list(plan.files)
+        for rel, data in sorted(plan.generated.items()):
+            digest, size = store.put_bytes(data)
+            files.append(FileEntry(rel, digest, size))
+        derived = Manifest.parse(Manifest(manifest.config, tuple(files)).to_bytes())  # re-validate every path
+        path = store.materialize(derived, dest, replace=replace, copy=copy)
+    return path, dict(plan.env)
 
 
 # --------------------------------------------------------------------------- put / query

@@ -91,6 +91,9 @@ class KilnGroup(click.Group):
             if tail:
                 click.echo("--- worker log (tail) ---\n" + tail, err=True)
             ctx.exit(e.exit_code)
+        except BrokenPipeError:  # `kiln ls | head`: the reader left, nothing to report
+            sys.stderr.close()
+            ctx.exit(0)
         except OSError as e:  # permissions, full disks, vanished files
             click.echo(f"kiln: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
             ctx.exit(2)
@@ -291,6 +294,8 @@ def _report_lookup(result: Any, as_json: bool, extra: dict[str, Any] | None = No
             click.echo(f"note: {n}")
         for k, v in (extra or {}).items():
             click.echo(f"{k}: {v}")
+        for name, value in sorted((result.env or {}).items()):
+            click.echo(f"env: {name}={value}")
     else:
         click.echo(f"miss: no artifact for {result.resolution.model.ref} with {result.resolution.spec.summary()}")
         for line in result.explanation:
@@ -299,17 +304,28 @@ def _report_lookup(result: Any, as_json: bool, extra: dict[str, Any] | None = No
 
 @cli.command()
 @spec_options
+@click.option("--select", is_flag=True, help="Choose the best stored engine for --instance-type; shape fields you give constrain it, the rest are free.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def lookup(ctx: click.Context, as_json: bool, **kw: Any) -> None:
+def lookup(ctx: click.Context, select: bool, as_json: bool, **kw: Any) -> None:
     """Find the artifact for a spec. Exit 0 on a hit, 1 on a miss (with the nearest entries), 2+ on errors."""
     from . import api
 
     res = _resolution(ctx, kw)
     with _TransferBar("pull", enabled=not as_json):
-        result = api.lookup(res, store=_store(ctx), remote=_remote(ctx))
+        if select:
+            result = api.select(res, store=_store(ctx), remote=_remote(ctx))
+        else:
+            result = api.lookup(res, store=_store(ctx), remote=_remote(ctx))
     _report_lookup(result, as_json)
     ctx.exit(0 if result.hit else 1)
+
+
+def _layout_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--container-dir", metavar="PATH",
+                     help="Where DEST will be seen by the consumer (e.g. /opt/ml/model), for paths written into the layout.")(f)
+    return click.option("--layout", type=click.Choice(["raw", "lmi", "neuron-cache", "triton"]), default="raw",
+                        show_default=True, help="Arrange the files for a consumer (see README).")(f)
 
 
 @cli.command()
@@ -317,17 +333,20 @@ def lookup(ctx: click.Context, as_json: bool, **kw: Any) -> None:
 @click.option("--dest", required=True, type=click.Path(path_type=Path), help="Directory to materialise the artifact into.")
 @click.option("--force", is_flag=True, help="Replace DEST if it is not empty.")
 @click.option("--copy", is_flag=True, help="Copy files instead of hard-linking them from the store.")
+@_layout_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def fetch(ctx: click.Context, dest: Path, force: bool, copy: bool, as_json: bool, **kw: Any) -> None:
+def fetch(ctx: click.Context, dest: Path, force: bool, copy: bool, layout: str, container_dir: str | None,
+          as_json: bool, **kw: Any) -> None:
     """Look a spec up and materialise the hit into --dest (hard links where possible). Exit 1 on a miss."""
     from . import api
 
     res = _resolution(ctx, kw)
     t0 = time.monotonic()
     with _TransferBar("pull", enabled=not as_json):
-        result, path = api.fetch(res, dest, store=_store(ctx), remote=_remote(ctx), replace=force, copy=copy)
-    extra = {"dest": str(path), "seconds": round(time.monotonic() - t0, 3)} if path else {}
+        result, path = api.fetch(res, dest, store=_store(ctx), remote=_remote(ctx), replace=force, copy=copy,
+                                 layout=layout, container_dir=container_dir)
+    extra = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
     _report_lookup(result, as_json, extra)
     ctx.exit(0 if result.hit and path else 1)
 
@@ -364,14 +383,18 @@ class _StageReporter:
 @spec_options
 @click.option("--force", is_flag=True, help="Build even if the store already has the artifact.")
 @click.option("--push", "do_push", is_flag=True, help="Also publish the artifact to the remote (--remote / KILN_REMOTE).")
+@click.option("--preset", metavar="NAME", help="Build every row of a preset (`kiln presets`); MODEL replaces its models.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary on stdout.")
 @click.pass_context
-def build(ctx: click.Context, force: bool, do_push: bool, as_json: bool, **kw: Any) -> None:
+def build(ctx: click.Context, force: bool, do_push: bool, preset: str | None, as_json: bool, **kw: Any) -> None:
     """Build the engine for a spec (a local or remote hit returns at once) and publish it."""
     from .cache._sync import push
     from .compile import build as run_build
 
     remote = _remote(ctx, required=do_push)
+    if preset:
+        _build_preset(ctx, preset, kw, force=force, do_push=do_push, as_json=as_json)
+        return
     reporter = _StageReporter(quiet=as_json)
     try:
         reporter("resolve model and validate spec")
@@ -402,6 +425,61 @@ def build(ctx: click.Context, force: bool, do_push: bool, as_json: bool, **kw: A
     click.echo(f"artifact  {e.files} files, {_human_size(e.size)}  (manifest {e.manifest[:19]})")
     if result.stages:
         click.echo("stages    " + ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items() if v >= 0.05))
+
+
+def _build_preset(ctx: click.Context, name: str, kw: dict[str, Any], *, force: bool, do_push: bool, as_json: bool) -> None:
+    """Build every row of a preset, skipping hits; one row's failure does not stop the others."""
+    from .api import parse_toolchain_pins, resolve, spec_from_sources
+    from .cache._sync import push
+    from .compile import build as run_build
+    from .presets import load_preset
+
+    rows = load_preset(name, model=kw.get("model"))
+    pins = parse_toolchain_pins(kw.get("toolchain_pins", ()))
+    report = []
+    for row in rows:
+        try:
+            res = resolve(spec_from_sources(row.fields()), store=_store(ctx), toolchain=pins)
+            result = run_build(res, store=_store(ctx), remote=_remote(ctx), force=force)
+            if do_push:
+                push(_store(ctx), _remote(ctx, required=True), result.entry)
+            report.append({"row": row.id, "status": "hit" if result.hit else "built", "key": result.entry.key})
+        except KilnError as e:
+            report.append({"row": row.id, "status": "failed", "error": str(e)})
+        if not as_json:
+            r = report[-1]
+            click.echo(f"{r['status']:>6}  {row.id}" + (f"  {r['key'][:12]}" if "key" in r else f"\n        {r['error']}"))
+    if as_json:
+        _print_json(report)
+    failed = sum(r["status"] == "failed" for r in report)
+    if not as_json:
+        click.echo(f"{len(rows)} rows: {sum(r['status'] == 'hit' for r in report)} hits, "
+                   f"{sum(r['status'] == 'built' for r in report)} built, {failed} failed")
+    ctx.exit(2 if failed else 0)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--model", help="Replace the preset's models with this one.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def presets(name: str | None, model: str | None, as_json: bool) -> None:
+    """List the presets shipped with Kiln, or the rows of one."""
+    from .presets import PRESETS, load_preset
+
+    if name is None:
+        if as_json:
+            _print_json([{"name": n, "target": t, "description": d, "rows": len(load_preset(n))} for n, (_, t, d) in PRESETS.items()])
+            return
+        for n, (_, t, d) in PRESETS.items():
+            click.echo(f"{n}  ({t}, {len(load_preset(n))} rows)  {d}")
+        return
+    rows = load_preset(name, model=model)
+    if as_json:
+        _print_json([r.to_json() for r in rows])
+        return
+    for r in rows:
+        click.echo(f"{r.id:<48} {r.model}  {r.instance_type}  n_positions={r.n_positions} batch={r.batch_size} "
+                   f"tp={r.tp_degree} {r.dtype}")
 
 
 @cli.command()
@@ -542,9 +620,12 @@ def pull_cmd(ctx: click.Context, keys: Sequence[str], all_: bool, as_json: bool,
               help="On a miss: exit 1 with the explanation, or build it here.")
 @click.option("--push", "do_push", is_flag=True, help="With --on-miss build: publish the new artifact to the remote.")
 @click.option("--force", is_flag=True, help="Replace DEST if it is not empty.")
+@_layout_options
+@click.option("--print-env", is_flag=True, help="Print `export NAME=VALUE` lines for the consumer on stdout.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def ensure(ctx: click.Context, dest: Path, on_miss: str, do_push: bool, force: bool, as_json: bool, **kw: Any) -> None:
+def ensure(ctx: click.Context, dest: Path, on_miss: str, do_push: bool, force: bool, layout: str,
+           container_dir: str | None, print_env: bool, as_json: bool, **kw: Any) -> None:
     """What a serving container runs at start-up: lookup (local, then remote), fetch, materialise into DEST.
 
     Exit 0 when DEST holds the engine; 1 on a miss (with the nearest entries), unless
@@ -556,7 +637,8 @@ def ensure(ctx: click.Context, dest: Path, on_miss: str, do_push: bool, force: b
     t0 = time.monotonic()
     res = _resolution(ctx, kw)
     with _TransferBar("pull", enabled=not as_json):
-        result, path = api.fetch(res, dest, store=_store(ctx), remote=remote, replace=force)
+        result, path = api.fetch(res, dest, store=_store(ctx), remote=remote, replace=force, layout=layout,
+                                 container_dir=container_dir)
     built = None
     if path is None and on_miss == "build":
         from .cache._sync import push
@@ -571,10 +653,21 @@ def ensure(ctx: click.Context, dest: Path, on_miss: str, do_push: bool, force: b
             reporter.stop()
         if do_push:
             push(_store(ctx), remote, built.entry)
-        result, path = api.fetch(res, dest, store=_store(ctx), replace=force)
-    extra: dict[str, Any] = {"dest": str(path), "seconds": round(time.monotonic() - t0, 3)} if path else {}
+        result, path = api.fetch(res, dest, store=_store(ctx), replace=force, layout=layout, container_dir=container_dir)
+    extra: dict[str, Any] = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
     if built is not None:
         extra["built"] = built.to_json()
+    if print_env and not as_json:
+        import shlex
+
+        for d in result.damaged:
+            click.echo(f"kiln: WARNING: {d}", err=True)
+        if not path:
+            for line in result.explanation:
+                click.echo(line, err=True)
+        for name, value in sorted((result.env or {}).items()):
+            click.echo(f"export {name}={shlex.quote(value)}")
+        ctx.exit(0 if path else 1)
     _report_lookup(result, as_json, extra)
     ctx.exit(0 if path else 1)
 

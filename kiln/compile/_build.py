@@ -110,14 +110,14 @@ def build(
 ) -> BuildResult:
     """Build ``res`` unless the local store or the remote already has it (then pull it)."""
     t0 = time.monotonic()
-    key = res.key  # raises ToolchainError (with the pins to add) when the toolchain is unknown
     if not force:
         found = lookup(res, store=store, remote=remote)
         if found.hit:
             assert found.entry is not None
             return BuildResult(found.entry, True, time.monotonic() - t0, source=found.source)
     target = get_target(res.spec.target)
-    _require_real_toolchain(res)
+    _require_real_toolchain(res)  # a missing compiler fails here, before any work, saying where builds run
+    key = res.key
     if on_stage:
         on_stage("waiting for lock")
     with store.single_flight(key):

@@ -13,6 +13,10 @@ import shutil
 import subprocess
 
 _AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+_X86_EXTRAS = (
+    ("avx512_vnni", "vnni"), ("avx512_bf16", "bf16"), ("avx512_fp16", "fp16"),
+    ("amx_tile", "amx"), ("amx_bf16", "amxbf16"), ("amx_int8", "amxint8"),
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,10 +32,13 @@ def cpu_class() -> str:
                         break
         except OSError:
             pass
+        # Inductor compiles with -march=native and picks AVX-512 VNNI/BF16 and AMX kernels
+        # when present, so an engine may use any of these: they are all part of the class.
         if _AVX512 <= flags:
-            return "cpu-x86_64-avx512"
+            extras = [name for flag, name in _X86_EXTRAS if flag in flags]
+            return "cpu-x86_64-avx512" + "".join("+" + e for e in extras)
         if "avx2" in flags:
-            return "cpu-x86_64-avx2"
+            return "cpu-x86_64-avx2" + ("+fma" if "fma" in flags else "")
         return "cpu-x86_64"
     if machine in ("arm64", "aarch64"):
         return "cpu-aarch64"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ValidationError
@@ -46,7 +47,53 @@ class NeuronTarget(Target):
                     f"tp_degree={spec.tp_degree} exceeds the {cores} NeuronCores of {instance}; use "
                     f"--tp-degree {cores} or less, or a larger instance."
                 )
+        cle = spec.option("context_length_estimate")
+        if cle:
+            try:
+                buckets = [int(x) for x in cle.split(",")]
+            except ValueError:
+                buckets = []
+            n = resolved.spec.n_positions or 0
+            if not buckets or any(b <= 0 or b > n for b in buckets):
+                raise ValidationError(
+                    f"context_length_estimate={cle!r} must be comma-separated positive integers no larger "
+                    f"than n_positions={n}, e.g. {min(n, 512)},{n}."
+                )
         return resolved
+
+    def _check_tp(self, tp: int, dims: Mapping[str, Any]) -> None:
+        """transformers-neuronx pads attention heads up to a multiple of tp_degree (how JumpStart
+        runs Llama-2-7B's 32 heads at tp 12), so for multi-head attention any tp that fits the
+        instance works. With grouped-query attention, the KV heads must shard evenly over the
+        ranks or replicate evenly across them."""
+        heads, kv = dims["heads"], dims["kv_heads"]
+        if tp == 1 or heads is None or not kv or kv == heads:
+            return
+        if (kv % tp if tp <= kv else tp % kv) != 0:
+            valid = sorted({d for d in range(1, kv + 1) if kv % d == 0} | {kv * m for m in range(1, 5)})
+            raise ValidationError(
+                f"tp_degree={tp} does not fit the model's {kv} KV heads ({heads} attention heads, grouped-query "
+                f"attention): with gqa_strategy shard-over-heads each rank needs whole KV heads; use tp_degree "
+                f"in {', '.join(map(str, valid))}."
+            )
+
+    def worker_argv(self, res: Any, out_dir: Path) -> list[str]:
+        spec = res.spec
+        argv = [
+            "-m", "kiln.targets._neuron_worker",
+            "--model-dir", str(res.model.path), "--out-dir", str(out_dir),
+            "--batch-size", str(spec.batch_size), "--n-positions", str(spec.n_positions),
+            "--tp-degree", str(spec.tp_degree), "--amp", AMP[spec.dtype],
+        ]
+        for option, flag in (("context_length_estimate", "--context-length-estimate"), ("gqa_strategy", "--gqa"),
+                             ("optlevel", "--optlevel")):
+            if spec.option(option):
+                argv += [flag, str(spec.option(option))]
+        return argv
+
+
+# Kiln dtype -> transformers-neuronx `amp`.
+AMP = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 
 
 NEURON = NeuronTarget(
@@ -64,8 +111,9 @@ NEURON = NeuronTarget(
         TargetOption("optlevel", "neuronx-cc optimisation level", choices=("1", "2", "3")),
     ),
     install_hint=(
-        "the Neuron SDK is served from AWS's package index, not PyPI: on an Inferentia2/Trainium "
-        "instance or an x86 host run `pip install neuronx-cc transformers-neuronx "
-        "--extra-index-url https://pip.repos.neuron.amazonaws.com`"
+        "Neuron builds run where the Neuron SDK is installed: an Inferentia2/Trainium instance, or any "
+        "x86_64 host for compile-only builds. The SDK is served from AWS's package index, not PyPI: "
+        "`pip install neuronx-cc transformers-neuronx --extra-index-url https://pip.repos.neuron.amazonaws.com`. "
+        "Build there into a shared remote (--push), then `kiln ensure` finds the engine here"
     ),
 )
