@@ -118,6 +118,7 @@ class _Context:
         self.store = store
         self.remote_url = remote_url
         self._remote: Any = None
+        self.calib_file: Path | None = None
 
     def remote(self, required: bool = False) -> Any:
         from .cache._remote import open_remote
@@ -202,6 +203,8 @@ def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--option", "-o", "target_options", multiple=True, metavar="NAME=VALUE", help="Target option, e.g. gqa_strategy=shard-over-heads."),
         click.option("--from-env", is_flag=True, help="Read SageMaker LMI OPTION_* / HF_MODEL_ID environment variables."),
         click.option("--serving-properties", type=click.Path(path_type=Path), metavar="FILE", help="Read an LMI serving.properties file."),
+        click.option("--calib-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), metavar="FILE",
+                     help="SmoothQuant calibration texts (plain text paragraphs, or JSONL with a text field)."),
         click.option("--toolchain", "toolchain_pins", multiple=True, metavar="NAME=VERSION", help="Pin a toolchain component (e.g. neuronx-cc=2.15.128, hardware=cuda-sm90)."),
     ]
     for opt in reversed(options):
@@ -229,6 +232,12 @@ def _resolution(ctx: click.Context, kw: dict[str, Any]):  # type: ignore[no-unty
         if not sep:
             raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--option")
         flags[f"option.{name.strip()}"] = Field(value, f"--option {name.strip()}")
+    calib_file = kw.pop("calib_file", None)
+    if calib_file is not None:
+        from .compile._trtllm_build import calib_set_digest
+
+        flags["option.calib_set"] = Field(calib_set_digest(calib_file), "--calib-file")
+        ctx.find_root().obj.calib_file = calib_file
     from_env = kw.pop("from_env", False)
     props = kw.pop("serving_properties", None)
     pins = parse_toolchain_pins(kw.pop("toolchain_pins", ()))
@@ -400,7 +409,8 @@ def build(ctx: click.Context, force: bool, do_push: bool, preset: str | None, as
         reporter("resolve model and validate spec")
         res = _resolution(ctx, kw)
         with _TransferBar("pull", enabled=not as_json):
-            result = run_build(res, store=_store(ctx), remote=remote, force=force, on_stage=reporter)
+            result = run_build(res, store=_store(ctx), remote=remote, force=force, on_stage=reporter,
+                               calib_file=ctx.find_root().obj.calib_file)
     finally:
         reporter.stop()
     pushed = None
@@ -724,9 +734,11 @@ def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_posi
         s = e.spec
         from .spec import Quantization
 
+        shape = (f"{s['n_positions']}x{s['batch_size']} tp{s['tp_degree']}" if "n_positions" in s
+                 else f"tp{s['tp_degree']}" if "tp_degree" in s else "-")
         table.add_row(
-            e.key[:12], str(e.model.get("repo_id") or e.model.get("ref")), s["target"],
-            f"{s['n_positions']}x{s['batch_size']} tp{s['tp_degree']}", s["dtype"],
+            e.key[:12], str(e.model.get("repo_id") or e.model.get("ref")),
+            s["target"] + (f" ({s['stage']})" if "stage" in s else ""), shape, str(s.get("dtype", "-")),
             Quantization.from_json(s.get("quantization")).describe(), _human_size(e.size), _age(e.created),
         )
     _console().print(table)

@@ -30,7 +30,7 @@ from ..errors import BuildError, ToolchainError
 from ..manifests._index import IndexEntry
 from ..manifests._record import utc_now
 from ..targets import get_target
-from ._worker import run_worker
+from ._worker import WorkerResult, run_worker
 
 __all__ = ["BuildResult", "build", "BUILD_LOG"]
 
@@ -107,6 +107,7 @@ def build(
     remote: Remote | None = None,
     force: bool = False,
     on_stage: Callable[[str], None] | None = None,
+    calib_file: Path | None = None,
 ) -> BuildResult:
     """Build ``res`` unless the local store or the remote already has it (then pull it)."""
     t0 = time.monotonic()
@@ -116,6 +117,12 @@ def build(
             assert found.entry is not None
             return BuildResult(found.entry, True, time.monotonic() - t0, source=found.source)
     target = get_target(res.spec.target)
+    if target.name == "trtllm":
+        # Conversion stages run on any CPU machine; only the engine stage needs the toolchain.
+        from ._trtllm_build import build_trtllm
+
+        return build_trtllm(res, store=store, remote=remote, force=force, on_stage=on_stage, t0=t0,
+                            calib_file=calib_file)
     _require_real_toolchain(res)  # a missing compiler fails here, before any work, saying where builds run
     key = res.key
     if on_stage:
@@ -126,27 +133,49 @@ def build(
             if found.hit:
                 assert found.entry is not None
                 return BuildResult(found.entry, True, time.monotonic() - t0, waited_for_peer=True, source=found.source)
-        bdir = _BuildDir(store, key)
-        try:
-            out = bdir.path / "artifact"
-            argv = target.worker_argv(res, out)
-            started = utc_now()
-            result = run_worker(argv, bdir.path / BUILD_LOG, on_stage=on_stage, what=f"{target.name} compile")
-            if not out.is_dir() or not any(out.rglob("*")):
-                raise BuildError(
-                    f"the {target.name} worker exited 0 but wrote no files into {out}; nothing was published.",
-                    log_tail=result.tail,
-                )
-            shutil.copyfile(bdir.path / BUILD_LOG, out / BUILD_LOG)
-            if on_stage:
-                on_stage("publish")
-            t_pub = time.monotonic()
-            entry = put(
-                res, out, store=store, duration_s=result.seconds, started=started, move=True,
-                extra={"stages_s": {k: round(v, 3) for k, v in result.stages.items()}},
+        def publish(out: Path, result: WorkerResult, started: str) -> IndexEntry:
+            return put(res, out, store=store, duration_s=result.seconds, started=started, move=True,
+                       extra={"stages_s": {k: round(v, 3) for k, v in result.stages.items()}})
+
+        entry, stages = compile_and_publish(
+            store, key, what=f"{target.name} compile", argv=lambda out, _work: target.worker_argv(res, out),
+            publish=publish, on_stage=on_stage,
+        )
+        return BuildResult(entry, False, time.monotonic() - t0, stages)
+
+
+def compile_and_publish(
+    store: Store,
+    key: str,
+    *,
+    what: str,
+    argv: Callable[[Path, Path], list[str]],
+    publish: Callable[[Path, WorkerResult, str], IndexEntry],
+    on_stage: Callable[[str], None] | None = None,
+) -> tuple[IndexEntry, dict[str, float]]:
+    """Run one worker in a locked build directory and publish its output (with its log).
+
+    ``argv(out_dir, work_dir)`` gives the worker's arguments; inputs it needs can be
+    materialised under ``work_dir``. Nothing is published unless the worker exits 0 and
+    writes files.
+    """
+    bdir = _BuildDir(store, key)
+    try:
+        out = bdir.path / "artifact"
+        started = utc_now()
+        result = run_worker(argv(out, bdir.path), bdir.path / BUILD_LOG, on_stage=on_stage, what=what)
+        if not out.is_dir() or not any(out.rglob("*")):
+            raise BuildError(
+                f"the {what} worker exited 0 but wrote no files into {out}; nothing was published.",
+                log_tail=result.tail,
             )
-            stages = dict(result.stages)
-            stages["publish"] = time.monotonic() - t_pub
-            return BuildResult(entry, False, time.monotonic() - t0, stages)
-        finally:
-            bdir.close()
+        shutil.copyfile(bdir.path / BUILD_LOG, out / BUILD_LOG)
+        if on_stage:
+            on_stage("publish")
+        t_pub = time.monotonic()
+        entry = publish(out, result, started)
+        stages = dict(result.stages)
+        stages["publish"] = time.monotonic() - t_pub
+        return entry, stages
+    finally:
+        bdir.close()

@@ -71,11 +71,13 @@ class Target:
     options: tuple[TargetOption, ...] = ()
     install_hint: str = ""
     unsupported: Mapping[str, str] = field(default_factory=dict)  # architecture -> why
+    # Versions of Kiln's own code that shape the output (bumped when that code changes).
+    static_toolchain: Mapping[str, str] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- toolchain
     @property
     def components(self) -> tuple[str, ...]:
-        return tuple(sorted([*self.packages, "hardware"]))
+        return tuple(sorted([*self.packages, *self.static_toolchain, "hardware"]))
 
     def key_options(self) -> frozenset[str]:
         return frozenset(o.name for o in self.options if o.in_key)
@@ -92,6 +94,7 @@ class Target:
                 found[component] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
                 found[component] = None
+        found.update(self.static_toolchain)
         found["hardware"] = self.hardware(spec)
         return found
 
