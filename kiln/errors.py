@@ -97,6 +97,7 @@ class RemoteError(StoreError):
 class BuildError(KilnError):
     """A build failed; ``log_tail`` holds the end of the worker's log when there is one."""
 
-    def __init__(self, message: str, log_tail: str = "") -> None:
+    def __init__(self, message: str, log_tail: str = "", log_path: str | None = None) -> None:
         super().__init__(message)
         self.log_tail = log_tail
+        self.log_path = log_path

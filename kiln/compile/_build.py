@@ -177,5 +177,15 @@ def compile_and_publish(
         stages = dict(result.stages)
         stages["publish"] = time.monotonic() - t_pub
         return entry, stages
+    except BuildError as e:
+        # The build directory goes away; keep the worker's log where the user can read it.
+        logs = store.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        saved = logs / f"{key[:16]}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+        if (bdir.path / BUILD_LOG).exists():
+            shutil.copyfile(bdir.path / BUILD_LOG, saved)
+            e.args = (str(e).replace(str(bdir.path / BUILD_LOG), str(saved)),)
+            e.log_path = str(saved)
+        raise
     finally:
         bdir.close()
