@@ -142,14 +142,19 @@ def build_trtllm(
             flags += " --per-token" if spec.quant.per_token else ""
             flags += " --per-channel" if spec.quant.per_channel else ""
         flags += " --int8-kv-cache" if spec.quant.int8_kv_cache else ""
+        for name, value in spec.options:
+            if name == "calib_set" and value != "default":
+                flags += " --calib-file FILE"  # the same file: its sha256 is in the key
+            elif name not in ("calib_set",):
+                flags += f" --option {name}={value}"
         done = ", ".join(f"{name} {'reused' if r else 'built'}" for name, r in reused.items())
+        push_keys = " ".join(f"--key {e.key[:12]}" for e in (ckpt_entry, stats_entry) if e is not None)
         raise IncompleteBuildError(
             f"conversion stages stored ({done}): checkpoint {ckpt_entry.key[:12]} "
             f"({ckpt_entry.files} files) in {store.root}. The engine stage needs "
-            f"{' and '.join(missing)} (a CUDA GPU with tensorrt_llm from NVIDIA's index). To finish, share the "
-            f"store or push to a remote (`kiln --remote URL push --key {ckpt_entry.key[:12]}`"
-            + (f" --key {stats_entry.key[:12]}" if stats_entry else "")
-            + f") and run on the GPU machine: kiln --remote URL build {model.ref} {flags}"
+            f"{', '.join(missing)} (a CUDA GPU with tensorrt_llm from NVIDIA's index). To finish, share the "
+            f"store, or push the stages (`kiln --remote URL push {push_keys}`) and run on the GPU machine: "
+            f"`kiln --remote URL build {model.ref} {flags}`"
         )
     if not res.complete:  # pins cannot stand in for the real toolchain here
         raise BuildError("internal: trtllm toolchain detected but resolution incomplete; drop --toolchain pins.")
