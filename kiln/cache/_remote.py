@@ -71,6 +71,10 @@ class Remote(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    def cleanup_partial_uploads(self, older_than_s: float) -> int:
+        """Remove what killed uploads left behind (not objects); returns how many."""
+        return 0
+
 
 # --------------------------------------------------------------------------- filesystem
 
@@ -145,6 +149,22 @@ class FileRemote(Remote):
     def delete(self, key: str) -> None:
         _unlink(self._path(key))
 
+    def cleanup_partial_uploads(self, older_than_s: float) -> int:
+        import time
+
+        cutoff, n = time.time() - older_than_s, 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                p = Path(dirpath) / name
+                if name.startswith(".") and ".tmp-" in name:
+                    try:
+                        if p.stat().st_mtime < cutoff:
+                            p.unlink()
+                            n += 1
+                    except FileNotFoundError:
+                        pass
+        return n
+
 
 def _copy(src: Path, dest: Path, progress: Progress | None) -> None:
     with open(src, "rb") as fin, open(dest, "wb") as fout:
@@ -175,12 +195,20 @@ class S3Remote(Remote):
     Settings, from the URL's query string or the environment (URL wins):
     ``endpoint`` (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), ``region`` (``AWS_REGION``),
     ``addressing=path|virtual`` (``KILN_S3_ADDRESSING``; default path when an endpoint is set,
-    as S3-compatible servers expect), ``profile`` (``AWS_PROFILE``). Credentials: the standard
-    AWS chain.
+    as S3-compatible servers expect), ``profile`` (``AWS_PROFILE``), ``timeout=SECONDS``
+    (``KILN_S3_TIMEOUT``; how long a request waits for the server's next bytes). Credentials:
+    the standard AWS chain.
+
+    Time is bounded: a request is tried at most ATTEMPTS times, each waiting at most TIMEOUT
+    seconds for the server, so an endpoint that accepts connections but never answers (a hung
+    or paused server) fails one request in about ATTEMPTS × TIMEOUT seconds plus backoff,
+    not hangs a serving container's start-up.
     """
 
     PART_SIZE = 64 << 20
     CONCURRENCY = 8
+    TIMEOUT = 15.0  # seconds without a byte from the server before a request attempt fails
+    ATTEMPTS = 3  # per request, the first try included
 
     def __init__(self, url: str) -> None:
         try:
@@ -200,15 +228,24 @@ class S3Remote(Remote):
         addressing = q.get("addressing") or os.environ.get("KILN_S3_ADDRESSING") or ("path" if endpoint else "auto")
         session = boto3.session.Session(profile_name=q.get("profile") or os.environ.get("AWS_PROFILE") or None)
         self.endpoint = endpoint
+        timeout = q.get("timeout") or os.environ.get("KILN_S3_TIMEOUT") or self.TIMEOUT
+        try:
+            self.timeout = float(timeout)
+            if not self.timeout > 0:
+                raise ValueError
+        except ValueError:
+            raise RemoteError(f"S3 timeout {timeout!r} is not a positive number of seconds (timeout= / KILN_S3_TIMEOUT).") from None
         self.client = session.client(
             "s3",
             endpoint_url=endpoint,
             region_name=q.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
             config=Config(
                 s3={"addressing_style": addressing},
-                retries={"max_attempts": 4, "mode": "standard"},  # bounded, with backoff
-                connect_timeout=5,
-                read_timeout=60,
+                # Bounded, with backoff. (The old read_timeout=60 with 4 attempts let one request to
+                # a paused server wait 4+ minutes; `kiln ls --remote` was seen past 5.)
+                retries={"total_max_attempts": self.ATTEMPTS, "mode": "standard"},
+                connect_timeout=min(5.0, self.timeout),
+                read_timeout=self.timeout,
                 max_pool_connections=self.CONCURRENCY * 2,
             ),
         )
@@ -227,12 +264,26 @@ class S3Remote(Remote):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _fail(self, action: str, key: str, e: Exception) -> RemoteError:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
 
         name = f"s3://{self.bucket}/{self._key(key)}"
         inner = e.__cause__ or e.__context__
-        if not isinstance(e, ClientError) and isinstance(inner, ClientError):
+        known = (ClientError, EndpointConnectionError, ReadTimeoutError, ConnectTimeoutError, ConnectionClosedError)
+        if not isinstance(e, known) and isinstance(inner, known):
             e = inner  # the transfer manager wraps the real error (S3UploadFailedError)
+        if isinstance(e, (ReadTimeoutError, ConnectTimeoutError)):
+            return RemoteError(
+                f"the S3 endpoint {self.endpoint or 'of AWS'} did not answer within {self.timeout:g} s "
+                f"({self.ATTEMPTS} attempts) to {action} {name}: is the server up and healthy? "
+                "(Set a longer wait with ?timeout=SECONDS in the remote URL or KILN_S3_TIMEOUT.)"
+            )
         if not isinstance(e, ClientError) and "NoSuchBucket" in str(e):
             return RemoteError(f"bucket {self.bucket} does not exist at {self.describe()}; create it or fix KILN_REMOTE.")
         if isinstance(e, NoCredentialsError):
@@ -314,6 +365,22 @@ class S3Remote(Remote):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as e:
             raise self._fail("delete", key, e) from None
+
+    def cleanup_partial_uploads(self, older_than_s: float) -> int:
+        """Abort multipart uploads under the prefix started before the grace period."""
+        import time
+
+        cutoff, n = time.time() - older_than_s, 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key(""))
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    if up["Initiated"].timestamp() < cutoff:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                        n += 1
+        except Exception as e:
+            raise self._fail("clean up multipart uploads in", "", e) from None
+        return n
 
 
 def open_remote(url: str | None) -> Remote | None:

@@ -21,6 +21,7 @@ but not yet its index entry.
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Callable, Iterator
 
 from ..errors import CorruptBlobError, NotFoundError, RemoteError, UnsafeManifestError
 from ..manifests._index import IndexEntry
-from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
+from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, check_digest
 from ._remote import Remote
 from ._store import Store
 
@@ -77,15 +78,33 @@ class PullResult:
 # --------------------------------------------------------------------------- index on the remote
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def _parse_entry(data: bytes | None, where: str) -> IndexEntry | None:
+    """An index entry from the remote: untrusted data (DESIGN invariant 5).
+
+    Its key and model digest become local paths when it is pulled (``Store.write_entry``),
+    so both must be plain hex, and the entry must sit where its own content says it does:
+    an entry at index/<model>/<key A>.json that describes key B would otherwise be served as
+    a hit for A (a wrong hit), and a key like ``../../x`` would write outside the store.
+    """
     if data is None:
         return None
     if len(data) > MAX_ENTRY_BYTES:
         raise RemoteError(f"index entry {where} is larger than {MAX_ENTRY_BYTES} bytes; refusing it.")
     try:
-        return IndexEntry.from_json(json.loads(data))
-    except (ValueError, KeyError, TypeError) as e:
-        raise RemoteError(f"index entry {where} on the remote is malformed ({e}).") from None
+        entry = IndexEntry.from_json(json.loads(data))
+        check_digest(entry.manifest, "manifest")
+        check_digest(entry.model.get("tree_digest"), "model tree_digest")
+    except (ValueError, KeyError, TypeError, AttributeError, UnsafeManifestError) as e:
+        raise RemoteError(f"index entry {where} on the remote is malformed ({e}); refusing it.") from None
+    if not _HEX64.fullmatch(entry.key) or where != entry_key(entry.model_hex, entry.key):
+        raise RemoteError(
+            f"index entry {where} on the remote describes key {entry.key[:80]!r} of model "
+            f"{entry.model_hex[:80]!r}, not the place it is stored at; refusing it (a damaged or hostile remote)."
+        )
+    return entry
 
 
 def remote_entry(remote: Remote, model_hex: str, key: str) -> IndexEntry | None:
@@ -115,11 +134,13 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
     result = PushResult(entry)
     files = {f.digest: f.size for f in manifest.files}
     count = threading.Lock()  # the counters are updated from the upload threads
+    skipped: set[str] = set()
 
     def send(item: tuple[str, int]) -> None:
         digest, size = item
         k = blob_key(digest)
         if remote.stat(k) == size:
+            skipped.add(digest)
             with count:
                 result.skipped += 1
                 result.skipped_bytes += size
@@ -137,6 +158,19 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
     send((manifest.config.digest, manifest.config.size))
     send((entry.manifest, store.blob_path(entry.manifest).stat().st_size))
     remote.put(entry_key(entry.model_hex, entry.key), entry.to_bytes())
+    # A remote gc may have deleted an old, then-unreferenced blob that this push found and
+    # skipped, between the check and the entry. Look once more and restore what is gone, so
+    # the artifact this push announced is complete when it returns.
+    all_blobs = {**files, manifest.config.digest: manifest.config.size,
+                 entry.manifest: store.blob_path(entry.manifest).stat().st_size}
+    for digest, size in all_blobs.items():
+        if remote.stat(blob_key(digest)) != size:
+            remote.upload(store.blob_path(digest), blob_key(digest))
+            if digest in skipped:  # counted as already there; it was not, after all
+                result.skipped -= 1
+                result.skipped_bytes -= size
+                result.uploaded += 1
+                result.uploaded_bytes += size
     return result
 
 
@@ -180,15 +214,26 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
             digest, size = item
             k = blob_key(digest)
             for attempt in (1, 2):
+                # Refuse a remote object larger than the manifest says before downloading it:
+                # a hostile or damaged remote must not fill the disk.
+                actual = remote.stat(k)
+                if actual != size:
+                    raise RemoteError(
+                        f"object {k} on {remote.describe()} has {actual} bytes, the manifest says {size}: "
+                        "refusing it; nothing was published."
+                    )
                 tmp = store.new_download_path()
                 remote.download(k, tmp, progress)
                 try:
                     store.put_downloaded(tmp, digest, size)
                 except CorruptBlobError as e:
                     if attempt == 2:
+                        # Push skips blobs already present with the right size, so a plain
+                        # re-push would not replace this one: the object has to go first.
                         raise RemoteError(
                             f"object {k} on {remote.describe()} is corrupt or was changed behind Kiln's back "
-                            f"({e}); nothing was published. Re-push the artifact from a good store."
+                            f"({e}); nothing was published. Delete that object from the remote, then push "
+                            "the artifact again from a good store."
                         ) from None
                     with count:
                         result.retried.append(k)
@@ -222,14 +267,39 @@ class RemoteGcPlan:
 
 
 def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False) -> RemoteGcPlan:
+    """Delete blobs no artifact on the remote references (older than ``grace_s``).
+
+    Reading failures abort the collection instead of being skipped: an entry or a manifest
+    that could not be *read* (timeout, throttling, a server error) may reference any blob, so
+    guessing "unreferenced" there would delete live data. Only entries and manifests that were
+    read and are malformed, missing or corrupt are reported as broken.
+    """
+    import hashlib
+
     referenced: set[str] = set()
     broken: list[str] = []
-    for entry in remote_entries(remote):
-        referenced.add(blob_key(entry.manifest))
+    for info in remote.list("index/"):
+        if not info.key.endswith(".json"):
+            continue
+        data = remote.get(info.key, MAX_ENTRY_BYTES)  # a RemoteError here aborts gc
         try:
-            manifest = Manifest.parse(_fetch_small(remote, entry.manifest, MAX_MANIFEST_BYTES))
+            entry = _parse_entry(data, info.key)
+        except RemoteError as e:
+            broken.append(str(e))  # malformed: it is never served either
+            continue
+        if entry is None:
+            continue  # deleted since it was listed
+        mkey = blob_key(entry.manifest)
+        referenced.add(mkey)
+        mdata = remote.get(mkey, MAX_MANIFEST_BYTES)  # a RemoteError here aborts gc
+        try:
+            if mdata is None:
+                raise RemoteError(f"manifest {mkey} is missing")
+            if "sha256:" + hashlib.sha256(mdata).hexdigest() != entry.manifest:
+                raise RemoteError(f"manifest {mkey} does not match its digest")
+            manifest = Manifest.parse(mdata)
         except (RemoteError, UnsafeManifestError) as e:
-            broken.append(f"{entry_key(entry.model_hex, entry.key)}: {e}")
+            broken.append(f"{info.key}: {e}")
             continue
         referenced.add(blob_key(manifest.config.digest))
         referenced.update(blob_key(f.digest) for f in manifest.files)
@@ -246,4 +316,7 @@ def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False
     if not dry_run:
         for k, _ in plan.blobs:
             remote.delete(k)
+        # Leftovers of killed pushes that hold storage without being objects: incomplete S3
+        # multipart uploads, hidden temp files on a filesystem remote (older than the grace).
+        remote.cleanup_partial_uploads(grace_s)
     return plan

@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""Remote transfer benchmark: Kiln push/pull against raw clients, same bytes, same server, same run.
+
+Starts an S3-protocol server (``python -m moto.server`` on 127.0.0.1, a separate process) and
+uses a directory as a filesystem remote. For an artifact of several files (default 1 GiB):
+
+* Kiln ``push`` / ``pull`` (the library calls the CLI makes: stat + upload of every blob with
+  boto3's transfer manager, index entry last; pull downloads, sha256-verifies, fsyncs and
+  publishes into an empty local store);
+* the second push of the unchanged artifact (bytes moved, seconds; in-process and via the CLI);
+* baselines with the same bytes as ONE object: boto3 ``upload_file``/``download_file``
+  (transfer manager defaults: 8 MiB parts, 10 threads), boto3 ``put_object``/``get_object``
+  (one request each way), obstore ``put``/``get`` (Rust object_store; defaults: 5 MiB parts,
+  12 concurrent) and, for the directory, a plain copy + fsync.
+
+    .venv/bin/python scripts/bench_remote.py                 # 1 GiB
+    .venv/bin/python scripts/bench_remote.py --size-mib 128  # quick
+
+moto is an in-memory Python server (werkzeug, one process, the GIL): on a small machine it is
+usually the bottleneck, and client and server share the CPU, so absolute numbers say little
+about real S3; the ratios between clients on the same server say more, and still understate
+the difference a faster client makes against a fast server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2) as r:
+                r.read()
+            return proc, endpoint
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit("moto server did not start")
+            time.sleep(0.1)
+
+
+def write_artifact(root: Path, total: int, n_files: int, seed: int = 0) -> dict[str, int]:
+    """n_files large files of random bytes (unequal sizes) plus two small ones."""
+    rng = random.Random(seed)
+    weights = [n_files - i for i in range(n_files)]
+    sizes = [total * w // sum(weights) for w in weights]
+    sizes[0] += total - sum(sizes)
+    out = {}
+    for i, size in enumerate(sizes):
+        p = root / ("weights" if i == 0 else "engine") / f"part-{i}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 64 * MiB)
+                f.write(rng.randbytes(n))
+                left -= n
+        out[p.relative_to(root).as_posix()] = size
+    for name, data in (("config.json", b'{"bench": true}'), ("tokenizer.json", b'{"version": "1.0"}')):
+        (root / name).write_bytes(data)
+        out[name] = len(data)
+    return out
+
+
+def concat(root: Path, files: dict[str, int], dest: Path) -> None:
+    with open(dest, "wb") as out:
+        for rel in files:
+            with open(root / rel, "rb") as f:
+                shutil.copyfileobj(f, out, 8 * MiB)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    r = fn()
+    return time.perf_counter() - t0, r
+
+
+def copy_fsync(src: Path, dest: Path) -> None:
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 8 * MiB)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024, help="artifact size (default 1024)")
+    ap.add_argument("--files", type=int, default=4, help="large files in the artifact (default 4)")
+    ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir, removed afterwards)")
+    args = ap.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-bench-remote-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true", KILN_HOME=str(work / "store"),
+    )
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "KILN_REMOTE"):
+        os.environ.pop(name, None)
+    sys.path.insert(0, str(REPO))
+
+    import boto3
+    import obstore
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+    from obstore.store import S3Store
+
+    from kiln import api
+    from kiln.cache import Store
+    from kiln.cache._remote import open_remote
+    from kiln.cache._sync import pull, push
+    from kiln.spec import BuildSpec
+
+    size = args.size_mib * MiB
+    rows: list[tuple[str, float, int]] = []  # (what, seconds, bytes)
+
+    def row(what: str, seconds: float, nbytes: int) -> None:
+        rows.append((what, seconds, nbytes))
+        rate = f"{nbytes / 1e6 / seconds:8.1f} MB/s" if nbytes else ""
+        print(f"  {what:<58} {seconds:8.2f} s {rate}", flush=True)
+
+    moto, endpoint = start_moto()
+    try:
+        print(f"artifact: {args.size_mib} MiB in {args.files} large files + 2 small; moto at {endpoint}; work {work}", flush=True)
+        src = work / "artifact"
+        files = write_artifact(src, size, args.files)
+        total = sum(files.values())
+        single = work / "single.bin"
+        concat(src, files, single)
+        model = work / "model"
+        model.mkdir(exist_ok=True)
+        (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                       "hidden_size": 64, "num_attention_heads": 8, "num_hidden_layers": 2,
+                                                       "max_position_embeddings": 4096, "vocab_size": 512}))
+        (model / "model.safetensors").write_bytes(b"\0" * 4096)
+        store = Store()
+        res = api.resolve(BuildSpec(target="torch-aoti", model=str(model), n_positions=256), store=store,
+                          toolchain={"torch": "2.0.0", "transformers": "5.0.0", "hardware": "cpu-bench"})
+        t, entry = timed(lambda: api.put(res, src, store=store))
+        row("local: kiln store put (hash + copy + fsync)", t, total)
+
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
+        ostore_kw = dict(endpoint=endpoint, access_key_id="bench", secret_access_key="bench", region="us-east-1",
+                         virtual_hosted_style_request=False, client_options={"allow_http": True, "timeout": "600s"})
+
+        def wipe(bucket: str) -> None:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for o in page.get("Contents", []):
+                    client.delete_object(Bucket=bucket, Key=o["Key"])
+
+        # ---------------------------------------------------------------- S3: Kiln
+        print("S3 (moto):", flush=True)
+        client.create_bucket(Bucket="kiln-bench")
+        url = f"s3://kiln-bench/kiln?endpoint={endpoint}"
+        remote = open_remote(url)
+        t, pushed = timed(lambda: push(store, remote, entry))
+        row(f"kiln push ({pushed.uploaded} blobs)", t, pushed.uploaded_bytes)
+        kiln_push = (t, pushed.uploaded_bytes)
+        t, again = timed(lambda: push(store, remote, entry))
+        row(f"kiln push again, unchanged ({again.uploaded_bytes} bytes moved)", t, 0)
+        second_push = (t, again.uploaded_bytes)
+        t, cli = timed(lambda: subprocess.run(
+            [sys.executable, "-m", "kiln.cli", "--remote", url, "push", "--key", entry.key, "--json"],
+            capture_output=True, text=True, check=True))
+        cli_moved = json.loads(cli.stdout)[0]["uploaded_bytes"]
+        row(f"`kiln push` CLI again, unchanged ({cli_moved} bytes moved, process start incl.)", t, 0)
+        cli_second = (t, cli_moved)
+        fresh = Store(work / "pull-store")
+        t, pulled = timed(lambda: pull(fresh, remote, entry))
+        row(f"kiln pull into an empty store ({pulled.downloaded} blobs, verified, fsynced)", t, pulled.downloaded_bytes)
+        kiln_pull = (t, pulled.downloaded_bytes)
+        shutil.rmtree(work / "pull-store")
+        wipe("kiln-bench")
+
+        # ---------------------------------------------------------------- S3: raw clients, one object
+        client.create_bucket(Bucket="raw-bench")
+        dl = work / "download.bin"
+        ost = S3Store("raw-bench", **ostore_kw)
+        kiln_cfg = remote.transfer  # Kiln's TransferConfig: 64 MiB parts, 8 threads
+        raw: dict[str, float] = {}
+
+        def measure(name: str, label: str, fn: Callable[[], Any]) -> None:
+            t, _ = timed(fn)
+            row(label, t, total)
+            raw[name] = t
+
+        def put_object() -> None:
+            with open(single, "rb") as f:
+                client.put_object(Bucket="raw-bench", Key="one", Body=f)
+
+        def get_object() -> None:
+            body = client.get_object(Bucket="raw-bench", Key="one")["Body"]
+            with open(dl, "wb") as f:
+                for chunk in body.iter_chunks(8 * MiB):
+                    f.write(chunk)
+
+        def ob_get() -> None:
+            with open(dl, "wb") as f:
+                for chunk in obstore.get(ost, "one").stream(min_chunk_size=8 * MiB):
+                    f.write(chunk)
+
+        cases = [
+            ("b3_tm", "boto3 upload_file / download_file, defaults (8 MiB parts, 10 threads)",
+             lambda: client.upload_file(str(single), "raw-bench", "one", Config=TransferConfig()),
+             lambda: client.download_file("raw-bench", "one", str(dl), Config=TransferConfig())),
+            ("b3_kiln", "boto3 upload_file / download_file, Kiln's settings (64 MiB parts, 8 threads)",
+             lambda: client.upload_file(str(single), "raw-bench", "one", Config=kiln_cfg),
+             lambda: client.download_file("raw-bench", "one", str(dl), Config=kiln_cfg)),
+            ("b3_one", "boto3 put_object / get_object, one request each", put_object, get_object),
+            ("ob_mp", "obstore put (8 MiB parts, 10 concurrent) / get (one request)",
+             lambda: obstore.put(ost, "one", single, chunk_size=8 * MiB, max_concurrency=10), ob_get),
+            ("ob_def", "obstore put defaults (5 MiB parts, 12 concurrent) / get",
+             lambda: obstore.put(ost, "one", single), ob_get),
+            ("ob_one", "obstore put (one request) / get (one request)",
+             lambda: obstore.put(ost, "one", single, use_multipart=False), ob_get),
+        ]
+        for name, label, up, down in cases:
+            measure(name + "_up", f"{label} -- upload", up)
+            measure(name + "_down", f"{label} -- download", down)
+            dl.unlink()
+            wipe("raw-bench")
+
+        # ---------------------------------------------------------------- filesystem remote
+        print("filesystem remote (same disk):", flush=True)
+        froot = work / "fs-remote"
+        fremote = open_remote(str(froot))
+        t, fp = timed(lambda: push(store, fremote, entry))
+        row(f"kiln push to a directory ({fp.uploaded} blobs, fsynced)", t, fp.uploaded_bytes)
+        fs_push = t
+        t, fa = timed(lambda: push(store, fremote, entry))
+        row(f"kiln push again, unchanged ({fa.uploaded_bytes} bytes moved)", t, 0)
+        fresh = Store(work / "pull-store")
+        t, fpl = timed(lambda: pull(fresh, fremote, entry))
+        row("kiln pull from the directory (verified, fsynced)", t, fpl.downloaded_bytes)
+        fs_pull = t
+        shutil.rmtree(work / "pull-store")
+        shutil.rmtree(froot)
+        froot.mkdir()
+        t, _ = timed(lambda: copy_fsync(single, froot / "one"))
+        row("copy + fsync of the same bytes, one file (baseline)", t, total)
+        fs_copy = t
+        (froot / "one").unlink()
+    finally:
+        moto.kill()
+        moto.wait()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    mb = total / 1e6
+
+    def rate(t: float) -> str:
+        return f"{mb / t:.0f} MB/s"
+
+    print("\nratios (time of the baseline / time of the first: >1 means the first is faster):")
+    print(f"  kiln push vs boto3 upload_file (defaults)      {raw['b3_tm_up'] / kiln_push[0]:.2f}x  ({rate(kiln_push[0])} vs {rate(raw['b3_tm_up'])})")
+    print(f"  kiln push vs boto3 upload_file (Kiln settings) {raw['b3_kiln_up'] / kiln_push[0]:.2f}x  ({rate(raw['b3_kiln_up'])})")
+    print(f"  kiln pull vs boto3 download_file (defaults)    {raw['b3_tm_down'] / kiln_pull[0]:.2f}x  ({rate(kiln_pull[0])} vs {rate(raw['b3_tm_down'])})")
+    print(f"  kiln pull vs boto3 download_file (Kiln sett.)  {raw['b3_kiln_down'] / kiln_pull[0]:.2f}x  ({rate(raw['b3_kiln_down'])})")
+    print(f"  kiln pull vs boto3 get_object                  {raw['b3_one_down'] / kiln_pull[0]:.2f}x  ({rate(raw['b3_one_down'])})")
+    print(f"  obstore vs boto3, multipart upload, 8 MiB parts {raw['b3_tm_up'] / raw['ob_mp_up']:.2f}x")
+    print(f"  obstore vs boto3, one-request upload            {raw['b3_one_up'] / raw['ob_one_up']:.2f}x")
+    print(f"  obstore vs boto3, one-request download          {raw['b3_one_down'] / raw['ob_one_down']:.2f}x")
+    print(f"  kiln push to dir vs copy+fsync                  {fs_copy / fs_push:.2f}x")
+    print(f"  kiln pull from dir vs copy+fsync                {fs_copy / fs_pull:.2f}x")
+    print(f"  second push: {second_push[1]} bytes in {second_push[0]:.3f} s in-process, "
+          f"{cli_second[1]} bytes in {cli_second[0]:.3f} s via the CLI")
+    print("\n| measurement | time | throughput |\n| --- | --- | --- |")
+    for what, seconds, nbytes in rows:
+        rate = f"{nbytes / 1e6 / seconds:.0f} MB/s" if nbytes else ""
+        print(f"| {what} | {seconds:.2f} s | {rate} |")
+
+
+if __name__ == "__main__":
+    main()
