@@ -40,10 +40,11 @@ with ``per_channel_scale = scale_w_quant_orig`` in per-token mode and
 cases ``a * per_channel_scale`` is the dequantisation factor ``1 / (s_x * s_w)``.
 
 Deliberate differences from TensorRT-LLM's converter (documented, all in the safe direction):
-the math runs in float32/float64 instead of the model's fp16; weight maxima are clamped away
-from zero (TensorRT-LLM's ``weight_scales.to(float).clamp(min=1e-5)`` discards its result);
-and for GQA models with per-tensor *weight* scales TensorRT-LLM multiplies the QKV weights by
-``scale_w_quant_orig`` instead of ``scale_w_orig_quant`` (``weight_int8 = to_i8(weights *
+the math runs in float32 (scales and smoothing factors in float64) instead of the model's
+fp16; weight maxima are clamped away from zero (TensorRT-LLM's
+``weight_scales.to(float).clamp(min=1e-5)`` discards its result); and for GQA models with
+per-tensor *weight* scales TensorRT-LLM multiplies the QKV weights by ``scale_w_quant_orig``
+instead of ``scale_w_orig_quant`` (``weight_int8 = to_i8(weights *
 scale_w_quant_orig_t_expand)``), which zeroes them; Kiln uses the orig->quant scale the
 runtime expects.
 """
@@ -123,7 +124,8 @@ def smooth_into_norm(
     """
     s = smoothing_factors(act_absmax, input_channel_absmax(*weights), alpha)
     new_norm = (norm_weight.to(torch.float64) / s).to(torch.float32)
-    new_ws = [(w.to(torch.float64) * s.view(1, -1)).to(torch.float32) for w in weights]
+    s32 = s.to(torch.float32).view(1, -1)
+    new_ws = [w.to(torch.float32) * s32 for w in weights]
     return new_norm, new_ws, s
 
 
@@ -132,7 +134,7 @@ def smooth_with_smoother(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothing with no norm to fold into: ``(W * s, s)``; the runtime divides X by ``s``."""
     s = smoothing_factors(act_absmax, input_channel_absmax(weight), alpha)
-    return (weight.to(torch.float64) * s.view(1, -1)).to(torch.float32), s
+    return weight.to(torch.float32) * s.to(torch.float32).view(1, -1), s
 
 
 @dataclass(frozen=True)
@@ -166,9 +168,9 @@ def quantize_linear(
     ``per_channel``: one weight scale per output channel; otherwise one per tensor, or one
     per entry of ``groups`` (output-dimension sizes; ``[q, k, v]`` for the fused QKV).
     """
-    w = weight.detach().to(torch.float64)
+    w = weight.detach().to(torch.float32)
     out_features = w.shape[0]
-    row_max = w.abs().amax(dim=1).clamp(min=_ROW_EPS)
+    row_max = w.abs().amax(dim=1).to(torch.float64).clamp(min=_ROW_EPS)
     if per_channel:
         w_max = row_max
     else:
@@ -177,7 +179,8 @@ def quantize_linear(
             raise ValueError(f"groups {sizes} do not add up to the {out_features} output channels")
         w_max = torch.cat([part.amax().expand(n) for part, n in zip(row_max.split(sizes), sizes)])
     s_w_orig_quant = INT8_MAX / w_max
-    w_int8 = torch.round(w * s_w_orig_quant.view(-1, 1)).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    w_scaled = w * s_w_orig_quant.to(torch.float32).view(-1, 1)
+    w_int8 = w_scaled.round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
 
     x_max = max(float(act_absmax.detach().to(torch.float64).amax()), _ROW_EPS)
     y_max = max(float(out_absmax.detach().to(torch.float64).amax()), _ROW_EPS)
