@@ -19,30 +19,39 @@ from .api import (
     parse_toolchain_pins,
     put,
     resolve,
+    select,
     spec_from_sources,
 )
+from ._engines import LoadedEngine, load_engine, load_engine_by_key
 from .cache import Store
+from .compile import BuildResult, build
 from .errors import KilnError
 from .spec import BuildSpec, Field, Quantization, spec_from_fields
 
 __all__ = [
     "__version__",
+    "BuildResult",
     "BuildSpec",
     "Field",
     "KilnError",
+    "LoadedEngine",
     "LookupResult",
     "Quantization",
     "Query",
     "Resolution",
     "Store",
+    "build",
     "compute_key",
     "fetch",
     "find_artifact",
     "list_artifacts",
+    "load_engine",
+    "load_engine_by_key",
     "lookup",
     "parse_toolchain_pins",
     "put",
     "resolve",
+    "select",
     "spec_from_fields",
     "spec_from_sources",
 ]

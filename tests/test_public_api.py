@@ -13,9 +13,10 @@ from .conftest import write_fake_model
 
 def test_exported_names_are_pinned() -> None:
     assert sorted(kiln.__all__) == sorted([
-        "__version__", "BuildSpec", "Field", "KilnError", "LookupResult", "Quantization", "Query",
-        "Resolution", "Store", "compute_key", "fetch", "find_artifact", "list_artifacts", "lookup",
-        "parse_toolchain_pins", "put", "resolve", "spec_from_fields", "spec_from_sources",
+        "__version__", "BuildResult", "BuildSpec", "Field", "KilnError", "LoadedEngine", "LookupResult",
+        "Quantization", "Query", "Resolution", "Store", "build", "compute_key", "fetch", "find_artifact",
+        "list_artifacts", "load_engine", "load_engine_by_key", "lookup", "parse_toolchain_pins", "put",
+        "resolve", "select", "spec_from_fields", "spec_from_sources",
     ])
     for name in kiln.__all__:
         assert hasattr(kiln, name), name

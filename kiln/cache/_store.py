@@ -24,6 +24,7 @@ fails is moved to quarantine/ and the lookup or fetch becomes a loud miss.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -462,7 +463,7 @@ class Store:
         staging = dest.parent / f".{dest.name}.kiln-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir()
         try:
-            with store_lock(self.lock_dir, shared=True) if self.lock_dir.exists() else _nullcontext():
+            with store_lock(self.lock_dir, shared=True) if self.lock_dir.exists() else contextlib.nullcontext():
                 for f in manifest.files:
                     target = staging.joinpath(*f.path.split("/"))
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -632,14 +633,6 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _unlink_quiet(path: Path) -> None:

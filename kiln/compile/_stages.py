@@ -115,7 +115,3 @@ def run_stage(
         entry, _ = compile_and_publish(store, stage.key, what=f"{stage.target} {stage.name}", argv=argv,
                                        publish=publish, on_stage=on_stage)
         return entry, False
-
-
-def materialize_stage(store: Store, entry: IndexEntry, dest: Path) -> Path:
-    return store.materialize(store.check_artifact(entry), dest)
