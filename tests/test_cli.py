@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_kiln, write_fake_model, write_hf_cache_model
+from .conftest import run_kiln, write_hf_cache_model
 
 AOTI = ["--target", "torch-aoti", "--n-positions", "256"]
 
