@@ -183,3 +183,24 @@ def test_two_concurrent_builds_of_one_key_compile_once(tmp_path: Path) -> None:
     assert sorted(r["compiled"] for r in results) == [False, True]
     assert len({r["key"] for r in results}) == 1
     assert any(r["waited_for_peer"] for r in results)
+
+
+def test_ensure_on_miss_builds_and_pushes(tmp_path: Path) -> None:
+    """A serving container with `--on-miss build --push`: the first start builds and publishes,
+    a second container with an empty store gets the engine from the remote without compiling."""
+    model = make_tiny_model("llama", tmp_path / "m", seed=8)
+    remote = tmp_path / "remote"
+    spec = ["--target", "torch-aoti", "--n-positions", "32"]
+    miss = run_kiln("--remote", str(remote), "ensure", str(model), *spec, "--dest", str(tmp_path / "d0"))
+    assert miss.returncode == 1 and "build one with `kiln build`" in miss.stdout
+    first = run_kiln("--remote", str(remote), "ensure", str(model), *spec, "--dest", str(tmp_path / "d1"),
+                     "--on-miss", "build", "--push", "--json", timeout=600)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["built"]["compiled"] is True and (tmp_path / "d1" / "engine.pt2").exists()
+    second = run_kiln("--remote", str(remote), "ensure", str(model), *spec, "--dest", str(tmp_path / "d2"), "--json",
+                      env={"KILN_HOME": str(tmp_path / "other-store")})
+    assert second.returncode == 0, second.stderr
+    data2 = json.loads(second.stdout)
+    assert data2["source"] == "remote" and data2["key"] == data["key"] and "built" not in data2
+    assert (tmp_path / "d2" / "weights.safetensors").read_bytes() == (tmp_path / "d1" / "weights.safetensors").read_bytes()
