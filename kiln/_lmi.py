@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ConfigSourceError
-from .spec import Field, parse_bool, parse_positive_int
+from .spec import Field, normalize_target, parse_bool, parse_positive_int
 
 __all__ = ["LmiConfig", "read_serving_properties", "parse_properties_text", "properties_from_env", "interpret"]
 
@@ -277,6 +277,8 @@ def interpret(
         if target:
             notes.append(f"target {target} inferred from {src}")
     if target:
+        # Aliases (tensorrt-llm, tnx, …) must select the same LMI rules as the canonical names.
+        target = normalize_target(target, src or "--target")
         fields["target"] = Field(target, src or "--target")
 
     def put(name: str, prop_name: str) -> Prop | None:

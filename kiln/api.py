@@ -330,8 +330,8 @@ def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where
     want = res.shape
     scored = []
     for e in seen:
-        if e.spec.get("target") != res.spec.target:
-            continue
+        if e.spec.get("target") != res.spec.target or "stage" in e.spec:
+            continue  # build stages (calibration, checkpoint) are not engines
         have = {k: v for k, v in e.spec.items() if k != "model"}
         diffs = spec_differences(want, have) + toolchain_differences(res.toolchain, e.toolchain)
         scored.append((len(diffs), e.created, e, diffs))
@@ -424,7 +424,7 @@ def select(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
     fields |= {"quantization"} if {"smoothquant_alpha", "int8_kv_cache"} & res.given else set()
     fit, rejected = [], []
     for e in entries.values():
-        if e.spec.get("target") != res.spec.target:
+        if e.spec.get("target") != res.spec.target or "stage" in e.spec:
             continue
         why = [d for d in spec_differences({k: res.shape[k] for k in fields}, {k: e.spec.get(k) for k in fields})]
         why += toolchain_differences(res.toolchain, e.toolchain)

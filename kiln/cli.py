@@ -58,22 +58,24 @@ def _parse_size(text: str) -> int:
     t = text.strip().upper().replace("IB", "").replace("B", "")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     try:
-        if t and t[-1] in mult:
-            return int(float(t[:-1]) * mult[t[-1]])
-        return int(t)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size; write e.g. 500M, 20G or 1T.") from None
+        value = int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(t)
+    except (ValueError, OverflowError):
+        value = -1
+    if value < 0:
+        raise click.BadParameter(f"{text!r} is not a size; write e.g. 500M, 20G or 1T.")
+    return value
 
 
 def _parse_duration(text: str) -> float:
     t = text.strip().lower()
     mult = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     try:
-        if t and t[-1] in mult:
-            return float(t[:-1]) * mult[t[-1]]
-        return float(t)
+        value = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration; write e.g. 30m, 12h or 7d.") from None
+        value = -1.0
+    if not (0 <= value < float("inf")):
+        raise click.BadParameter(f"{text!r} is not a duration; write e.g. 30m, 12h or 7d.")
+    return value
 
 
 # --------------------------------------------------------------------------- group

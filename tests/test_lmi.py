@@ -180,3 +180,11 @@ def test_latin1_file_is_read(tmp_path: Path) -> None:
     p = tmp_path / "serving.properties"
     p.write_bytes("# caf\xe9\noption.model_id=m\n".encode("latin-1"))
     assert read_serving_properties(p)["option.model_id"].value == "m"
+
+
+def test_target_aliases_select_the_same_lmi_rules() -> None:
+    env = {"OPTION_MODEL_ID": "m", "OPTION_MAX_INPUT_LEN": "2048", "OPTION_MAX_OUTPUT_LEN": "2048", "OPTION_MAX_NUM_TOKENS": "8192"}
+    specs = {alias: spec_from_sources({"target": Field(alias, "--target")}, from_env=True, env=env).spec
+             for alias in ("trtllm", "tensorrt-llm", "TRTLLM")}
+    assert len(set(specs.values())) == 1
+    assert specs["trtllm"].n_positions == 4096 and ("max_num_tokens", "8192") in specs["trtllm"].options

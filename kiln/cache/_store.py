@@ -166,6 +166,7 @@ class Store:
         # Absent, or damaged (check_blob moved it to quarantine): publishing the same bytes
         # again must repair the store, not keep a bad blob because its name exists.
         os.replace(tmp, final)
+        fsync_dir(final.parent)  # the rename is durable before any index entry can name it
         self._restamp(digest)
 
     def _blob_ok(self, digest: str, size: int) -> bool:

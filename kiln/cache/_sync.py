@@ -196,7 +196,18 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
         manifest = Manifest.parse(manifest_bytes)
     except UnsafeManifestError as e:
         raise RemoteError(f"manifest {entry.manifest} on {remote.describe()} is unsafe: {e}") from None
+    if manifest.annotations.get("dev.kiln.key") != entry.key:
+        raise RemoteError(
+            f"index entry {entry.key[:12]} on {remote.describe()} points at the manifest of another artifact "
+            f"({manifest.annotations.get('dev.kiln.key', 'none')[:12]}): refusing it."
+        )
     record_bytes = _fetch_small(remote, manifest.config.digest, MAX_CONFIG_BYTES)
+    try:
+        record_key = json.loads(record_bytes).get("key")
+    except ValueError:
+        record_key = None
+    if record_key != entry.key:
+        raise RemoteError(f"the build record of {entry.key[:12]} on {remote.describe()} names another key: refusing it.")
     result = PullResult(entry)
     count = threading.Lock()  # the counters are updated from the download threads
     with store.writer_lock():

@@ -64,10 +64,11 @@ def _values(raw: Any, name: str) -> list[Any]:
     if isinstance(raw, Mapping) and "start" in raw:
         try:
             start, stop = int(raw["start"]), int(raw["stop"])
+            factor = int(raw["factor"]) if "factor" in raw else None
+            step = int(raw.get("step", 1))
         except (KeyError, TypeError, ValueError):
-            raise SpecError(f"matrix: {name} range {dict(raw)} needs integer start and stop.") from None
-        if "factor" in raw:
-            factor = int(raw["factor"])
+            raise SpecError(f"matrix: {name} range {dict(raw)} needs integer start, stop and step/factor.") from None
+        if factor is not None:
             if factor < 2 or start < 1:
                 raise SpecError(f"matrix: {name} range factor must be >= 2 and start >= 1.")
             out, v = [], start
@@ -75,7 +76,6 @@ def _values(raw: Any, name: str) -> list[Any]:
                 out.append(v)
                 v *= factor
             return out
-        step = int(raw.get("step", 1))
         if step < 1:
             raise SpecError(f"matrix: {name} range step must be >= 1.")
         return list(range(start, stop + 1, step))

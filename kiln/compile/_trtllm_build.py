@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..api import Resolution, put
+from ..api import Resolution, lookup, put
 from ..cache._remote import Remote
 from ..cache._store import Store
 from ..errors import BuildError, SpecError
@@ -156,8 +156,9 @@ def build_trtllm(
             f"store, or push the stages (`kiln --remote URL push {push_keys}`) and run on the GPU machine: "
             f"`kiln --remote URL build {model.ref} {flags}`"
         )
-    if not res.complete:  # pins cannot stand in for the real toolchain here
-        raise BuildError("internal: trtllm toolchain detected but resolution incomplete; drop --toolchain pins.")
+    from ._build import _require_real_toolchain
+
+    _require_real_toolchain(res)  # a --toolchain pin must not label an engine built with another
 
     def engine_argv(out: Path, work: Path) -> list[str]:
         ckpt_dir = store.materialize(store.check_artifact(ckpt_entry), work / "checkpoint")
@@ -172,6 +173,13 @@ def build_trtllm(
         return put(res, out, store=store, duration_s=result.seconds, started=started, move=True,
                    extra={"checkpoint": ckpt_entry.key, "calibration": stats_entry.key if stats_entry else None})
 
-    entry, stages = compile_and_publish(store, res.key, what="trtllm engine", argv=engine_argv, publish=publish,
-                                        on_stage=on_stage)
+    with store.single_flight(res.key):
+        if not force:
+            found = lookup(res, store=store)  # a peer may have built the engine while we waited
+            if found.hit:
+                assert found.entry is not None
+                return BuildResult(found.entry, True, time.monotonic() - t0, stage_times, waited_for_peer=True,
+                                   source=found.source)
+        entry, stages = compile_and_publish(store, res.key, what="trtllm engine", argv=engine_argv, publish=publish,
+                                            on_stage=on_stage)
     return BuildResult(entry, False, time.monotonic() - t0, {**stage_times, **stages})

@@ -100,13 +100,19 @@ def plan_layout(
         graphs_entry = by_path.get("neuron-graphs.json")
         if graphs_entry is None:
             raise SpecError(f"artifact {entry.key[:12]} records no cache modules (neuron-graphs.json); use --layout lmi.")
-        graphs = json.loads(read_blob(graphs_entry.digest))
-        version = str(graphs["compiler_version"])
-        flags = json.dumps(list(graphs.get("flags") or [])).encode()
+        try:
+            graphs = json.loads(read_blob(graphs_entry.digest))
+            version = str(graphs["compiler_version"])
+            flags = json.dumps([str(f) for f in graphs.get("flags") or []]).encode()
+            modules = [(str(m["module"]), str(m["neff"])) for m in graphs["modules"]]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise SpecError(f"artifact {entry.key[:12]} has a malformed neuron-graphs.json; use --layout lmi.") from None
+        if "/" in version or version in ("", ".", ".."):
+            raise SpecError(f"artifact {entry.key[:12]} names a bad compiler version {version!r}.")
         files, generated = [], {}
-        for m in graphs["modules"]:
-            module = str(m["module"])
-            neff = by_path.get(str(m["neff"]))
+        for module, neff_path in modules:
+            m = {"module": module, "neff": neff_path}
+            neff = by_path.get(neff_path)
             if neff is None or not module.startswith("MODULE_") or "/" in module:
                 raise SpecError(f"artifact {entry.key[:12]} lists a bad cache module {m!r}.")
             base = f"neuronxcc-{version}/{module}"

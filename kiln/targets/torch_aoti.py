@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..spec import BuildSpec
-from ._base import Target, TargetOption
+from ._base import ResolvedSpec, Target, TargetOption
 from ._hardware import cpu_class, cuda_class
 
 
@@ -20,6 +20,13 @@ from ._hardware import cpu_class, cuda_class
 class TorchAotiTarget(Target):
     def hardware(self, spec: BuildSpec) -> str | None:
         return cuda_class() if spec.option("device", "cpu") == "cuda" else cpu_class()
+
+    def validate(self, spec: BuildSpec, config: Mapping[str, Any]) -> ResolvedSpec:
+        resolved = super().validate(spec, config)
+        if resolved.spec.option("device") == "cpu":  # the default: `-o device=cpu` and nothing key alike
+            opts = tuple((k, v) for k, v in resolved.spec.options if k != "device")
+            return ResolvedSpec(resolved.spec.replace(options=opts), resolved.notes)
+        return resolved
 
     def worker_argv(self, res: Any, out_dir: Path) -> list[str]:
         spec = res.spec

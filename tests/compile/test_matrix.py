@@ -38,7 +38,7 @@ def test_expansion_with_ranges_include_exclude_and_presets() -> None:
 @pytest.mark.parametrize("doc,message", [
     ({"modles": ["x"]}, "unknown keys modles"),
     ({"models": []}, "models is an empty list"),
-    ({"models": ["x"], "targets": ["torch-aoti"], "n_positions": {"start": "a", "stop": 3}}, "needs integer start and stop"),
+    ({"models": ["x"], "targets": ["torch-aoti"], "n_positions": {"start": "a", "stop": 3}}, "needs integer start, stop"),
     ({"models": ["x"], "targets": ["torch-aoti"], "quantization": ["int4"]}, "quantization 'int4' must be 'none'"),
     ({"models": ["x"], "targets": ["torch-aoti"], "exclude": [{"colour": "red"}]}, "exclude entry 1"),
 ])

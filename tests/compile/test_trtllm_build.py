@@ -131,3 +131,12 @@ def test_real_engine_build(tmp_path: Path) -> None:  # pragma: no cover - needs 
     r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ, "--json", timeout=3600)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["compiled"] is True
+
+
+def test_select_and_miss_explanations_ignore_build_stages(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=26)
+    assert run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ).returncode == 3
+    sel = run_kiln("lookup", str(model), "--target", "trtllm", "--instance-type", "ml.g5.12xlarge", "--select")
+    assert sel.returncode == 1 and "Traceback" not in sel.stderr
+    miss = run_kiln("lookup", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ, *PINS)
+    assert miss.returncode == 1 and "(checkpoint)" not in miss.stdout and "no trtllm artifact" in miss.stdout
