@@ -446,6 +446,10 @@ def _build_preset(ctx: click.Context, name: str, kw: dict[str, Any], *, force: b
     from .compile import build as run_build
     from .presets import load_preset
 
+    stray = [f"--{k.replace('_', '-')}" for k, v in kw.items()
+             if k not in ("model", "toolchain_pins") and v not in (None, False, (), [])]
+    if stray:
+        raise click.UsageError(f"--preset sets the spec of every row; drop {', '.join(stray)} (only MODEL and --toolchain apply).")
     rows = load_preset(name, model=kw.get("model"))
     pins = parse_toolchain_pins(kw.get("toolchain_pins", ()))
     report = []
