@@ -76,13 +76,9 @@ def spec_from_sources(
     env_map = os.environ if env is None else env
     instance = flags.get("option.instance_type")
     target_flag = flags.get("target")
-    from .targets.neuron import INSTANCE_CORES, normalize_instance_type
+    from .targets._instances import instance_devices
 
-    cores = None
-    if instance is not None:
-        cores = INSTANCE_CORES.get(normalize_instance_type(str(instance.value))) or _GPU_COUNTS.get(
-            normalize_instance_type(str(instance.value))
-        )
+    cores = instance_devices(str(instance.value)) if instance is not None else None
     cfg = interpret(
         props,
         target=str(target_flag.value) if target_flag is not None else None,
@@ -93,14 +89,6 @@ def spec_from_sources(
     merged = {**cfg.fields, **flags}
     given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))
     return SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given)
-
-
-# GPUs per SageMaker GPU instance type, for resolving tensor_parallel_degree=max.
-_GPU_COUNTS = {
-    "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
-    "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8, "p4d.24xlarge": 8, "p4de.24xlarge": 8,
-    "p5.48xlarge": 8, "g6.12xlarge": 4, "g6.48xlarge": 8, "g6e.12xlarge": 4, "g6e.48xlarge": 8,
-}
 
 
 def parse_toolchain_pins(pins: Iterable[str]) -> dict[str, str]:
@@ -406,13 +394,12 @@ def select(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
     (all devices used), then the largest batch size, then the longest n_positions, then the
     newest. The notes say what was chosen and why the others were not.
     """
-    from .targets.neuron import INSTANCE_CORES, normalize_instance_type
+    from .targets._instances import instance_devices
 
     instance = res.spec.option("instance_type")
     if not instance:
         raise SpecError("--select chooses for an instance: pass --instance-type (e.g. ml.inf2.24xlarge).")
-    name = normalize_instance_type(instance)
-    devices = INSTANCE_CORES.get(name) or _GPU_COUNTS.get(name)
+    devices = instance_devices(instance)
     model_hex = res.model.tree_digest.split(":", 1)[1]
     entries = {e.key: e for e in store.iter_entries(model_hex)}
     if remote is not None:

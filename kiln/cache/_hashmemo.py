@@ -10,9 +10,11 @@ unreadable entry only means hashing again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 from ._fsutil import atomic_write_bytes
 
@@ -23,20 +25,31 @@ def stat_signature(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Hex sha256 and byte count of a file, read once."""
+def hash_stream(src: Path, dest: Path | None = None, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """Hex sha256 and byte count of ``src``, read once; copied to ``dest`` (fsynced) on the way."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb", buffering=0) as f:
+    with open(src, "rb", buffering=0) as fin, (open(dest, "wb", buffering=0) if dest else contextlib.nullcontext()) as fout:
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         while True:
-            n = f.readinto(buf)
+            n = fin.readinto(buf)
             if not n:
                 break
             h.update(view[:n])
+            if fout is not None:
+                fout.write(view[:n])
             size += n
+            if progress:
+                progress(n)
+        if fout is not None:
+            os.fsync(fout.fileno())
     return h.hexdigest(), size
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Hex sha256 and byte count of a file, read once."""
+    return hash_stream(path)
 
 
 class HashMemo:

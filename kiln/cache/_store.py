@@ -48,7 +48,7 @@ from ..manifests._manifest import (
 )
 from ..manifests._record import utc_now
 from ._fsutil import atomic_write_bytes, exchange, fsync_dir
-from ._hashmemo import CHUNK, HashMemo, stat_signature
+from ._hashmemo import HashMemo, hash_stream, stat_signature
 from ._locks import single_flight, store_lock
 
 __all__ = ["Store", "default_store_root", "GcPlan", "VerifyReport", "Progress"]
@@ -203,23 +203,9 @@ class Store:
                 self._ingest(tmp, digest)
                 return digest, size
         tmp = self._new_temp()
-        h = hashlib.sha256()
-        size = 0
         try:
-            with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
-                buf = bytearray(CHUNK)
-                view = memoryview(buf)
-                while True:
-                    n = fin.readinto(buf)
-                    if not n:
-                        break
-                    h.update(view[:n])
-                    fout.write(view[:n])
-                    size += n
-                    if progress:
-                        progress(n)
-                os.fsync(fout.fileno())
-            digest = "sha256:" + h.hexdigest()
+            hexdigest, size = hash_stream(src, tmp, progress)
+            digest = "sha256:" + hexdigest
             self._ingest(tmp, digest)
         except BaseException:
             _unlink_quiet(tmp)
@@ -678,36 +664,12 @@ def _stale_dirs(root: Path, max_age_s: float) -> list[Path]:
 
 
 def _hash_file(path: Path, progress: Progress | None) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            size += n
-            if progress:
-                progress(n)
-    return "sha256:" + h.hexdigest(), size
+    hexdigest, size = hash_stream(path, None, progress)
+    return "sha256:" + hexdigest, size
 
 
 def _copy_verified(src: Path, dest: Path, digest: str, progress: Progress | None) -> None:
-    h = hashlib.sha256()
-    with open(src, "rb", buffering=0) as fin, open(dest, "wb", buffering=0) as fout:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while True:
-            n = fin.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            fout.write(view[:n])
-            if progress:
-                progress(n)
-    if "sha256:" + h.hexdigest() != digest:
+    if "sha256:" + hash_stream(src, dest, progress)[0] != digest:
         raise CorruptBlobError(f"blob {digest} changed while it was copied out; run `kiln verify`.", digest)
 
 

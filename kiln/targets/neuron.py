@@ -10,16 +10,8 @@ from ..errors import ValidationError
 from ..spec import BuildSpec
 from ._base import ResolvedSpec, Target, TargetOption
 
-# NeuronCores per instance (SageMaker's ml. prefix is accepted and ignored).
-INSTANCE_CORES = {
-    "inf2.xlarge": 2, "inf2.8xlarge": 2, "inf2.24xlarge": 12, "inf2.48xlarge": 24,
-    "trn1.2xlarge": 2, "trn1.32xlarge": 32, "trn1n.32xlarge": 32,
-}
-
-
-def normalize_instance_type(value: str) -> str:
-    text = value.strip().lower()
-    return text[3:] if text.startswith("ml.") else text
+from ._instances import NEURON_CORES as INSTANCE_CORES
+from ._instances import normalize_instance_type
 
 
 @dataclass(frozen=True)
