@@ -16,6 +16,7 @@ that already catch ``ValueError`` or ``FileNotFoundError`` keep working)::
     │   ├── NotFoundError (LookupError)   no artifact for a digest/key that must exist
     │   └── RemoteError                   a remote (S3 bucket, shared path) failed or holds bad data
     └── BuildError                        a build failed; carries the worker's log tail
+        └── IncompleteBuildError          CPU stages stored; the last step needs other hardware (exit 3)
 
 Every message says what was wrong and what to do next. The CLI prints the message (no
 traceback) and exits with ``exit_code``.
@@ -37,6 +38,7 @@ __all__ = [
     "NotFoundError",
     "RemoteError",
     "BuildError",
+    "IncompleteBuildError",
 ]
 
 
@@ -101,3 +103,9 @@ class BuildError(KilnError):
         super().__init__(message)
         self.log_tail = log_tail
         self.log_path = log_path
+
+
+class IncompleteBuildError(BuildError):
+    """The steps this machine can run are stored; the last one needs another machine (a GPU)."""
+
+    exit_code = 3

@@ -1,9 +1,10 @@
 """Build specs: what an engine is compiled for, in one frozen value.
 
 A :class:`BuildSpec` comes from one of three sources — CLI flags, SageMaker LMI ``OPTION_*``
-environment variables, or an LMI ``serving.properties`` file (see :mod:`kiln._lmi`) — and all
-three go through :func:`spec_from_fields`, so the same settings give the same spec and the
-same key whichever way they were written.
+environment variables, or an LMI ``serving.properties`` file (see :mod:`kiln.lmi`) — and all
+three go through :func:`kiln.core.specs.spec_from_fields`, so the same settings give the same
+spec and the same key whichever way they were written. This module holds the values and their
+primitive parsers; which targets exist is the registry's business (:mod:`kiln.targets`).
 
 The build key is ``sha256(canonical_json(key_inputs))`` where the key inputs are an explicit
 allowlist: the key schema version, the resolved spec (minus the model *name*: weights are
@@ -25,30 +26,29 @@ from .errors import SpecError
 
 __all__ = [
     "KEY_SCHEMA",
-    "TARGETS",
+    "CALIB_SET_OPTION",
     "DTYPES",
     "Quantization",
     "BuildSpec",
     "Field",
-    "spec_from_fields",
     "normalize_dtype",
+    "parse_positive_int",
+    "parse_bool",
+    "parse_alpha",
+    "file_digest",
     "canonical_json",
     "build_key",
     "key_inputs",
 ]
 
 KEY_SCHEMA = 1
-TARGETS = ("torch-aoti", "trtllm", "neuron")
+# `--calib-file FILE` enters a spec as this option, holding the file's digest (file_digest).
+CALIB_SET_OPTION = "calib_set"
 DTYPES = ("fp32", "fp16", "bf16")
 _DTYPE_ALIASES = {
     "fp32": "fp32", "float32": "fp32", "float": "fp32", "f32": "fp32", "torch.float32": "fp32",
     "fp16": "fp16", "float16": "fp16", "half": "fp16", "f16": "fp16", "torch.float16": "fp16",
     "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16",
-}
-_TARGET_ALIASES = {
-    "torch-aoti": "torch-aoti", "torch_aoti": "torch-aoti", "aoti": "torch-aoti",
-    "trtllm": "trtllm", "tensorrt-llm": "trtllm", "tensorrt_llm": "trtllm", "trt-llm": "trtllm",
-    "neuron": "neuron", "neuronx": "neuron", "tnx": "neuron", "inferentia": "neuron",
 }
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
 _FALSE = {"false", "0", "no", "n", "off", "f"}
@@ -179,6 +179,25 @@ class BuildSpec:
             options=tuple(sorted((str(k), str(v)) for k, v in (data.get("options") or {}).items())),
         )
 
+    def cli_flags(self) -> str:
+        """The `kiln build` flags that give this spec back (what messages tell users to run)."""
+        flags = [f"--target {self.target}"]
+        flags += [f"--n-positions {self.n_positions}"] if self.n_positions is not None else []
+        flags += [f"--batch-size {self.batch_size}", f"--tp-degree {self.tp_degree}"]
+        flags += [f"--dtype {self.dtype}"] if self.dtype is not None else []
+        q = self.quant
+        if q.smoothquant:
+            flags.append(f"--smoothquant {_canon_float(q.smoothquant_alpha)}")
+            flags += ["--per-token"] if q.per_token else []
+            flags += ["--per-channel"] if q.per_channel else []
+        flags += ["--int8-kv-cache"] if q.int8_kv_cache else []
+        for name, value in self.options:
+            if name == CALIB_SET_OPTION:
+                flags += ["--calib-file FILE"] if value.startswith("sha256:") else []  # the file whose digest it is
+            else:
+                flags.append(f"--option {name}={value}")
+        return " ".join(flags)
+
     def summary(self) -> str:
         return (
             f"{self.target} n_positions={self.n_positions} batch_size={self.batch_size} "
@@ -197,13 +216,6 @@ def normalize_dtype(value: str, source: str = "dtype") -> str:
         f"{source}={value!r} is not a dtype Kiln builds for; write one of "
         f"{', '.join(DTYPES)} (aliases: float32, float16, bfloat16)."
     )
-
-
-def normalize_target(value: str, source: str = "target") -> str:
-    text = str(value).strip().lower()
-    if text in _TARGET_ALIASES:
-        return _TARGET_ALIASES[text]
-    raise SpecError(f"{source}={value!r} is not a Kiln target; write one of {', '.join(TARGETS)}.")
 
 
 def parse_positive_int(value: Any, source: str) -> int:
@@ -234,93 +246,20 @@ def parse_bool(value: Any, source: str) -> bool:
     raise SpecError(f"{source}={value!r} must be true or false.")
 
 
-def parse_alpha(value: Any, source: str) -> float:
+def parse_alpha(value: Any, source: str = "SmoothQuant alpha") -> float:
+    """SmoothQuant's alpha as a float in [0, 1]: the one check every reader of an alpha uses."""
+    if isinstance(value, bool):
+        raise SpecError(f"{source}={value!r} must be a number between 0 and 1, for example 0.5.")
     try:
         alpha = float(str(value).strip())
     except ValueError:
         raise SpecError(f"{source}={value!r} must be a number between 0 and 1, for example 0.5.") from None
     if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
         raise SpecError(
-            f"{source}={value!r} is outside [0, 1]; SmoothQuant's alpha migrates that fraction of "
-            "the activation range into the weights: write a value such as 0.5 or 0.8."
+            f"{source}={value!r} is outside [0, 1]: SmoothQuant alpha must be in [0, 1] (it migrates "
+            "that fraction of the activation range into the weights); write a value such as 0.5 or 0.8."
         )
     return alpha
-
-
-_OPTION_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
-
-
-def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
-    """Build a :class:`BuildSpec` from raw fields gathered by any of the three parsers.
-
-    Known field names: target, model, n_positions, batch_size, tp_degree, dtype,
-    smoothquant_alpha, per_token, per_channel, int8_kv_cache, and ``option.<name>`` for target
-    options. Every bad value raises :class:`SpecError` naming its source.
-    """
-
-    def get(name: str) -> Field | None:
-        f = fields.get(name)
-        if f is None or f.value is None or (isinstance(f.value, str) and not f.value.strip()):
-            return None
-        return f
-
-    target_f = get("target")
-    if target_f is None:
-        raise SpecError(
-            "no target given; pass --target (torch-aoti, trtllm or neuron), or set "
-            "OPTION_ROLLING_BATCH / OPTION_ENTRYPOINT so Kiln can infer it."
-        )
-    target = normalize_target(target_f.value, target_f.source)
-    model_f = get("model")
-    if model_f is None:
-        raise SpecError(
-            "no model given; pass MODEL (a Hub id such as org/name[@revision] or a local "
-            "directory), or set OPTION_MODEL_ID / HF_MODEL_ID, or option.model_id."
-        )
-    model = str(model_f.value).strip()
-
-    def int_or(name: str, default: int | None) -> int | None:
-        f = get(name)
-        return default if f is None else parse_positive_int(f.value, f.source)
-
-    n_positions = int_or("n_positions", None)
-    batch_size = int_or("batch_size", 1)
-    tp_degree = int_or("tp_degree", 1)
-    dtype_f = get("dtype")
-    dtype = None if dtype_f is None else normalize_dtype(dtype_f.value, dtype_f.source)
-
-    alpha_f = get("smoothquant_alpha")
-    alpha = None if alpha_f is None else parse_alpha(alpha_f.value, alpha_f.source)
-    flags = {}
-    for name in ("per_token", "per_channel", "int8_kv_cache"):
-        f = get(name)
-        flags[name] = False if f is None else parse_bool(f.value, f.source)
-        if flags[name] and alpha is None and name != "int8_kv_cache":
-            raise SpecError(
-                f"{f.source} asks for SmoothQuant {name.replace('_', '-')} scaling, but SmoothQuant "
-                "is not enabled; add --smoothquant ALPHA (or option.quantize=smoothquant with "
-                "option.smoothquant_alpha), or drop the flag."
-            )
-    quant = Quantization(alpha, flags["per_token"], flags["per_channel"], flags["int8_kv_cache"])
-
-    options: dict[str, str] = {}
-    for name, f in fields.items():
-        if not name.startswith("option.") or get(name) is None:
-            continue
-        opt = name[len("option."):].strip().lower().replace("-", "_")
-        if not _OPTION_NAME.match(opt):
-            raise SpecError(f"{f.source}: {opt!r} is not a valid target option name (letters, digits, _).")
-        options[opt] = str(f.value).strip()
-    return BuildSpec(
-        target=target,
-        model=model,
-        n_positions=n_positions,
-        batch_size=batch_size,  # type: ignore[arg-type]
-        tp_degree=tp_degree,  # type: ignore[arg-type]
-        dtype=dtype,
-        quant=quant,
-        options=tuple(sorted(options.items())),
-    )
 
 
 # --------------------------------------------------------------------------- keys
@@ -365,6 +304,13 @@ def key_inputs(
         "model": {"tree_digest": tree_digest},
         "toolchain": dict(sorted(toolchain.items())),
     }
+
+
+def file_digest(path: Any) -> str:
+    """``sha256:<hex>`` of a file's bytes: how a spec names an input file (a --calib-file)."""
+    from pathlib import Path
+
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def build_key(inputs: Mapping[str, Any]) -> str:

@@ -33,7 +33,8 @@ JIT_CHILD = r"""
 import sys, time, json
 t0 = float(sys.argv[1])
 from pathlib import Path
-from kiln.targets._aoti_engine import export_engine, load_engine
+from kiln.targets.torch_aoti.export import export_engine
+from kiln.targets.torch_aoti.runtime import load_engine
 from transformers import AutoTokenizer
 out = Path(sys.argv[3])
 export_engine(Path(sys.argv[2]), out, batch_size=1, n_positions=int(sys.argv[4]), dtype="fp32", log=lambda s: None)
@@ -48,7 +49,7 @@ HIT_CHILD = r"""
 import sys, time, json
 t0 = float(sys.argv[1])
 from kiln import BuildSpec, Store, resolve
-from kiln._engines import load_engine
+from kiln.api import load_engine
 store = Store(sys.argv[3])
 res = resolve(BuildSpec("torch-aoti", sys.argv[2], n_positions=int(sys.argv[4]), dtype="fp32"), store=store)
 t_lookup = time.time()
@@ -75,7 +76,7 @@ def latency(model_dir: Path, store_root: Path, n_positions: int, runs: int) -> d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kiln import BuildSpec, Store, resolve
-    from kiln._engines import load_engine
+    from kiln.api import load_engine
 
     store = Store(store_root)
     loaded = load_engine(resolve(BuildSpec("torch-aoti", str(model_dir), n_positions=n_positions, dtype="fp32"), store=store), store=store)

@@ -7,7 +7,7 @@
    RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` inside the worker process).
 3. Measures perplexity on HELD_OUT below (original prose written for this benchmark, not part
    of the calibration corpus): the Hugging Face model in fp32 is the baseline; every
-   checkpoint is run from its rank files by kiln.targets._trtllm_reference.
+   checkpoint is run from its rank files by kiln.targets.trtllm.reference.
 
 Ratios are against baselines measured in the same run (DESIGN.md): perplexity against the
 HF fp32 model, conversion time and memory against the unquantized fp16 tp1 conversion.
@@ -101,7 +101,7 @@ def _worker_with_rss(args: list[str]) -> dict:
     """Run the trtllm worker in a fresh process; return wall time, peak RSS and output."""
     code = (
         "import resource, sys\n"
-        "from kiln.targets._trtllm_worker import main\n"
+        "from kiln.targets.trtllm.worker import main\n"
         "rc = main(sys.argv[1:])\n"
         "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
         "sys.exit(rc)\n"
@@ -142,7 +142,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from kiln.targets._trtllm_reference import ReferenceExecutor
+    from kiln.targets.trtllm.reference import ReferenceExecutor
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)

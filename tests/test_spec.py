@@ -11,8 +11,8 @@ from kiln.spec import (
     canonical_json,
     key_inputs,
     normalize_dtype,
-    spec_from_fields,
 )
+from kiln.core.specs import spec_from_fields
 
 
 def fields(**kw: object) -> dict[str, Field]:

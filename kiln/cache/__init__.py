@@ -1,5 +1,30 @@
-"""The content-addressed store (local) — later also remotes."""
+"""The content-addressed store (local) and its remotes (filesystem paths, S3 buckets).
 
-from ._store import GcPlan, Store, VerifyReport, default_store_root
+Public to the rest of Kiln: :class:`Store` (which owns every directory under ``KILN_HOME``),
+:func:`open_remote` / :class:`Remote`, and the transfers between them (:func:`push`,
+:func:`pull`, :func:`remote_entries`, :func:`remote_gc`). The underscore modules are private.
+"""
 
-__all__ = ["GcPlan", "Store", "VerifyReport", "default_store_root"]
+from ._hashmemo import HashMemo
+from ._remote import Remote, open_remote
+from ._store import GcPlan, Progress, Store, VerifyReport, default_store_root
+from ._sync import PullResult, PushResult, RemoteGcPlan, pull, push, remote_entries, remote_entry, remote_gc
+
+__all__ = [
+    "GcPlan",
+    "HashMemo",
+    "Progress",
+    "PullResult",
+    "PushResult",
+    "Remote",
+    "RemoteGcPlan",
+    "Store",
+    "VerifyReport",
+    "default_store_root",
+    "open_remote",
+    "pull",
+    "push",
+    "remote_entries",
+    "remote_entry",
+    "remote_gc",
+]

@@ -9,6 +9,13 @@ Layout under the store root (``KILN_HOME``)::
     quarantine/                blobs that failed verification, kept for inspection
     hash-memo/                 memoised sha256 of model files
     locks/                     store.lock + gate.lock (gc vs writers), build-<key>.lock (single-flight)
+    builds/<key>-<pid>-<rand>/ a live build's working directory (+ .lock, held while it builds)
+    run/engine-<rand>/         per-process directories of engines loaded in-process
+    logs/<key>-<time>-<pid>.log  logs of failed builds (gc removes them after 30 days)
+
+The store owns every one of these directories (as uv's cache owns its buckets): other code
+asks it for a build directory, a run directory or a place for a failed build's log, and gc
+knows each by name.
 
 Publish order (DESIGN invariant 2): blobs, then the build record and manifest (blobs too),
 then the index entry, last, each by atomic rename. A reader that finds an index entry
@@ -55,6 +62,9 @@ __all__ = ["Store", "default_store_root", "GcPlan", "VerifyReport", "Progress"]
 
 Progress = Callable[[int], None]  # called with byte counts as work advances
 
+RUN_DIR_MAX_AGE_S = 86400  # engine directories of processes that did not exit cleanly
+FAILED_LOG_MAX_AGE_S = 30 * 86400  # failed builds' logs: kept a month for the user to read
+
 
 def default_store_root() -> Path:
     if os.environ.get("KILN_HOME"):
@@ -75,10 +85,11 @@ class GcPlan:
     temp_paths: tuple[Path, ...]  # leftovers of killed writers
     blob_bytes: int
     kept_bytes: int
+    logs: tuple[Path, ...] = ()  # failed builds' logs older than FAILED_LOG_MAX_AGE_S
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.blobs or self.temp_paths)
+        return not (self.entries or self.blobs or self.temp_paths or self.logs)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,9 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         self.quarantine_dir = self.root / "quarantine"
         self.lock_dir = self.root / "locks"
+        self.builds_dir = self.root / "builds"
+        self.run_dir_root = self.root / "run"
+        self.logs_dir = self.root / "logs"
         self.memo = HashMemo(self.root / "hash-memo")
 
     def __repr__(self) -> str:
@@ -129,6 +143,48 @@ class Store:
     def single_flight(self, key: str, timeout: float = -1):  # type: ignore[no-untyped-def]
         self._writable()
         return single_flight(self.lock_dir, key, timeout)
+
+    # ------------------------------------------------------------------ buckets handed out
+    @contextlib.contextmanager
+    def build_dir(self, key: str) -> Iterator[Path]:
+        """A fresh build directory on the store's filesystem, owned by this process while in use.
+
+        Its ``<dir>.lock`` is flocked before the directory exists, so gc never sees a live
+        build's directory unlocked; a builder killed midway leaves a directory whose lock is
+        free, which gc removes.
+        """
+        import fcntl
+        import secrets
+
+        self._writable()
+        self.builds_dir.mkdir(parents=True, exist_ok=True)
+        path = self.builds_dir / f"{key[:16]}-{os.getpid()}-{secrets.token_hex(3)}"
+        fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            path.mkdir()
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            _unlink_quiet(Path(str(path) + ".lock"))
+            os.close(fd)
+
+    def keep_failed_log(self, key: str, log: Path) -> Path:
+        """Copy a failed build's log where the user can read it (gc removes it after 30 days)."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        saved = self.logs_dir / f"{key[:16]}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+        shutil.copyfile(log, saved)
+        return saved
+
+    def new_run_dir(self) -> Path:
+        """A fresh directory for an engine loaded in this process (same filesystem: hard links).
+
+        gc removes run directories older than a day (processes that did not exit cleanly).
+        """
+        import tempfile
+
+        self.run_dir_root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="engine-", dir=self.run_dir_root))
 
     # ------------------------------------------------------------------ blobs
     def blob_path(self, digest: str) -> Path:
@@ -588,9 +644,10 @@ class Store:
         for d in (self.index_dir, self.stamp_dir, self.memo.root):
             if d is not None and d.exists():
                 temps.extend(p for p in d.rglob(".*.tmp-*"))
-        temps.extend(_abandoned_builds(self.root / "builds"))
-        temps.extend(_stale_dirs(self.root / "run", max_age_s=86400))
-        return GcPlan(tuple(evict), tuple(dead), tuple(temps), sum(s for _, s in dead), kept_bytes)
+        temps.extend(_abandoned_builds(self.builds_dir))
+        temps.extend(_stale_dirs(self.run_dir_root, max_age_s=RUN_DIR_MAX_AGE_S))
+        logs = tuple(_stale_dirs(self.logs_dir, max_age_s=FAILED_LOG_MAX_AGE_S))
+        return GcPlan(tuple(evict), tuple(dead), tuple(temps), sum(s for _, s in dead), kept_bytes, logs)
 
     def gc(self, *, max_size: int | None = None, older_than: float | None = None, dry_run: bool = False) -> GcPlan:
         """Plan (and unless ``dry_run``, apply) removal of unreferenced and evicted data.
@@ -611,7 +668,7 @@ class Store:
             for digest, _ in plan.blobs:
                 _unlink_quiet(self.blob_path(digest))
                 _unlink_quiet(self._stamp_path(digest))
-            for p in plan.temp_paths:
+            for p in (*plan.temp_paths, *plan.logs):
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
@@ -656,7 +713,7 @@ def _abandoned_builds(builds: Path) -> list[Path]:
 
 
 def _stale_dirs(root: Path, max_age_s: float) -> list[Path]:
-    """Per-process engine directories (kiln.load_engine) older than ``max_age_s``."""
+    """Entries of a bucket (run dirs, failed-build logs) not modified for ``max_age_s``."""
     if not root.is_dir():
         return []
     cutoff = time.time() - max_age_s

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
+from .._version import __version__
+
 RECORD_SCHEMA = "kiln.build-record/v1"
 
 __all__ = ["RECORD_SCHEMA", "make_record", "record_json_schema", "utc_now"]
@@ -36,8 +38,6 @@ def make_record(
     command: Sequence[str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from .. import __version__
-
     record: dict[str, Any] = {
         "schema": RECORD_SCHEMA,
         "key": key,

@@ -11,7 +11,6 @@ the manifest and writing the index entry, through Store.publish's ``before_index
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess

@@ -87,7 +87,7 @@ def test_a_fresh_process_with_only_the_store_generates(built: dict, tmp_path: Pa
     code = (
         "import sys, torch\n"
         "from kiln import Store\n"
-        "from kiln._engines import load_engine_by_key\n"
+        "from kiln.api import load_engine_by_key\n"
         f"loaded = load_engine_by_key({key!r}, store=Store(sys.argv[1]))\n"
         "tok = loaded.tokenizer()\n"
         "ids = tok('the quick brown fox', return_tensors='pt')['input_ids']\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.compile._matrix import expand_matrix
+from kiln.compile.matrix import expand_matrix
 from kiln.errors import SpecError
 
 from ..conftest import run_kiln, write_fake_model

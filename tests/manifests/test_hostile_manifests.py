@@ -27,9 +27,7 @@ from kiln.cache._fsutil import atomic_write_bytes
 from kiln.errors import UnsafeManifestError
 from kiln.manifests import IndexEntry
 from kiln.manifests._manifest import (
-    ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
-    MANIFEST_MEDIA_TYPE,
     MAX_ARTIFACT_SIZE,
     MAX_BLOB_SIZE,
     MAX_CONFIG_BYTES,

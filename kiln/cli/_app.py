@@ -1,0 +1,52 @@
+"""The root command group: global options, and Kiln's errors as one line and an exit code.
+
+Exit codes: 0 success / hit, 1 miss (lookup, fetch, ensure), 2 or more errors — grep's
+convention. Errors Kiln raises on purpose print one message saying what to do, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import api
+from ..errors import KilnError
+from ._context import CliContext
+
+__all__ = ["KilnGroup", "cli"]
+
+
+class KilnGroup(click.Group):
+    """Turns Kiln's own errors into one clear line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KilnError as e:
+            click.echo(f"kiln: error: {e}", err=True)
+            tail = getattr(e, "log_tail", "")
+            if tail:
+                click.echo("--- worker log (tail) ---\n" + tail, err=True)
+            ctx.exit(e.exit_code)
+        except BrokenPipeError:  # `kiln ls | head`: the reader left, nothing to report
+            sys.stderr.close()
+            ctx.exit(0)
+        except OSError as e:  # permissions, full disks, vanished files
+            click.echo(f"kiln: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(api.__version__, prog_name="kiln")
+@click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="KILN_HOME",
+              help="Local store directory [env: KILN_HOME; default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].")
+@click.option("--remote", "remote_url", envvar="KILN_REMOTE", metavar="URL",
+              help="Shared store: s3://BUCKET/PREFIX[?endpoint=URL] or a path [env: KILN_REMOTE].")
+@click.pass_context
+def cli(ctx: click.Context, store_path: Path | None, remote_url: str | None) -> None:
+    """Build LLM engines ahead of time; keep them in a content-addressed store; find them fast."""
+    ctx.obj = CliContext(api.Store(store_path), remote_url)

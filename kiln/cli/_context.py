@@ -1,0 +1,44 @@
+"""What every command reads from the root group: the local store and the (lazily opened) remote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .. import api
+
+__all__ = ["CliContext", "store", "remote", "remote_url"]
+
+
+class CliContext:
+    def __init__(self, store_: api.Store, remote_url_: str | None) -> None:
+        self.store = store_
+        self.remote_url = remote_url_
+        self._remote: api.Remote | None = None
+
+    def remote(self, required: bool = False) -> api.Remote | None:
+        if self._remote is None and self.remote_url:
+            self._remote = api.open_remote(self.remote_url)
+        if required and self._remote is None:
+            from ..errors import RemoteError
+
+            raise RemoteError("no remote configured: pass --remote URL (before the command) or set KILN_REMOTE.")
+        return self._remote
+
+
+def _obj(ctx: click.Context) -> CliContext:
+    obj: Any = ctx.find_root().obj
+    return obj
+
+
+def store(ctx: click.Context) -> api.Store:
+    return _obj(ctx).store
+
+
+def remote(ctx: click.Context, required: bool = False) -> api.Remote | None:
+    return _obj(ctx).remote(required)
+
+
+def remote_url(ctx: click.Context) -> str | None:
+    return _obj(ctx).remote_url

@@ -1,0 +1,146 @@
+"""Options shared by commands, defined once: the spec flags (as one value), layouts, toolchain pins.
+
+Every command that takes a spec declares ``@spec_options`` and receives one
+:class:`SpecRequest` (``spec=``): the flags as written, plus ``--from-env`` /
+``--serving-properties`` / ``--calib-file`` / ``--toolchain``. :func:`resolve_request` turns it
+into an :class:`~kiln.api.Resolution` the same way for every command.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import click
+
+from .. import api
+from ..spec import CALIB_SET_OPTION, Field
+
+__all__ = ["SpecRequest", "spec_options", "resolve_request", "layout_options", "toolchain_option"]
+
+# Spec field -> the flag that sets it (for messages naming where a value came from).
+SPEC_FLAGS = {
+    "target": "--target",
+    "n_positions": "--n-positions",
+    "batch_size": "--batch-size",
+    "tp_degree": "--tp-degree",
+    "dtype": "--dtype",
+    "smoothquant_alpha": "--smoothquant",
+    "per_token": "--per-token",
+    "per_channel": "--per-channel",
+    "int8_kv_cache": "--int8-kv-cache",
+}
+
+
+@dataclass(frozen=True)
+class SpecRequest:
+    """What the user asked for with spec flags, before resolution."""
+
+    model: str | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)  # spec field -> raw flag value (set ones only)
+    instance_type: str | None = None
+    options: tuple[str, ...] = ()  # NAME=VALUE
+    from_env: bool = False
+    serving_properties: Path | None = None
+    calib_file: Path | None = None
+    toolchain_pins: tuple[str, ...] = ()
+
+    @property
+    def names_a_spec(self) -> bool:
+        """MODEL, --from-env or --serving-properties: something to resolve."""
+        return self.model is not None or self.from_env or self.serving_properties is not None
+
+    def given_flags(self) -> list[str]:
+        """The spec flags set on the command line other than MODEL and --toolchain."""
+        out = [SPEC_FLAGS[k] for k in self.values]
+        out += ["--instance-type"] if self.instance_type else []
+        out += ["--option"] if self.options else []
+        out += ["--from-env"] if self.from_env else []
+        out += ["--serving-properties"] if self.serving_properties else []
+        out += ["--calib-file"] if self.calib_file else []
+        return out
+
+    def fields(self) -> dict[str, Field]:
+        flags: dict[str, Field] = {}
+        if self.model is not None:
+            flags["model"] = Field(self.model, "MODEL")
+        for name, value in self.values.items():
+            flags[name] = Field(value, SPEC_FLAGS[name])
+        if self.instance_type:
+            flags["option.instance_type"] = Field(self.instance_type, "--instance-type")
+        for item in self.options:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--option")
+            flags[f"option.{name.strip()}"] = Field(value, f"--option {name.strip()}")
+        if self.calib_file is not None:
+            flags[f"option.{CALIB_SET_OPTION}"] = Field(api.file_digest(self.calib_file), "--calib-file")
+        return flags
+
+
+_OPTIONS = [
+    click.argument("model", required=False),
+    click.option("--target", "-t", help=f"{', '.join(api.TARGETS)}."),
+    click.option("--n-positions", help="Max input + output tokens the engine is compiled for."),
+    click.option("--batch-size", help="Batch size (LMI: max_rolling_batch_size)."),
+    click.option("--tp-degree", help="Tensor-parallel degree."),
+    click.option("--dtype", help="fp32, fp16 or bf16 (float32/float16/bfloat16 accepted)."),
+    click.option("--smoothquant", "smoothquant_alpha", metavar="ALPHA", help="SmoothQuant with this alpha in [0, 1] (trtllm)."),
+    click.option("--per-token", is_flag=True, default=None, help="SmoothQuant per-token activation scales."),
+    click.option("--per-channel", is_flag=True, default=None, help="SmoothQuant per-channel weight scales."),
+    click.option("--int8-kv-cache", is_flag=True, default=None, help="INT8 KV cache (trtllm)."),
+    click.option("--instance-type", help="Instance type, e.g. ml.inf2.24xlarge (validation, hardware class, tp=max)."),
+    click.option("--option", "-o", "target_options", multiple=True, metavar="NAME=VALUE", help="Target option, e.g. gqa_strategy=shard-over-heads."),
+    click.option("--from-env", is_flag=True, help="Read SageMaker LMI OPTION_* / HF_MODEL_ID environment variables (OPTION_KILN_TARGET names the target)."),
+    click.option("--serving-properties", type=click.Path(path_type=Path), metavar="FILE", help="Read an LMI serving.properties file."),
+    click.option("--calib-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), metavar="FILE",
+                 help="SmoothQuant calibration texts (plain text paragraphs, or JSONL with a text field)."),
+]
+_PARAMS = ("model", *SPEC_FLAGS, "instance_type", "target_options", "from_env", "serving_properties", "calib_file",
+           "toolchain_pins")
+
+
+def toolchain_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--toolchain NAME=VERSION`` (repeatable): pin a toolchain component not installed here."""
+    return click.option("--toolchain", "toolchain_pins", multiple=True, metavar="NAME=VERSION",
+                        help="Pin a toolchain component (e.g. neuronx-cc=2.15.128, hardware=cuda-sm90).")(f)
+
+
+def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The spec flags every command accepts (or --from-env / --serving-properties instead), as ``spec=``."""
+
+    @functools.wraps(f)
+    def command(*args: Any, **kw: Any) -> Any:
+        raw = {name: kw.pop(name) for name in _PARAMS}
+        request = SpecRequest(
+            model=raw["model"],
+            values={k: raw[k] for k in SPEC_FLAGS if raw[k] is not None},
+            instance_type=raw["instance_type"] or None,
+            options=tuple(raw["target_options"]),
+            from_env=bool(raw["from_env"]),
+            serving_properties=raw["serving_properties"],
+            calib_file=raw["calib_file"],
+            toolchain_pins=tuple(raw["toolchain_pins"]),
+        )
+        return f(*args, spec=request, **kw)
+
+    for opt in reversed([*_OPTIONS, toolchain_option]):
+        command = opt(command)
+    return command
+
+
+def resolve_request(store: api.Store, request: SpecRequest) -> api.Resolution:
+    """Spec flags → Resolution (model resolved, spec validated, toolchain settled)."""
+    source = api.spec_from_sources(request.fields(), from_env=request.from_env,
+                                   serving_properties=request.serving_properties)
+    return api.resolve(source, store=store, toolchain=api.parse_toolchain_pins(request.toolchain_pins))
+
+
+def layout_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--layout`` (choices: every layout some target writes) and ``--container-dir``."""
+    f = click.option("--container-dir", metavar="PATH",
+                     help="Where DEST will be seen by the consumer (e.g. /opt/ml/model), for paths written into the layout.")(f)
+    return click.option("--layout", type=click.Choice(list(api.layout_names())), default="raw",
+                        show_default=True, help="Arrange the files for a consumer (see README).")(f)

@@ -1,0 +1,156 @@
+"""`kiln build`, `kiln generate`, `kiln presets`: build engines, run one, list shipped presets."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from .. import api
+from ..errors import KilnError, SpecError
+from ._context import remote, store
+from ._options import SpecRequest, resolve_request, spec_options
+from ._output import human_size, json_option, print_json
+from ._progress import StageReporter, TransferBar
+
+__all__ = ["build", "generate", "presets"]
+
+
+@click.command()
+@spec_options
+@click.option("--force", is_flag=True, help="Build even if the store already has the artifact.")
+@click.option("--push", "do_push", is_flag=True, help="Also publish the artifact to the remote (--remote / KILN_REMOTE).")
+@click.option("--preset", metavar="NAME", help="Build every row of a preset (`kiln presets`); MODEL replaces its models.")
+@json_option
+@click.pass_context
+def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, preset: str | None, as_json: bool) -> None:
+    """Build the engine for a spec (a local or remote hit returns at once) and publish it."""
+    rem = remote(ctx, required=do_push)
+    if preset:
+        _build_preset(ctx, preset, spec, force=force, do_push=do_push, as_json=as_json)
+        return
+    reporter = StageReporter(quiet=as_json)
+    try:
+        reporter("resolve model and validate spec")
+        res = resolve_request(store(ctx), spec)
+        with TransferBar("pull", enabled=not as_json):
+            result = api.build(res, store=store(ctx), remote=rem, force=force, on_stage=reporter,
+                               calib_file=spec.calib_file)
+    finally:
+        reporter.stop()
+    pushed = None
+    if do_push:
+        assert rem is not None
+        with TransferBar("push", enabled=not as_json) as bar:
+            pushed = api.push(store(ctx), rem, result.entry, progress=bar)
+    if as_json:
+        data = result.to_json()
+        if pushed is not None:
+            data["push"] = pushed.to_json()
+        print_json(data)
+        return
+    e = result.entry
+    how = (f"cache hit ({result.source}): nothing compiled" if result.hit else "built and published")
+    if pushed is not None:
+        how += f"; pushed to {rem.describe()} ({pushed.uploaded} blobs, {human_size(pushed.uploaded_bytes)} uploaded)"  # type: ignore[union-attr]
+    if result.waited_for_peer:
+        how += " (by another process while this one waited)"
+    click.echo(f"{how} in {result.seconds:.2f} s")
+    click.echo(f"key       {e.key}")
+    click.echo(f"spec      {res.spec.summary()}")
+    click.echo(f"artifact  {e.files} files, {human_size(e.size)}  (manifest {e.manifest[:19]})")
+    if result.stages:
+        click.echo("stages    " + ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items() if v >= 0.05))
+
+
+def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bool, do_push: bool, as_json: bool) -> None:
+    """Build every row of a preset, skipping hits; one row's failure does not stop the others."""
+    stray = spec.given_flags()
+    if stray:
+        raise click.UsageError(f"--preset sets the spec of every row; drop {', '.join(stray)} (only MODEL and --toolchain apply).")
+    rows = api.load_preset(name, model=spec.model)
+    pins = api.parse_toolchain_pins(spec.toolchain_pins)
+    report = []
+    for row in rows:
+        try:
+            res = api.resolve(api.spec_from_sources(row.fields()), store=store(ctx), toolchain=pins)
+            result = api.build(res, store=store(ctx), remote=remote(ctx), force=force)
+            if do_push:
+                api.push(store(ctx), remote(ctx, required=True), result.entry)  # type: ignore[arg-type]
+            report.append({"row": row.id, "status": "hit" if result.hit else "built", "key": result.entry.key})
+        except KilnError as e:
+            report.append({"row": row.id, "status": "failed", "error": str(e)})
+        if not as_json:
+            r = report[-1]
+            click.echo(f"{r['status']:>6}  {row.id}" + (f"  {r['key'][:12]}" if "key" in r else f"\n        {r['error']}"))
+    if as_json:
+        print_json(report)
+    failed = sum(r["status"] == "failed" for r in report)
+    if not as_json:
+        click.echo(f"{len(rows)} rows: {sum(r['status'] == 'hit' for r in report)} hits, "
+                   f"{sum(r['status'] == 'built' for r in report)} built, {failed} failed")
+    ctx.exit(2 if failed else 0)
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--model", help="Replace the preset's models with this one.")
+@json_option
+def presets(name: str | None, model: str | None, as_json: bool) -> None:
+    """List the presets shipped with Kiln, or the rows of one."""
+    if name is None:
+        if as_json:
+            print_json([{"name": n, "target": t, "description": d, "rows": len(api.load_preset(n))}
+                        for n, (_, t, d) in api.PRESETS.items()])
+            return
+        for n, (_, t, d) in api.PRESETS.items():
+            click.echo(f"{n}  ({t}, {len(api.load_preset(n))} rows)  {d}")
+        return
+    rows = api.load_preset(name, model=model)
+    if as_json:
+        print_json([r.to_json() for r in rows])
+        return
+    for r in rows:
+        click.echo(f"{r.id:<48} {r.model}  {r.instance_type}  n_positions={r.n_positions} batch={r.batch_size} "
+                   f"tp={r.tp_degree} {r.dtype}")
+
+
+@click.command()
+@spec_options
+@click.option("--prompt", "-p", required=True, help="Text to complete (a chat template is applied when the tokenizer has one).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--raw", is_flag=True, help="Do not apply the tokenizer's chat template.")
+@json_option
+@click.option("--key", "by_key", metavar="KEY", help="Load this artifact (key or prefix) instead of looking a spec up: needs only the store.")
+@click.pass_context
+def generate(ctx: click.Context, spec: SpecRequest, prompt: str, max_new_tokens: int, raw: bool, as_json: bool,
+             by_key: str | None) -> None:
+    """Load a stored engine in-process (no compile) and greedy-decode a completion of --prompt."""
+    t0 = time.monotonic()
+    if by_key:
+        loaded = api.load_engine_by_key(by_key, store=store(ctx))
+    else:
+        loaded = api.load_engine(resolve_request(store(ctx), spec), store=store(ctx))
+    t_load = time.monotonic() - t0
+    tok = loaded.tokenizer()
+    if not raw and getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt")
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    else:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[0] != loaded.engine.batch_size:
+        ids = ids.repeat(loaded.engine.batch_size, 1)
+    t1 = time.monotonic()
+    try:
+        out = loaded.engine.generate(ids, max_new_tokens)
+    except ValueError as e:  # prompt too long for the engine, and the like
+        raise SpecError(str(e)) from None
+    t_gen = time.monotonic() - t1
+    new = out[0, ids.shape[1]:]
+    text = tok.decode(new, skip_special_tokens=True)
+    if as_json:
+        print_json({"key": loaded.entry.key, "text": text, "new_tokens": int(new.numel()),
+                    "load_seconds": round(t_load, 3), "generate_seconds": round(t_gen, 3)})
+        return
+    click.echo(text)
+    click.echo(f"[{int(new.numel())} tokens in {t_gen:.2f} s; engine {loaded.entry.key[:12]} loaded in {t_load:.2f} s, no compile]", err=True)

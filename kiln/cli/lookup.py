@@ -1,0 +1,53 @@
+"""`kiln lookup` and `kiln fetch`: find the artifact for a spec (local, then remote), materialise it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .. import api
+from ._context import remote, store
+from ._options import SpecRequest, layout_options, resolve_request, spec_options
+from ._output import json_option
+from ._progress import TransferBar
+from ._report import report_lookup
+
+__all__ = ["lookup", "fetch"]
+
+
+@click.command()
+@spec_options
+@click.option("--select", is_flag=True, help="Choose the best stored engine for --instance-type; shape fields you give constrain it, the rest are free.")
+@json_option
+@click.pass_context
+def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -> None:
+    """Find the artifact for a spec. Exit 0 on a hit, 1 on a miss (with the nearest entries), 2+ on errors."""
+    res = resolve_request(store(ctx), spec)
+    find = api.select if select else api.lookup
+    with TransferBar("pull", enabled=not as_json):
+        result = find(res, store=store(ctx), remote=remote(ctx))
+    report_lookup(result, as_json)
+    ctx.exit(0 if result.hit else 1)
+
+
+@click.command()
+@spec_options
+@click.option("--dest", required=True, type=click.Path(path_type=Path), help="Directory to materialise the artifact into.")
+@click.option("--force", is_flag=True, help="Replace DEST if it is not empty.")
+@click.option("--copy", is_flag=True, help="Copy files instead of hard-linking them from the store.")
+@layout_options
+@json_option
+@click.pass_context
+def fetch(ctx: click.Context, spec: SpecRequest, dest: Path, force: bool, copy: bool, layout: str,
+          container_dir: str | None, as_json: bool) -> None:
+    """Look a spec up and materialise the hit into --dest (hard links where possible). Exit 1 on a miss."""
+    res = resolve_request(store(ctx), spec)
+    t0 = time.monotonic()
+    with TransferBar("pull", enabled=not as_json):
+        result, path = api.fetch(res, dest, store=store(ctx), remote=remote(ctx), replace=force, copy=copy,
+                                 layout=layout, container_dir=container_dir)
+    extra = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
+    report_lookup(result, as_json, extra)
+    ctx.exit(0 if result.hit and path else 1)

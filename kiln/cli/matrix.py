@@ -1,0 +1,130 @@
+"""`kiln matrix plan|build|ci`: build matrices from a YAML file."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from .. import api
+from ._context import remote, remote_url, store
+from ._options import toolchain_option
+from ._output import console, human_size, json_option, print_json
+
+__all__ = ["matrix"]
+
+
+@click.group()
+def matrix() -> None:
+    """Build matrices from a YAML file: plan, build the missing rows, fan out in CI."""
+
+
+def _plan(ctx: click.Context, file: Path, toolchain_pins: Sequence[str], rows: Sequence[str] = ()) -> list[api.PlannedRow]:
+    all_rows = api.load_matrix(file)
+    wanted = [r for spec in rows for r in spec.split(",") if r]
+    if wanted:
+        by_id = {r.id: r for r in all_rows}
+        unknown = [w for w in wanted if w not in by_id]
+        if unknown:
+            raise click.UsageError(f"no row {', '.join(unknown)} in {file}; `kiln matrix plan {file}` lists the ids.")
+        all_rows = [by_id[w] for w in wanted]
+    return api.plan_rows(all_rows, store=store(ctx), remote=remote(ctx), pins=api.parse_toolchain_pins(toolchain_pins))
+
+
+@matrix.command(name="plan")
+@click.argument("file", type=click.Path(path_type=Path))
+@toolchain_option
+@json_option
+@click.pass_context
+def matrix_plan(ctx: click.Context, file: Path, toolchain_pins: Sequence[str], as_json: bool) -> None:
+    """Expand and validate every row (all errors at once); show hits, builds and shared stages."""
+    planned = _plan(ctx, file, toolchain_pins)
+    invalid = [p for p in planned if p.status == "invalid"]
+    if as_json:
+        print_json({"rows": [p.to_json() for p in planned], "invalid": len(invalid),
+                     "hits": sum(p.status == "hit" for p in planned), "builds": sum(p.status == "build" for p in planned)})
+    else:
+        stage_users: dict[str, int] = {}
+        for p in planned:
+            for st in p.stages:
+                stage_users[st["key"]] = stage_users.get(st["key"], 0) + 1
+        for p in planned:
+            tag = {"hit": f"hit ({p.source})", "build": "build", "invalid": "INVALID"}[p.status]
+            click.echo(f"{tag:<14} {p.row.id}" + (f"  {p.key[:12]}" if p.key else ""))
+            for st in p.stages:
+                click.echo(f"{'':<14}   needs {st['stage']} {st['key'][:12]} (shared by {stage_users[st['key']]} row(s))")
+            if p.error:
+                click.echo(f"{'':<14}   {p.row.source}: {p.error}")
+        click.echo(f"{len(planned)} rows: {sum(p.status == 'hit' for p in planned)} hits, "
+                   f"{sum(p.status == 'build' for p in planned)} to build, {len(invalid)} invalid")
+    ctx.exit(2 if invalid else 0)
+
+
+@matrix.command(name="build")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--row", "rows", multiple=True, metavar="ID[,ID…]", help="Build only these rows (ids from `kiln matrix plan`).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Rows built at once (default: CPU count, within memory).")
+@click.option("--push", "do_push", is_flag=True, help="Publish each row to the remote as it finishes.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", help="Ray cluster address (default: start a local Ray instance).")
+@click.option("--report", type=click.Path(path_type=Path), help="Also write the JSON report to this file.")
+@toolchain_option
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@click.pass_context
+def matrix_build(ctx: click.Context, file: Path, rows: Sequence[str], jobs: int | None, do_push: bool, executor: str,
+                 address: str | None, report: Path | None, toolchain_pins: Sequence[str], as_json: bool) -> None:
+    """Build the missing rows; one failure does not stop the others. Exit 0 only if every row is built or a hit."""
+    rem = remote(ctx, required=do_push)
+    planned = _plan(ctx, file, toolchain_pins, rows)
+    t0 = time.monotonic()
+
+    def done(r: Any) -> None:
+        if not as_json:
+            click.echo(f"{r.status:>10}  {r.row}  {r.seconds:.1f}s" + (f"  {r.key[:12]}" if r.key else ""), err=True)
+
+    if executor == "ray":
+        results = api.run_ray(planned, store=store(ctx), remote_url=remote_url(ctx), push=do_push,
+                              address=address, pins=api.parse_toolchain_pins(toolchain_pins), on_done=done)
+    else:
+        results = api.run_local(planned, store=store(ctx), remote=rem, jobs=jobs or (os.cpu_count() or 1),
+                                push=do_push, on_done=done)
+    ok = all(r.status in ("hit", "built") for r in results)
+    data = {"file": str(file), "executor": executor, "ok": ok, "seconds": round(time.monotonic() - t0, 3),
+            "rows": [r.to_json() for r in results]}
+    if report:
+        report.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if as_json:
+        print_json(data)
+    else:
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for col in ("row", "status", "key", "seconds", "size", "log / error"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.row, r.status, (r.key or "")[:12], f"{r.seconds:.1f}", human_size(r.size) if r.size else "",
+                          (r.error or r.log or "")[:160])
+        console().print(table)
+        counts = {s: sum(r.status == s for r in results) for s in ("hit", "built", "incomplete", "failed", "invalid")}
+        click.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" in {data['seconds']:.1f} s")
+    ctx.exit(0 if ok else 1)
+
+
+@matrix.command(name="ci")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["github"]), default="github", show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per CI job.")
+@toolchain_option
+@click.pass_context
+def matrix_ci(ctx: click.Context, file: Path, fmt: str, shard_size: int, toolchain_pins: Sequence[str]) -> None:
+    """Print a CI job matrix of the missing rows: fan out with `kiln matrix build FILE --row ${{ matrix.rows }}`."""
+    planned = _plan(ctx, file, toolchain_pins)
+    invalid = [p for p in planned if p.status == "invalid"]
+    for p in invalid:
+        click.echo(f"kiln: invalid row {p.row.id}: {p.error}", err=True)
+    click.echo(json.dumps(api.github_matrix(planned, shard_size), separators=(",", ":")))
+    ctx.exit(2 if invalid else 0)

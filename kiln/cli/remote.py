@@ -1,0 +1,149 @@
+"""`kiln push`, `kiln pull`, `kiln ensure`: the commands that move artifacts to and from a remote."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from .. import api
+from ._context import remote, store
+from ._options import SpecRequest, layout_options, resolve_request, spec_options
+from ._output import human_size, json_option, print_json
+from ._progress import StageReporter, TransferBar
+from ._report import report_lookup, warn_damaged
+
+__all__ = ["push_cmd", "pull_cmd", "ensure"]
+
+
+def _entries_for(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, *,
+                 remote_side: bool) -> list[api.IndexEntry]:
+    """The artifacts a push/pull names: --all, --key KEY..., or a spec."""
+    st = store(ctx)
+    if all_:
+        if remote_side:
+            return list(api.remote_entries(remote(ctx, required=True)))  # type: ignore[arg-type]
+        return list(st.iter_entries())
+    if keys:
+        if remote_side:
+            wanted = [k.lower() for k in keys]
+            found = [e for e in api.remote_entries(remote(ctx, required=True))  # type: ignore[arg-type]
+                     if any(e.key.startswith(w) for w in wanted)]
+            if not found:
+                raise click.UsageError(f"no artifact with key {', '.join(keys)} on the remote")
+            return found
+        return [api.find_artifact(st, k) for k in keys]
+    if not spec.names_a_spec:
+        raise click.UsageError("name what to transfer: MODEL with spec flags, --key KEY, or --all.")
+    res = resolve_request(st, spec)
+    result = api.lookup(res, store=st, remote=None)
+    if not result.hit:
+        raise click.UsageError("no local artifact for that spec: " + " ".join(result.explanation))
+    assert result.entry is not None
+    return [result.entry]
+
+
+@click.command(name="push")
+@spec_options
+@click.option("--key", "keys", multiple=True, metavar="KEY", help="Push this artifact (key or prefix); repeatable.")
+@click.option("--all", "all_", is_flag=True, help="Push every artifact in the local store.")
+@json_option
+@click.pass_context
+def push_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, as_json: bool) -> None:
+    """Upload artifacts to the remote: only the blobs it lacks, the index entry last."""
+    rem = remote(ctx, required=True)
+    assert rem is not None
+    results = []
+    for entry in _entries_for(ctx, spec, keys, all_, remote_side=False):
+        with TransferBar(f"push {entry.key[:12]}", enabled=not as_json) as bar:
+            results.append(api.push(store(ctx), rem, entry, progress=bar))
+    if as_json:
+        print_json([r.to_json() for r in results])
+        return
+    for r in results:
+        click.echo(f"pushed {r.entry.key[:12]} to {rem.describe()}: {r.uploaded} blobs ({human_size(r.uploaded_bytes)}) "
+                   f"uploaded, {r.skipped} ({human_size(r.skipped_bytes)}) already there")
+
+
+@click.command(name="pull")
+@spec_options
+@click.option("--key", "keys", multiple=True, metavar="KEY", help="Pull this artifact (key or prefix); repeatable.")
+@click.option("--all", "all_", is_flag=True, help="Pull every artifact on the remote.")
+@json_option
+@click.pass_context
+def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, as_json: bool) -> None:
+    """Download artifacts from the remote into the local store, verifying every blob."""
+    rem = remote(ctx, required=True)
+    assert rem is not None
+    if keys or all_:
+        results = []
+        for entry in _entries_for(ctx, spec, keys, all_, remote_side=True):
+            with TransferBar(f"pull {entry.key[:12]}", enabled=not as_json) as bar:
+                results.append(api.pull(store(ctx), rem, entry, progress=bar))
+        if as_json:
+            print_json([r.to_json() for r in results])
+        else:
+            for r in results:
+                click.echo(f"pulled {r.entry.key[:12]}: {r.downloaded} blobs ({human_size(r.downloaded_bytes)}) downloaded "
+                           f"and verified, {r.reused} already local")
+        return
+    res = resolve_request(store(ctx), spec)
+    with TransferBar("pull", enabled=not as_json):
+        result = api.lookup(res, store=store(ctx), remote=rem)
+    report_lookup(result, as_json)
+    ctx.exit(0 if result.hit else 1)
+
+
+@click.command()
+@spec_options
+@click.option("--dest", required=True, type=click.Path(path_type=Path), help="Directory the server loads the engine from.")
+@click.option("--on-miss", type=click.Choice(["fail", "build"]), default="fail", show_default=True,
+              help="On a miss: exit 1 with the explanation, or build it here.")
+@click.option("--push", "do_push", is_flag=True, help="With --on-miss build: publish the new artifact to the remote.")
+@click.option("--force", is_flag=True, help="Replace DEST if it is not empty.")
+@layout_options
+@click.option("--print-env", is_flag=True, help="Print `export NAME=VALUE` lines for the consumer on stdout.")
+@json_option
+@click.pass_context
+def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_push: bool, force: bool, layout: str,
+           container_dir: str | None, print_env: bool, as_json: bool) -> None:
+    """What a serving container runs at start-up: lookup (local, then remote), fetch, materialise into DEST.
+
+    Exit 0 when DEST holds the engine; 1 on a miss (with the nearest entries), unless
+    --on-miss build builds it (and --push publishes it).
+    """
+    rem = remote(ctx, required=do_push)
+    t0 = time.monotonic()
+    res = resolve_request(store(ctx), spec)
+    with TransferBar("pull", enabled=not as_json):
+        result, path = api.fetch(res, dest, store=store(ctx), remote=rem, replace=force, layout=layout,
+                                 container_dir=container_dir)
+    built = None
+    if path is None and on_miss == "build":
+        warn_damaged(result)
+        reporter = StageReporter(quiet=as_json)
+        try:
+            built = api.build(res, store=store(ctx), on_stage=reporter)
+        finally:
+            reporter.stop()
+        if do_push:
+            assert rem is not None
+            api.push(store(ctx), rem, built.entry)
+        result, path = api.fetch(res, dest, store=store(ctx), replace=force, layout=layout, container_dir=container_dir)
+    extra: dict[str, Any] = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
+    if built is not None:
+        extra["built"] = built.to_json()
+    if print_env and not as_json:
+        import shlex
+
+        warn_damaged(result)
+        if not path:
+            for line in result.explanation:
+                click.echo(line, err=True)
+        for name, value in sorted((result.env or {}).items()):
+            click.echo(f"export {name}={shlex.quote(value)}")
+        ctx.exit(0 if path else 1)
+    report_lookup(result, as_json, extra)
+    ctx.exit(0 if path else 1)

@@ -1,0 +1,126 @@
+"""Build orchestration: lookup → the target's steps → publish. One path for every target.
+
+The order matters for what users are promised:
+
+* A hit returns without compiling (a second `kiln build` of the same spec is a lookup).
+* A target says which steps a build needs (``Target.build_steps``); each intermediate step's
+  output is a stored stage that other shapes and machines reuse (``kiln.compile.stages``).
+* A step that needs the real toolchain checks for it before it starts: pins may label a
+  lookup, never a compile. Where it is missing, the target says what to do
+  (``Target.missing_toolchain_error``: "install it", or for trtllm "the CPU stages are stored;
+  finish on a GPU machine" with exit 3).
+* Eight builders of one key compile once: the first holds the key's single-flight lock while
+  it builds; the others wait for it, then find the artifact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cache import Remote, Store
+from ..core import Resolution, lookup, put
+from ..errors import ToolchainError
+from ..manifests import IndexEntry
+from ..targets import Step, Target, get_target
+from ..targets.base import StoredStep
+from .stages import compile_and_publish, run_stage
+from .worker import OnStage, WorkerResult
+
+__all__ = ["BuildResult", "build", "require_real_toolchain"]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    entry: IndexEntry
+    hit: bool  # True: found in the store, nothing compiled
+    seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+    waited_for_peer: bool = False  # another process built it while we waited
+    source: str | None = None  # on a hit: "local", or "remote" (pulled)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "key": self.entry.key,
+            "manifest": self.entry.manifest,
+            "hit": self.hit,
+            "source": self.source,
+            "compiled": not self.hit,
+            "waited_for_peer": self.waited_for_peer,
+            "seconds": round(self.seconds, 3),
+            "stages": {k: round(v, 3) for k, v in self.stages.items()},
+            "size": self.entry.size,
+            "files": self.entry.files,
+        }
+
+
+def require_real_toolchain(target: Target, res: Resolution, stored: list[StoredStep], where: str) -> None:
+    """A compile must run with the toolchain its key names: pins may not stand in for it."""
+    detected = target.detect_toolchain(res.spec)
+    missing = [c for c, v in detected.items() if v is None]
+    if missing:
+        raise target.missing_toolchain_error(res, missing, stored, where)
+    pinned_off = [c for c, origin in res.toolchain_origin.items() if origin == "pinned" and res.toolchain[c] != detected[c]]
+    if pinned_off:
+        raise ToolchainError(
+            "--toolchain pins a different version than this machine has for "
+            + ", ".join(f"{c} (pinned {res.toolchain[c]}, installed {detected[c]})" for c in pinned_off)
+            + "; a build is keyed by the toolchain that really compiles it: drop the pin."
+        )
+
+
+def build(
+    res: Resolution,
+    *,
+    store: Store,
+    remote: Remote | None = None,
+    force: bool = False,
+    on_stage: OnStage | None = None,
+    calib_file: Path | None = None,
+) -> BuildResult:
+    """Build ``res`` unless the local store or the remote already has it (then pull it)."""
+    t0 = time.monotonic()
+    if not force:
+        found = lookup(res, store=store, remote=remote)
+        if found.hit:
+            assert found.entry is not None
+            return BuildResult(found.entry, True, time.monotonic() - t0, source=found.source)
+    target = get_target(res.spec.target)
+    *stages, last = target.build_steps(res, calib_file=calib_file)  # bad inputs fail here, before any work
+    outputs: dict[str, IndexEntry] = {}
+    stored: list[StoredStep] = []
+    times: dict[str, float] = {}
+    for step in stages:
+        if step.needs_toolchain:
+            require_real_toolchain(target, res, stored, str(store.root))
+        t = time.monotonic()
+        outputs[step.name], reused = run_stage(store, step, outputs, remote=remote, on_stage=on_stage)
+        times[step.name] = time.monotonic() - t
+        stored.append(StoredStep(step.name, outputs[step.name].key, outputs[step.name].files, reused))
+    if last.needs_toolchain:
+        require_real_toolchain(target, res, stored, str(store.root))
+    return _build_last(res, last, outputs, store=store, force=force, on_stage=on_stage, t0=t0, times=times)
+
+
+def _build_last(res: Resolution, step: Step, outputs: dict[str, IndexEntry], *, store: Store, force: bool,
+                on_stage: OnStage | None, t0: float, times: dict[str, float]) -> BuildResult:
+    """The step that produces the artifact: single-flight on the build key, published with put."""
+    key = res.key
+    if on_stage:
+        on_stage("waiting for lock")
+    with store.single_flight(key):
+        if not force:
+            found = lookup(res, store=store)  # a peer may have built it while we waited
+            if found.hit:
+                assert found.entry is not None
+                return BuildResult(found.entry, True, time.monotonic() - t0, times, waited_for_peer=True,
+                                   source=found.source)
+
+        def publish(out: Path, result: WorkerResult, started: str) -> IndexEntry:
+            extra = {"stages_s": {k: round(v, 3) for k, v in result.stages.items()},
+                     **{name: entry.key for name, entry in outputs.items()}}
+            return put(res, out, store=store, duration_s=result.seconds, started=started, move=True, extra=extra)
+
+        entry, stages = compile_and_publish(store, key, step, outputs, publish=publish, on_stage=on_stage)
+    return BuildResult(entry, False, time.monotonic() - t0, {**times, **stages})

@@ -1,0 +1,42 @@
+"""The core the public API wraps: specs from their sources, resolution, finding, publishing.
+
+Layered between the orchestration (``kiln.compile``, which may import it) and the parts
+(targets, store, manifests, LMI parsing, model resolution). ``kiln.api`` re-exports the public
+names; everything here is importable by Kiln's own packages.
+"""
+
+from .artifacts import Query, fetch, find_artifact, list_artifacts, materialize_layout, put
+from .find import Found, LookupResult, explain_miss, find_entry, first_verified, lookup, matches, select
+from .load import LoadedEngine, load_engine, load_engine_by_key
+from .progress import current_progress, reporting_transfers
+from .resolution import Resolution, compute_key, resolve
+from .specs import SpecSource, parse_toolchain_pins, spec_from_fields, spec_from_sources
+
+__all__ = [
+    "Found",
+    "LoadedEngine",
+    "LookupResult",
+    "Query",
+    "Resolution",
+    "SpecSource",
+    "compute_key",
+    "current_progress",
+    "explain_miss",
+    "fetch",
+    "find_artifact",
+    "find_entry",
+    "first_verified",
+    "list_artifacts",
+    "load_engine",
+    "load_engine_by_key",
+    "lookup",
+    "matches",
+    "materialize_layout",
+    "parse_toolchain_pins",
+    "put",
+    "reporting_transfers",
+    "resolve",
+    "select",
+    "spec_from_fields",
+    "spec_from_sources",
+]

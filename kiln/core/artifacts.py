@@ -1,0 +1,147 @@
+"""Artifacts in and out of the store: publish a build, fetch into a deployment layout, queries.
+
+``put`` is the one way a built directory becomes an artifact (blobs, build record, manifest,
+index entry last); ``fetch`` is lookup + materialise in the consumer's layout (planned by the
+artifact's target); ``list_artifacts`` / ``find_artifact`` answer queries from the index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..cache import Remote, Store
+from ..errors import CorruptBlobError, NotFoundError, SpecError
+from ..manifests import MAX_CONFIG_BYTES, FileEntry, IndexEntry, Manifest, make_record, utc_now
+from ..spec import build_key
+from ..targets import get_target
+from .find import LookupResult, lookup
+from .resolution import Resolution
+
+__all__ = ["put", "fetch", "materialize_layout", "Query", "list_artifacts", "find_artifact"]
+
+
+def put(
+    res: Resolution,
+    artifact_dir: Path,
+    *,
+    store: Store,
+    duration_s: float = 0.0,
+    started: str | None = None,
+    move: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    command: Sequence[str] | None = None,
+) -> IndexEntry:
+    """Publish a directory as the artifact for ``res`` (blobs, manifest, index entry last)."""
+    inputs = res.inputs()
+    key = build_key(inputs)
+    toolchain = {k: str(v) for k, v in res.toolchain.items()}
+    record = make_record(
+        key=key, inputs=inputs, spec=res.spec.to_json(), model=res.model.to_json(), toolchain=toolchain,
+        started=started or utc_now(), duration_s=duration_s, notes=res.notes, command=command, extra=extra,
+    )
+    return store.publish(artifact_dir, key=key, spec=res.entry_spec(), model=res.model_summary(),
+                         toolchain=toolchain, record=record, move=move)
+
+
+def fetch(
+    res: Resolution,
+    dest: Path,
+    *,
+    store: Store,
+    remote: Remote | None = None,
+    replace: bool = False,
+    copy: bool = False,
+    layout: str = "raw",
+    container_dir: str | None = None,
+) -> tuple[LookupResult, Path | None]:
+    """Lookup (local, then remote), then materialise a hit into ``dest`` in ``layout``."""
+    result = lookup(res, store=store, remote=remote)
+    if not result.hit:
+        return result, None
+    assert result.manifest is not None and result.entry is not None
+    try:
+        path, env = materialize_layout(store, result.entry, result.manifest, dest, layout=layout,
+                                       replace=replace, copy=copy, container_dir=container_dir)
+    except (CorruptBlobError, NotFoundError) as e:
+        # A blob went bad (or gc removed it) between lookup and materialise: a loud miss.
+        damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed while fetched: {e}",)
+        return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",), damaged), None
+    return LookupResult(res, result.entry, result.manifest, result.explanation, result.damaged, result.notes,
+                        result.source, env), path
+
+
+def materialize_layout(
+    store: Store,
+    entry: IndexEntry,
+    manifest: Manifest,
+    dest: Path,
+    *,
+    layout: str = "raw",
+    replace: bool = False,
+    copy: bool = False,
+    container_dir: str | None = None,
+) -> tuple[Path, dict[str, str]]:
+    """Materialise an artifact in a deployment layout; return the path and the consumer's env."""
+    dest = Path(dest).absolute()
+    target = get_target(str(entry.spec.get("target")))
+    plan = target.plan_layout(layout, entry, manifest, lambda d: store.read_blob(d, MAX_CONFIG_BYTES),
+                              container_dir or str(dest))
+    # Generated files become (tiny) blobs; the shared lock keeps gc from collecting them
+    # before they are linked into place.
+    with store.writer_lock():
+        files = list(plan.files)
+        for rel, data in sorted(plan.generated.items()):
+            digest, size = store.put_bytes(data)
+            files.append(FileEntry(rel, digest, size))
+        derived = Manifest.parse(Manifest(manifest.config, tuple(files)).to_bytes())  # re-validate every path
+        path = store.materialize(derived, dest, replace=replace, copy=copy)
+    return path, dict(plan.env)
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters for `kiln ls` / queries: every field optional."""
+
+    model_hex: str | None = None
+    ref: str | None = None
+    target: str | None = None
+    n_positions: int | None = None
+    batch_size: int | None = None
+    tp_degree: int | None = None
+    dtype: str | None = None
+    toolchain: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, e: IndexEntry) -> bool:
+        s = e.spec
+        if self.ref is not None and self.ref not in (e.model.get("ref"), e.model.get("repo_id")):
+            return False
+        for name in ("target", "n_positions", "batch_size", "tp_degree", "dtype"):
+            want = getattr(self, name)
+            if want is not None and s.get(name) != want:
+                return False
+        return all(e.toolchain.get(k) == v for k, v in self.toolchain.items())
+
+
+def list_artifacts(store: Store, query: Query | None = None) -> list[IndexEntry]:
+    query = query or Query()
+    entries = [e for e in store.iter_entries(query.model_hex) if query.matches(e)]
+    return sorted(entries, key=lambda e: e.created, reverse=True)
+
+
+def find_artifact(store: Store, ref: str) -> IndexEntry:
+    """An entry by key (or unique key prefix of at least 6 hex digits) or manifest digest."""
+    ref = ref.strip().lower()
+    wanted = ref[len("sha256:"):] if ref.startswith("sha256:") else ref
+    if len(wanted) < 6:
+        raise SpecError(f"{ref!r} is too short to name an artifact; give at least 6 hex digits of its key.")
+    found = [
+        e for e in store.iter_entries()
+        if e.key.startswith(wanted) or e.manifest.split(":", 1)[1].startswith(wanted)
+    ]
+    if not found:
+        raise NotFoundError(f"no artifact with key or manifest digest starting {wanted!r} in {store.root}; see `kiln ls`.")
+    if len({e.key for e in found}) > 1:
+        raise SpecError(f"{wanted!r} matches {len(found)} artifacts; give more digits of the key.")
+    return found[0]

@@ -1,0 +1,287 @@
+"""Finding artifacts: the one loop every lookup runs, miss explanations, and selection.
+
+Every way Kiln looks for a stored artifact — an engine lookup, a build stage, ``--select``
+for an instance — walks candidates in order through :func:`first_verified`: a local entry is
+checked in place (its manifest and every blob), a remote one is pulled (verified blob by blob
+on the way in) and checked again; the first that holds wins, and each that fails is a loud
+warning, never a silent hit (DESIGN invariant 3). The remote is consulted only when no local
+candidate holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+
+from ..cache import Remote, Store, pull, remote_entries, remote_entry
+from ..errors import CorruptBlobError, NotFoundError, RemoteError, SpecError, UnsafeManifestError
+from ..manifests import IndexEntry, Manifest, spec_differences, toolchain_differences
+from ..presets import PRESETS, load_preset
+from ..targets.instances import instance_devices
+from .progress import current_progress
+from .resolution import Resolution
+from .specs import spec_from_fields
+
+__all__ = ["LookupResult", "Found", "first_verified", "find_entry", "lookup", "select", "matches", "explain_miss"]
+
+LOCAL, REMOTE = "local", "remote"
+
+
+@dataclass(frozen=True)
+class Found:
+    """What :func:`first_verified` found: the entry and manifest (or None), and what failed on the way."""
+
+    entry: IndexEntry | None
+    manifest: Manifest | None
+    source: str | None  # "local" or "remote"
+    damaged: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def first_verified(store: Store, remote: Remote | None, candidates: Iterable[tuple[IndexEntry, str]]) -> Found:
+    """The first candidate ``(entry, "local"|"remote")`` whose artifact verifies.
+
+    ``candidates`` may be a generator: it is advanced only as far as needed, so a remote is
+    listed only when no local candidate held.
+    """
+    damaged: list[str] = []
+    notes: list[str] = []
+    for entry, where in candidates:
+        try:
+            if where == REMOTE:
+                assert remote is not None
+                pulled = pull(store, remote, entry, progress=current_progress())
+            manifest = store.check_artifact(entry)
+        except (RemoteError, CorruptBlobError, NotFoundError, UnsafeManifestError) as e:
+            if where == REMOTE:
+                damaged.append(f"remote artifact {entry.key[:12]} on {remote.describe()} failed: {e}")  # type: ignore[union-attr]
+            else:
+                damaged.append(f"artifact {entry.key[:12]} matches but failed verification: {e}")
+            continue
+        if where == REMOTE:
+            notes.append(
+                f"pulled from {remote.describe()}: {pulled.downloaded} blob(s), {pulled.downloaded_bytes} bytes "  # type: ignore[union-attr]
+                f"downloaded and verified, {pulled.reused} already local"
+            )
+        store.touch(entry)
+        return Found(entry, manifest, where, tuple(damaged), tuple(notes))
+    return Found(None, None, None, tuple(damaged), tuple(notes))
+
+
+def find_entry(store: Store, remote: Remote | None, model_hex: str, key: str) -> Found:
+    """The artifact (or stage) with exactly this key: local, else pulled from the remote."""
+
+    def candidates() -> Iterator[tuple[IndexEntry, str]]:
+        entry = store.get_entry(model_hex, key)
+        if entry is not None:
+            yield entry, LOCAL
+        if remote is not None:
+            found = remote_entry(remote, model_hex, key)
+            if found is not None:
+                yield found, REMOTE
+
+    return first_verified(store, remote, candidates())
+
+
+# --------------------------------------------------------------------------- engine lookups
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    resolution: Resolution
+    entry: IndexEntry | None
+    manifest: Manifest | None
+    explanation: tuple[str, ...] = ()  # why a miss, and the nearest entries
+    damaged: tuple[str, ...] = ()  # loud warnings: matching artifacts that failed verification
+    notes: tuple[str, ...] = ()
+    source: str | None = None  # "local" or "remote" on a hit
+    env: Mapping[str, str] | None = None  # after a fetch in a deployment layout: the consumer's environment
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None and self.manifest is not None
+
+    def to_json(self) -> dict[str, Any]:
+        res = self.resolution
+        return {
+            "hit": self.hit,
+            "source": self.source,
+            "key": self.entry.key if self.entry else (res.key if res.complete else None),
+            "manifest": self.entry.manifest if self.entry else None,
+            "spec": res.entry_spec(),
+            "model": res.model_summary(),
+            "toolchain": dict(res.toolchain),
+            "toolchain_origin": dict(res.toolchain_origin),
+            "entry": self.entry.to_json() if self.entry else None,
+            "explanation": list(self.explanation),
+            "damaged": list(self.damaged),
+            "notes": list(res.notes) + list(self.notes),
+            "env": dict(self.env or {}),
+        }
+
+
+def matches(res: Resolution, entry: IndexEntry) -> bool:
+    """Does ``entry`` hold an engine for ``res`` (same shape; toolchain where ``res`` constrains it)?"""
+    if {k: v for k, v in entry.spec.items() if k != "model"} != res.shape:
+        return False
+    return not toolchain_differences(res.toolchain, entry.toolchain)
+
+
+def newest_matching(res: Resolution, entries: Iterable[IndexEntry]) -> list[IndexEntry]:
+    return sorted((e for e in entries if matches(res, e)), key=lambda e: e.created, reverse=True)
+
+
+def lookup(res: Resolution, *, store: Store, remote: Remote | None = None) -> LookupResult:
+    """Local store first, then the remote (read-through: a remote hit is pulled, verified and
+    published locally). Exact lookup when the toolchain is known (one read), else a query over
+    the model's entries. A matching artifact that fails verification is a loud miss, never a
+    silent hit.
+    """
+    if res.complete:
+        found = find_entry(store, remote, res.model_hex, res.key)
+        notes: tuple[str, ...] = ()
+        remote_seen: list[IndexEntry] | None = None
+    else:
+        local = newest_matching(res, store.iter_entries(res.model_hex))
+        notes = ((f"toolchain not installed here ({', '.join(res.unknown_components)} unconstrained): "
+                  f"{len(local)} matching artifact(s), newest chosen; pin --toolchain to choose another"),) if local else ()
+        remote_seen = []
+
+        def candidates() -> Iterator[tuple[IndexEntry, str]]:
+            yield from ((e, LOCAL) for e in local)
+            if remote is not None:
+                remote_seen.extend(remote_entries(remote, res.model_hex))
+                yield from ((e, REMOTE) for e in newest_matching(res, remote_seen))
+
+        found = first_verified(store, remote, candidates())
+    if found.entry is not None:
+        return LookupResult(res, found.entry, found.manifest, (), found.damaged, notes + found.notes, found.source)
+    if remote is not None and remote_seen is None:
+        remote_seen = list(remote_entries(remote, res.model_hex))
+    local_seen = list(store.iter_entries(res.model_hex))
+    local_keys = {e.key for e in local_seen}
+    seen = local_seen + [e for e in remote_seen or [] if e.key not in local_keys]
+    where = f"{store.root}" + (f" and {remote.describe()}" if remote else "")
+    explanation = explain_miss(res, store=store, seen=seen, where=where) + explain_presets(res)
+    return LookupResult(res, None, None, tuple(explanation), found.damaged, notes + found.notes)
+
+
+def _is_engine_of(res: Resolution, entry: IndexEntry) -> bool:
+    # build stages (calibration, checkpoint) are entries too, but not engines
+    return entry.spec.get("target") == res.spec.target and "stage" not in entry.spec
+
+
+def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where: str, limit: int = 3) -> list[str]:
+    """The closest cached entries and exactly which fields differ (invariant 6)."""
+    want = res.shape
+    scored = []
+    for e in seen:
+        if not _is_engine_of(res, e):
+            continue
+        have = {k: v for k, v in e.spec.items() if k != "model"}
+        diffs = spec_differences(want, have) + toolchain_differences(res.toolchain, e.toolchain)
+        scored.append((len(diffs), e.created, e, diffs))
+    lines: list[str] = []
+    if scored:
+        scored.sort(key=lambda t: (t[0], t[1]))
+        lines.append(f"{len(scored)} {res.spec.target} artifact(s) for this model in {where}; nearest:")
+        for _, _, e, diffs in scored[:limit]:
+            lines.append(f"  {e.key[:12]}: " + "; ".join(diffs or ["identical spec (damaged artifact?)"]))
+        only_toolchain = all(all(d.startswith("toolchain") for d in t[3]) for t in scored[:1])
+        if only_toolchain:
+            lines.append(
+                "The nearest differs only in toolchain: engines are tied to the compiler version and "
+                "hardware they were built with; rebuild here with `kiln build`, or deploy where that "
+                "toolchain runs."
+            )
+        else:
+            lines.append("Rebuild for this spec with `kiln build`, or change the deployment config to match an entry.")
+        return lines
+    others = [
+        e for e in store.iter_entries()
+        if e.model_hex != res.model_hex and (
+            (res.model.repo_id and e.model.get("repo_id") == res.model.repo_id) or e.model.get("ref") == res.model.ref
+        )
+    ]
+    if others:
+        e = max(others, key=lambda x: x.created)
+        lines.append(
+            f"{len(others)} artifact(s) exist for {res.model.ref} but with other weights: want tree "
+            f"{res.model.tree_digest[:19]} (commit {res.model.commit or 'local'}), nearest has "
+            f"{str(e.model.get('tree_digest'))[:19]} (commit {e.model.get('commit') or 'local'}). "
+            "Weights changed since they were built; rebuild with `kiln build`."
+        )
+        return lines
+    lines.append(
+        f"no {res.spec.target} artifact for this model ({res.model.tree_digest[:19]}) in {where}; "
+        "build one with `kiln build`."
+    )
+    return lines
+
+
+def explain_presets(res: Resolution, limit: int = 3) -> list[str]:
+    """Nearest rows of shipped presets for this model and target (what could be prebuilt)."""
+    names = {res.spec.model, res.model.repo_id, res.model.ref} - {None}
+    lines: list[str] = []
+    for preset, (_, target, _) in PRESETS.items():
+        if target != res.spec.target:
+            continue
+        scored = []
+        for row in load_preset(preset):
+            if row.model not in names:
+                continue
+            have = spec_from_fields(row.fields()).shape_json(res.key_options)
+            diffs = spec_differences(res.shape, have)
+            scored.append((len(diffs), row.id, diffs))
+        if scored:
+            scored.sort()
+            lines.append(f"nearest rows of preset {preset} (`kiln build --preset {preset}` builds them):")
+            lines.extend(f"  {rid}: " + ("; ".join(d) or "matches this spec") for _, rid, d in scored[:limit])
+    return lines
+
+
+def select(res: Resolution, *, store: Store, remote: Remote | None = None) -> LookupResult:
+    """Choose, among the stored engines of this model and target, the best for the instance.
+
+    Like NVIDIA NIM's profile selection: the fields the user gave (flags, env, properties)
+    must match; the others are free. Candidates must fit the hardware (hardware class, and
+    tp_degree at most the instance's NeuronCores/GPUs); among them the largest tp_degree wins
+    (all devices used), then the largest batch size, then the longest n_positions, then the
+    newest. The notes say what was chosen and why the others were not.
+    """
+    instance = res.spec.option("instance_type")
+    if not instance:
+        raise SpecError("--select chooses for an instance: pass --instance-type (e.g. ml.inf2.24xlarge).")
+    devices = instance_devices(instance)
+    entries = {e.key: e for e in store.iter_entries(res.model_hex)}
+    local = set(entries)
+    if remote is not None:
+        for e in remote_entries(remote, res.model_hex):
+            entries.setdefault(e.key, e)
+    fields = {"n_positions", "batch_size", "tp_degree", "dtype"} & res.given
+    fields |= {"quantization"} if {"smoothquant_alpha", "int8_kv_cache"} & res.given else set()
+    fit, rejected = [], []
+    for e in entries.values():
+        if not _is_engine_of(res, e):
+            continue
+        why = spec_differences({k: res.shape[k] for k in fields}, {k: e.spec.get(k) for k in fields})
+        why += toolchain_differences(res.toolchain, e.toolchain)
+        if devices is not None and e.spec["tp_degree"] > devices:
+            why.append(f"tp_degree {e.spec['tp_degree']} > {devices} devices of {instance}")
+        (rejected if why else fit).append((e, why))
+    fit.sort(key=lambda t: (t[0].spec["tp_degree"], t[0].spec["batch_size"], t[0].spec["n_positions"], t[0].created),
+             reverse=True)
+    notes = [f"selecting for {instance} ({devices if devices is not None else '?'} devices) among {len(entries)} "
+             f"stored {res.spec.target} engine(s) of this model; constrained by: {', '.join(sorted(fields)) or 'nothing'}"]
+    for e, _ in fit:
+        s_ = e.spec
+        label = f"{e.key[:12]} (n_positions {s_['n_positions']}, batch {s_['batch_size']}, tp {s_['tp_degree']}, {s_['dtype']})"
+        notes.append(("chosen: " if e is fit[0][0] else "fits, ranked lower: ") + label)
+    for e, why in rejected[:5]:
+        notes.append(f"rejected {e.key[:12]}: " + "; ".join(why))
+    found = first_verified(store, remote, ((e, LOCAL if e.key in local else REMOTE) for e, _ in fit))
+    notes += [f"chosen engine failed verification, trying the next: {d}" for d in found.damaged]
+    if found.entry is not None:
+        return LookupResult(res, found.entry, found.manifest, (), (), tuple(notes + list(found.notes)), source=LOCAL)
+    return LookupResult(res, None, None, tuple(notes[1:] or ["no stored engine of this model and target at all"]),
+                        (), tuple(notes[:1]))

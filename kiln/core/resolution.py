@@ -1,0 +1,119 @@
+"""Resolution: a spec checked against its model, its target and this machine's toolchain.
+
+A :class:`Resolution` holds everything a build key needs. Resolving is fast (no weights are
+read beyond hashing, memoised) and happens before any expensive work, so bad input fails in
+milliseconds with a message naming the value and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..cache import Store
+from ..errors import ToolchainError
+from ..models import ModelSource, resolve_model
+from ..spec import BuildSpec, build_key, key_inputs
+from ..targets import get_target
+from .specs import SpecSource
+
+__all__ = ["Resolution", "resolve", "compute_key"]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A spec resolved against its model and this machine: everything a key needs."""
+
+    spec: BuildSpec  # resolved (defaults filled)
+    model: ModelSource
+    toolchain: Mapping[str, str | None]  # None: not installed here and not pinned
+    toolchain_origin: Mapping[str, str]  # component -> "detected" / "pinned" / "unknown"
+    notes: tuple[str, ...] = ()
+    ignored: tuple[tuple[str, str], ...] = ()
+    key_options: frozenset[str] = field(default_factory=frozenset)
+    given: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def complete(self) -> bool:
+        return all(v is not None for v in self.toolchain.values())
+
+    @property
+    def unknown_components(self) -> list[str]:
+        return sorted(k for k, v in self.toolchain.items() if v is None)
+
+    @property
+    def shape(self) -> dict[str, Any]:
+        return self.spec.shape_json(self.key_options)
+
+    @property
+    def model_hex(self) -> str:
+        return self.model.tree_digest.split(":", 1)[1]
+
+    def inputs(self) -> dict[str, Any]:
+        if not self.complete:
+            raise ToolchainError(
+                f"the {self.spec.target} toolchain is not installed here, so the key cannot be "
+                f"computed: {', '.join(self.unknown_components)} unknown. Pin it with "
+                + " ".join(f"--toolchain {c}=VERSION" for c in self.unknown_components)
+                + " (as on the build machine), or run on a machine with the toolchain."
+            )
+        return key_inputs(self.spec, self.model.tree_digest, {k: str(v) for k, v in self.toolchain.items()}, self.key_options)
+
+    @property
+    def key(self) -> str:
+        return build_key(self.inputs())
+
+    def entry_spec(self) -> dict[str, Any]:
+        return {**self.shape, "model": self.spec.model}
+
+    def model_summary(self) -> dict[str, Any]:
+        m = self.model
+        return {"tree_digest": m.tree_digest, "ref": m.ref, "repo_id": m.repo_id, "commit": m.commit}
+
+
+def resolve(
+    source: SpecSource | BuildSpec,
+    *,
+    store: Store,
+    toolchain: Mapping[str, str] | None = None,
+) -> Resolution:
+    """Resolve the model, validate the spec (fast, before any work), settle the toolchain."""
+    if isinstance(source, BuildSpec):
+        source = SpecSource(source)
+    target = get_target(source.spec.target)
+    model = resolve_model(source.spec.model, store.memo)
+    resolved = target.validate(source.spec, model.config())
+    pins = dict(toolchain or {})
+    unknown = set(pins) - set(target.components)
+    if unknown:
+        raise ToolchainError(
+            f"--toolchain {', '.join(sorted(unknown))}: not a component of the {target.name} "
+            f"toolchain; its components are {', '.join(target.components)}."
+        )
+    detected = target.detect_toolchain(resolved.spec)
+    chain: dict[str, str | None] = {}
+    origin: dict[str, str] = {}
+    for comp in target.components:
+        if comp in pins:
+            chain[comp], origin[comp] = pins[comp], "pinned"
+        elif detected.get(comp) is not None:
+            chain[comp], origin[comp] = detected[comp], "detected"
+        else:
+            chain[comp], origin[comp] = None, "unknown"
+    return Resolution(
+        spec=resolved.spec,
+        model=model,
+        toolchain=chain,
+        toolchain_origin=origin,
+        notes=source.notes + resolved.notes,
+        ignored=source.ignored,
+        key_options=target.key_options(),
+        given=source.given,
+    )
+
+
+def compute_key(source: SpecSource | BuildSpec, *, store: Store, toolchain: Mapping[str, str] | None = None) -> Resolution:
+    """Like :func:`resolve`, but raise ToolchainError (naming the pins to add) unless the key is computable."""
+    res = resolve(source, store=store, toolchain=toolchain)
+    res.inputs()
+    return res

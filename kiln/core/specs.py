@@ -1,0 +1,160 @@
+"""Specs from what users write: CLI flags, LMI ``OPTION_*`` variables, serving.properties.
+
+Every source becomes raw :class:`~kiln.spec.Field` s (a value and where it was written), and
+:func:`spec_from_fields` turns any mix of them into one :class:`~kiln.spec.BuildSpec`, so the
+same settings give the same spec and key whichever way they were written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from ..errors import SpecError, ToolchainError
+from ..lmi import interpret, properties_from_env, read_serving_properties
+from ..spec import BuildSpec, Field, Quantization, normalize_dtype, parse_alpha, parse_bool, parse_positive_int
+from ..targets import TARGETS, normalize_target
+from ..targets.instances import instance_devices
+
+__all__ = ["SpecSource", "spec_from_fields", "spec_from_sources", "parse_toolchain_pins"]
+
+
+_OPTION_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
+    """Build a :class:`BuildSpec` from raw fields gathered by any of the three parsers.
+
+    Known field names: target, model, n_positions, batch_size, tp_degree, dtype,
+    smoothquant_alpha, per_token, per_channel, int8_kv_cache, and ``option.<name>`` for target
+    options. Every bad value raises :class:`SpecError` naming its source.
+    """
+
+    def get(name: str) -> Field | None:
+        f = fields.get(name)
+        if f is None or f.value is None or (isinstance(f.value, str) and not f.value.strip()):
+            return None
+        return f
+
+    target_f = get("target")
+    if target_f is None:
+        raise SpecError(
+            f"no target given; pass --target ({', '.join(TARGETS)}), or set "
+            "OPTION_ROLLING_BATCH / OPTION_ENTRYPOINT so Kiln can infer it."
+        )
+    target = normalize_target(target_f.value, target_f.source)
+    model_f = get("model")
+    if model_f is None:
+        raise SpecError(
+            "no model given; pass MODEL (a Hub id such as org/name[@revision] or a local "
+            "directory), or set OPTION_MODEL_ID / HF_MODEL_ID, or option.model_id."
+        )
+    model = str(model_f.value).strip()
+
+    def int_or(name: str, default: int | None) -> int | None:
+        f = get(name)
+        return default if f is None else parse_positive_int(f.value, f.source)
+
+    n_positions = int_or("n_positions", None)
+    batch_size = int_or("batch_size", 1)
+    tp_degree = int_or("tp_degree", 1)
+    dtype_f = get("dtype")
+    dtype = None if dtype_f is None else normalize_dtype(dtype_f.value, dtype_f.source)
+
+    alpha_f = get("smoothquant_alpha")
+    alpha = None if alpha_f is None else parse_alpha(alpha_f.value, alpha_f.source)
+    flags = {}
+    for name in ("per_token", "per_channel", "int8_kv_cache"):
+        f = get(name)
+        flags[name] = False if f is None else parse_bool(f.value, f.source)
+        if flags[name] and alpha is None and name != "int8_kv_cache":
+            raise SpecError(
+                f"{f.source} asks for SmoothQuant {name.replace('_', '-')} scaling, but SmoothQuant "
+                "is not enabled; add --smoothquant ALPHA (or option.quantize=smoothquant with "
+                "option.smoothquant_alpha), or drop the flag."
+            )
+    quant = Quantization(alpha, flags["per_token"], flags["per_channel"], flags["int8_kv_cache"])
+
+    options: dict[str, str] = {}
+    for name, f in fields.items():
+        if not name.startswith("option.") or get(name) is None:
+            continue
+        opt = name[len("option."):].strip().lower().replace("-", "_")
+        if not _OPTION_NAME.match(opt):
+            raise SpecError(f"{f.source}: {opt!r} is not a valid target option name (letters, digits, _).")
+        options[opt] = str(f.value).strip()
+    return BuildSpec(
+        target=target,
+        model=model,
+        n_positions=n_positions,
+        batch_size=batch_size,  # type: ignore[arg-type]
+        tp_degree=tp_degree,  # type: ignore[arg-type]
+        dtype=dtype,
+        quant=quant,
+        options=tuple(sorted(options.items())),
+    )
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """A spec plus what its parser decided and ignored (for --explain)."""
+
+    spec: BuildSpec
+    ignored: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+    given: frozenset[str] = frozenset()  # spec fields the user actually wrote (not defaults)
+
+
+def spec_from_sources(
+    flags: Mapping[str, Field],
+    *,
+    from_env: bool = False,
+    env: Mapping[str, str] | None = None,
+    serving_properties: Path | None = None,
+) -> SpecSource:
+    """Merge CLI flags with an LMI env and/or serving.properties into one spec.
+
+    Precedence: explicit CLI flags > serving.properties > OPTION_* env (the file beats the
+    environment, as in DJL Serving).
+    """
+    if not from_env and serving_properties is None:
+        return SpecSource(spec_from_fields(flags), given=frozenset(flags))
+    env_map = os.environ if env is None else env
+    props = {}
+    if from_env:
+        props.update(properties_from_env(env_map))
+    if serving_properties is not None:
+        props.update(read_serving_properties(serving_properties))
+    instance = flags.get("option.instance_type")
+    target_flag = flags.get("target")
+    cfg = interpret(
+        props,
+        target=str(target_flag.value) if target_flag is not None else None,
+        instance_type=str(instance.value) if instance is not None else None,
+        instance_cores=instance_devices(str(instance.value)) if instance is not None else None,
+        serving_features=env_map.get("SERVING_FEATURES"),
+    )
+    merged = {**cfg.fields, **flags}
+    given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))
+    return SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given)
+
+
+def parse_toolchain_pins(pins: Iterable[str]) -> dict[str, str]:
+    """``--toolchain NAME=VERSION[,NAME=VERSION]`` values → {component: version}."""
+    out: dict[str, str] = {}
+    for pin in pins:
+        for part in str(pin).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, version = part.partition("=")
+            if not sep or not name.strip() or not version.strip():
+                raise ToolchainError(
+                    f"--toolchain {part!r} is not NAME=VERSION; write e.g. --toolchain neuronx-cc=2.15.128 "
+                    "or --toolchain hardware=cuda-sm90."
+                )
+            out[name.strip()] = version.strip()
+    return out

@@ -1,0 +1,139 @@
+"""Reading LMI configuration as DJL Serving does: serving.properties files and OPTION_* variables.
+
+Both forms become the same intermediate: property name → :class:`Prop` (value and where it
+was written). What the properties mean is :mod:`kiln.lmi._interpret`'s job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import ConfigSourceError
+
+__all__ = ["Prop", "parse_properties_text", "read_serving_properties", "properties_from_env"]
+
+
+@dataclass(frozen=True)
+class Prop:
+    value: str
+    source: str  # e.g. "OPTION_DTYPE" or "option.dtype (serving.properties:4)"
+
+
+def parse_properties_text(text: str, origin: str = "serving.properties") -> dict[str, Prop]:
+    """java.util.Properties.load semantics (plus trailing-whitespace stripping)."""
+    props: dict[str, Prop] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        lineno = i + 1
+        line = lines[i].lstrip(" \t\f")
+        i += 1
+        if not line or line[0] in "#!":
+            continue
+        # Join continuation lines: an odd number of trailing backslashes continues.
+        while _continues(line) and i < len(lines):
+            line = line[:-1] + lines[i].lstrip(" \t\f")
+            i += 1
+        if _continues(line):
+            line = line[:-1]
+        key, value = _split_key_value(line)
+        props[key] = Prop(value.rstrip(" \t\f"), f"{key} ({origin}:{lineno})")
+    return props
+
+
+def _continues(line: str) -> bool:
+    n = len(line) - len(line.rstrip("\\"))
+    return n % 2 == 1
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    out = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[i + 2 : i + 6] or ""):
+                out.append(chr(int(text[i + 2 : i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _split_key_value(line: str) -> tuple[str, str]:
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c in "=: \t\f":
+            break
+        i += 1
+    key = line[:i]
+    rest = line[i:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":") and (i >= len(line) or line[i] in " \t\f=:"):
+        rest = rest[1:].lstrip(" \t\f")
+    return _unescape(key), _unescape(rest)
+
+
+def read_serving_properties(path: Path | str) -> dict[str, Prop]:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigSourceError(f"serving.properties file {p} does not exist; check the path.") from None
+    except OSError as e:
+        raise ConfigSourceError(f"cannot read {p}: {e.strerror}.") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # what java.util.Properties.load(InputStream) assumes
+    return parse_properties_text(text, p.name)
+
+
+_SNAKE_CAPS = re.compile(r"[A-Z0-9_]+\Z")
+# Fallback names the LMI container entrypoint or server also reads, → the property they feed.
+_ENV_FALLBACKS = {
+    "HF_MODEL_ID": "option.model_id",
+    "HF_REVISION": "option.revision",
+    "TENSOR_PARALLEL_DEGREE": "option.tensor_parallel_degree",
+    "SM_NUM_GPUS": "option.tensor_parallel_degree",
+    "MAX_BATCH_SIZE": "option.max_rolling_batch_size",
+    "HF_MODEL_QUANTIZE": "option.quantize",
+}
+
+
+def properties_from_env(env: Mapping[str, str]) -> dict[str, Prop]:
+    props: dict[str, Prop] = {}
+    for name in sorted(env):
+        value = env[name]
+        if not name.startswith("OPTION_") or value is None or not str(value).strip():
+            continue
+        key = name[len("OPTION_"):]
+        if _SNAKE_CAPS.match(key):
+            key = key.lower()
+        if key.lower() == "entrypoint":
+            prop = "option.entryPoint"
+        elif key.lower() == "engine":
+            prop = "engine"
+        else:
+            prop = "option." + key
+        props[prop] = Prop(str(value).strip(), name)
+    # Fallbacks only fill what OPTION_* left unset (DJL uses putIfAbsent / getenv fallbacks).
+    for name, prop in _ENV_FALLBACKS.items():
+        value = env.get(name)
+        if value and value.strip() and prop not in props:
+            props[prop] = Prop(value.strip(), name)
+    return props

@@ -1,0 +1,311 @@
+"""The Target interface and the checks every target shares.
+
+A target is the unit of ownership: everything about one backend lives in its subpackage, and
+the rest of Kiln asks it, never its name. What it answers (light: no torch, no compiler):
+
+* toolchain and hardware class — ``detect_toolchain`` (package metadata, never imports);
+* validation — ``validate(spec, config)``: is this spec valid for this model, before any work;
+* the build — ``stage_plan`` (stored intermediate stages) and ``build_steps`` (every step and
+  its worker argv), ``missing_toolchain_error`` (what to say where the compiler is absent),
+  ``resources`` (what a step asks a scheduler such as Ray for);
+* parsing — ``lmi``: the LMI facts (entry points, rolling-batch names, defaults, properties);
+* deployment — ``layouts`` and ``plan_layout``; ``loads_in_process`` and ``load_engine``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from ..errors import KilnError, SpecError, ToolchainError, ValidationError
+from ..spec import BuildSpec
+from ..manifests import IndexEntry, Manifest
+from ._layouts import RAW, Layout
+from ._plan import Stage, Step
+
+
+__all__ = ["Target", "TargetOption", "ResolvedSpec", "LmiFacts", "BuildInputs", "StoredStep", "model_dims"]
+
+
+class BuildInputs(Protocol):
+    """What a target needs of a resolved spec to plan a build (``kiln.core.Resolution`` is one)."""
+
+    spec: BuildSpec
+    toolchain: Mapping[str, str | None]
+
+    @property
+    def model(self) -> Any: ...  # .path, .ref, .tree_digest of the resolved model
+
+    def model_summary(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class StoredStep:
+    """A build step whose output is in the store (for messages about what is left to do)."""
+
+    name: str
+    key: str
+    files: int
+    reused: bool  # found (locally or on the remote) rather than computed by this build
+
+
+@dataclass(frozen=True)
+class LmiFacts:
+    """How SageMaker LMI (DJL Serving) configuration selects and configures this target.
+
+    Read by :mod:`kiln.lmi`; values are LMI's own (djl-serving, see the target's module for
+    the release each was read from).
+    """
+
+    entry_point_words: tuple[str, ...] = ()  # substrings of option.entryPoint that select it
+    rolling_batch_names: tuple[str, ...] = ()  # option.rolling_batch values that select it
+    serving_features: tuple[str, ...] = ()  # SERVING_FEATURES words that select it
+    default_max_rolling_batch: int | None = None  # LMI's max_rolling_batch_size when absent
+    default_n_positions: int | None = None  # LMI's n_positions when absent
+    # n_positions from option.max_seq_len, else max_input_len + max_output_len (with defaults).
+    n_positions_from_seq_len: bool = False
+    default_max_input_len: int | None = None
+    default_max_output_len: int | None = None
+    # LMI property -> Kiln spec field (``option.<target option>``) for this target.
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetOption:
+    name: str
+    help: str
+    in_key: bool = True  # False: used for validation / hardware choice only
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A spec with defaults filled in from the model and target, plus what was decided."""
+
+    spec: BuildSpec
+    notes: tuple[str, ...] = ()
+
+
+def model_dims(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The shape facts validation needs, across config spellings (Llama, GPT-2, …)."""
+    text = config.get("text_config") or {}
+    cfg = {**text, **config} if text else config
+    heads = cfg.get("num_attention_heads", cfg.get("n_head"))
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    max_pos = cfg.get("max_position_embeddings", cfg.get("n_positions"))
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or None
+    rope_type = None
+    if isinstance(rope, Mapping):
+        rope_type = rope.get("rope_type") or rope.get("type")
+        if rope_type in (None, "default"):
+            rope_type = None
+    archs = cfg.get("architectures") or []
+    return {
+        "architecture": archs[0] if archs else None,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "max_positions": max_pos,
+        "rope_scaling": rope_type,
+    }
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    packages: Mapping[str, str]  # toolchain component -> Python distribution name
+    dtypes: tuple[str, ...]
+    default_dtype: str
+    architectures: tuple[str, ...]
+    aliases: tuple[str, ...] = ()  # other names users write (--target, OPTION_KILN_TARGET)
+    supports_smoothquant: bool = False
+    max_tp_degree: int | None = None
+    options: tuple[TargetOption, ...] = ()
+    install_hint: str = ""
+    unsupported: Mapping[str, str] = field(default_factory=dict)  # architecture -> why
+    # Versions of Kiln's own code that shape the output (bumped when that code changes).
+    static_toolchain: Mapping[str, str] = field(default_factory=dict)
+    lmi: LmiFacts = field(default_factory=LmiFacts)
+    layouts: tuple[str, ...] = ()  # deployment layouts besides raw (see plan_layout)
+    loads_in_process: bool = False  # kiln.load_engine can run its engines in this process
+
+    # ---------------------------------------------------------------- toolchain
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(sorted([*self.packages, *self.static_toolchain, "hardware"]))
+
+    def key_options(self) -> frozenset[str]:
+        return frozenset(o.name for o in self.options if o.in_key)
+
+    def has_option(self, name: str) -> bool:
+        return any(o.name == name for o in self.options)
+
+    def hardware(self, spec: BuildSpec) -> str | None:
+        """The hardware class a build of ``spec`` would be tied to on this machine."""
+        raise NotImplementedError
+
+    def detect_toolchain(self, spec: BuildSpec) -> dict[str, str | None]:
+        """Versions from package metadata (no imports) and the hardware class; None = absent."""
+        found: dict[str, str | None] = {}
+        for component, dist in self.packages.items():
+            try:
+                found[component] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                found[component] = None
+        found.update(self.static_toolchain)
+        found["hardware"] = self.hardware(spec)
+        return found
+
+    def missing_toolchain(self, spec: BuildSpec) -> list[str]:
+        return [c for c, v in self.detect_toolchain(spec).items() if v is None]
+
+    # ---------------------------------------------------------------- building
+    def stage_plan(self, res: BuildInputs) -> tuple[Stage, ...]:
+        """The intermediate stages a build of ``res`` stores (and reuses), in order."""
+        return ()
+
+    def build_steps(self, res: BuildInputs, *, calib_file: Path | None = None) -> tuple[Step, ...]:
+        """Every step of a build of ``res``; the last one produces the artifact.
+
+        Raises a KilnError for inputs the build cannot use, before any step runs.
+        """
+        return (Step("compile", f"{self.name} compile", lambda out, _inputs: self.worker_argv(res, out)),)
+
+    def worker_argv(self, res: BuildInputs, out_dir: Path) -> list[str]:
+        """Arguments after ``python`` for the worker that compiles ``res`` into ``out_dir``."""
+        raise ToolchainError(
+            f"building {self.name} engines is not implemented in this version of Kiln; "
+            "lookups of engines built elsewhere work."
+        )
+
+    def missing_toolchain_error(self, res: BuildInputs, missing: Sequence[str], stored: Sequence["StoredStep"],
+                                where: str) -> KilnError:
+        """What a build says when a step needs the toolchain and this machine lacks ``missing``.
+
+        ``stored`` lists the steps already done (their outputs are in the store at ``where``).
+        """
+        return ToolchainError(
+            f"cannot build {self.name} here: {', '.join(missing)} not found on this machine. {self.install_hint}."
+        )
+
+    def resources(self, res: BuildInputs, memory_bytes: int) -> dict[str, Any]:
+        """What one build of ``res`` asks a cluster scheduler (Ray) for."""
+        return {"num_cpus": 1, "memory": memory_bytes}
+
+    # ---------------------------------------------------------------- deployment
+    def plan_layout(self, layout: str, entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes],
+                    container: str) -> Layout:
+        """The files (and consumer environment) of ``layout`` for one artifact of this target.
+
+        ``container`` is where the consumer will see the directory (paths written into files).
+        """
+        if layout == RAW:
+            return Layout(list(manifest.files))
+        if layout in self.layouts:
+            raise NotImplementedError(f"{self.name} lists layout {layout} but does not plan it")
+        raise SpecError(f"layout {layout!r} does not apply to {self.name} artifacts"
+                        + (f"; {self.name} writes {', '.join((RAW, *self.layouts))}." if self.layouts else "."))
+
+    def load_engine(self, directory: Path, device: str) -> Any:
+        """Load a materialised artifact in this process (targets with ``loads_in_process``)."""
+        raise NotImplementedError(f"{self.name} engines do not load in-process")
+
+    # ---------------------------------------------------------------- validation
+    def validate(self, spec: BuildSpec, config: Mapping[str, Any]) -> ResolvedSpec:
+        """Check ``spec`` against the target and the model config; fill in defaults.
+
+        Raises ValidationError naming the bad value and the fix. Runs in milliseconds.
+        """
+        notes: list[str] = []
+        dims = model_dims(config)
+        changes: dict[str, Any] = {}
+        self._check_options(spec)
+
+        dtype = spec.dtype
+        if dtype is None:
+            dtype = self.default_dtype
+            changes["dtype"] = dtype
+            notes.append(f"dtype: default for {self.name} ({dtype})")
+        if dtype not in self.dtypes:
+            raise ValidationError(
+                f"dtype={dtype} is not supported by the {self.name} target; use one of "
+                f"{', '.join(self.dtypes)}."
+            )
+
+        arch = dims["architecture"]
+        if config and arch is None:
+            raise ValidationError("the model's config.json names no architecture; is it a causal LM checkpoint?")
+        if arch is not None and arch not in self.architectures:
+            why = self.unsupported.get(arch, "")
+            raise ValidationError(
+                f"architecture {arch} is not supported by {self.name} yet{': ' + why if why else ''}; "
+                f"supported: {', '.join(self.architectures)}."
+            )
+
+        max_pos = dims["max_positions"]
+        n_positions = spec.n_positions
+        if n_positions is None:
+            if max_pos is None:
+                raise ValidationError("the model config gives no max_position_embeddings; pass --n-positions.")
+            n_positions = int(max_pos)
+            changes["n_positions"] = n_positions
+            notes.append(f"n_positions: default from the model's max_position_embeddings ({n_positions})")
+        elif max_pos is not None and n_positions > int(max_pos):
+            if dims["rope_scaling"]:
+                notes.append(
+                    f"n_positions={n_positions} exceeds max_position_embeddings={max_pos}; allowed "
+                    f"because the model config has RoPE scaling ({dims['rope_scaling']})"
+                )
+            else:
+                raise ValidationError(
+                    f"n_positions={n_positions} exceeds the model's max_position_embeddings={max_pos} "
+                    f"and the model has no RoPE scaling; use --n-positions {max_pos} or less."
+                )
+
+        self._check_tp(spec.tp_degree, dims)
+        self._check_quant(spec)
+        resolved = spec.replace(**changes) if changes else spec
+        return ResolvedSpec(resolved, tuple(notes))
+
+    def _check_options(self, spec: BuildSpec) -> None:
+        known = {o.name: o for o in self.options}
+        for name, value in spec.options:
+            opt = known.get(name)
+            if opt is None:
+                hint = f"; options of {self.name}: {', '.join(sorted(known))}" if known else f"; {self.name} takes no target options"
+                raise ValidationError(f"target option {name}={value!r} is not known{hint}.")
+            if opt.choices and value not in opt.choices:
+                raise ValidationError(
+                    f"target option {name}={value!r} is not one of {', '.join(opt.choices)}."
+                )
+
+    def _check_tp(self, tp: int, dims: Mapping[str, Any]) -> None:
+        if self.max_tp_degree is not None and tp > self.max_tp_degree:
+            raise ValidationError(
+                f"tp_degree={tp}: the {self.name} target builds for at most {self.max_tp_degree} "
+                f"device(s); use --tp-degree {self.max_tp_degree} (or the trtllm/neuron target for sharding)."
+            )
+        heads, kv = dims["heads"], dims["kv_heads"]
+        if heads is None or tp == 1:
+            return
+        if heads % tp:
+            divisors = [d for d in range(1, heads + 1) if heads % d == 0]
+            raise ValidationError(
+                f"tp_degree={tp} does not divide the model's {heads} attention heads; "
+                f"use one of {', '.join(map(str, divisors))}."
+            )
+        if kv and kv != heads and (kv % tp if tp <= kv else tp % kv):
+            raise ValidationError(
+                f"tp_degree={tp} is incompatible with the model's {kv} KV heads: each rank needs a "
+                f"whole number of KV heads (tp divides {kv}) or whole replicas (tp a multiple of {kv})."
+            )
+
+    def _check_quant(self, spec: BuildSpec) -> None:
+        q = spec.quant
+        if (q.smoothquant or q.int8_kv_cache) and not self.supports_smoothquant:
+            raise ValidationError(
+                f"quantization {q.describe()} is not supported by the {self.name} target; "
+                "SmoothQuant and INT8 KV cache are built by the trtllm target (--target trtllm)."
+            )

@@ -1,0 +1,76 @@
+"""Deployment layouts of Neuron artifacts (the mechanism: ``kiln.targets._layouts``).
+
+``lmi``           a model directory a SageMaker LMI NeuronX container loads without compiling:
+                  HF model files + ``compiled/`` NEFFs + ``serving.properties``
+``neuron-cache``  the Neuron persistent compile cache:
+                  ``neuronxcc-<version>/MODULE_<graph>+<flags>/{model.neff,model.done,compile_flags.json}``
+                  for consumers that point ``NEURON_COMPILE_CACHE_URL`` at it
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any, Callable
+
+from ...errors import SpecError
+from ...manifests import FileEntry, IndexEntry, Manifest
+from .._layouts import Layout, serving_properties, strip_prefix
+
+__all__ = ["LAYOUTS", "plan_neuron_layout"]
+
+LAYOUTS = ("lmi", "neuron-cache")
+
+
+def _lmi_props(entry: IndexEntry, container_dir: str) -> dict[str, Any]:
+    s = entry.spec
+    opts = s.get("options") or {}
+    return {
+        "engine": "Python",
+        "option.entryPoint": "djl_python.transformers_neuronx",
+        "option.rolling_batch": "auto",
+        "option.max_rolling_batch_size": s["batch_size"],
+        "option.n_positions": s["n_positions"],
+        "option.tensor_parallel_degree": s["tp_degree"],
+        "option.dtype": s["dtype"],
+        "option.group_query_attention": opts.get("gqa_strategy"),
+        "option.context_length_estimate": opts.get("context_length_estimate"),
+        "option.neuron_optimize_level": opts.get("optlevel"),
+        "option.compiled_graph_path": posixpath.join(container_dir, "compiled"),
+    }
+
+
+def _neuron_cache(entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes], container: str) -> Layout:
+    by_path = {f.path: f for f in manifest.files}
+    graphs_entry = by_path.get("neuron-graphs.json")
+    if graphs_entry is None:
+        raise SpecError(f"artifact {entry.key[:12]} records no cache modules (neuron-graphs.json); use --layout lmi.")
+    try:
+        graphs = json.loads(read_blob(graphs_entry.digest))
+        version = str(graphs["compiler_version"])
+        flags = json.dumps([str(f) for f in graphs.get("flags") or []]).encode()
+        modules = [(str(m["module"]), str(m["neff"])) for m in graphs["modules"]]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise SpecError(f"artifact {entry.key[:12]} has a malformed neuron-graphs.json; use --layout lmi.") from None
+    if "/" in version or version in ("", ".", ".."):
+        raise SpecError(f"artifact {entry.key[:12]} names a bad compiler version {version!r}.")
+    files, generated = [], {}
+    for module, neff_path in modules:
+        neff = by_path.get(neff_path)
+        if neff is None or not module.startswith("MODULE_") or "/" in module:
+            raise SpecError(f"artifact {entry.key[:12]} lists a bad cache module {({'module': module, 'neff': neff_path})!r}.")
+        base = f"neuronxcc-{version}/{module}"
+        files.append(FileEntry(f"{base}/model.neff", neff.digest, neff.size))
+        generated[f"{base}/model.done"] = b""
+        generated[f"{base}/compile_flags.json"] = flags
+    return Layout(files, generated, {"NEURON_COMPILE_CACHE_URL": container})
+
+
+def plan_neuron_layout(layout: str, entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes],
+                       container: str) -> Layout:
+    if layout == "lmi":
+        files = strip_prefix(manifest.files, "model/") + strip_prefix(manifest.files, "compiled/", "compiled/")
+        props = _lmi_props(entry, container)
+        return Layout(files, {"serving.properties": serving_properties(props)},
+                      {"OPTION_MODEL_ID": container, "OPTION_COMPILED_GRAPH_PATH": posixpath.join(container, "compiled")})
+    return _neuron_cache(entry, manifest, read_blob, container)

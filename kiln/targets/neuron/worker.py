@@ -1,0 +1,155 @@
+"""Worker process for the ``neuron`` target: compile one model with transformers-neuronx.
+
+    python -m kiln.targets.neuron.worker --model-dir D --out-dir O --batch-size B \\
+        --n-positions N --tp-degree T --amp f16 [--context-length-estimate 512,1024] \\
+        [--gqa shard-over-heads] [--optlevel 2]
+
+Written against transformers-neuronx's documented API (the Neuron SDK is not installable
+from PyPI, so this runs only where the SDK is: an Inferentia2/Trainium instance, or an x86_64
+host with neuronx-cc for compile-only builds)::
+
+    model = LlamaForSampling.from_pretrained(dir, batch_size=, tp_degree=, n_positions=, amp=,
+                                             context_length_estimate=, neuron_config=NeuronConfig(...))
+    model.to_neuron()      # compiles every graph with neuronx-cc
+    model.save(out)        # one <hash>.neff per graph
+
+The worker points ``NEURON_COMPILE_CACHE_URL`` at a private directory during the compile, so
+the artifact also records the persistent-cache module of every graph
+(``neuronxcc-<version>/MODULE_<hash>+<flags>/model.neff``), from which Kiln writes the
+``neuron-cache`` deployment layout.
+
+Artifact layout written into --out-dir::
+
+    model/        the HF model files the runtime loads weights from (config, tokenizer, weights)
+    compiled/     model.save() output (*.neff) and VERSION (the neuronx-cc version)
+    neuron-graphs.json   compiler version, flags, and for each NEFF its cache module name
+    engine.json   what was built (shape, amp, options)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .._worker_main import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_NO_TOOLCHAIN, EXIT_OK
+from .._worker_main import log as _log
+from .._worker_main import stage as _stage
+from ._facts import MODEL_CLASSES, MODEL_FILE_SUFFIXES
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kiln.targets.neuron.worker")
+    p.add_argument("--model-dir", required=True, type=Path)
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--batch-size", required=True, type=int)
+    p.add_argument("--n-positions", required=True, type=int)
+    p.add_argument("--tp-degree", required=True, type=int)
+    p.add_argument("--amp", required=True, choices=["f32", "f16", "bf16"])
+    p.add_argument("--context-length-estimate", default=None)
+    p.add_argument("--gqa", default=None)
+    p.add_argument("--optlevel", default=None, choices=["1", "2", "3"])
+    return p
+
+
+def _load_class(architecture: str):  # type: ignore[no-untyped-def]
+    module, _, name = MODEL_CLASSES[architecture].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def copy_model_files(model_dir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(model_dir.iterdir()):
+        if p.is_file() and p.name.endswith(MODEL_FILE_SUFFIXES):
+            shutil.copyfile(p, dest / p.name)
+
+
+def cache_modules(cache_root: Path, compiled: Path) -> tuple[str | None, list[dict[str, str]]]:
+    """Map every saved NEFF to the persistent-cache module that holds the same bytes."""
+    by_digest = {}
+    version = None
+    for neff in cache_root.glob("neuronxcc-*/MODULE_*/model.neff"):
+        version = neff.parent.parent.name[len("neuronxcc-"):]
+        by_digest[hashlib.sha256(neff.read_bytes()).hexdigest()] = neff.parent.name
+    modules = []
+    for neff in sorted(compiled.glob("*.neff")):
+        module = by_digest.get(hashlib.sha256(neff.read_bytes()).hexdigest())
+        if module:
+            modules.append({"neff": f"compiled/{neff.name}", "module": module})
+    return version, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    t0 = time.perf_counter()
+    _stage("start")
+    config = json.loads((args.model_dir / "config.json").read_text())
+    arch = (config.get("architectures") or [None])[0]
+    if arch not in MODEL_CLASSES:
+        print(f"architecture {arch} is not supported by transformers-neuronx via Kiln; supported: "
+              f"{', '.join(MODEL_CLASSES)}", file=sys.stderr, flush=True)
+        return EXIT_BAD_SPEC
+    try:
+        compiler_version = importlib.metadata.version("neuronx-cc")
+        from transformers_neuronx import NeuronConfig
+    except (importlib.metadata.PackageNotFoundError, ImportError) as e:
+        print(f"the Neuron SDK is not installed here ({e}); install neuronx-cc and transformers-neuronx "
+              "from AWS's package index on an Inferentia2/Trainium instance or an x86_64 build host",
+              file=sys.stderr, flush=True)
+        return EXIT_NO_TOOLCHAIN
+
+    out: Path = args.out_dir
+    cache = out.parent / "neuron-cache-capture"
+    os.environ["NEURON_COMPILE_CACHE_URL"] = str(cache)
+    flags = os.environ.get("NEURON_CC_FLAGS", "")
+    if args.optlevel:
+        flags = f"{flags} -O{args.optlevel}".strip()
+        os.environ["NEURON_CC_FLAGS"] = flags
+    neuron_config = NeuronConfig(group_query_attention=args.gqa) if args.gqa else NeuronConfig()
+    kwargs = dict(batch_size=args.batch_size, tp_degree=args.tp_degree, n_positions=args.n_positions,
+                  amp=args.amp, neuron_config=neuron_config)
+    if args.context_length_estimate:
+        kwargs["context_length_estimate"] = [int(x) for x in args.context_length_estimate.split(",")]
+    try:
+        _stage("load", f"arch={arch} {kwargs}")
+        model = _load_class(arch).from_pretrained(str(args.model_dir), **kwargs)
+        _stage("compile", "(neuronx-cc)")
+        model.to_neuron()
+        _stage("save")
+        compiled = out / "compiled"
+        model.save(str(compiled))
+        (compiled / "VERSION").write_text(compiler_version + "\n")
+        copy_model_files(args.model_dir, out / "model")
+        version, modules = cache_modules(cache, compiled)
+        (out / "neuron-graphs.json").write_text(json.dumps({
+            "compiler_version": version or compiler_version,
+            "flags": flags.split(),
+            "modules": modules,
+        }, indent=1, sort_keys=True))
+        (out / "engine.json").write_text(json.dumps({
+            "format": 1, "target": "neuron", "architecture": arch, "batch_size": args.batch_size,
+            "n_positions": args.n_positions, "tp_degree": args.tp_degree, "amp": args.amp,
+            "context_length_estimate": args.context_length_estimate, "gqa": args.gqa,
+            "optlevel": args.optlevel, "neuronx_cc": compiler_version,
+        }, indent=1, sort_keys=True))
+    except Exception as e:  # the parent stores this log with the failed build
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: neuron compile failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    _log(f"finished in {time.perf_counter() - t0:.1f}s")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

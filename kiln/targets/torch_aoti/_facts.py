@@ -1,0 +1,28 @@
+"""Facts about torch-aoti engines that the light side, the exporter and the loader share.
+
+Torch-free on purpose: spec validation reads the architecture list without importing torch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SUPPORTED_ARCHITECTURES", "ENGINE_FORMAT", "ENGINE_FORMAT_VERSION", "PACKAGE_FILE",
+           "WEIGHTS_FILE", "METADATA_FILE", "unsupported_message"]
+
+# Those whose export has been verified (tokens and logits equal eager transformers). Others
+# may well work (the wrapper is generic over decoder-only models with a StaticCache), but an
+# unverified one is refused rather than risking a silently wrong engine.
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
+
+ENGINE_FORMAT = "kiln-torch-aoti-engine"
+ENGINE_FORMAT_VERSION = 1
+
+PACKAGE_FILE = "engine.pt2"
+WEIGHTS_FILE = "weights.safetensors"
+METADATA_FILE = "engine.json"
+
+
+def unsupported_message(architecture: str) -> str:
+    return (
+        f"architecture {architecture} is not supported by torch-aoti yet; "
+        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+    )

@@ -1,0 +1,381 @@
+"""The build half of the ``torch-aoti`` target: export + AOTInductor compile.
+
+This module imports torch and transformers at the top: only the worker process
+(``kiln.targets.torch_aoti.worker``) imports it. Loading an engine is ``runtime``'s job and
+needs neither this module nor transformers.
+
+What an engine directory holds (all written by :func:`export_engine`)::
+
+    engine.pt2           AOTInductor package: compiled kernels + wrapper, NO weights
+                         (``aot_inductor.package_constants_in_so=False``), a few MB at most
+    weights.safetensors  the model's parameters in the engine dtype, keyed by the constant
+                         FQNs the AOTI runner expects. It depends only on (model, dtype,
+                         device), never on batch_size / n_positions: engines of one model and
+                         dtype share one weights blob byte for byte.
+    engine.json          metadata (see ``export_engine``); also the list of runtime buffers
+                         (KV cache) that the loader creates zero-filled
+    config.json, generation_config.json, tokenizer files   copied from the model, so the
+                         directory is self-contained (load needs nothing else)
+
+How the graph is shaped: a small wrapper (:class:`_StaticCacheLM`) owns a transformers
+``StaticCache`` of ``[batch_size, n_kv_heads, n_positions, head_dim]`` per layer and registers
+its tensors as buffers, so that ``torch.export`` lifts them as mutable constants of the graph.
+The sequence dimension is dynamic (1..n_positions): the prompt is prefilled in one call and each
+decode step is a one-token call to the same compiled graph. The model derives token positions
+from the cache length, which the wrapper sets from ``cache_position[0]`` on every call, so a
+forward is a pure function of (input_ids, cache_position, KV cache) — no hidden counters.
+
+KV-cache buffers are user-managed at load (``load_constants(..., user_managed=True)``): the
+runner uses our tensors in place, so ``Engine.reset()`` is a ``zero_()`` and the buffers are
+never part of any file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .._model_files import GENERATION_CONFIG, TOKENIZER_FILES
+from .._safetensors import save_deterministic
+from .._worker_main import UnsupportedArchitectureError
+from ._facts import (
+    ENGINE_FORMAT,
+    ENGINE_FORMAT_VERSION,
+    METADATA_FILE,
+    PACKAGE_FILE,
+    SUPPORTED_ARCHITECTURES,
+    WEIGHTS_FILE,
+    unsupported_message,
+)
+from .runtime import DTYPES, load_package, tensor_dtype_name
+
+__all__ = ["INDUCTOR_CONFIGS", "UnsupportedArchitectureError", "check_architecture", "export_engine"]
+
+_MOE_ARCHITECTURES = ("MixtralForCausalLM",)
+
+# Inductor settings every engine is compiled with (recorded in engine.json):
+# - package_constants_in_so=False: weights stay out of the package; they are loaded at run
+#   time with load_constants, so one weights blob serves every (batch, n_positions) engine.
+# - check_lowerbound=False: with AOTI_RUNTIME_CHECK_INPUTS=1 the runtime would otherwise
+#   reject a one-token decode step (export treats dynamic dims as >= 2).
+INDUCTOR_CONFIGS: dict[str, Any] = {
+    "aot_inductor.package_constants_in_so": False,
+    "aot_inductor.check_lowerbound": False,
+}
+
+# Files copied from the model directory so that an engine directory is self-contained.
+_COPIED_FILES = ("config.json", GENERATION_CONFIG, *TOKENIZER_FILES)
+
+# Names of the buffers the wrapper registers; they never go into weights.safetensors.
+_KV_KEY = "kiln_kv_key_{}"
+_KV_VALUE = "kiln_kv_value_{}"
+_KV_LENGTH = "kiln_kv_length_{}"
+_RUNTIME_PREFIX = "kiln_kv_"
+
+# Warnings torch / transformers emit on every export of these models and that are not
+# actionable for us (see _quiet_export). Matched precisely, so anything new still shows.
+_EXPORT_NOISE = (
+    # dynamo notices transformers' output-capturing hook as a side effect; harmless for
+    # inference (it collects hidden states only when asked to).
+    (UserWarning, r"While compiling, we found certain side effects happened in the model\.forward"),
+    # torch's own pytree pickling during AOTI packaging (torch 2.13).
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # torch.utils.mkldnn, imported by Inductor on first use, defines TorchScript modules.
+    (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated"),
+)
+
+
+# --------------------------------------------------------------------------------------
+# export
+
+
+def _architecture(config: Any) -> str:
+    archs = getattr(config, "architectures", None) or []
+    return str(archs[0]) if archs else type(config).__name__.replace("Config", "ForCausalLM")
+
+
+def check_architecture(architecture: str) -> None:
+    """Raise :class:`UnsupportedArchitectureError` unless ``architecture`` is supported."""
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitectureError(unsupported_message(architecture))
+
+
+def _find_gguf(model_dir: Path) -> str | None:
+    """The GGUF file to load when a directory holds a GGUF model and no HF weights."""
+    if (model_dir / "config.json").is_file():
+        return None
+    ggufs = sorted(p.name for p in model_dir.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    if len(ggufs) > 1:
+        raise ValueError(
+            f"{model_dir} holds several GGUF files ({', '.join(ggufs)}) and no config.json; "
+            "pass gguf_file= to choose one"
+        )
+    return None
+
+
+def _head_dim(config: Any) -> int:
+    head_dim = getattr(config, "head_dim", None)
+    return int(head_dim) if head_dim else int(config.hidden_size // config.num_attention_heads)
+
+
+class _StaticCacheLM(torch.nn.Module):
+    """``(input_ids [B, S], cache_position [S]) -> logits [B, S, V]`` over a static KV cache.
+
+    The cache is a transformers ``StaticCache`` whose per-layer tensors are registered here as
+    non-persistent buffers (names ``kiln_kv_*``), so export lifts them as mutable constants.
+    Sliding-window layers are replaced by full-length static layers: the sliding-window mask
+    still applies (the model builds it from ``config.sliding_window``), and a full-length layer
+    has no data-dependent control flow, so generation past the window is exact.
+    """
+
+    def __init__(self, model: Any, batch_size: int, max_cache_len: int, device: torch.device) -> None:
+        super().__init__()
+        from transformers.cache_utils import StaticCache, StaticLayer
+
+        config = model.config.get_text_config()
+        self.model = model
+        self.static_cache = StaticCache(config=config, max_cache_len=max_cache_len)
+        for i, layer in enumerate(self.static_cache.layers):
+            if type(layer) is not StaticLayer:
+                self.static_cache.layers[i] = StaticLayer(max_cache_len)
+        self.static_cache.early_initialization(
+            batch_size, int(config.num_key_value_heads), _head_dim(config), model.dtype, device
+        )
+        for i, layer in enumerate(self.static_cache.layers):
+            self.register_buffer(_KV_KEY.format(i), layer.keys, persistent=False)
+            self.register_buffer(_KV_VALUE.format(i), layer.values, persistent=False)
+            self.register_buffer(_KV_LENGTH.format(i), layer.cumulative_length, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        # The model takes its positions from the cache length; set it from the caller's
+        # position on every call so that the KV tensors are the only state between calls.
+        for layer in self.static_cache.layers:
+            layer.cumulative_length.copy_(cache_position[0])
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=None,
+            past_key_values=self.static_cache,
+            use_cache=True,
+        )
+        return out.logits
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for category, message in _EXPORT_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+def _eos_ids(generation_config: Any, config: Any) -> list[int]:
+    for source in (generation_config, config):
+        eos = getattr(source, "eos_token_id", None) if source is not None else None
+        if eos is None:
+            continue
+        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    return []
+
+
+def export_engine(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    batch_size: int,
+    n_positions: int,
+    dtype: str,
+    device: str = "cpu",
+    gguf_file: str | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Export + AOT-compile the causal LM in ``model_dir`` into ``out_dir``; return its metadata.
+
+    The engine serves exactly ``batch_size`` sequences of at most ``n_positions`` tokens in
+    total (prompt + generated), in ``dtype`` ("fp32", "fp16" or "bf16") on ``device`` ("cpu"
+    or "cuda[:i]"). ``model_dir`` is a Hugging Face model directory; a directory holding a
+    single ``.gguf`` file and no config.json is loaded from GGUF (or name it with
+    ``gguf_file``). Progress lines go to ``log``.
+
+    Raises :class:`UnsupportedArchitectureError` (a ValueError) for an architecture not in
+    :data:`SUPPORTED_ARCHITECTURES`, before loading any weights, and ValueError for bad shapes
+    or dtypes.
+    """
+    model_dir = Path(model_dir)
+    out_dir = Path(out_dir)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported by torch-aoti; choose one of {', '.join(DTYPES)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(n_positions) < 2:
+        raise ValueError(f"n_positions must be >= 2, got {n_positions}")
+    batch_size, n_positions = int(batch_size), int(n_positions)
+    torch_dtype = DTYPES[dtype]
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available in this torch build")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported by torch-aoti; use cpu or cuda")
+
+    if gguf_file is None:
+        gguf_file = _find_gguf(model_dir)
+    load_kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+
+    t0 = time.perf_counter()
+    config = AutoConfig.from_pretrained(model_dir, **load_kwargs)
+    architecture = _architecture(config)
+    check_architecture(architecture)
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos is not None and n_positions > int(max_pos):
+        raise ValueError(
+            f"n_positions={n_positions} exceeds the model's max_position_embeddings={max_pos}; "
+            f"build with n_positions <= {max_pos}"
+        )
+
+    log(f"stage: load model={model_dir} arch={architecture} dtype={dtype} device={dev}")
+    model_kwargs: dict[str, Any] = dict(load_kwargs, dtype=torch_dtype, attn_implementation="sdpa")
+    if architecture in _MOE_ARCHITECTURES:
+        # batched_mm lowers to plain aten ops (index, bmm): the package then needs no
+        # Python-registered custom op at load time (grouped_mm's CPU fallback is one).
+        model_kwargs["experts_implementation"] = "batched_mm"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs)
+    model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    log(f"load done in {time.perf_counter() - t0:.1f}s")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = _StaticCacheLM(model, batch_size, n_positions, dev).eval()
+
+    # Trace with a sequence length of 2 (not 1: export specialises dims of size 0/1).
+    example_len = 2
+    example = (
+        torch.zeros((batch_size, example_len), dtype=torch.long, device=dev),
+        torch.arange(example_len, dtype=torch.long, device=dev),
+    )
+    seq = torch.export.Dim("seq", min=1, max=n_positions)
+    t1 = time.perf_counter()
+    log("stage: export")
+    with torch.no_grad(), _quiet_export():
+        exported = torch.export.export(
+            wrapper, example, dynamic_shapes=({1: seq}, {0: seq}), strict=True
+        )
+    log(f"export done in {time.perf_counter() - t1:.1f}s")
+
+    t2 = time.perf_counter()
+    log("stage: compile")
+    package_path = out_dir / PACKAGE_FILE
+    # Compile into a private directory, then rename into place: a crash never leaves a
+    # half-written engine.pt2. Same file name, because the archive's root folder is named
+    # after it.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".engine-", dir=out_dir))
+    try:
+        with torch.no_grad(), _quiet_export():
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=str(tmp_dir / PACKAGE_FILE), inductor_configs=dict(INDUCTOR_CONFIGS)
+            )
+        os.replace(tmp_dir / PACKAGE_FILE, package_path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    log(f"compile done in {time.perf_counter() - t2:.1f}s")
+
+    # Split the runner's constants into weights (from the model; shape-independent) and
+    # runtime buffers (our KV cache; created zero-filled at load).
+    t3 = time.perf_counter()
+    log("stage: weights")
+    runner = load_package(package_path, dev, -1)
+    constant_names = sorted(runner.get_constant_fqns())
+    # Platform, CPU ISA or CUDA arch the kernels were built for (part of the toolchain).
+    aoti_metadata = {str(k): str(v) for k, v in sorted(runner.get_metadata().items())}
+    del runner
+    state: dict[str, torch.Tensor] = dict(wrapper.named_parameters(remove_duplicate=False))
+    state.update(wrapper.named_buffers(remove_duplicate=False))
+    for name, value in exported.constants.items():
+        if isinstance(value, torch.Tensor):
+            state.setdefault(name, value)
+    weights: dict[str, torch.Tensor] = {}
+    runtime_buffers: list[dict[str, Any]] = []
+    for name in constant_names:
+        if name.startswith(_RUNTIME_PREFIX):
+            t = state[name]
+            role = "kv_length" if "length" in name else "kv_cache"
+            runtime_buffers.append(
+                {"name": name, "shape": list(t.shape), "dtype": tensor_dtype_name(t.dtype), "role": role}
+            )
+        elif name.startswith("model.") and name in state:
+            weights[name] = state[name]
+        else:
+            # A lifted constant that is neither a model parameter nor our cache would have
+            # to be stored per engine; refuse rather than mix it into the shared weights.
+            raise RuntimeError(
+                f"AOTI package expects constant {name!r}, which is neither a model weight nor a "
+                "KV-cache buffer; this model needs support in kiln's torch-aoti target"
+            )
+    save_deterministic(weights, out_dir / WEIGHTS_FILE)
+    log(f"weights done in {time.perf_counter() - t3:.1f}s")
+
+    for fname in _COPIED_FILES:
+        src = model_dir / fname
+        if src.is_file():
+            shutil.copyfile(src, out_dir / fname)
+    if gguf_file:
+        # A GGUF directory has no HF config/tokenizer files: write them from what was loaded.
+        from transformers import AutoTokenizer
+
+        if not (out_dir / "config.json").exists():
+            config.save_pretrained(out_dir)
+        if model.generation_config is not None and not (out_dir / "generation_config.json").exists():
+            model.generation_config.save_pretrained(out_dir)
+        if not (out_dir / "tokenizer.json").exists():
+            AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_file).save_pretrained(out_dir)
+
+    text_config = model.config.get_text_config()
+    metadata: dict[str, Any] = {
+        "format": ENGINE_FORMAT,
+        "format_version": ENGINE_FORMAT_VERSION,
+        "architecture": architecture,
+        "model_type": str(getattr(config, "model_type", "")),
+        "batch_size": batch_size,
+        "n_positions": n_positions,
+        "dtype": dtype,
+        "device": dev.type,
+        "vocab_size": int(text_config.vocab_size),
+        "num_hidden_layers": int(text_config.num_hidden_layers),
+        "sliding_window": getattr(text_config, "sliding_window", None),
+        "experts_implementation": model_kwargs.get("experts_implementation"),
+        "eos_token_id": _eos_ids(model.generation_config, config),
+        "pad_token_id": getattr(model.generation_config, "pad_token_id", None),
+        "inputs": [
+            {"name": "input_ids", "dtype": "int64", "shape": [batch_size, "seq"]},
+            {"name": "cache_position", "dtype": "int64", "shape": ["seq"]},
+        ],
+        "outputs": [{"name": "logits", "dtype": tensor_dtype_name(torch_dtype), "shape": [batch_size, "seq", "vocab_size"]}],
+        "files": {"package": PACKAGE_FILE, "weights": WEIGHTS_FILE},
+        "weights": [
+            {"name": n, "shape": list(t.shape), "dtype": tensor_dtype_name(t.dtype)} for n, t in sorted(weights.items())
+        ],
+        "runtime_buffers": runtime_buffers,
+        "inductor_configs": dict(INDUCTOR_CONFIGS),
+        "aoti_metadata": aoti_metadata,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "gguf_file": gguf_file,
+    }
+    tmp_meta = out_dir / (METADATA_FILE + ".tmp")
+    tmp_meta.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_meta, out_dir / METADATA_FILE)
+    log(f"engine written in {time.perf_counter() - t0:.1f}s")
+    return metadata

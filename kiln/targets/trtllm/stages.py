@@ -1,0 +1,129 @@
+"""TensorRT-LLM builds in three steps, each its own store entry:
+
+1. calibration (SmoothQuant / INT8 KV cache only) — per-channel activation absmax, per
+   (model, calibration set, samples, sequence length): computed once, reused by every shape;
+2. checkpoint — the converted (smoothed, quantized, TP-sharded) TensorRT-LLM checkpoint, per
+   (model, dtype, tp_degree, quantization, calibration);
+3. engine — `trtllm-build`, per (checkpoint, batch size, n_positions, toolchain, GPU SM arch):
+   the artifact deployments look up.
+
+Steps 1 and 2 are CPU work that runs anywhere; step 3 needs `tensorrt_llm` and a CUDA GPU.
+Without them the build stores steps 1-2 and stops with :class:`~kiln.errors.IncompleteBuildError`
+naming the stored checkpoint and the command that finishes the build on a GPU machine that
+shares the store or the remote (see :func:`incomplete_error`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ...errors import IncompleteBuildError, SpecError
+from ...spec import file_digest
+from .._plan import Stage, Step
+from ..base import BuildInputs, StoredStep
+
+__all__ = ["CONVERTER_VERSION", "conversion_toolchain", "stage_plan", "build_steps",
+           "incomplete_error"]
+
+# The checkpoint converter and SmoothQuant math are Kiln's own code: bump on any change.
+CONVERTER_VERSION = "1"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def conversion_toolchain() -> dict[str, str]:
+    """What computes the CPU stages (their key): torch, transformers and Kiln's converter."""
+    return {"torch": _version("torch"), "transformers": _version("transformers"), "kiln-trtllm-converter": CONVERTER_VERSION}
+
+
+def stage_plan(res: BuildInputs) -> tuple[Stage, ...]:
+    """The calibration stage (if the spec needs one) and the checkpoint stage of a spec."""
+    spec, model = res.spec, res.model
+    tc = conversion_toolchain()
+    calib = None
+    if spec.quant.smoothquant or spec.quant.int8_kv_cache:
+        calib = Stage(
+            "calibration", "trtllm",
+            {"calib_set": spec.option("calib_set"), "calib_samples": int(spec.option("calib_samples") or 0),
+             "calib_seq_len": int(spec.option("calib_seq_len") or 0)},
+            model.tree_digest, res.model_summary(), tc,
+        )
+    ckpt = Stage(
+        "checkpoint", "trtllm",
+        {"dtype": spec.dtype, "tp_degree": spec.tp_degree, "quantization": spec.quant.to_json(),
+         "calibration": calib.key if calib else None},
+        model.tree_digest, res.model_summary(), tc, depends_on=(calib.key,) if calib else (),
+    )
+    return (calib, ckpt) if calib else (ckpt,)
+
+
+def build_steps(res: BuildInputs, *, calib_file: Path | None = None) -> tuple[Step, ...]:
+    spec, model = res.spec, res.model
+    stages = {s.name: s for s in stage_plan(res)}
+    steps: list[Step] = []
+    calib = stages.get("calibration")
+    if calib is not None:
+        calib_set = spec.option("calib_set")
+        if calib_set != "default" and (calib_file is None or file_digest(calib_file) != calib_set):
+            raise SpecError(
+                f"calib_set={calib_set} names a calibration file: pass that file with --calib-file "
+                "(its sha256 must match)."
+            )
+
+        def calib_argv(out: Path, _inputs: Mapping[str, Path]) -> list[str]:
+            argv = ["-m", "kiln.targets.trtllm.worker", "calibrate", "--model-dir", str(model.path),
+                    "--out-dir", str(out), "--num-samples", str(calib.inputs["calib_samples"]),
+                    "--seq-len", str(calib.inputs["calib_seq_len"])]
+            return argv + (["--calib-file", str(calib_file)] if calib_file else [])
+
+        steps.append(Step("calibration", "trtllm calibration", calib_argv, stage=calib, needs_toolchain=False))
+
+    def convert_argv(out: Path, inputs: Mapping[str, Path]) -> list[str]:
+        argv = ["-m", "kiln.targets.trtllm.worker", "convert", "--model-dir", str(model.path), "--out-dir", str(out),
+                "--dtype", str(spec.dtype), "--tp-degree", str(spec.tp_degree)]
+        q = spec.quant
+        if q.smoothquant:
+            argv += ["--smoothquant", repr(float(q.smoothquant_alpha))]  # type: ignore[arg-type]
+            argv += ["--per-token"] if q.per_token else []
+            argv += ["--per-channel"] if q.per_channel else []
+        if q.int8_kv_cache:
+            argv += ["--int8-kv-cache"]
+        if "calibration" in inputs:
+            argv += ["--stats-dir", str(inputs["calibration"])]
+        return argv
+
+    steps.append(Step("checkpoint", "trtllm checkpoint", convert_argv, stage=stages["checkpoint"],
+                      inputs=("calibration",) if calib else (), needs_toolchain=False))
+
+    def engine_argv(out: Path, inputs: Mapping[str, Path]) -> list[str]:
+        argv = ["-m", "kiln.targets.trtllm.engine_worker", "--checkpoint-dir", str(inputs["checkpoint"]),
+                "--tokenizer-dir", str(model.path), "--out-dir", str(out),
+                "--max-batch-size", str(spec.batch_size), "--max-seq-len", str(spec.n_positions)]
+        if spec.option("max_num_tokens"):
+            argv += ["--max-num-tokens", str(spec.option("max_num_tokens"))]
+        return argv
+
+    steps.append(Step("engine", "trtllm engine", engine_argv, inputs=("checkpoint",)))
+    return tuple(steps)
+
+
+def incomplete_error(res: BuildInputs, missing: Sequence[str], stored: Sequence[StoredStep],
+                     where: str) -> IncompleteBuildError:
+    """The CPU stages are stored; say exactly how to finish on a GPU machine (exit 3)."""
+    spec, model = res.spec, res.model
+    done = ", ".join(f"{s.name} {'reused' if s.reused else 'built'}" for s in stored)
+    ckpt = next(s for s in stored if s.name == "checkpoint")
+    push_keys = " ".join(f"--key {s.key[:12]}" for s in reversed(stored))
+    return IncompleteBuildError(
+        f"conversion stages stored ({done}): checkpoint {ckpt.key[:12]} ({ckpt.files} files) in {where}. "
+        f"The engine stage needs {', '.join(missing)} (a CUDA GPU with tensorrt_llm from NVIDIA's index). To "
+        f"finish, share the store, or push the stages (`kiln --remote URL push {push_keys}`) and run on the GPU "
+        f"machine: `kiln --remote URL build {model.ref} {spec.cli_flags()}`"
+    )

@@ -1,0 +1,190 @@
+"""LMI serving.properties / OPTION_* parsing: real formats, their quirks, one spec from each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kiln.lmi import interpret, parse_properties_text, properties_from_env, read_serving_properties
+from kiln.api import spec_from_sources
+from kiln.errors import ConfigSourceError, SpecError
+from kiln.spec import Field, Quantization
+
+
+def test_java_properties_syntax() -> None:
+    text = (
+        "# comment\n"
+        "! also a comment\n"
+        "   \n"
+        "engine=Python\n"
+        "option.model_id = org/model\n"
+        "option.dtype:fp16\n"
+        "option.tensor_parallel_degree 4\n"
+        "option.n_positions=\\\n"
+        "    2048\n"
+        "option.max_rolling_batch_size=8   \n"
+        "option.entryPoint=djl_python.transformers_neuronx\n"
+        "option.weird\\=key=a\\tb\\u0041\n"
+        "option.dtype=bf16\n"  # the last duplicate wins
+        "key_only\n"
+    )
+    props = parse_properties_text(text)
+    assert props["engine"].value == "Python"
+    assert props["option.model_id"].value == "org/model"
+    assert props["option.tensor_parallel_degree"].value == "4"
+    assert props["option.n_positions"].value == "2048"
+    assert props["option.max_rolling_batch_size"].value == "8"  # trailing blanks stripped
+    assert props["option.weird=key"].value == "a\tbA"
+    assert props["option.dtype"].value == "bf16"
+    assert props["option.dtype"].source.endswith("serving.properties:13)")
+    assert props["key_only"].value == ""
+    assert "# comment" not in props
+
+
+def test_env_mapping_follows_djl() -> None:
+    env = {
+        "OPTION_MODEL_ID": "org/a",
+        "OPTION_TENSOR_PARALLEL_DEGREE": "8",
+        "OPTION_ENTRYPOINT": "djl_python.transformers_neuronx",
+        "OPTION_ENGINE": "Python",
+        "OPTION_DTYPE": "",  # empty values are skipped
+        "HF_MODEL_ID": "org/ignored-because-option-wins",
+        "TENSOR_PARALLEL_DEGREE": "2",
+        "PATH": "/usr/bin",
+    }
+    props = properties_from_env(env)
+    assert props["option.model_id"].value == "org/a"
+    assert props["option.tensor_parallel_degree"].source == "OPTION_TENSOR_PARALLEL_DEGREE"
+    assert props["option.entryPoint"].value == "djl_python.transformers_neuronx"
+    assert props["engine"].value == "Python"
+    assert "option.dtype" not in props
+    assert properties_from_env({"HF_MODEL_ID": "org/b", "SM_NUM_GPUS": "4"})["option.tensor_parallel_degree"].value == "4"
+
+
+NEURON_ENV = {
+    "HF_MODEL_ID": "meta-llama/Llama-2-7b-hf",
+    "OPTION_ENTRYPOINT": "djl_python.transformers_neuronx",
+    "OPTION_N_POSITIONS": "4096",
+    "OPTION_TENSOR_PARALLEL_DEGREE": "8",
+    "OPTION_MAX_ROLLING_BATCH_SIZE": "4",
+    "OPTION_ROLLING_BATCH": "auto",
+    "OPTION_DTYPE": "fp16",
+    "OPTION_TRUST_REMOTE_CODE": "true",
+}
+NEURON_PROPS = """\
+engine=Python
+option.model_id=meta-llama/Llama-2-7b-hf
+option.entryPoint=djl_python.transformers_neuronx
+option.n_positions=4096
+option.tensor_parallel_degree=8
+option.max_rolling_batch_size=4
+option.rolling_batch=auto
+option.dtype=fp16
+option.trust_remote_code=true
+"""
+
+
+def test_three_sources_one_spec(tmp_path: Path) -> None:
+    props_file = tmp_path / "serving.properties"
+    props_file.write_text(NEURON_PROPS)
+    from_env = spec_from_sources({}, from_env=True, env=NEURON_ENV)
+    from_file = spec_from_sources({}, serving_properties=props_file, env={})
+    flags = {
+        "model": Field("meta-llama/Llama-2-7b-hf", "MODEL"),
+        "target": Field("neuron", "--target"),
+        "n_positions": Field("4096", "--n-positions"),
+        "tp_degree": Field("8", "--tp-degree"),
+        "batch_size": Field("4", "--batch-size"),
+        "dtype": Field("float16", "--dtype"),
+    }
+    from_flags = spec_from_sources(flags)
+    assert from_env.spec == from_file.spec == from_flags.spec
+    assert from_env.spec.target == "neuron" and from_env.spec.batch_size == 4
+    ignored = {src.split(" ")[0] for src, _ in from_file.ignored}
+    assert {"engine", "option.trust_remote_code", "option.rolling_batch", "option.entryPoint"} <= ignored
+
+
+def test_file_beats_env_and_flags_beat_both(tmp_path: Path) -> None:
+    props_file = tmp_path / "serving.properties"
+    props_file.write_text(NEURON_PROPS.replace("option.n_positions=4096", "option.n_positions=2048"))
+    merged = spec_from_sources({}, from_env=True, env=NEURON_ENV, serving_properties=props_file)
+    assert merged.spec.n_positions == 2048
+    flagged = spec_from_sources({"n_positions": Field("1024", "--n-positions")}, from_env=True, env=NEURON_ENV)
+    assert flagged.spec.n_positions == 1024
+
+
+def test_trtllm_smoothquant_from_properties() -> None:
+    props = parse_properties_text(
+        "engine=MPI\noption.model_id=/opt/ml/model\noption.rolling_batch=trtllm\n"
+        "option.quantize=smoothquant\noption.smoothquant_per_token=True\noption.smoothquant_per_channel=TRUE\n"
+        "option.max_input_len=1024\noption.max_output_len=1024\noption.max_rolling_batch_size=16\n"
+        "option.tensor_parallel_degree=4\n"
+    )
+    cfg = interpret(props)
+    from kiln.api import spec_from_fields
+
+    spec = spec_from_fields(cfg.fields)
+    assert spec.target == "trtllm"
+    assert spec.quant == Quantization(0.8, True, True, False)  # LMI's default alpha is 0.8
+    assert spec.n_positions == 2048 and spec.batch_size == 16 and spec.tp_degree == 4
+    assert any("0.8" in n for n in cfg.notes)
+
+
+def test_rolling_batch_disabled_uses_batch_size() -> None:
+    props = parse_properties_text(
+        "option.model_id=m\noption.rolling_batch=disable\noption.batch_size=2\n"
+        "option.max_rolling_batch_size=64\noption.entryPoint=djl_python.transformers_neuronx\n"
+    )
+    from kiln.api import spec_from_fields
+
+    assert spec_from_fields(interpret(props).fields).batch_size == 2
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("option.model_id=m\noption.rolling_batch=tnx\noption.tensor_parallel_degree=max\n",
+         r"option.tensor_parallel_degree \(serving.properties:3\)=max .* write the number"),
+        ("option.model_id=m\noption.rolling_batch=vllm\n", r"option.rolling_batch .*='vllm' selects a JIT backend"),
+        ("option.model_id=m\noption.rolling_batch=trtllm\noption.quantize=awq\n", r"option.quantize .*='awq'"),
+        ("option.model_id=m\noption.rolling_batch=trtllm\noption.smoothquant_alpha=0.5\n", r"option.quantize is not smoothquant"),
+        ("option.model_id=m\noption.rolling_batch=trtllm\noption.dtype=int8\n", r"option.dtype .*=int8"),
+    ],
+)
+def test_values_kiln_cannot_honour(text: str, message: str) -> None:
+    with pytest.raises(ConfigSourceError, match=message):
+        interpret(parse_properties_text(text))
+
+
+def test_tp_max_resolves_with_instance_type(tmp_path: Path) -> None:
+    p = tmp_path / "serving.properties"
+    p.write_text("option.model_id=m\noption.rolling_batch=tnx\noption.tensor_parallel_degree=max\n")
+    src = spec_from_sources({"option.instance_type": Field("ml.inf2.24xlarge", "--instance-type")}, serving_properties=p, env={})
+    assert src.spec.tp_degree == 12
+    assert any("max resolved to 12" in n for n in src.notes)
+
+
+def test_bad_number_in_env_names_the_variable() -> None:
+    env = dict(NEURON_ENV, OPTION_N_POSITIONS="4k")
+    with pytest.raises(SpecError, match=r"OPTION_N_POSITIONS='4k' must be a positive integer"):
+        spec_from_sources({}, from_env=True, env=env)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigSourceError, match="does not exist"):
+        read_serving_properties(tmp_path / "nope.properties")
+
+
+def test_latin1_file_is_read(tmp_path: Path) -> None:
+    p = tmp_path / "serving.properties"
+    p.write_bytes("# caf\xe9\noption.model_id=m\n".encode("latin-1"))
+    assert read_serving_properties(p)["option.model_id"].value == "m"
+
+
+def test_target_aliases_select_the_same_lmi_rules() -> None:
+    env = {"OPTION_MODEL_ID": "m", "OPTION_MAX_INPUT_LEN": "2048", "OPTION_MAX_OUTPUT_LEN": "2048", "OPTION_MAX_NUM_TOKENS": "8192"}
+    specs = {alias: spec_from_sources({"target": Field(alias, "--target")}, from_env=True, env=env).spec
+             for alias in ("trtllm", "tensorrt-llm", "TRTLLM")}
+    assert len(set(specs.values())) == 1
+    assert specs["trtllm"].n_positions == 4096 and ("max_num_tokens", "8192") in specs["trtllm"].options

@@ -1,0 +1,253 @@
+"""The neuron target without the Neuron SDK: presets, validation, keys, layouts, ensure, select.
+
+Engines here are fixtures — directories of NEFF-named files — because no Neuron compiler
+exists on these machines; the real compile test runs only where the SDK is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from kiln import Store, resolve, spec_from_sources
+from kiln.api import compute_key
+from kiln.errors import ValidationError
+from kiln.presets import load_preset
+
+from ...conftest import run_kiln, write_fake_model, write_hf_cache_model
+
+PINS = {"neuronx-cc": "2.15.128.0+56dc5a86", "transformers-neuronx": "0.12.313"}
+PIN_ARGS = ["--toolchain", "neuronx-cc=2.15.128.0+56dc5a86,transformers-neuronx=0.12.313"]
+LLAMA2 = {
+    "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32},
+    "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40},
+}
+
+
+@pytest.fixture
+def llama2_cache() -> None:
+    """Llama-2 7B/13B (+chat) in the offline HF cache: real configs, stand-in weight bytes."""
+    hub = Path(os.environ["HF_HUB_CACHE"])
+    for size, dims in LLAMA2.items():
+        for suffix in ("hf", "chat-hf"):
+            cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": 4096,
+                   "num_hidden_layers": 32, "vocab_size": 32000, **dims}
+            files = {"config.json": json.dumps(cfg).encode(), "model.safetensors": f"{size}-{suffix}".encode() * 64,
+                     "tokenizer.json": b"{}"}
+            commit = hashlib.sha1(f"{size}{suffix}".encode()).hexdigest()
+            write_hf_cache_model(hub, f"meta-llama/Llama-2-{size}-{suffix}", files, commit=commit)
+
+
+def test_every_preset_row_parses_validates_and_keys(llama2_cache: None, store: Store, tmp_path: Path) -> None:
+    rows = load_preset("jumpstart-llama2-neuron")
+    assert len(rows) == 34  # 17 published configurations x (base, chat)
+    keys: dict[str, str] = {}
+    for row in rows:
+        res = compute_key(spec_from_sources(row.fields()), store=store, toolchain=PINS)
+        env_res = compute_key(spec_from_sources({}, from_env=True, env=row.lmi_env()).spec.replace(
+            options=res.spec.options), store=store, toolchain=PINS)
+        props = tmp_path / "serving.properties"
+        props.write_text(row.serving_properties())
+        file_res = compute_key(spec_from_sources({}, serving_properties=props, env={}).spec.replace(
+            options=res.spec.options), store=store, toolchain=PINS)
+        assert res.key == env_res.key == file_res.key, row.id
+        assert res.toolchain["hardware"] == "neuron-inf2"
+        keys[row.id] = res.key
+    # Distinct engines key distinctly. Rows that differ only in the instance size of one chip
+    # family (inf2.24xlarge vs inf2.48xlarge at the same shape and tp) are the same compiled
+    # graphs, so they share a key: one build serves both.
+    by_engine: dict[tuple, set[str]] = {}
+    for row in rows:
+        by_engine.setdefault((row.model, row.n_positions, row.batch_size, row.tp_degree, row.dtype), set()).add(keys[row.id])
+    assert all(len(k) == 1 for k in by_engine.values())
+    assert len(set(keys.values())) == len(by_engine)
+
+
+def test_tensor_parallel_degree_against_the_instance_and_heads(llama2_cache: None, store: Store, tmp_path: Path) -> None:
+    base = {"target": "neuron", "n_positions": "2048", "dtype": "fp16"}
+
+    def check(model: str, **kw: str) -> None:
+        from kiln.spec import Field
+
+        fields = {k: Field(v, f"--{k}") for k, v in {**base, **kw}.items()}
+        fields["model"] = Field(model, "MODEL")
+        if "instance_type" in kw:
+            fields["option.instance_type"] = fields.pop("instance_type")
+        resolve(spec_from_sources(fields), store=store)
+
+    with pytest.raises(ValidationError, match=r"tp_degree=4 exceeds the 2 NeuronCores of ml.inf2.xlarge"):
+        check("meta-llama/Llama-2-7b-hf", tp_degree="4", instance_type="ml.inf2.xlarge")
+    with pytest.raises(ValidationError, match=r"'ml.inf2.huge' is not a known Inferentia2/Trainium instance"):
+        check("meta-llama/Llama-2-7b-hf", instance_type="ml.inf2.huge")
+    with pytest.raises(ValidationError, match=r"n_positions=8192 exceeds the model's max_position_embeddings=4096"):
+        check("meta-llama/Llama-2-7b-hf", n_positions="8192")
+    # Multi-head attention: heads are padded to a multiple of tp (JumpStart's 7B at tp 12).
+    check("meta-llama/Llama-2-7b-hf", tp_degree="12", instance_type="ml.inf2.24xlarge")
+    gqa = write_fake_model(tmp_path / "gqa", config={"architectures": ["MistralForCausalLM"], "num_attention_heads": 32,
+                                                     "num_key_value_heads": 8, "max_position_embeddings": 4096})
+    with pytest.raises(ValidationError, match=r"tp_degree=12 does not fit the model's 8 KV heads"):
+        check(str(gqa), tp_degree="12", instance_type="ml.inf2.24xlarge")
+    check(str(gqa), tp_degree="4", instance_type="ml.inf2.24xlarge")
+    mixtral = write_fake_model(tmp_path / "mixtral", config={"architectures": ["MixtralForCausalLM"], "num_attention_heads": 32,
+                                                             "num_key_value_heads": 8, "max_position_embeddings": 4096})
+    with pytest.raises(ValidationError, match=r"MixtralForCausalLM is not supported by neuron yet: transformers-neuronx has no Mixtral"):
+        check(str(mixtral))
+
+
+def test_build_without_the_sdk_fails_fast_saying_where_builds_run(llama2_cache: None) -> None:
+    r = run_kiln("build", "meta-llama/Llama-2-7b-hf", "--target", "neuron", "--n-positions", "1024", "--tp-degree", "2",
+                 "--instance-type", "ml.inf2.xlarge")
+    assert r.returncode == 2
+    assert "cannot build neuron here" in r.stderr and "Inferentia2/Trainium instance" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+NEFFS = {"0a1b2c3d4e5f60718293": b"neff-context", "a4b5c6d7e8f901234567": b"neff-token", "ffeeddccbbaa99887766": b"neff-extra"}
+COMPILER = "2.15.128.0+56dc5a86"
+
+
+def _neuron_fixture_artifact(root: Path, model_dir: Path) -> Path:
+    """A directory shaped like the neuron worker's output. Clearly a fixture: no compiler ran."""
+    art = root / "neuron-artifact"
+    (art / "model").mkdir(parents=True)
+    for p in model_dir.iterdir():
+        (art / "model" / p.name).write_bytes(p.read_bytes())
+    (art / "compiled").mkdir()
+    for h, data in NEFFS.items():
+        (art / "compiled" / f"{h}.neff").write_bytes(data * 100)
+    (art / "compiled" / "VERSION").write_text(COMPILER + "\n")
+    modules = [{"neff": f"compiled/{h}.neff", "module": f"MODULE_{h}+{hashlib.md5(h.encode()).hexdigest()[:8]}"} for h in NEFFS]
+    (art / "neuron-graphs.json").write_text(json.dumps({"compiler_version": COMPILER, "flags": ["--model-type=transformer", "-O2"],
+                                                        "modules": modules}))
+    return art
+
+
+ROW_ENV = {  # a JumpStart row as an LMI NeuronX container is started with it
+    "HF_MODEL_ID": "meta-llama/Llama-2-7b-hf", "OPTION_ENTRYPOINT": "djl_python.transformers_neuronx",
+    "OPTION_ROLLING_BATCH": "auto", "OPTION_N_POSITIONS": "4096", "OPTION_MAX_ROLLING_BATCH_SIZE": "4",
+    "OPTION_TENSOR_PARALLEL_DEGREE": "8", "OPTION_DTYPE": "fp16",
+}
+
+
+@pytest.fixture
+def stored_neuron(llama2_cache: None, tmp_path: Path) -> dict:
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    art = _neuron_fixture_artifact(tmp_path, snap)
+    spec = ["--target", "neuron", "--n-positions", "4096", "--batch-size", "4", "--tp-degree", "8", "--dtype", "fp16",
+            "--instance-type", "ml.inf2.24xlarge", "--option", "gqa_strategy=shard-over-heads"]
+    r = run_kiln("store", "put", str(art), "meta-llama/Llama-2-7b-hf", *spec, *PIN_ARGS, "--json")
+    assert r.returncode == 0, r.stderr
+    return {"art": art, "spec": spec, "key": json.loads(r.stdout)["key"]}
+
+
+def test_lmi_layout_has_what_the_container_reads(stored_neuron: dict, tmp_path: Path) -> None:
+    dest = tmp_path / "lmi"
+    r = run_kiln("fetch", "meta-llama/Llama-2-7b-hf", *stored_neuron["spec"], "--layout", "lmi", "--dest", str(dest),
+                 "--container-dir", "/opt/ml/model", "--json")
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert files == sorted(["config.json", "model.safetensors", "tokenizer.json", "serving.properties", "compiled/VERSION"]
+                           + [f"compiled/{h}.neff" for h in NEFFS])
+    props = dict(line.split("=", 1) for line in (dest / "serving.properties").read_text().splitlines() if not line.startswith("#"))
+    assert props == {
+        "engine": "Python", "option.entryPoint": "djl_python.transformers_neuronx", "option.rolling_batch": "auto",
+        "option.max_rolling_batch_size": "4", "option.n_positions": "4096", "option.tensor_parallel_degree": "8",
+        "option.dtype": "fp16", "option.group_query_attention": "shard-over-heads",
+        "option.compiled_graph_path": "/opt/ml/model/compiled",
+    }
+    assert json.loads(r.stdout)["env"] == {"OPTION_MODEL_ID": "/opt/ml/model", "OPTION_COMPILED_GRAPH_PATH": "/opt/ml/model/compiled"}
+    # The written file round-trips through Kiln's own parser to the same key.
+    again = run_kiln("lookup", "meta-llama/Llama-2-7b-hf", "--serving-properties", str(dest / "serving.properties"),
+                     "--instance-type", "ml.inf2.24xlarge", *PIN_ARGS, "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["key"] == stored_neuron["key"]
+
+
+def test_neuron_cache_layout(stored_neuron: dict, tmp_path: Path) -> None:
+    dest = tmp_path / "cache"
+    r = run_kiln("fetch", "meta-llama/Llama-2-7b-hf", *stored_neuron["spec"], "--layout", "neuron-cache", "--dest", str(dest))
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    expected = []
+    for h, data in NEFFS.items():
+        module = f"neuronxcc-{COMPILER}/MODULE_{h}+{hashlib.md5(h.encode()).hexdigest()[:8]}"
+        expected += [f"{module}/model.neff", f"{module}/model.done", f"{module}/compile_flags.json"]
+        assert (dest / module / "model.neff").read_bytes() == data * 100
+        assert (dest / module / "model.done").read_bytes() == b""
+        assert json.loads((dest / module / "compile_flags.json").read_text()) == ["--model-type=transformer", "-O2"]
+    assert files == sorted(expected)
+    assert "env: NEURON_COMPILE_CACHE_URL=" + str(dest) in r.stdout
+
+
+def test_ensure_from_env_inside_an_lmi_container(stored_neuron: dict, tmp_path: Path) -> None:
+    dest = tmp_path / "model"
+    env = dict(ROW_ENV, SERVING_FEATURES="vllm,lmi-dist,tnx")
+    env.pop("OPTION_ENTRYPOINT")  # the target comes from SERVING_FEATURES / rolling batch inference
+    env["OPTION_ROLLING_BATCH"] = "tnx"
+    r = run_kiln("ensure", "--from-env", "--instance-type", "ml.inf2.24xlarge", "--option", "gqa_strategy=shard-over-heads",
+                 "--layout", "lmi", "--dest", str(dest), "--print-env", *PIN_ARGS, env=env)
+    assert r.returncode == 0, r.stderr
+    exports = dict(shlex.split(line)[1].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
+    assert exports == {"OPTION_MODEL_ID": str(dest), "OPTION_COMPILED_GRAPH_PATH": f"{dest}/compiled"}
+    assert (dest / "serving.properties").exists()
+    # A non-matching environment is a miss that names the nearest stored entry and preset rows.
+    miss = run_kiln("ensure", "--from-env", "--instance-type", "ml.inf2.24xlarge",
+                    "--dest", str(tmp_path / "other"), *PIN_ARGS, env=dict(env, OPTION_TENSOR_PARALLEL_DEGREE="12"))
+    assert miss.returncode == 1
+    assert "tp_degree: want 12, have 8" in miss.stdout
+    assert "nearest rows of preset jumpstart-llama2-neuron" in miss.stdout
+    assert "llama-2-7b-hf/inf2.24xlarge/4096x4/tp12: matches this spec" in miss.stdout
+
+
+def test_a_preset_row_environment_is_a_hit_once_built(llama2_cache: None, tmp_path: Path) -> None:
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    art = _neuron_fixture_artifact(tmp_path, snap)
+    row = next(r for r in load_preset("jumpstart-llama2-neuron") if r.id == "llama-2-7b-hf/inf2.24xlarge/4096x4/tp8")
+    flags = ["--target", "neuron", "--n-positions", str(row.n_positions), "--batch-size", str(row.batch_size),
+             "--tp-degree", str(row.tp_degree), "--dtype", row.dtype, "--instance-type", row.instance_type]
+    assert run_kiln("lookup", "--from-env", "--instance-type", row.instance_type, *PIN_ARGS, env=row.lmi_env()).returncode == 1
+    assert run_kiln("store", "put", str(art), row.model, *flags, *PIN_ARGS).returncode == 0
+    hit = run_kiln("lookup", "--from-env", "--instance-type", row.instance_type, *PIN_ARGS, env=row.lmi_env())
+    assert hit.returncode == 0, hit.stdout + hit.stderr
+
+
+def test_select_picks_the_engine_that_fits_the_instance(llama2_cache: None, tmp_path: Path) -> None:
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    art = _neuron_fixture_artifact(tmp_path, snap)
+    keys = {}
+    for tp, inst in ((2, "ml.inf2.xlarge"), (8, "ml.inf2.24xlarge"), (24, "ml.inf2.48xlarge")):
+        r = run_kiln("store", "put", str(art), "meta-llama/Llama-2-7b-hf", "--target", "neuron", "--n-positions", "4096",
+                     "--batch-size", "4", "--tp-degree", str(tp), "--dtype", "fp16", "--instance-type", inst, *PIN_ARGS, "--json")
+        assert r.returncode == 0, r.stderr
+        keys[tp] = json.loads(r.stdout)["key"]
+    sel = run_kiln("lookup", "meta-llama/Llama-2-7b-hf", "--target", "neuron", "--instance-type", "ml.inf2.24xlarge",
+                   "--select", "--json")
+    assert sel.returncode == 0, sel.stdout + sel.stderr
+    data = json.loads(sel.stdout)
+    assert data["entry"]["key"] == keys[8]
+    assert any("tp_degree 24 > 12 devices" in n for n in data["notes"])
+    small = run_kiln("lookup", "meta-llama/Llama-2-7b-hf", "--target", "neuron", "--instance-type", "ml.inf2.xlarge", "--select", "--json")
+    assert json.loads(small.stdout)["entry"]["key"] == keys[2]
+    none = run_kiln("lookup", "meta-llama/Llama-2-7b-hf", "--target", "neuron", "--instance-type", "ml.inf2.xlarge",
+                    "--batch-size", "8", "--select")
+    assert none.returncode == 1 and "batch_size: want 8, have 4" in none.stdout
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("transformers_neuronx"),
+                    reason="the Neuron SDK (neuronx-cc, transformers-neuronx) is not installed: it is served only from AWS's index")
+def test_real_neuron_compile(tmp_path: Path) -> None:  # pragma: no cover - needs the SDK
+    from ...tiny_models import make_tiny_model
+
+    model = make_tiny_model("llama", tmp_path / "m")
+    r = run_kiln("build", str(model), "--target", "neuron", "--n-positions", "64", "--tp-degree", "2",
+                 "--instance-type", "ml.inf2.xlarge", "--json", timeout=3600)
+    assert r.returncode == 0, r.stderr
+    dest = tmp_path / "cache"
+    assert run_kiln("fetch", str(model), "--target", "neuron", "--n-positions", "64", "--tp-degree", "2",
+                    "--instance-type", "ml.inf2.xlarge", "--layout", "neuron-cache", "--dest", str(dest)).returncode == 0
+    assert list(dest.glob("neuronxcc-*/MODULE_*/model.neff"))

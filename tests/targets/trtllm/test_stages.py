@@ -1,0 +1,142 @@
+"""trtllm builds through the store: stages reused across shapes, the GPU hand-off, layouts.
+
+Calibration and conversion are real here (CPU); the engine stage needs tensorrt_llm and a
+GPU, so engines in the layout tests are fixtures (a directory shaped like trtllm-build output).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiln import Store
+
+from ...conftest import run_kiln
+from ...tiny_models import make_tiny_model
+
+SQ = ["--smoothquant", "0.5", "--per-token", "--per-channel", "--option", "calib_samples=4", "--option", "calib_seq_len=32"]
+
+
+def _stage_entries(store: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for e in Store(store).iter_entries():
+        out.setdefault(e.spec.get("stage", "engine"), []).append(e.to_json())
+    return out
+
+
+def test_four_shapes_calibrate_once_and_convert_once_per_tp(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=21)
+    mfile = tmp_path / "matrix.yaml"
+    mfile.write_text(
+        f"models: [{model}]\ntargets: [trtllm]\nn_positions: [64, 128]\nbatch_sizes: [1, 4]\ntp_degrees: [2]\n"
+        "dtypes: [fp16]\nquantization:\n  - {smoothquant: 0.5, per_token: true, per_channel: true}\n"
+        "options: {calib_samples: 4, calib_seq_len: 32}\n"
+    )
+    plan = run_kiln("matrix", "plan", str(mfile), "--json")
+    assert plan.returncode == 0, plan.stderr
+    rows = json.loads(plan.stdout)["rows"]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"build"}
+    # Every row needs the same calibration and the same checkpoint: one key each.
+    assert len({json.dumps(r["stages"], sort_keys=True) for r in rows}) == 1
+    r = run_kiln("matrix", "build", str(mfile), "--jobs", "2", "--json", timeout=900)
+    assert r.returncode == 1  # no GPU here: every row stops after the CPU stages
+    report = json.loads(r.stdout)
+    assert [row["status"] for row in report["rows"]] == ["incomplete"] * 4
+    assert all("checkpoint" in row["error"] and "kiln --remote URL build" in row["error"] for row in report["rows"])
+    store = Path(__import__("os").environ["KILN_HOME"])
+    stages = _stage_entries(store)
+    assert len(stages["calibration"]) == 1 and len(stages["checkpoint"]) == 1 and "engine" not in stages
+    # A different tp converts again but reuses the calibration.
+    r2 = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--tp-degree", "4", "--dtype", "fp16", *SQ)
+    assert r2.returncode == 3 and "calibration reused, checkpoint built" in r2.stderr
+    stages = _stage_entries(store)
+    assert len(stages["calibration"]) == 1 and len(stages["checkpoint"]) == 2
+    ckpt = next(e for e in stages["checkpoint"] if e["spec"]["tp_degree"] == 4)
+    manifest = Store(store).read_manifest(ckpt["manifest"])
+    assert sorted(f.path for f in manifest.files if f.path.endswith(".safetensors")) == [f"rank{i}.safetensors" for i in range(4)]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--smoothquant", "1.5"], "outside [0, 1]"),
+    (["--per-token"], "SmoothQuant is not enabled"),
+    (["--tp-degree", "3"], "tp_degree=3 does not divide"),
+    (["--option", "calib_samples=10"], "only apply to calibrated builds"),
+])
+def test_bad_input_fails_before_any_work(tmp_path: Path, args: list[str], message: str) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=22)
+    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert _stage_entries(Path(__import__("os").environ["KILN_HOME"])) == {}
+
+
+def test_unsupported_architecture_for_trtllm(tmp_path: Path) -> None:
+    model = make_tiny_model("mixtral", tmp_path / "m", seed=23)
+    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", *SQ)
+    assert r.returncode == 2 and "MixtralForCausalLM is not supported by trtllm" in r.stderr
+
+
+PINS = ["--toolchain", "tensorrt_llm=0.12.0,tensorrt=10.3.0,hardware=cuda-sm90"]
+
+
+def _engine_fixture(root: Path, model: Path, tp: int) -> Path:
+    """Shaped like trtllm-build output plus the tokenizer. A fixture: no TensorRT ran."""
+    eng = root / "engine"
+    eng.mkdir()
+    (eng / "config.json").write_text(json.dumps({"version": "0.12.0", "build_config": {"max_batch_size": 4},
+                                                 "pretrained_config": {"mapping": {"tp_size": tp}}}))
+    for r in range(tp):
+        (eng / f"rank{r}.engine").write_bytes(bytes([r]) * 4096)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(model / name, eng / name)
+    (eng / "build.log").write_text("fixture\n")
+    return eng
+
+
+def test_trtllm_lmi_and_triton_layouts(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=24)
+    spec = ["--target", "trtllm", "--n-positions", "64", "--batch-size", "4", "--tp-degree", "2", "--dtype", "fp16", *SQ]
+    put = run_kiln("store", "put", str(_engine_fixture(tmp_path, model, 2)), str(model), *spec, *PINS, "--json")
+    assert put.returncode == 0, put.stderr
+    key = json.loads(put.stdout)["key"]
+    lmi = tmp_path / "lmi"
+    r = run_kiln("fetch", str(model), *spec, *PINS, "--layout", "lmi", "--dest", str(lmi))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in lmi.iterdir()) == ["config.json", "rank0.engine", "rank1.engine", "serving.properties",
+                                                    "tokenizer.json", "tokenizer_config.json"]
+    props = (lmi / "serving.properties").read_text()
+    assert "engine=MPI\n" in props and "option.rolling_batch=trtllm\n" in props and "option.tensor_parallel_degree=2\n" in props
+    assert "option.quantize=smoothquant\n" in props and "option.smoothquant_per_token=true\n" in props
+    # The written file reads back (Kiln's own parser) to the same key.
+    again = run_kiln("lookup", str(model), "--serving-properties", str(lmi / "serving.properties"), "--option",
+                     "calib_samples=4", "--option", "calib_seq_len=32", *PINS, "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["key"] == key
+    triton = tmp_path / "triton"
+    r = run_kiln("fetch", str(model), *spec, *PINS, "--layout", "triton", "--dest", str(triton), "--container-dir", "/models")
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.relative_to(triton).as_posix() for p in triton.rglob("*") if p.is_file())
+    assert files == ["tensorrt_llm/1/config.json", "tensorrt_llm/1/rank0.engine", "tensorrt_llm/1/rank1.engine",
+                     "tensorrt_llm/config.pbtxt", "tensorrt_llm/tokenizer.json", "tensorrt_llm/tokenizer_config.json"]
+    pbtxt = (triton / "tensorrt_llm" / "config.pbtxt").read_text()
+    assert 'backend: "tensorrtllm"' in pbtxt and "max_batch_size: 4" in pbtxt and "/models/tensorrt_llm/1" in pbtxt
+
+
+@pytest.mark.skipif(shutil.which("trtllm-build") is None or shutil.which("nvidia-smi") is None,
+                    reason="trtllm-build and a CUDA GPU are needed; tensorrt_llm is served only from NVIDIA's index")
+def test_real_engine_build(tmp_path: Path) -> None:  # pragma: no cover - needs a GPU
+    model = make_tiny_model("llama", tmp_path / "m", seed=25)
+    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ, "--json", timeout=3600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["compiled"] is True
+
+
+def test_select_and_miss_explanations_ignore_build_stages(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=26)
+    assert run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ).returncode == 3
+    sel = run_kiln("lookup", str(model), "--target", "trtllm", "--instance-type", "ml.g5.12xlarge", "--select")
+    assert sel.returncode == 1 and "Traceback" not in sel.stderr
+    miss = run_kiln("lookup", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ, *PINS)
+    assert miss.returncode == 1 and "(checkpoint)" not in miss.stdout and "no trtllm artifact" in miss.stdout
