@@ -136,7 +136,7 @@ def main() -> None:
 
     from kiln import api
     from kiln.cache import Store
-    from kiln.cache._remote import open_remote
+    from kiln.cache.remotes import open_remote
     from kiln.cache._sync import pull, push
     from kiln.spec import BuildSpec
 

@@ -6,9 +6,10 @@ Public to the rest of Kiln: :class:`Store` (which owns every directory under ``K
 """
 
 from ._hashmemo import HashMemo
-from ._remote import Remote, open_remote
-from ._store import GcPlan, Progress, Store, VerifyReport, default_store_root
+from ._progress import Progress
+from ._store import GcPlan, Store, VerifyReport, default_store_root
 from ._sync import PullResult, PushResult, RemoteGcPlan, pull, push, remote_entries, remote_entry, remote_gc
+from .remotes import Remote, open_remote
 
 __all__ = [
     "GcPlan",

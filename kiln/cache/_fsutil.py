@@ -28,6 +28,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def unlink_quiet(path: Path) -> None:
+    """Remove a file if it is there: used for cleanup, where a missing file is the goal."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def temp_name(final: Path) -> Path:
     # Hidden, unique, and in the final directory, so the rename never crosses filesystems.
     return final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")

@@ -14,9 +14,9 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable
 
 from ._fsutil import atomic_write_bytes
+from ._progress import Progress
 
 CHUNK = 8 * 1024 * 1024
 
@@ -25,7 +25,7 @@ def stat_signature(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def hash_stream(src: Path, dest: Path | None = None, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+def hash_stream(src: Path, dest: Path | None = None, progress: Progress | None = None) -> tuple[str, int]:
     """Hex sha256 and byte count of ``src``, read once; copied to ``dest`` (fsynced) on the way."""
     h = hashlib.sha256()
     size = 0

@@ -26,17 +26,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import threading
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ..errors import CorruptBlobError, NotFoundError, RemoteError, UnsafeManifestError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, check_digest
-from ._remote import Remote
+from ._progress import Progress
 from ._store import Store
+from .remotes import Remote
 
 __all__ = ["PushResult", "PullResult", "push", "pull", "remote_entry", "remote_entries", "remote_gc", "RemoteGcPlan"]
 
-Progress = Callable[[int], None]
 MAX_ENTRY_BYTES = 1 << 20
 PARALLEL_FILES = 4
 

@@ -1,6 +1,7 @@
 """`kiln gc`: unreferenced blobs and temp leftovers go; referenced blobs stay; --max-size evicts
 least recently used artifacts (a blob shared by two artifacts stays while either refers to
-it); --older-than; --dry-run computes the same plan and removes nothing; --json.
+it); --older-than; --dry-run computes the same plan and removes nothing; --json; a failed
+build's log is kept for 30 days, then collected.
 """
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_kiln, write_fake_model
+from tests.tiny_models import make_tiny_model
 from kiln import api
 from kiln.cache import Store
 from kiln.manifests import IndexEntry
@@ -230,3 +233,52 @@ def test_gc_on_missing_store_creates_nothing(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["blobs"] == []
     assert not missing.exists()
+
+
+def fail_a_build(model: Path, store: Store) -> Path:
+    """Run a real build that fails in its worker (as tests/compile/test_build.py provokes one)
+    and return the log the store kept for it."""
+    r = run_kiln("build", str(model), "--target", "torch-aoti", "--n-positions", "32")
+    assert r.returncode == 2 and "worker log (tail)" in r.stderr, r.stdout + r.stderr
+    found = re.search(r"Full log: (\S+\.log)", r.stderr)
+    assert found, r.stderr
+    log = Path(found.group(1))
+    assert log.parent == store.logs_dir and log.is_file(), log
+    assert "Traceback (most recent call last)" in log.read_text()
+    return log
+
+
+def set_age(path: Path, days: float) -> None:
+    t = time.time() - days * 86400
+    os.utime(path, (t, t))
+
+
+def test_failed_build_logs_are_kept_30_days_then_collected(tmp_path: Path, store: Store) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=4)
+    (model / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    old = fail_a_build(model, store)
+    young = fail_a_build(model, store)
+    assert old != young and sorted(store.logs_dir.iterdir()) == sorted([old, young])
+    assert list(store.iter_entries()) == []  # a failed build publishes nothing
+    set_age(old, 31)
+    set_age(young, 29)  # younger than FAILED_LOG_MAX_AGE_S (30 days): the user may still read it
+    young_text = young.read_text()
+
+    before = snapshot(store.root)
+    dry = gc_json("--dry-run")
+    assert dry["dry_run"] is True
+    assert [Path(p) for p in dry["logs"]] == [old]
+    # A failed build leaves nothing else behind: its build directory and lock are gone.
+    assert dry["evicted"] == [] and dry["blobs"] == [] and dry["temp_paths"] == []
+    assert snapshot(store.root) == before and old.exists()
+
+    r = run_kiln("gc")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "removed 0 artifacts" in r.stdout and "1 failed-build logs older than 30 days" in r.stdout, r.stdout
+    assert not old.exists()
+    assert young.read_text() == young_text
+    old_rel = old.relative_to(store.root).as_posix()
+    assert snapshot(store.root) == {k: v for k, v in before.items() if k != old_rel}
+
+    again = gc_json()
+    assert again["logs"] == [] and young.exists()

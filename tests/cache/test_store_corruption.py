@@ -197,7 +197,8 @@ def test_tamper_that_restores_mtime_is_still_detected(setup: Setup) -> None:
     blob = setup.blob("engine/weights.bin")
     # A first hit leaves a stamp the fast path trusts (no re-hash while the stat is unchanged).
     assert run_kiln("lookup", *setup.args).returncode == 0
-    stamp = setup.store._stamp_path(digest)
+    hexdigest = digest.split(":", 1)[1]
+    stamp = setup.store.stamp_dir / hexdigest[:2] / hexdigest  # the layout in kiln/cache/_store.py
     assert stamp.exists()
     before = os.stat(blob)
 

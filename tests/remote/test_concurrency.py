@@ -35,7 +35,7 @@ from tests.remote.conftest import (
 PUSHER = r"""
 import json, sys, time
 from kiln.cache import Store
-from kiln.cache._remote import open_remote
+from kiln.cache.remotes import open_remote
 from kiln.cache._sync import push
 
 url, keys, pause = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
@@ -212,7 +212,7 @@ def test_two_pushes_that_both_find_blobs_missing_stay_consistent(remote: RemoteV
     stat: the worst interleaving, forced), then both upload everything and write the entry."""
     import threading
 
-    from kiln.cache._remote import open_remote
+    from kiln.cache.remotes import open_remote
     from kiln.cache._sync import push
 
     files = engine_files(3, n=4, size=256 << 10)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.cache._remote import S3Remote, open_remote
+from kiln.cache.remotes import S3Remote, open_remote
 from kiln.errors import RemoteError
 from tests.conftest import run_kiln
 from tests.remote.conftest import (

@@ -16,7 +16,7 @@ import pytest
 
 from kiln import api
 from kiln.cache import Store
-from kiln.cache._remote import S3Remote, open_remote
+from kiln.cache.remotes import S3Remote, open_remote
 from kiln.cache._sync import pull, push, remote_entry
 from kiln.spec import BuildSpec
 from tests.remote.conftest import (

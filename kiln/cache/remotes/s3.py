@@ -1,192 +1,28 @@
-"""Remote stores: a shared filesystem path or an S3 bucket prefix, behind one small interface.
+"""An S3 remote (``s3://bucket/prefix``), for AWS or any S3-compatible server.
 
-A remote holds the same layout as the local store, as objects::
+Atomicity (the :class:`~kiln.cache.remotes.Remote` contract) comes from S3 itself: an object,
+multipart uploads included, becomes visible only when complete. A killed multipart upload
+leaves parts that cost storage without being an object; remote gc aborts them after its
+grace period (:meth:`S3Remote.cleanup_partial_uploads`).
 
-    <prefix>/blobs/sha256/<hex>            files, manifests, build records (immutable)
-    <prefix>/index/<model hex>/<key>.json  index entries, written last
-
-Both backends write each object atomically — the filesystem by temp file + rename, S3 because
-an object (multipart uploads included) becomes visible only when complete — so the order of
-writes in :mod:`kiln.cache._sync` is all that keeps readers from partial artifacts.
-
-Remote data is untrusted: callers verify every blob against its digest after download.
+boto3 is an optional dependency and is imported only when an S3 remote is opened, so
+``kiln lookup`` against a local store (or a filesystem remote) never pays for it.
 Credentials come from the standard AWS chain (environment, profiles, instance roles) and are
-never printed: :meth:`Remote.describe` shows the URL without query secrets.
+never printed.
 """
 
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 from urllib.parse import parse_qs, urlparse
 
-from ..errors import RemoteError
-from ._fsutil import atomic_write_bytes, fsync_dir, temp_name
+from ...errors import RemoteError
+from .._progress import Progress
+from ._base import ObjectInfo, Remote
 
-__all__ = ["Remote", "FileRemote", "S3Remote", "ObjectInfo", "open_remote"]
-
-Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str  # relative to the remote's prefix
-    size: int
-    mtime: float  # seconds since the epoch
-
-
-class Remote(ABC):
-    url: str
-
-    def describe(self) -> str:
-        return self.url.split("?", 1)[0]
-
-    @abstractmethod
-    def get(self, key: str, max_size: int) -> bytes | None:
-        """A small object's bytes, or None if absent."""
-
-    @abstractmethod
-    def put(self, key: str, data: bytes) -> None:
-        """Write a small object atomically."""
-
-    @abstractmethod
-    def stat(self, key: str) -> int | None:
-        """The object's size, or None if absent."""
-
-    @abstractmethod
-    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
-        """Upload a file as one object, atomically (large files in parallel parts)."""
-
-    @abstractmethod
-    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
-        """Download an object into ``dest`` (large objects with parallel ranged reads)."""
-
-    @abstractmethod
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Objects under ``prefix`` (relative keys)."""
-
-    @abstractmethod
-    def delete(self, key: str) -> None: ...
-
-    def cleanup_partial_uploads(self, older_than_s: float) -> int:
-        """Remove what killed uploads left behind (not objects); returns how many."""
-        return 0
-
-
-# --------------------------------------------------------------------------- filesystem
-
-
-class FileRemote(Remote):
-    """A directory, typically an NFS or other shared mount."""
-
-    def __init__(self, root: Path, url: str) -> None:
-        self.root = root
-        self.url = url
-
-    def _path(self, key: str) -> Path:
-        return self.root.joinpath(*key.split("/"))
-
-    def get(self, key: str, max_size: int) -> bytes | None:
-        try:
-            with open(self._path(key), "rb") as f:
-                return f.read(max_size + 1)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise RemoteError(f"cannot read {self._path(key)} on remote {self.url}: {e.strerror}") from None
-
-    def put(self, key: str, data: bytes) -> None:
-        try:
-            atomic_write_bytes(self._path(key), data, durable=True)
-        except OSError as e:
-            raise RemoteError(f"cannot write {self._path(key)} on remote {self.url}: {e.strerror}") from None
-
-    def stat(self, key: str) -> int | None:
-        try:
-            return self._path(key).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
-        final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(final)
-        try:
-            _copy(path, tmp, progress)
-            os.replace(tmp, final)
-        except OSError as e:
-            _unlink(tmp)
-            raise RemoteError(f"cannot write {final} on remote {self.url}: {e.strerror}") from None
-        except BaseException:
-            _unlink(tmp)
-            raise
-        fsync_dir(final.parent)
-
-    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
-        try:
-            _copy(self._path(key), dest, progress)
-        except FileNotFoundError:
-            raise RemoteError(f"object {key} is missing from remote {self.url}") from None
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self._path(prefix.rstrip("/"))
-        if not base.is_dir():
-            return
-        for dirpath, _dirs, files in os.walk(base):
-            for name in sorted(files):
-                if name.startswith("."):
-                    continue  # temp files of writers in flight
-                p = Path(dirpath) / name
-                try:
-                    st = p.stat()
-                except FileNotFoundError:
-                    continue
-                yield ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
-
-    def delete(self, key: str) -> None:
-        _unlink(self._path(key))
-
-    def cleanup_partial_uploads(self, older_than_s: float) -> int:
-        import time
-
-        cutoff, n = time.time() - older_than_s, 0
-        for dirpath, _dirs, files in os.walk(self.root):
-            for name in files:
-                p = Path(dirpath) / name
-                if name.startswith(".") and ".tmp-" in name:
-                    try:
-                        if p.stat().st_mtime < cutoff:
-                            p.unlink()
-                            n += 1
-                    except FileNotFoundError:
-                        pass
-        return n
-
-
-def _copy(src: Path, dest: Path, progress: Progress | None) -> None:
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        while True:
-            chunk = fin.read(8 << 20)
-            if not chunk:
-                break
-            fout.write(chunk)
-            if progress:
-                progress(len(chunk))
-        fout.flush()
-        os.fsync(fout.fileno())
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-# --------------------------------------------------------------------------- S3
+__all__ = ["S3Remote"]
 
 
 class S3Remote(Remote):
@@ -381,23 +217,3 @@ class S3Remote(Remote):
         except Exception as e:
             raise self._fail("clean up multipart uploads in", "", e) from None
         return n
-
-
-def open_remote(url: str | None) -> Remote | None:
-    """``s3://bucket/prefix[?endpoint=…]``, ``file:///path`` or a plain path; None for none."""
-    if url is None or not str(url).strip():
-        return None
-    url = str(url).strip()
-    if url.startswith("s3://"):
-        return S3Remote(url)
-    if url.startswith("file://"):
-        path = Path(urlparse(url).path)
-    elif "://" in url:
-        raise RemoteError(f"remote {url!r}: Kiln supports s3://BUCKET/PREFIX, file:///PATH or a plain path.")
-    else:
-        path = Path(url).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RemoteError(f"remote directory {path} is not usable: {e.strerror}") from None
-    return FileRemote(path.absolute(), url)

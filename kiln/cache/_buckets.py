@@ -1,0 +1,112 @@
+"""The buckets the store hands out to other code, and how gc tells which are dead.
+
+    builds/<key>-<pid>-<rand>/     a live build's working directory (+ ``<dir>.lock``)
+    run/engine-<rand>/             per-process directories of engines loaded in-process
+    logs/<key>-<time>-<pid>.log    logs of failed builds
+
+Both sides of each bucket's protocol live here, side by side, because they must agree: the
+function that hands a directory out and the one gc uses to decide it is abandoned. Plain
+functions taking the bucket's directory; :class:`~kiln.cache._store.Store` names the
+directories and calls them.
+
+* builds/: the builder flocks ``<dir>.lock`` *before* the directory exists and holds it until
+  the directory is gone, so gc — which takes the same flock without blocking — never sees a
+  live build's directory unlocked. flocks die with their process, so a builder killed midway
+  leaves a directory whose lock is free: abandoned.
+* run/ and logs/: no owner to ask, so age decides (:data:`RUN_DIR_MAX_AGE_S`,
+  :data:`FAILED_LOG_MAX_AGE_S`, by mtime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ._fsutil import unlink_quiet
+
+__all__ = [
+    "FAILED_LOG_MAX_AGE_S",
+    "RUN_DIR_MAX_AGE_S",
+    "abandoned_builds",
+    "build_dir",
+    "keep_failed_log",
+    "new_run_dir",
+    "stale_entries",
+]
+
+RUN_DIR_MAX_AGE_S = 86400  # engine directories of processes that did not exit cleanly
+FAILED_LOG_MAX_AGE_S = 30 * 86400  # failed builds' logs: kept a month for the user to read
+
+
+@contextlib.contextmanager
+def build_dir(builds_dir: Path, key: str) -> Iterator[Path]:
+    """A fresh directory under ``builds_dir`` owned by this process while in use (see above)."""
+    builds_dir.mkdir(parents=True, exist_ok=True)
+    path = builds_dir / f"{key[:16]}-{os.getpid()}-{secrets.token_hex(3)}"
+    fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        path.mkdir()
+        yield path
+    finally:
+        # Directory first, lock last: while any of the directory remains, the lock is held.
+        shutil.rmtree(path, ignore_errors=True)
+        unlink_quiet(Path(str(path) + ".lock"))
+        os.close(fd)
+
+
+def abandoned_builds(builds_dir: Path) -> list[Path]:
+    """Build directories whose builder is gone (its flock on ``<dir>.lock`` is free), with
+    their lock files."""
+    out: list[Path] = []
+    if not builds_dir.is_dir():
+        return out
+    for d in sorted(p for p in builds_dir.iterdir() if p.is_dir()):
+        lock = Path(str(d) + ".lock")
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            out.append(d)  # no lock file at all: no live builder owns it
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live build holds it
+        finally:
+            os.close(fd)
+        out.extend([d, lock])
+    return out
+
+
+def keep_failed_log(logs_dir: Path, key: str, log: Path) -> Path:
+    """Copy a failed build's log where the user can read it (gc removes it after 30 days)."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    saved = logs_dir / f"{key[:16]}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    shutil.copyfile(log, saved)
+    return saved
+
+
+def new_run_dir(run_dir_root: Path) -> Path:
+    """A fresh directory for an engine loaded in this process (same filesystem: hard links).
+
+    gc removes run directories older than a day (processes that did not exit cleanly).
+    """
+    run_dir_root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="engine-", dir=run_dir_root))
+
+
+def stale_entries(bucket: Path, max_age_s: float) -> list[Path]:
+    """Entries of a bucket (run dirs, failed-build logs) not modified for ``max_age_s``."""
+    if not bucket.is_dir():
+        return []
+    cutoff = time.time() - max_age_s
+    return [p for p in sorted(bucket.iterdir()) if p.stat().st_mtime < cutoff]

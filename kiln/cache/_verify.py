@@ -1,0 +1,64 @@
+"""``kiln verify``: re-hash every blob and check that every index entry can be served.
+
+A full check, unlike the stamp fast path of :meth:`~kiln.cache._blobs.Blobs.check`: every
+blob's bytes are hashed again, whatever its stamp says. A blob that verifies is restamped,
+so the next lookup trusts it without hashing. A function over the blob CAS and the index
+files: it holds no state of its own.
+
+It takes no lock and changes nothing but stamps — and quarantine/, when an entry's manifest
+blob fails its digest as it is read (the same rule as on the serving path). Blobs whose bytes
+are wrong are reported, not moved: the next lookup or fetch that needs one quarantines it and
+misses loudly, and a publish of the right bytes repairs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import CorruptBlobError, NotFoundError, UnsafeManifestError
+from ._blobs import Blobs, hash_file
+from ._entries import IndexFiles
+from ._progress import Progress
+
+__all__ = ["VerifyReport", "verify"]
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    blobs_checked: int
+    bytes_checked: int
+    corrupt: tuple[str, ...]  # messages
+    missing: tuple[str, ...]  # messages
+    entries_checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt and not self.missing
+
+
+def verify(blobs: Blobs, index: IndexFiles, progress: Progress | None = None) -> VerifyReport:
+    corrupt, missing = [], []
+    checked = nbytes = 0
+    for digest, path in blobs.all():
+        actual, size = hash_file(path, progress)
+        checked += 1
+        nbytes += size
+        if actual != digest:
+            corrupt.append(f"blob {digest} is corrupt (hashes to {actual})")
+        else:
+            blobs.restamp(digest)
+    entries = 0
+    for entry in index.entries():
+        entries += 1
+        where = f"artifact {entry.key[:12]} ({entry.spec.get('model')}, {entry.spec.get('target')})"
+        try:
+            manifest = blobs.read_manifest(entry.manifest)
+        except (NotFoundError, CorruptBlobError, UnsafeManifestError) as e:
+            missing.append(f"{where}: manifest unusable: {e}")
+            continue
+        for f in manifest.files:
+            if not blobs.has(f.digest):
+                missing.append(f"{where}: file {f.path} ({f.digest}) is missing")
+            elif not blobs.has(f.digest, f.size):
+                corrupt.append(f"{where}: file {f.path} ({f.digest}) has the wrong size")
+    return VerifyReport(checked, nbytes, tuple(corrupt), tuple(missing), entries)

@@ -1,0 +1,45 @@
+"""Remote stores: a shared filesystem path or an S3 bucket prefix, behind one small interface.
+
+    _base.py   :class:`Remote` (the ABC every backend implements) and :class:`ObjectInfo`
+    file.py    :class:`FileRemote`: a directory, typically an NFS or other shared mount
+    s3.py      :class:`S3Remote`: ``s3://bucket/prefix`` with boto3 (imported lazily)
+
+:func:`open_remote` turns a URL into the right backend. Both backends write each object
+atomically, so the order of writes in :mod:`kiln.cache._sync` is all that keeps readers from
+partial artifacts. Remote data is untrusted: callers verify every blob against its digest
+after download. Credentials come from the standard AWS chain (environment, profiles,
+instance roles) and are never printed: :meth:`Remote.describe` shows the URL without query
+secrets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ...errors import RemoteError
+from ._base import ObjectInfo, Remote
+from .file import FileRemote
+from .s3 import S3Remote
+
+__all__ = ["FileRemote", "ObjectInfo", "Remote", "S3Remote", "open_remote"]
+
+
+def open_remote(url: str | None) -> Remote | None:
+    """``s3://bucket/prefix[?endpoint=…]``, ``file:///path`` or a plain path; None for none."""
+    if url is None or not str(url).strip():
+        return None
+    url = str(url).strip()
+    if url.startswith("s3://"):
+        return S3Remote(url)
+    if url.startswith("file://"):
+        path = Path(urlparse(url).path)
+    elif "://" in url:
+        raise RemoteError(f"remote {url!r}: Kiln supports s3://BUCKET/PREFIX, file:///PATH or a plain path.")
+    else:
+        path = Path(url).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RemoteError(f"remote directory {path} is not usable: {e.strerror}") from None
+    return FileRemote(path.absolute(), url)

@@ -1,0 +1,74 @@
+"""The one small interface every remote implements, and what a listing returns.
+
+A remote holds the same layout as the local store, as objects::
+
+    <prefix>/blobs/sha256/<hex>            files, manifests, build records (immutable)
+    <prefix>/index/<model hex>/<key>.json  index entries, written last
+
+Contract for implementations: ``put`` and ``upload`` make an object appear *atomically*
+(whole or not at all, never partial under its final name), because the order of writes in
+:mod:`kiln.cache._sync` is all that keeps readers from partial artifacts. Reads return what
+the remote holds, unverified: remote data is untrusted, and callers check every blob against
+its digest after download. Errors are :class:`~kiln.errors.RemoteError` with a message that
+names the object and never prints credentials (:meth:`Remote.describe` shows the URL without
+query secrets).
+
+Its own module (not the package ``__init__``) so that the backends can subclass it while
+``remotes/__init__.py`` imports the backends for :func:`open_remote`, without an import cycle.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .._progress import Progress
+
+__all__ = ["ObjectInfo", "Remote"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the remote's prefix
+    size: int
+    mtime: float  # seconds since the epoch
+
+
+class Remote(ABC):
+    url: str
+
+    def describe(self) -> str:
+        return self.url.split("?", 1)[0]
+
+    @abstractmethod
+    def get(self, key: str, max_size: int) -> bytes | None:
+        """A small object's bytes, or None if absent."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write a small object atomically."""
+
+    @abstractmethod
+    def stat(self, key: str) -> int | None:
+        """The object's size, or None if absent."""
+
+    @abstractmethod
+    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        """Upload a file as one object, atomically (large files in parallel parts)."""
+
+    @abstractmethod
+    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
+        """Download an object into ``dest`` (large objects with parallel ranged reads)."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` (relative keys)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def cleanup_partial_uploads(self, older_than_s: float) -> int:
+        """Remove what killed uploads left behind (not objects); returns how many."""
+        return 0
