@@ -33,6 +33,8 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
     try:
         reporter("resolve model and validate spec")
         res = resolve_request(store(ctx), spec)
+        for warning in res.warnings:
+            click.echo(f"kiln: WARNING: {warning}", err=True)
         with TransferBar("pull", enabled=not as_json):
             result = api.build(res, store=store(ctx), remote=rem, force=force, on_stage=reporter,
                                calib_file=spec.calib_file)

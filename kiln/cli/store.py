@@ -154,7 +154,7 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def gc(ctx: click.Context, max_size: str | None, older_than: str | None, dry_run: bool, on_remote: bool, grace: str,
        as_json: bool) -> None:
-    """Remove unreferenced blobs and temp leftovers; with --max-size/--older-than, evict LRU artifacts."""
+    """Remove unreferenced blobs, leftovers and failed-build logs older than 30 days; with --max-size/--older-than, evict LRU artifacts."""
     if on_remote:
         if max_size or older_than:
             raise click.UsageError("--max-size/--older-than apply to the local store only.")

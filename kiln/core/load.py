@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import Store
-from ..errors import NotFoundError, ToolchainError
+from ..errors import ModelError, NotFoundError, ToolchainError
 from ..manifests import IndexEntry, Manifest
-from ..targets import get_target
+from ..targets import TOKENIZER_FILES, get_target
 from .artifacts import find_artifact
 from .find import lookup
 from .resolution import Resolution
@@ -30,9 +30,19 @@ class LoadedEngine:
     entry: IndexEntry  # the index entry it came from
 
     def tokenizer(self) -> Any:
+        """The model's tokenizer, from the files stored with the engine."""
+        if not any((self.directory / name).is_file() for name in TOKENIZER_FILES):
+            raise ModelError(
+                f"artifact {self.entry.key[:12]} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, …): "
+                "it was built from a model directory without them. Rebuild from a directory that has the "
+                "tokenizer, or give the engine token ids through the Python API (LoadedEngine.engine.generate)."
+            )
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.directory)
+        try:
+            return AutoTokenizer.from_pretrained(self.directory)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"the tokenizer stored with artifact {self.entry.key[:12]} cannot be loaded: {e}") from None
 
 
 def load_engine(res: Resolution, *, store: Store, device: str | None = None, directory: Path | None = None) -> LoadedEngine:

@@ -14,7 +14,7 @@ from ..cache import Store
 from ..errors import ToolchainError
 from ..models import ModelSource, resolve_model
 from ..spec import BuildSpec, build_key, key_inputs
-from ..targets import get_target
+from ..targets import TOKENIZER_FILES, get_target
 from .specs import SpecSource
 
 __all__ = ["Resolution", "resolve", "compute_key"]
@@ -32,6 +32,7 @@ class Resolution:
     ignored: tuple[tuple[str, str], ...] = ()
     key_options: frozenset[str] = field(default_factory=frozenset)
     given: frozenset[str] = field(default_factory=frozenset)
+    warnings: tuple[str, ...] = ()  # worth telling whoever builds this (never changes the key)
 
     @property
     def complete(self) -> bool:
@@ -100,6 +101,13 @@ def resolve(
             chain[comp], origin[comp] = detected[comp], "detected"
         else:
             chain[comp], origin[comp] = None, "unknown"
+    warnings = []
+    names = {f.path.rsplit("/", 1)[-1] for f in model.files}
+    if not names & set(TOKENIZER_FILES) and not any(n.endswith(".gguf") for n in names):  # GGUF embeds its tokenizer
+        warnings.append(
+            f"model {model.ref} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, …): the artifact will hold "
+            "none, so `kiln generate` and servers that tokenize text cannot use it; add them to the model directory."
+        )
     return Resolution(
         spec=resolved.spec,
         model=model,
@@ -109,6 +117,7 @@ def resolve(
         ignored=source.ignored,
         key_options=target.key_options(),
         given=source.given,
+        warnings=tuple(warnings),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from ._layouts import RAW, Layout
+from ._model_files import TOKENIZER_FILES
 from ._plan import BUILD_LOG, Stage, Step
 from .base import BuildInputs, LmiFacts, ResolvedSpec, Target, TargetOption
 from .neuron import NEURON
@@ -33,6 +34,7 @@ __all__ = [
     "Stage",
     "Step",
     "Target",
+    "TOKENIZER_FILES",
     "TargetOption",
     "get_target",
     "layout_names",

@@ -204,9 +204,14 @@ class Target:
         if layout == RAW:
             return Layout(list(manifest.files))
         if layout in self.layouts:
-            raise NotImplementedError(f"{self.name} lists layout {layout} but does not plan it")
+            return self.plan_consumer_layout(layout, entry, manifest, read_blob, container)
         raise SpecError(f"layout {layout!r} does not apply to {self.name} artifacts"
                         + (f"; {self.name} writes {', '.join((RAW, *self.layouts))}." if self.layouts else "."))
+
+    def plan_consumer_layout(self, layout: str, entry: IndexEntry, manifest: Manifest,
+                             read_blob: Callable[[str], bytes], container: str) -> Layout:
+        """One of this target's own ``layouts`` (``plan_layout`` has checked the name)."""
+        raise NotImplementedError(f"{self.name} lists layout {layout} but does not plan it")
 
     def load_engine(self, directory: Path, device: str) -> Any:
         """Load a materialised artifact in this process (targets with ``loads_in_process``)."""

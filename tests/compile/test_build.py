@@ -204,3 +204,18 @@ def test_ensure_on_miss_builds_and_pushes(tmp_path: Path) -> None:
     data2 = json.loads(second.stdout)
     assert data2["source"] == "remote" and data2["key"] == data["key"] and "built" not in data2
     assert (tmp_path / "d2" / "weights.safetensors").read_bytes() == (tmp_path / "d1" / "weights.safetensors").read_bytes()
+
+
+def test_model_without_tokenizer_warns_at_build_and_generate_says_what_is_missing(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", tmp_path / "model", seed=3)
+    for name in os.listdir(model):
+        if name.startswith(("tokenizer", "special_tokens")) or name in ("vocab.json", "merges.txt", "chat_template.jinja"):
+            os.unlink(model / name)
+    env = {"KILN_HOME": str(tmp_path / "store")}
+    built = run_kiln("build", str(model), *SPEC, "--json", env=env, timeout=600)
+    assert built.returncode == 0, built.stderr
+    assert "kiln: WARNING: model" in built.stderr and "has no tokenizer files" in built.stderr
+    key = json.loads(built.stdout)["key"]
+    gen = run_kiln("generate", "--key", key, "--prompt", "hi", env=env, timeout=300)
+    assert gen.returncode == 2, gen.stdout + gen.stderr
+    assert "holds no tokenizer files" in gen.stderr and "Traceback" not in gen.stderr

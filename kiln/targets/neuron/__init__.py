@@ -98,11 +98,9 @@ class NeuronTarget(Target):
     def resources(self, res: BuildInputs, memory_bytes: int) -> dict[str, Any]:
         return {"num_cpus": 1, "resources": {"neuron_cores": res.spec.tp_degree}, "memory": memory_bytes}
 
-    def plan_layout(self, layout: str, entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes],
-                    container: str) -> Layout:
-        if layout in LAYOUTS:
-            return plan_neuron_layout(layout, entry, manifest, read_blob, container)
-        return super().plan_layout(layout, entry, manifest, read_blob, container)
+    def plan_consumer_layout(self, layout: str, entry: IndexEntry, manifest: Manifest,
+                             read_blob: Callable[[str], bytes], container: str) -> Layout:
+        return plan_neuron_layout(layout, entry, manifest, read_blob, container)
 
 
 # Kiln dtype -> transformers-neuronx `amp`.

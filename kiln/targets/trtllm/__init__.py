@@ -82,11 +82,9 @@ class TrtllmTarget(Target):
             return {"num_cpus": 1, "num_gpus": res.spec.tp_degree, "memory": memory_bytes}
         return super().resources(res, memory_bytes)  # the conversion stages: CPU and memory only
 
-    def plan_layout(self, layout: str, entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes],
-                    container: str) -> Layout:
-        if layout in LAYOUTS:
-            return plan_trtllm_layout(layout, entry, manifest, container)
-        return super().plan_layout(layout, entry, manifest, read_blob, container)
+    def plan_consumer_layout(self, layout: str, entry: IndexEntry, manifest: Manifest,
+                             read_blob: Callable[[str], bytes], container: str) -> Layout:
+        return plan_trtllm_layout(layout, entry, manifest, container)
 
 
 TRTLLM = TrtllmTarget(
