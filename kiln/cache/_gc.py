@@ -36,10 +36,16 @@ from ..errors import CorruptBlobError, NotFoundError, UnsafeManifestError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
 from ._blobs import Blobs
-from ._buckets import FAILED_LOG_MAX_AGE_S, RUN_DIR_MAX_AGE_S, abandoned_builds, stale_entries
+from ._buckets import (
+    FAILED_LOG_MAX_AGE_S,
+    RUN_DIR_MAX_AGE_S,
+    abandoned_builds,
+    stale_entries,
+)
 from ._entries import IndexFiles
 from ._fsutil import unlink_quiet
 from ._locks import store_lock
+from ._materialize import stale_records
 
 __all__ = ["Collector", "GcPlan"]
 
@@ -70,6 +76,7 @@ class Collector:
         builds_dir: Path,
         run_dir_root: Path,
         logs_dir: Path,
+        deployments_dir: Path,
     ) -> None:
         self.blobs = blobs
         self.index = index
@@ -79,6 +86,7 @@ class Collector:
         self.builds_dir = builds_dir
         self.run_dir_root = run_dir_root
         self.logs_dir = logs_dir
+        self.deployments_dir = deployments_dir
 
     def run(self, *, max_size: int | None, older_than: float | None, dry_run: bool) -> GcPlan:
         """Plan (and unless ``dry_run``, apply) under the exclusive store lock."""
@@ -147,6 +155,7 @@ class Collector:
                 temps.extend(p for p in d.rglob(".*.tmp-*"))
         temps.extend(abandoned_builds(self.builds_dir))
         temps.extend(stale_entries(self.run_dir_root, max_age_s=RUN_DIR_MAX_AGE_S))
+        temps.extend(stale_records(self.deployments_dir))
         logs = tuple(stale_entries(self.logs_dir, max_age_s=FAILED_LOG_MAX_AGE_S))
         return GcPlan(tuple(evict), tuple(dead), tuple(temps), sum(s for _, s in dead), kept_bytes, logs)
 

@@ -1,7 +1,7 @@
 """Materialisation: recreate an artifact's directory from its manifest and the blob CAS.
 
-One function, because it is one operation with one invariant: ``dest`` is complete or
-absent (or, when replacing, the old tree or the new one) at every instant.
+One invariant above all: ``dest`` is complete or absent (or, when replacing, the old tree or
+the new one) at every instant.
 
 * Files appear in a fresh staging directory beside ``dest`` (same filesystem) and the whole
   directory is renamed into place; a replaced ``dest`` is swapped atomically where the kernel
@@ -9,34 +9,72 @@ absent (or, when replacing, the old tree or the new one) at every instant.
   ``.<name>.kiln-…`` directory beside ``dest``, never a partial ``dest``.
 * Manifest paths were validated when it was parsed (relative, normalised, no ``..``;
   DESIGN invariant 5) and the staging directory is ours alone, so no file can land outside.
-* Hard links where the filesystem allows (fetch is then nearly free), else copies that are
-  hashed as they are written, so a blob that changes mid-copy is caught (invariant 3).
-* The store's shared lock is held while blobs are linked, so gc cannot delete a blob between
-  its check and its link.
+* A write into a materialised file must never reach the store. Serving containers run as
+  root, and root ignores the blobs' mode 0444: through a hard link, one ``echo >
+  DEST/config.json`` corrupts every artifact sharing that blob. So files are *clones* by
+  default — a reflink (FICLONE: copy-on-write, instant, no extra space) where the filesystem
+  has them, else a copy hashed as it is written (a blob that changes mid-copy is caught,
+  invariant 3). Hard links only when the caller asks (``link=True``: Kiln's own build and run
+  directories under the store, or ``--link`` with its risk stated).
+* A destination that overlaps the store (inside it, or containing it, symlinks resolved) is
+  refused before anything is touched: replacing it would delete the store. Kiln's own
+  buckets for build inputs and loaded engines are the only exception.
+* The store's shared lock is held while blobs are read, so gc cannot delete a blob between
+  its check and its clone or link.
+
+:func:`holds` answers "does ``dest`` already hold exactly this artifact?" so that a serving
+container's second `kiln ensure` exits 0 without touching it: the file list and sizes must
+match the manifest, then either every file's stat signature equals the one recorded when Kiln
+materialised it (the fast path: any write changes a file's ctime), or every file hashes to its
+digest (the exact path, after which the record is written again).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
+import json
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 
 from ..errors import CorruptBlobError, StoreError
 from ..manifests._manifest import Manifest
 from ._blobs import Blobs
-from ._fsutil import exchange
-from ._hashmemo import hash_stream
+from ._fsutil import atomic_write_bytes, exchange
+from ._hashmemo import hash_stream, stat_signature
 from ._locks import store_lock
 from ._progress import Progress
 
-__all__ = ["materialize"]
+__all__ = ["materialize", "holds", "check_outside_store"]
 
 # Where a hard link is impossible (another filesystem, no permission, too many links, no
-# support): copy instead. Anything else is a real error.
+# support): clone or copy instead. Anything else is a real error.
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP)
+# FICLONE (linux/fs.h: _IOW(0x94, 9, int)); errors meaning "this filesystem cannot clone".
+_FICLONE = 0x40049409
+_NO_CLONE = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EBADF, errno.ENOSYS, errno.EPERM)
+
+
+def check_outside_store(dest: Path, root: Path, allowed: tuple[Path, ...] = ()) -> None:
+    """Refuse a ``dest`` inside the store or containing it (symlinks resolved), unless it lies
+    inside one of the ``allowed`` buckets (Kiln's own build and run directories)."""
+    real_dest, real_root = dest.resolve(), root.resolve()
+    if any(_within(real_dest, a.resolve()) for a in allowed):
+        return
+    if _within(real_dest, real_root) or _within(real_root, real_dest):
+        raise StoreError(
+            f"destination {dest} overlaps the Kiln store at {root} (KILN_HOME): materialising there "
+            "could delete or corrupt the store; choose a --dest outside it."
+        )
+
+
+def _within(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
 
 
 def materialize(
@@ -47,10 +85,10 @@ def materialize(
     *,
     verify: bool = True,
     replace: bool = False,
-    copy: bool = False,
+    link: bool = False,
     progress: Progress | None = None,
 ) -> Path:
-    """Recreate the artifact at ``dest``: hard links on the same filesystem, else copies."""
+    """Recreate the artifact at ``dest``: clones (or hashed copies) by default, hard links with ``link``."""
     dest = Path(dest).absolute()
     if dest.is_symlink():
         raise StoreError(f"destination {dest} is a symbolic link; pass a real directory.")
@@ -72,22 +110,7 @@ def materialize(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if verify:
                     blobs.check(f.digest, f.size)
-                blob = blobs.path(f.digest)
-                linked = False
-                if not copy:
-                    try:
-                        os.link(blob, target)
-                        linked = True
-                    except OSError as e:
-                        if e.errno not in _NO_LINK:
-                            raise
-                if linked:
-                    if verify:
-                        blobs.restamp(f.digest)  # the link changed the blob's ctime, not its bytes
-                    if progress:
-                        progress(f.size)
-                else:
-                    _copy_verified(blob, target, f.digest, progress)
+                _place(blobs, f.digest, target, link=link, verify=verify, progress=progress, size=f.size)
         if dest.exists():
             if exchange(staging, dest):
                 # One atomic swap: dest is the old tree or the new one at every instant;
@@ -106,6 +129,112 @@ def materialize(
     return dest
 
 
+def _place(blobs: Blobs, digest: str, target: Path, *, link: bool, verify: bool, progress: Progress | None,
+           size: int) -> None:
+    blob = blobs.path(digest)
+    if link:
+        try:
+            os.link(blob, target)
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
+        else:
+            if verify:
+                blobs.restamp(digest)  # the link changed the blob's ctime, not its bytes
+            if progress:
+                progress(size)
+            return
+    if _clone(blob, target):
+        os.chmod(target, 0o644)  # an independent copy-on-write file: the deployment's own
+        if progress:
+            progress(size)
+        return
+    _copy_verified(blob, target, digest, progress)
+
+
+def _clone(src: Path, dest: Path) -> bool:
+    """Reflink ``src`` to ``dest`` (copy-on-write: later writes to either never reach the other)."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+        except OSError as e:
+            if e.errno in _NO_CLONE:
+                return False
+            raise
+    return True
+
+
 def _copy_verified(src: Path, dest: Path, digest: str, progress: Progress | None) -> None:
     if "sha256:" + hash_stream(src, dest, progress)[0] != digest:
         raise CorruptBlobError(f"blob {digest} changed while it was copied out; run `kiln verify`.", digest)
+
+
+# ---------------------------------------------------------------------- already in place
+
+
+def record_path(records_dir: Path, dest: Path) -> Path:
+    """Where the store remembers what it materialised at ``dest`` (by its resolved path)."""
+    return records_dir / (hashlib.sha256(str(Path(dest).resolve()).encode()).hexdigest() + ".json")
+
+
+def remember(records_dir: Path, manifest: Manifest, manifest_digest: str, dest: Path) -> None:
+    """Record the stat signature of every file materialised at ``dest`` (best effort)."""
+    try:
+        sigs = {f.path: stat_signature(os.stat(dest.joinpath(*f.path.split("/")))) for f in manifest.files}
+        records_dir.mkdir(parents=True, exist_ok=True)
+        data = {"dest": str(Path(dest).resolve()), "manifest": manifest_digest, "files": sigs}
+        atomic_write_bytes(record_path(records_dir, dest), json.dumps(data, sort_keys=True).encode())
+    except OSError:
+        pass  # a read-only store: the next check hashes the files instead
+
+
+def holds(records_dir: Path, manifest: Manifest, manifest_digest: str, dest: Path) -> tuple[bool, str]:
+    """(True, "") when ``dest`` holds exactly this artifact, else (False, the first difference)."""
+    dest = Path(dest)
+    want = {f.path: f for f in manifest.files}
+    have: dict[str, os.stat_result] = {}
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = p.relative_to(dest).as_posix()
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                return False, f"{rel} is a symbolic link"
+            if name in filenames:
+                if not stat.S_ISREG(st.st_mode):
+                    return False, f"{rel} is not a regular file"
+                have[rel] = st
+    extra = sorted(set(have) - set(want))
+    missing = sorted(set(want) - set(have))
+    if extra or missing:
+        return False, (f"{extra[0]} is not part of the artifact" if extra else f"{missing[0]} is missing")
+    for rel, f in want.items():
+        if have[rel].st_size != f.size:
+            return False, f"{rel} has {have[rel].st_size} bytes, the artifact's has {f.size}"
+    try:
+        record = json.loads(record_path(records_dir, dest).read_bytes())
+    except (OSError, ValueError):
+        record = {}
+    if record.get("manifest") == manifest_digest and record.get("files") == {
+            rel: stat_signature(st) for rel, st in have.items()}:
+        return True, ""
+    for rel, f in want.items():
+        if "sha256:" + hash_stream(dest.joinpath(*rel.split("/")))[0] != f.digest:
+            return False, f"{rel} was changed since it was materialised"
+    remember(records_dir, manifest, manifest_digest, dest)
+    return True, ""
+
+
+def stale_records(records_dir: Path) -> list[Path]:
+    """Records of destinations that no longer exist (gc removes them)."""
+    out = []
+    if not records_dir.is_dir():
+        return out
+    for p in sorted(records_dir.glob("*.json")):
+        try:
+            dest = json.loads(p.read_bytes()).get("dest")
+        except (OSError, ValueError, AttributeError):
+            dest = None
+        if not dest or not Path(dest).exists():
+            out.append(p)
+    return out

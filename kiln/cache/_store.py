@@ -12,6 +12,8 @@ Layout under the store root (``KILN_HOME``)::
     builds/<key>-<pid>-<rand>/ a live build's working directory (+ .lock, held while it builds)
     run/engine-<rand>/         per-process directories of engines loaded in-process
     logs/<key>-<time>-<pid>.log  logs of failed builds (gc removes them after 30 days)
+    deployments/<hash>.json    what was materialised where (stat signatures), so a second
+                               `kiln ensure` knows DEST is intact without re-hashing it
 
 The store owns every one of these directories (as uv's cache owns its buckets): other code
 asks it for a build directory, a run directory or a place for a failed build's log, and gc
@@ -52,6 +54,7 @@ missing or read-only store stay pure reads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from contextlib import AbstractContextManager
@@ -70,7 +73,7 @@ from ._entries import IndexFiles
 from ._gc import Collector, GcPlan
 from ._hashmemo import HashMemo
 from ._locks import single_flight, store_lock
-from ._materialize import materialize
+from ._materialize import check_outside_store, holds, materialize, remember
 from ._progress import Progress
 from ._publish import publish
 from ._verify import VerifyReport, verify
@@ -106,6 +109,7 @@ class Store:
         self.builds_dir = self.root / "builds"
         self.run_dir_root = self.root / "run"
         self.logs_dir = self.root / "logs"
+        self.deployments_dir = self.root / "deployments"
         self.memo = HashMemo(self.root / "hash-memo")
         self._layout_ok = False
         # The parts (no I/O here: constructing a Store touches nothing on disk).
@@ -120,6 +124,7 @@ class Store:
             builds_dir=self.builds_dir,
             run_dir_root=self.run_dir_root,
             logs_dir=self.logs_dir,
+            deployments_dir=self.deployments_dir,
         )
 
     def __repr__(self) -> str:
@@ -284,16 +289,37 @@ class Store:
         *,
         verify: bool = True,
         replace: bool = False,
+        link: bool = False,
         copy: bool = False,
         progress: Progress | None = None,
     ) -> Path:
-        """Recreate the artifact at ``dest``: hard links on the same filesystem, else copies.
+        """Recreate the artifact at ``dest``: copy-on-write clones or hashed copies; hard links with ``link``.
 
-        ``dest`` is complete or absent at every instant (see :mod:`kiln.cache._materialize`).
+        ``dest`` is complete or absent at every instant, never overlaps the store (except
+        Kiln's own builds/ and run/ buckets), and a write into a materialised file never
+        reaches the store unless ``link`` was asked for (see :mod:`kiln.cache._materialize`).
+        ``copy`` is accepted for compatibility: copying (or cloning) is the default now.
         """
-        return materialize(
-            self._blobs, self.lock_dir, manifest, dest, verify=verify, replace=replace, copy=copy, progress=progress
-        )
+        del copy
+        dest = Path(dest).absolute()
+        self.check_destination(dest)
+        out = materialize(self._blobs, self.lock_dir, manifest, dest, verify=verify, replace=replace, link=link,
+                          progress=progress)
+        if not link and self.root.exists():
+            remember(self.deployments_dir, manifest, _digest(manifest), out)
+        return out
+
+    def check_destination(self, dest: Path) -> None:
+        """Refuse (StoreError) a destination that overlaps the store, before anything is touched."""
+        check_outside_store(Path(dest).absolute(), self.root, allowed=(self.builds_dir, self.run_dir_root))
+
+    def holds(self, manifest: Manifest, dest: Path) -> tuple[bool, str]:
+        """Does ``dest`` hold exactly this artifact? ``(True, "")``, or ``(False, the first difference)``.
+
+        Fast when Kiln materialised it and nothing was written since (stat signatures), exact
+        otherwise (every file hashed).
+        """
+        return holds(self.deployments_dir, manifest, _digest(manifest), Path(dest).absolute())
 
     # ------------------------------------------------------------------ maintenance
     def verify(self, progress: Progress | None = None) -> VerifyReport:
@@ -309,3 +335,7 @@ class Store:
             return GcPlan((), (), (), 0, 0)  # `kiln gc` on no store creates none
         self._writable()
         return self._collector.run(max_size=max_size, older_than=older_than, dry_run=dry_run)
+
+
+def _digest(manifest: Manifest) -> str:
+    return "sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest()

@@ -18,7 +18,7 @@ import click
 from .. import api
 from ..spec import CALIB_SET_OPTION, Field
 
-__all__ = ["SpecRequest", "spec_options", "resolve_request", "layout_options", "toolchain_option"]
+__all__ = ["SpecRequest", "spec_options", "resolve_request", "layout_options", "link_option", "toolchain_option"]
 
 # Spec field -> the flag that sets it (for messages naming where a value came from).
 SPEC_FLAGS = {
@@ -144,3 +144,13 @@ def layout_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Where DEST will be seen by the consumer (e.g. /opt/ml/model), for paths written into the layout.")(f)
     return click.option("--layout", type=click.Choice(list(api.layout_names())), default="raw",
                         show_default=True, help="Arrange the files for a consumer (see README).")(f)
+
+
+def link_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--link``: hard links instead of copies, with the risk stated."""
+    return click.option(
+        "--link", is_flag=True,
+        help="Hard-link files from the store instead of copying (or cloning) them: instant and no extra space, "
+             "but a write into DEST then changes the stored blob (root ignores its read-only mode) and corrupts "
+             "every artifact that shares it. Use only where nothing writes into DEST.",
+    )(f)

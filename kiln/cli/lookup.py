@@ -9,7 +9,7 @@ import click
 
 from .. import api
 from ._context import remote, store
-from ._options import SpecRequest, layout_options, resolve_request, spec_options
+from ._options import SpecRequest, layout_options, link_option, resolve_request, spec_options
 from ._output import json_option
 from ._progress import TransferBar
 from ._report import report_lookup
@@ -35,18 +35,19 @@ def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -
 @click.command()
 @spec_options
 @click.option("--dest", required=True, type=click.Path(path_type=Path), help="Directory to materialise the artifact into.")
-@click.option("--force", is_flag=True, help="Replace DEST if it is not empty.")
-@click.option("--copy", is_flag=True, help="Copy files instead of hard-linking them from the store.")
+@click.option("--force", is_flag=True, help="Replace DEST if it holds something else.")
+@click.option("--copy", is_flag=True, hidden=True, help="Kept for compatibility: files are copied (or cloned) by default.")
+@link_option
 @layout_options
 @json_option
 @click.pass_context
-def fetch(ctx: click.Context, spec: SpecRequest, dest: Path, force: bool, copy: bool, layout: str,
+def fetch(ctx: click.Context, spec: SpecRequest, dest: Path, force: bool, copy: bool, link: bool, layout: str,
           container_dir: str | None, as_json: bool) -> None:
-    """Look a spec up and materialise the hit into --dest (hard links where possible). Exit 1 on a miss."""
+    """Look a spec up and materialise the hit into --dest (copy-on-write clones or copies). Exit 1 on a miss."""
     res = resolve_request(store(ctx), spec)
     t0 = time.monotonic()
     with TransferBar("pull", enabled=not as_json):
-        result, path = api.fetch(res, dest, store=store(ctx), remote=remote(ctx), replace=force, copy=copy,
+        result, path = api.fetch(res, dest, store=store(ctx), remote=remote(ctx), replace=force, link=link,
                                  layout=layout, container_dir=container_dir)
     extra = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
     report_lookup(result, as_json, extra)

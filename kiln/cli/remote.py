@@ -10,7 +10,7 @@ import click
 
 from .. import api
 from ._context import remote, store
-from ._options import SpecRequest, layout_options, resolve_request, spec_options
+from ._options import SpecRequest, layout_options, link_option, resolve_request, spec_options
 from ._output import human_size, json_option, print_json
 from ._progress import StageReporter, TransferBar
 from ._report import report_lookup, warn_damaged
@@ -102,16 +102,18 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
 @click.option("--on-miss", type=click.Choice(["fail", "build"]), default="fail", show_default=True,
               help="On a miss: exit 1 with the explanation, or build it here.")
 @click.option("--push", "do_push", is_flag=True, help="With --on-miss build: publish the new artifact to the remote.")
-@click.option("--force", is_flag=True, help="Replace DEST if it is not empty.")
+@click.option("--force", is_flag=True, help="Replace DEST if it holds something else.")
+@link_option
 @layout_options
 @click.option("--print-env", is_flag=True, help="Print `export NAME=VALUE` lines for the consumer on stdout.")
 @json_option
 @click.pass_context
-def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_push: bool, force: bool, layout: str,
-           container_dir: str | None, print_env: bool, as_json: bool) -> None:
+def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_push: bool, force: bool, link: bool,
+           layout: str, container_dir: str | None, print_env: bool, as_json: bool) -> None:
     """What a serving container runs at start-up: lookup (local, then remote), fetch, materialise into DEST.
 
-    Exit 0 when DEST holds the engine; 1 on a miss (with the nearest entries), unless
+    Exit 0 when DEST holds the engine (a DEST that already holds exactly it is left untouched,
+    so a container can run this at every start); 1 on a miss (with the nearest entries), unless
     --on-miss build builds it (and --push publishes it).
     """
     rem = remote(ctx, required=do_push)
@@ -119,7 +121,7 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
     res = resolve_request(store(ctx), spec)
     with TransferBar("pull", enabled=not as_json):
         result, path = api.fetch(res, dest, store=store(ctx), remote=rem, replace=force, layout=layout,
-                                 container_dir=container_dir)
+                                 container_dir=container_dir, link=link)
     built = None
     if path is None and on_miss == "build":
         warn_damaged(result)
@@ -131,7 +133,8 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
         if do_push:
             assert rem is not None
             api.push(store(ctx), rem, built.entry)
-        result, path = api.fetch(res, dest, store=store(ctx), replace=force, layout=layout, container_dir=container_dir)
+        result, path = api.fetch(res, dest, store=store(ctx), replace=force, layout=layout, container_dir=container_dir,
+                                 link=link)
     extra: dict[str, Any] = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
     if built is not None:
         extra["built"] = built.to_json()

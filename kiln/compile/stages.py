@@ -78,7 +78,8 @@ def compile_and_publish(
         out = work / "artifact"
         log = work / BUILD_LOG
         try:
-            dirs = {name: store.materialize(store.check_artifact(inputs[name]), work / "inputs" / name)
+            # Inputs are read by the worker only, in a build directory under the store: links.
+            dirs = {name: store.materialize(store.check_artifact(inputs[name]), work / "inputs" / name, link=True)
                     for name in step.inputs}
             started = utc_now()
             result = run_worker(step.argv(out, dirs), log, on_stage=on_stage, what=step.what)

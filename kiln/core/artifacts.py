@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..cache import Remote, Store
-from ..errors import CorruptBlobError, NotFoundError, SpecError
+from ..errors import CorruptBlobError, NotFoundError, SpecError, StoreError
 from ..manifests import MAX_CONFIG_BYTES, FileEntry, IndexEntry, Manifest, make_record, utc_now
 from ..spec import build_key
 from ..targets import get_target
@@ -55,20 +55,29 @@ def fetch(
     copy: bool = False,
     layout: str = "raw",
     container_dir: str | None = None,
+    link: bool = False,
 ) -> tuple[LookupResult, Path | None]:
-    """Lookup (local, then remote), then materialise a hit into ``dest`` in ``layout``."""
+    """Lookup (local, then remote), then materialise a hit into ``dest`` in ``layout``.
+
+    Files are copy-on-write clones or copies, so writes into ``dest`` never reach the store;
+    ``link=True`` hard-links them instead (instant, but a write through a link — root ignores
+    the blobs' read-only mode — corrupts the stored artifact). When ``dest`` already holds
+    exactly this artifact it is left untouched (a note says so); when it holds something else,
+    that is an error unless ``replace``. ``copy`` is accepted for compatibility (the default).
+    """
     result = lookup(res, store=store, remote=remote)
     if not result.hit:
         return result, None
     assert result.manifest is not None and result.entry is not None
     try:
-        path, env = materialize_layout(store, result.entry, result.manifest, dest, layout=layout,
-                                       replace=replace, copy=copy, container_dir=container_dir)
+        path, env, kept = materialize_layout(store, result.entry, result.manifest, dest, layout=layout,
+                                             replace=replace, link=link, container_dir=container_dir)
     except (CorruptBlobError, NotFoundError) as e:
         # A blob went bad (or gc removed it) between lookup and materialise: a loud miss.
         damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed while fetched: {e}",)
         return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",), damaged), None
-    return LookupResult(res, result.entry, result.manifest, result.explanation, result.damaged, result.notes,
+    notes = result.notes + ((f"{path} already held this artifact: left untouched",) if kept else ())
+    return LookupResult(res, result.entry, result.manifest, result.explanation, result.damaged, notes,
                         result.source, env), path
 
 
@@ -80,24 +89,39 @@ def materialize_layout(
     *,
     layout: str = "raw",
     replace: bool = False,
-    copy: bool = False,
+    link: bool = False,
     container_dir: str | None = None,
-) -> tuple[Path, dict[str, str]]:
-    """Materialise an artifact in a deployment layout; return the path and the consumer's env."""
+) -> tuple[Path, dict[str, str], bool]:
+    """Materialise an artifact in a deployment layout.
+
+    Returns the path, the consumer's environment, and whether ``dest`` already held exactly
+    this (left untouched). A non-empty ``dest`` holding anything else is refused unless
+    ``replace``, saying what differs.
+    """
     dest = Path(dest).absolute()
+    store.check_destination(dest)  # before anything is read or written
     target = get_target(str(entry.spec.get("target")))
     plan = target.plan_layout(layout, entry, manifest, lambda d: store.read_blob(d, MAX_CONFIG_BYTES),
                               container_dir or str(dest))
     # Generated files become (tiny) blobs; the shared lock keeps gc from collecting them
-    # before they are linked into place.
+    # before they are in place.
     with store.writer_lock():
         files = list(plan.files)
         for rel, data in sorted(plan.generated.items()):
             digest, size = store.put_bytes(data)
             files.append(FileEntry(rel, digest, size))
         derived = Manifest.parse(Manifest(manifest.config, tuple(files)).to_bytes())  # re-validate every path
-        path = store.materialize(derived, dest, replace=replace, copy=copy)
-    return path, dict(plan.env)
+        if dest.is_dir() and not dest.is_symlink() and any(dest.iterdir()):
+            same, why = store.holds(derived, dest)
+            if same:
+                return dest, dict(plan.env), True
+            if not replace:
+                raise StoreError(
+                    f"destination {dest} holds something other than artifact {entry.key[:12]} ({layout} "
+                    f"layout): {why}. Pass --force to replace it, or choose an empty --dest."
+                )
+        path = store.materialize(derived, dest, replace=replace, link=link)
+    return path, dict(plan.env), False
 
 
 @dataclass(frozen=True)

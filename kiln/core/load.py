@@ -81,7 +81,8 @@ def _load_artifact(entry: IndexEntry, manifest: Manifest, *, store: Store, devic
         parent = store.new_run_dir()
         atexit.register(shutil.rmtree, parent, True)
         directory = parent / "engine"
-    store.materialize(manifest, directory)
+    # Kiln's own run directory under the store: hard links (instant; nothing writes into it).
+    store.materialize(manifest, directory, link=True)
     store.touch(entry)
     engine = get_target(str(entry.spec.get("target"))).load_engine(directory, device)
     return LoadedEngine(engine, directory, entry)

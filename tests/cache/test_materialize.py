@@ -1,6 +1,6 @@
-"""Materialising an artifact: hard links on the store's filesystem, independent copies with
---copy (or across filesystems), nested directories, and --force replacement that is atomic:
-at every instant ``dest`` is the complete old tree or the complete new one.
+"""Materialising an artifact: independent copy-on-write clones or copies by default, hard links
+with --link, nested directories, and --force replacement that is atomic: at every instant
+``dest`` is the complete old tree or the complete new one.
 """
 
 from __future__ import annotations
@@ -74,11 +74,11 @@ def pub(tmp_path: Path, store: Store) -> Pub:
     return Pub(tmp_path, store)
 
 
-def test_fetch_hard_links_blobs_into_nested_directories(pub: Pub, store: Store, tmp_path: Path) -> None:
+def test_fetch_link_hard_links_blobs_into_nested_directories(pub: Pub, store: Store, tmp_path: Path) -> None:
     files = nested_files("A")
     manifest = pub.publish(1, files)
     dest = tmp_path / "deploy" / "new" / "engine"  # parents do not exist yet
-    r = run_kiln("fetch", *pub.args(1), "--dest", str(dest), "--json")
+    r = run_kiln("fetch", *pub.args(1), "--dest", str(dest), "--link", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["dest"] == str(dest)
     assert tree(dest) == files
@@ -90,18 +90,19 @@ def test_fetch_hard_links_blobs_into_nested_directories(pub: Pub, store: Store, 
         assert stat.S_IMODE(got.st_mode) == 0o444  # read-only: an in-place write fails instead of corrupting
     # A second fetch shares the same inodes; the link did not cost a re-hash next time (stamps).
     dest2 = tmp_path / "second"
-    result, path = api.fetch(pub.res(1), dest2, store=store)
+    result, path = api.fetch(pub.res(1), dest2, store=store, link=True)
     assert result.hit and path == dest2.absolute()
     assert os.stat(dest2 / "MARKER").st_ino == os.stat(dest / "MARKER").st_ino
     assert sorted(os.listdir(dest.parent)) == ["engine"]  # no staging leftovers
     assert run_kiln("verify").returncode == 0
 
 
-def test_copy_gives_independent_files(pub: Pub, store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flags", [[], ["--copy"]], ids=["default", "copy-flag"])
+def test_fetch_gives_independent_files(pub: Pub, store: Store, tmp_path: Path, flags: list[str]) -> None:
     files = nested_files("A")
     manifest = pub.publish(1, files)
     dest = tmp_path / "copy"
-    r = run_kiln("fetch", *pub.args(1), "--dest", str(dest), "--copy")
+    r = run_kiln("fetch", *pub.args(1), "--dest", str(dest), *flags)
     assert r.returncode == 0, r.stdout + r.stderr
     assert tree(dest) == files
     for f in manifest.files:
