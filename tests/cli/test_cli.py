@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,24 @@ import pytest
 
 from ..conftest import run_kiln, write_hf_cache_model
 
-AOTI = ["--target", "torch-aoti", "--n-positions", "256"]
+
+def _missing_toolchain_pins(**versions: str) -> list[str]:
+    """``--toolchain NAME=VERSION`` for each package of ``versions`` not installed here.
+
+    A serving container has Kiln's light core only (no torch, no transformers): the torch-aoti
+    key cannot be detected there, so it is pinned, as a deployment pins it. Where the packages
+    are installed nothing is pinned and the tests exercise the detected toolchain, as before.
+    """
+    pins = []
+    for dist, version in versions.items():
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pins += ["--toolchain", f"{dist}={version}"]
+    return pins
+
+
+AOTI = ["--target", "torch-aoti", "--n-positions", "256", *_missing_toolchain_pins(torch="2.13.0", transformers="5.0.0")]
 
 
 def _artifact(tmp_path: Path, name: str = "art", payload: bytes = b"engine") -> Path:
@@ -21,6 +39,7 @@ def _artifact(tmp_path: Path, name: str = "art", payload: bytes = b"engine") -> 
     return d
 
 
+@pytest.mark.light
 def test_put_lookup_fetch_round_trip(tmp_path: Path, fake_model: Path) -> None:
     art = _artifact(tmp_path)
     put = run_kiln("store", "put", str(art), str(fake_model), *AOTI, "--json")
@@ -45,6 +64,7 @@ def test_put_lookup_fetch_round_trip(tmp_path: Path, fake_model: Path) -> None:
     assert run_kiln("verify").returncode == 0
 
 
+@pytest.mark.light
 def test_miss_explains_the_nearest_entries(tmp_path: Path, fake_model: Path) -> None:
     assert run_kiln("store", "put", str(_artifact(tmp_path)), str(fake_model), *AOTI, "--batch-size", "4").returncode == 0
     miss = run_kiln("lookup", str(fake_model), *AOTI, "--batch-size", "8")
@@ -55,6 +75,7 @@ def test_miss_explains_the_nearest_entries(tmp_path: Path, fake_model: Path) -> 
     assert any("dtype: want bf16, have fp32" in line for line in json.loads(dt.stdout)["explanation"])
 
 
+@pytest.mark.light
 def test_changed_weights_are_a_miss_that_says_so(tmp_path: Path) -> None:
     hub = Path(os.environ["HF_HUB_CACHE"])
     cfg = json.dumps({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 4, "max_position_embeddings": 512}).encode()
@@ -69,6 +90,7 @@ def test_changed_weights_are_a_miss_that_says_so(tmp_path: Path) -> None:
     assert run_kiln("lookup", "org/m@" + "1" * 40, *AOTI).returncode == 0
 
 
+@pytest.mark.light
 def test_toolchain_difference_is_a_miss_that_names_it(tmp_path: Path, fake_model: Path) -> None:
     art = _artifact(tmp_path)
     assert run_kiln("store", "put", str(art), str(fake_model), *AOTI, "--toolchain", "torch=2.12.0").returncode == 0
@@ -78,6 +100,7 @@ def test_toolchain_difference_is_a_miss_that_names_it(tmp_path: Path, fake_model
     assert "tied to the compiler version" in miss.stdout
 
 
+@pytest.mark.light
 def test_lookup_where_the_toolchain_is_not_installed(tmp_path: Path, fake_model: Path) -> None:
     spec = ["--target", "neuron", "--n-positions", "2048", "--tp-degree", "2", "--instance-type", "ml.inf2.xlarge"]
     pins = ["--toolchain", "neuronx-cc=2.15.128", "--toolchain", "transformers-neuronx=0.12.313"]
@@ -95,6 +118,7 @@ def test_lookup_where_the_toolchain_is_not_installed(tmp_path: Path, fake_model:
     assert pinned_other.returncode == 1 and "toolchain neuronx-cc: want 2.16.0, have 2.15.128" in pinned_other.stdout
 
 
+@pytest.mark.light
 def test_same_key_from_flags_env_and_properties(tmp_path: Path, fake_model: Path) -> None:
     flags = run_kiln("key", str(fake_model), "--target", "neuron", "--n-positions", "2048", "--tp-degree", "4",
                      "--batch-size", "4", "--dtype", "fp16", "--toolchain", "neuronx-cc=2.15,transformers-neuronx=0.12,hardware=neuron-inf2")
@@ -109,6 +133,7 @@ def test_same_key_from_flags_env_and_properties(tmp_path: Path, fake_model: Path
     assert flags.stdout.strip() == env.stdout.strip() == prop.stdout.strip()
 
 
+@pytest.mark.light
 def test_key_explain_lists_inputs_and_ignored(tmp_path: Path, fake_model: Path) -> None:
     props = tmp_path / "serving.properties"
     props.write_text(f"engine=MPI\noption.model_id={fake_model}\noption.rolling_batch=trtllm\noption.max_input_len=512\n"
@@ -123,6 +148,7 @@ def test_key_explain_lists_inputs_and_ignored(tmp_path: Path, fake_model: Path) 
     assert {"engine", "option.enable_streaming"} <= {i["source"].split(" ")[0] for i in data["ignored"]}
 
 
+@pytest.mark.light
 @pytest.mark.parametrize(
     "args,env,message",
     [
@@ -153,6 +179,7 @@ def test_bad_input_is_a_clear_error_without_traceback(fake_model: Path, args: li
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.light
 def test_bad_env_and_properties_exit_2_without_traceback(tmp_path: Path, fake_model: Path) -> None:
     r = run_kiln("lookup", "--from-env", env={"HF_MODEL_ID": str(fake_model), "OPTION_ROLLING_BATCH": "trtllm",
                                               "OPTION_TENSOR_PARALLEL_DEGREE": "max"})
@@ -167,21 +194,23 @@ def test_bad_env_and_properties_exit_2_without_traceback(tmp_path: Path, fake_mo
     assert r.returncode == 2 and "no target given" in r.stderr
 
 
+@pytest.mark.light
 def test_missing_model_is_exit_2(tmp_path: Path) -> None:
     r = run_kiln("lookup", "org/not-cached", *AOTI)
     assert r.returncode == 2 and "HF_HUB_OFFLINE=1" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.light
 def test_lookup_never_imports_torch(tmp_path: Path, fake_model: Path) -> None:
     assert run_kiln("store", "put", str(_artifact(tmp_path)), str(fake_model), *AOTI).returncode == 0
     code = (
         "import sys\n"
         "from kiln.cli import main\n"
         "try:\n"
-        f"    main(['lookup', {str(fake_model)!r}, '--target', 'torch-aoti', '--n-positions', '256'])\n"
+        f"    main(['lookup', {str(fake_model)!r}, *{AOTI!r}])\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'tensorrt_llm', 'transformers_neuronx', 'numpy'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'tensorrt_llm', 'transformers_neuronx', 'numpy', 'safetensors'))\n"
         "print('HEAVY', heavy)\n"
     )
     import subprocess
@@ -192,13 +221,14 @@ def test_lookup_never_imports_torch(tmp_path: Path, fake_model: Path) -> None:
     assert "HEAVY []" in out.stdout, out.stdout
 
 
+@pytest.mark.light
 def test_fetch_refuses_a_non_empty_dest_unless_forced(tmp_path: Path, fake_model: Path) -> None:
     assert run_kiln("store", "put", str(_artifact(tmp_path)), str(fake_model), *AOTI).returncode == 0
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "old.txt").write_text("keep me")
     r = run_kiln("fetch", str(fake_model), *AOTI, "--dest", str(dest))
-    assert r.returncode == 2 and "not empty" in r.stderr
+    assert r.returncode == 2 and "old.txt is not part of the artifact" in r.stderr and "--force" in r.stderr
     assert (dest / "old.txt").read_text() == "keep me"
     r = run_kiln("fetch", str(fake_model), *AOTI, "--dest", str(dest), "--force")
     assert r.returncode == 0 and (dest / "engine.pt2").exists() and not (dest / "old.txt").exists()
