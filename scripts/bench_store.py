@@ -168,9 +168,10 @@ def main() -> None:
 
         t_cp_sync = best(cp_sync, lambda: shutil.rmtree(cp_dest))
 
-        put_store = Store(tmp / "put-store")
-        res = resolution(put_store, model, 2048, 1)
-        t_put = best(lambda: api.put(res, src, store=put_store), lambda: shutil.rmtree(put_store.root))
+        put_root = tmp / "put-store"
+        res = resolution(Store(put_root), model, 2048, 1)
+        # A fresh Store per repeat: the cleanup deletes the whole store root.
+        t_put = best(lambda: api.put(res, src, store=Store(put_root)), lambda: shutil.rmtree(put_root))
         log(f"put {t_put:.2f} s, cp -r {t_cp:.2f} s, cp -r + sync {t_cp_sync:.2f} s")
 
         rows.append((f"put {args.size_mib} MiB ({args.files} files), `kiln.api.put`",
@@ -180,6 +181,7 @@ def main() -> None:
                      f"put/(cp+sync) time {t_put / t_cp_sync:.2f}x"))
 
         # ---------------------------------------------------------------- materialise
+        put_store = Store(put_root)
         api.put(res, src, store=put_store)
         manifest = put_store.read_manifest(api.lookup(res, store=put_store).entry.manifest)  # type: ignore[union-attr]
         dest = tmp / "dest"
