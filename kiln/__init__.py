@@ -1,7 +1,17 @@
 """Kiln: build accelerated LLM engines ahead of time and keep them in a content-addressed store.
 
-The public API is what ``__all__`` lists (a test pins it); it is re-exported from
-:mod:`kiln.api`. Everything else may change.
+The public API is what ``__all__`` lists (a test pins it, and that every name has a
+docstring); it is re-exported from :mod:`kiln.api`. Everything else may change.
+
+Typical use::
+
+    store = kiln.Store()                                          # KILN_HOME
+    remote = kiln.open_remote("s3://bucket/prefix")               # or None
+    res = kiln.resolve(kiln.BuildSpec("torch-aoti", "org/model", n_positions=512), store=store)
+    found = kiln.lookup(res, store=store, remote=remote)          # exit-code-free `kiln lookup`
+    engine = kiln.load_engine(res, store=store, remote=remote)    # torch-aoti: runs in-process
+
+Bad input raises a :class:`KilnError` subclass with the message the CLI prints.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from .api import (
     LookupResult,
     Quantization,
     Query,
+    Remote,
     Resolution,
     Store,
     build,
@@ -25,6 +36,7 @@ from .api import (
     load_engine,
     load_engine_by_key,
     lookup,
+    open_remote,
     parse_toolchain_pins,
     put,
     resolve,
@@ -44,6 +56,7 @@ __all__ = [
     "LookupResult",
     "Quantization",
     "Query",
+    "Remote",
     "Resolution",
     "Store",
     "build",
@@ -54,6 +67,7 @@ __all__ = [
     "load_engine",
     "load_engine_by_key",
     "lookup",
+    "open_remote",
     "parse_toolchain_pins",
     "put",
     "resolve",

@@ -136,3 +136,12 @@ def make_tiny_model(kind: str, dest: Path, *, seed: int = 0, **overrides: Any) -
     model.save_pretrained(dest, safe_serialization=True)
     _build_tokenizer(config.vocab_size).save_pretrained(dest)
     return dest
+
+
+def break_weights(model: Path) -> None:
+    """Make a model's build fail in its worker: a well-formed safetensors file whose tensors do
+    not fit the config (the header check before the build passes; loading the model fails)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"model.embed_tokens.weight": torch.zeros(2, 2)}, str(model / "model.safetensors"))

@@ -2,6 +2,12 @@
 
 Which targets load in-process, and how, is each target's answer (``Target.loads_in_process``,
 ``Target.load_engine``); others are materialised with `kiln fetch --dest` for their runtime.
+
+The device, one rule for both entry points: an engine runs on the device it was compiled for,
+which is its spec's ``device`` option (torch-aoti: ``-o device=cuda``; absent means ``cpu``).
+For :func:`load_engine` that is the spec of the artifact the lookup found, for
+:func:`load_engine_by_key` the stored entry's spec. Passing ``device=`` overrides it (for
+example ``"cuda:1"`` to choose a GPU for a CUDA engine).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cache import Store
+from ..cache import Remote, Store
 from ..errors import ModelError, NotFoundError, ToolchainError
 from ..manifests import IndexEntry, Manifest
 from ..targets import TOKENIZER_FILES, get_target
@@ -20,11 +26,20 @@ from .artifacts import find_artifact
 from .find import lookup
 from .resolution import Resolution
 
-__all__ = ["LoadedEngine", "load_engine", "load_engine_by_key"]
+__all__ = ["LoadedEngine", "load_engine", "load_engine_by_key", "engine_device"]
+
+
+def engine_device(entry: IndexEntry) -> str:
+    """The device an artifact's engine was compiled for: its spec's ``device`` option, else cpu."""
+    options = entry.spec.get("options") if isinstance(entry.spec, dict) else None
+    device = options.get("device") if isinstance(options, dict) else None
+    return str(device) if device else "cpu"
 
 
 @dataclass
 class LoadedEngine:
+    """A stored engine loaded in this process, with the directory it was materialised into."""
+
     engine: Any  # the target's engine object (torch-aoti: kiln.targets.torch_aoti.runtime.Engine)
     directory: Path  # the materialised artifact (tokenizer and config live here too)
     entry: IndexEntry  # the index entry it came from
@@ -45,15 +60,22 @@ class LoadedEngine:
             raise ModelError(f"the tokenizer stored with artifact {self.entry.key[:12]} cannot be loaded: {e}") from None
 
 
-def load_engine(res: Resolution, *, store: Store, device: str | None = None, directory: Path | None = None) -> LoadedEngine:
-    """Find the engine for ``res`` and load it; a miss raises NotFoundError with the explanation."""
+def load_engine(res: Resolution, *, store: Store, remote: Remote | None = None, device: str | None = None,
+                directory: Path | None = None) -> LoadedEngine:
+    """Find the engine for ``res`` and load it; a miss raises NotFoundError with the explanation.
+
+    Looks in ``store``, then in ``remote`` (as :func:`kiln.lookup` does: a remote hit is pulled
+    and verified into ``store``); never compiles. ``device``: None (the default) runs the
+    engine on the device it was built for (see the module docstring); ``directory``: where to
+    materialise it (default: a run directory of the store, removed at exit).
+    """
     target = get_target(res.spec.target)
     if not target.loads_in_process:
         raise ToolchainError(
             f"{target.name} engines are loaded by their own runtime; materialise one with "
             "`kiln fetch --dest DIR` and point the runtime at DIR."
         )
-    found = lookup(res, store=store)
+    found = lookup(res, store=store, remote=remote)
     if not found.hit:
         lines = "\n".join(found.damaged + found.explanation)
         raise NotFoundError(
@@ -61,12 +83,15 @@ def load_engine(res: Resolution, *, store: Store, device: str | None = None, dir
             f"Build it first: kiln build {res.model.ref} {res.spec.cli_flags()}"
         )
     assert found.manifest is not None and found.entry is not None
-    return _load_artifact(found.entry, found.manifest, store=store,
-                          device=device or res.spec.option("device", "cpu") or "cpu", directory=directory)
+    return _load_artifact(found.entry, found.manifest, store=store, device=device, directory=directory)
 
 
-def load_engine_by_key(key: str, *, store: Store, device: str = "cpu", directory: Path | None = None) -> LoadedEngine:
-    """Load by build key (or unique prefix): what a deployment that has only the store uses."""
+def load_engine_by_key(key: str, *, store: Store, device: str | None = None, directory: Path | None = None) -> LoadedEngine:
+    """Load by build key (or unique prefix): what a deployment that has only the store uses.
+
+    ``device`` and ``directory`` as for :func:`load_engine`: by default the engine runs on the
+    device its stored spec names.
+    """
     entry = find_artifact(store, key)
     target = get_target(str(entry.spec.get("target")))
     if not target.loads_in_process:
@@ -75,7 +100,7 @@ def load_engine_by_key(key: str, *, store: Store, device: str = "cpu", directory
     return _load_artifact(entry, manifest, store=store, device=device, directory=directory)
 
 
-def _load_artifact(entry: IndexEntry, manifest: Manifest, *, store: Store, device: str,
+def _load_artifact(entry: IndexEntry, manifest: Manifest, *, store: Store, device: str | None,
                    directory: Path | None) -> LoadedEngine:
     if directory is None:
         parent = store.new_run_dir()
@@ -84,5 +109,5 @@ def _load_artifact(entry: IndexEntry, manifest: Manifest, *, store: Store, devic
     # Kiln's own run directory under the store: hard links (instant; nothing writes into it).
     store.materialize(manifest, directory, link=True)
     store.touch(entry)
-    engine = get_target(str(entry.spec.get("target"))).load_engine(directory, device)
+    engine = get_target(str(entry.spec.get("target"))).load_engine(directory, device or engine_device(entry))
     return LoadedEngine(engine, directory, entry)

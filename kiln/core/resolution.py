@@ -2,7 +2,13 @@
 
 A :class:`Resolution` holds everything a build key needs. Resolving is fast (no weights are
 read beyond hashing, memoised) and happens before any expensive work, so bad input fails in
-milliseconds with a message naming the value and the fix.
+milliseconds with a message naming the value and the fix. The order is cheapest first: the
+spec's target (against the registry, aliases normalised), the model's directory and its
+config.json (each field validation reads is checked, naming the file), the spec against the
+model and target — and only then are the model's files hashed.
+
+This is where the Python API and the CLI meet: ``kiln.resolve(kiln.BuildSpec(...))`` and
+``kiln key ...`` run the same checks and raise the same :class:`~kiln.errors.KilnError` s.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..cache import Store
-from ..errors import ToolchainError
-from ..models import ModelSource, resolve_model
+from .._input import show
+from ..errors import SpecError, ToolchainError
+from ..models import ModelSource, locate_model, resolve_model
 from ..spec import BuildSpec, build_key, key_inputs
-from ..targets import TOKENIZER_FILES, get_target
+from ..targets import TOKENIZER_FILES, get_target, normalize_target
+from ..targets.base import model_dims
 from .specs import SpecSource
 
 __all__ = ["Resolution", "resolve", "compute_key"]
@@ -78,12 +86,26 @@ def resolve(
     store: Store,
     toolchain: Mapping[str, str] | None = None,
 ) -> Resolution:
-    """Resolve the model, validate the spec (fast, before any work), settle the toolchain."""
+    """Resolve the model, validate the spec (fast, before any work), settle the toolchain.
+
+    Raises a :class:`~kiln.errors.KilnError` naming the bad value and the fix: SpecError for
+    an unknown target, ModelError for a model that cannot be found or read (config.json
+    included), ValidationError for a spec that does not fit the model or the target.
+    """
     if isinstance(source, BuildSpec):
         source = SpecSource(source)
-    target = get_target(source.spec.target)
-    model = resolve_model(source.spec.model, store.memo)
-    resolved = target.validate(source.spec, model.config())
+    elif not isinstance(source, SpecSource):
+        raise SpecError(f"resolve() takes a kiln.BuildSpec (or a SpecSource), not {show(source)}.")
+    spec = source.spec
+    name = normalize_target(spec.target, "target")  # the CLI's check and message; aliases allowed
+    if name != spec.target:
+        spec = spec.replace(target=name)
+    target = get_target(name)
+    location = locate_model(spec.model)
+    config = location.config()
+    model_dims(config, str(location.config_path))  # every field validation reads, checked naming the file
+    resolved = target.validate(spec, config)
+    model = resolve_model(location, store.memo)  # hashing last: bad input never waits for it
     pins = dict(toolchain or {})
     unknown = set(pins) - set(target.components)
     if unknown:

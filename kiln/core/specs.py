@@ -15,7 +15,8 @@ from typing import Iterable, Mapping
 
 from ..errors import SpecError, ToolchainError
 from ..lmi import interpret, properties_from_env, read_serving_properties
-from ..spec import BuildSpec, Field, Quantization, normalize_dtype, parse_alpha, parse_bool, parse_positive_int
+from .._input import show
+from ..spec import LIMITS, BuildSpec, Field, Quantization, normalize_dtype, parse_alpha, parse_bool, parse_positive_int
 from ..targets import TARGETS, normalize_target
 from ..targets.instances import instance_devices
 
@@ -23,6 +24,8 @@ __all__ = ["SpecSource", "spec_from_fields", "spec_from_sources", "parse_toolcha
 
 
 _OPTION_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+_FIELD_NAMES = ("target", "model", "n_positions", "batch_size", "tp_degree", "dtype", "smoothquant_alpha",
+                "per_token", "per_channel", "int8_kv_cache")
 
 
 def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
@@ -30,8 +33,18 @@ def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
 
     Known field names: target, model, n_positions, batch_size, tp_degree, dtype,
     smoothquant_alpha, per_token, per_channel, int8_kv_cache, and ``option.<name>`` for target
-    options. Every bad value raises :class:`SpecError` naming its source.
+    options; any other name is an error (a misspelt field must not be silently dropped). A
+    value that is not a :class:`Field` is taken as written under its own name (the Python API:
+    ``spec_from_fields({"target": "torch-aoti", ...})``). Every bad value raises
+    :class:`SpecError` naming its source; integers are bounded by :data:`kiln.spec.LIMITS`.
     """
+    fields = {str(name): _printable(f if isinstance(f, Field) else Field(f, str(name))) for name, f in fields.items()}
+    unknown = sorted(n for n in fields if n not in _FIELD_NAMES and not n.startswith("option."))
+    if unknown:
+        raise SpecError(
+            f"{show(unknown[0])} is not a spec field; the fields are {', '.join(_FIELD_NAMES)} "
+            "and option.NAME for target options."
+        )
 
     def get(name: str) -> Field | None:
         f = fields.get(name)
@@ -45,6 +58,8 @@ def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
             f"no target given; pass --target ({', '.join(TARGETS)}), or set "
             "OPTION_ROLLING_BATCH / OPTION_ENTRYPOINT so Kiln can infer it."
         )
+    if not isinstance(target_f.value, str):
+        raise SpecError(f"{target_f.source}={show(target_f.value)} is not a Kiln target; write one of {', '.join(TARGETS)}.")
     target = normalize_target(target_f.value, target_f.source)
     model_f = get("model")
     if model_f is None:
@@ -52,11 +67,13 @@ def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
             "no model given; pass MODEL (a Hub id such as org/name[@revision] or a local "
             "directory), or set OPTION_MODEL_ID / HF_MODEL_ID, or option.model_id."
         )
-    model = str(model_f.value).strip()
+    if not isinstance(model_f.value, (str, os.PathLike)):
+        raise SpecError(f"{model_f.source}={show(model_f.value)} must be a Hub id (org/name[@revision]) or a directory.")
+    model = os.fspath(model_f.value).strip()
 
     def int_or(name: str, default: int | None) -> int | None:
         f = get(name)
-        return default if f is None else parse_positive_int(f.value, f.source)
+        return default if f is None else parse_positive_int(f.value, f.source, LIMITS[name])
 
     n_positions = int_or("n_positions", None)
     batch_size = int_or("batch_size", 1)
@@ -84,7 +101,7 @@ def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
             continue
         opt = name[len("option."):].strip().lower().replace("-", "_")
         if not _OPTION_NAME.match(opt):
-            raise SpecError(f"{f.source}: {opt!r} is not a valid target option name (letters, digits, _).")
+            raise SpecError(f"{f.source}: {show(opt)} is not a valid target option name (letters, digits, _).")
         options[opt] = str(f.value).strip()
     return BuildSpec(
         target=target,
@@ -96,6 +113,12 @@ def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
         quant=quant,
         options=tuple(sorted(options.items())),
     )
+
+
+def _printable(f: Field) -> Field:
+    """Messages name a field's source: keep them one line whatever the user typed (``--option $'a\\nb=1'``)."""
+    source = str(f.source)
+    return f if source.isprintable() and source == f.source else Field(f.value, source if source.isprintable() else repr(source))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 Both forms become the same intermediate: property name → :class:`Prop` (value and where it
 was written). What the properties mean is :mod:`kiln.lmi._interpret`'s job.
+
+A serving.properties file is a few lines; Kiln reads at most :data:`MAX_PROPERTIES_BYTES`
+of it and only from a regular file, so a path to a device (``/dev/zero``), a FIFO or a
+runaway file is one clear error, never a hang or an out-of-memory.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .._input import read_small_file, show_path
 from ..errors import ConfigSourceError
 
-__all__ = ["Prop", "parse_properties_text", "read_serving_properties", "properties_from_env"]
+__all__ = ["Prop", "parse_properties_text", "read_serving_properties", "properties_from_env", "MAX_PROPERTIES_BYTES"]
+
+MAX_PROPERTIES_BYTES = 1 << 20  # 1 MiB: DJL's own files are well under 4 KiB
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,10 @@ def parse_properties_text(text: str, origin: str = "serving.properties") -> dict
         if _continues(line):
             line = line[:-1]
         key, value = _split_key_value(line)
-        props[key] = Prop(value.rstrip(" \t\f"), f"{key} ({origin}:{lineno})")
+        # Escapes (\\n, \\u000a) can put control characters in a key; messages quote the
+        # source, so it is written printable.
+        shown = key if key.isprintable() else repr(key)
+        props[key] = Prop(value.rstrip(" \t\f"), f"{shown} ({origin}:{lineno})")
     return props
 
 
@@ -89,18 +99,15 @@ def _split_key_value(line: str) -> tuple[str, str]:
 
 
 def read_serving_properties(path: Path | str) -> dict[str, Prop]:
+    """The properties of an LMI serving.properties file (a regular file of at most 1 MiB)."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigSourceError(f"serving.properties file {p} does not exist; check the path.") from None
-    except OSError as e:
-        raise ConfigSourceError(f"cannot read {p}: {e.strerror}.") from None
+    raw = read_small_file(p, MAX_PROPERTIES_BYTES, "serving.properties file", ConfigSourceError,
+                          "pass the path of an LMI serving.properties file (a few lines of option.NAME=VALUE)")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # what java.util.Properties.load(InputStream) assumes
-    return parse_properties_text(text, p.name)
+    return parse_properties_text(text, show_path(p.name))
 
 
 _SNAKE_CAPS = re.compile(r"[A-Z0-9_]+\Z")
@@ -116,6 +123,7 @@ _ENV_FALLBACKS = {
 
 
 def properties_from_env(env: Mapping[str, str]) -> dict[str, Prop]:
+    """LMI properties from ``OPTION_*`` (and fallback) environment variables, as DJL maps them."""
     props: dict[str, Prop] = {}
     for name in sorted(env):
         value = env[name]
@@ -130,7 +138,7 @@ def properties_from_env(env: Mapping[str, str]) -> dict[str, Prop]:
             prop = "engine"
         else:
             prop = "option." + key
-        props[prop] = Prop(str(value).strip(), name)
+        props[prop] = Prop(str(value).strip(), name if name.isprintable() else repr(name))
     # Fallbacks only fill what OPTION_* left unset (DJL uses putIfAbsent / getenv fallbacks).
     for name, prop in _ENV_FALLBACKS.items():
         value = env.get(name)

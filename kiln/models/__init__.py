@@ -1,5 +1,30 @@
-"""Models: resolving a model ref (a local directory or a Hugging Face Hub id) to its files and digest."""
+"""Models: resolving a model ref (a local directory or a Hugging Face Hub id) to its files and digest.
 
-from ._resolve import ModelFile, ModelSource, parse_model_ref, resolve_model
+Also the cheap checks of a model's files that run before a build starts any worker
+(:func:`check_weight_files`: every safetensors header is read and checked against its file).
+"""
 
-__all__ = ["ModelFile", "ModelSource", "parse_model_ref", "resolve_model"]
+from ._resolve import (
+    MODEL_FILE_IGNORES,
+    ModelFile,
+    ModelLocation,
+    ModelSource,
+    locate_model,
+    parse_model_ref,
+    read_config,
+    resolve_model,
+)
+from ._weights import check_weight_files, check_safetensors
+
+__all__ = [
+    "MODEL_FILE_IGNORES",
+    "ModelFile",
+    "ModelLocation",
+    "ModelSource",
+    "check_safetensors",
+    "check_weight_files",
+    "locate_model",
+    "parse_model_ref",
+    "read_config",
+    "resolve_model",
+]

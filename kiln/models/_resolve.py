@@ -1,14 +1,20 @@
 """Model refs → model sources: where the files are, what their bytes are, one tree digest.
 
-A model ref is a local directory or a Hugging Face Hub id ``org/name[@revision]``. Hub ids
-resolve through huggingface_hub's cache (offline with ``HF_HUB_OFFLINE=1``, the normal case
-on build machines without Hub access). The tree digest is sha256 over the canonical list of
-(path, sha256, size) of every file that can change a build's output; it, never the model's
-name or path, is what identifies weights in a build key.
+A model ref is a local directory or a Hugging Face Hub id ``org/name[@revision]``
+(:mod:`kiln.models._refs` tells them apart). Hub ids resolve through huggingface_hub's cache
+(offline with ``HF_HUB_OFFLINE=1``, the normal case on build machines without Hub access;
+:mod:`kiln.models._hub`). The tree digest is sha256 over the canonical list of (path,
+sha256, size) of every file that can change a build's output; it, never the model's name or
+path, is what identifies weights in a build key.
+
+Resolving is two steps so that bad input fails before any hashing: :func:`locate_model`
+finds the directory (and :meth:`ModelLocation.config` reads config.json, a bounded read of a
+JSON object), then :func:`resolve_model` hashes it.
 
 Hashing each byte once: in the HF cache, LFS files (the weights) are stored as blobs named by
 their sha256, so that name is reused; every other file is hashed through the store's
-:class:`~kiln.cache.HashMemo`.
+:class:`~kiln.cache.HashMemo`. Only regular files are hashed: a FIFO or a device in a model
+directory is refused (hashing it would hang or never end).
 """
 
 from __future__ import annotations
@@ -18,14 +24,19 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._input import read_small_file, show_path
 from ..cache import HashMemo
-from ..errors import ModelError, ModelNotFoundError, SpecError
+from ..errors import ModelError
+from ._hub import hub_snapshot
+from ._refs import missing_directory_error, parse_model_ref
 
-__all__ = ["ModelFile", "ModelSource", "resolve_model", "parse_model_ref", "MODEL_FILE_IGNORES"]
+__all__ = ["ModelFile", "ModelLocation", "ModelSource", "locate_model", "read_config", "resolve_model",
+           "parse_model_ref", "MODEL_FILE_IGNORES", "MAX_CONFIG_BYTES"]
 
 # Files that never change an engine: docs, licences, git metadata, and the duplicate
 # "original/" consolidated checkpoints Meta ships beside the HF weights. Everything else is
@@ -34,12 +45,59 @@ MODEL_FILE_IGNORES = (
     "*.md", "LICENSE*", "USE_POLICY*", "NOTICE*", ".gitattributes", ".gitignore",
     "original/*", ".cache/*", ".git/*", ".huggingface/*",
 )
-_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?)(@(?P<rev>[\w.\-/]+))?\Z")
+MAX_CONFIG_BYTES = 16 << 20  # config.json: a few KiB in practice (large id2label maps: hundreds of KiB)
+_JSON_KINDS = {list: "an array", str: "a string", type(None): "null", bool: "a boolean", int: "a number", float: "a number"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """config.json of ``model_dir`` as a dict ({} when there is none, e.g. a GGUF-only directory).
+
+    Raises ModelError naming the file when it is not a regular file of at most
+    :data:`MAX_CONFIG_BYTES` holding one JSON object.
+    """
+    cfg = model_dir / "config.json"
+    if not os.path.lexists(cfg):
+        return {}
+    fix = "re-download the model, or fix config.json (a JSON object of the model's settings)"
+    raw = read_small_file(cfg, MAX_CONFIG_BYTES, "model config", ModelError, fix)
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ModelError(f"model config {show_path(cfg)} is not valid JSON ({reason}); {fix}.") from None
+    if not isinstance(data, dict):
+        kind = _JSON_KINDS.get(type(data), type(data).__name__)
+        raise ModelError(
+            f"model config {show_path(cfg)} holds {kind}, not a JSON object; a config.json is an object such as "
+            f'{{"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096, ...}}: {fix}.'
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model ref's files are, before any of them is hashed."""
+
+    ref: str
+    kind: str  # "local" or "hub"
+    path: Path
+    repo_id: str | None = None
+    revision: str | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    def config(self) -> dict[str, Any]:
+        """config.json as a dict (see :func:`read_config`)."""
+        return read_config(self.path)
 
 
 @dataclass(frozen=True)
 class ModelFile:
+    """One file of a model directory: its relative path, sha256 and size."""
+
     path: str  # relative, POSIX separators
     sha256: str  # hex
     size: int
@@ -47,6 +105,8 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class ModelSource:
+    """A resolved model: its directory, every file that can change a build, and the tree digest."""
+
     ref: str
     kind: str  # "local" or "hub"
     path: Path
@@ -56,15 +116,13 @@ class ModelSource:
     revision: str | None = None
     commit: str | None = None
 
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
     def config(self) -> dict[str, Any]:
         """config.json as a dict ({} when the model has none, e.g. a GGUF-only directory)."""
-        cfg = self.path / "config.json"
-        if not cfg.is_file():
-            return {}
-        try:
-            return json.loads(cfg.read_text())
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot read {cfg}: {e}; the model directory looks damaged.") from None
+        return read_config(self.path)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,28 +134,6 @@ class ModelSource:
             "tree_digest": self.tree_digest,
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
         }
-
-
-def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
-    """Classify a ref: ("local", path, None) or ("hub", repo_id, revision)."""
-    text = ref.strip()
-    if not text:
-        raise SpecError("the model ref is empty; pass a Hub id (org/name[@revision]) or a local directory.")
-    if text.startswith(("s3://", "gs://", "http://", "https://")):
-        raise SpecError(
-            f"model {text!r}: Kiln resolves Hub ids and local directories; download the model "
-            "to a local directory first (e.g. `aws s3 sync`) and pass that directory."
-        )
-    expanded = os.path.expanduser(text)
-    if os.path.isdir(expanded) or text.startswith(("/", ".", "~")):
-        return "local", expanded, None
-    m = _HUB_ID.match(text)
-    if not m:
-        raise SpecError(
-            f"model {text!r} is neither an existing directory nor a Hub id of the form "
-            "org/name[@revision]."
-        )
-    return "hub", m.group("repo"), m.group("rev")
 
 
 def _ignored(rel: str) -> bool:
@@ -134,58 +170,46 @@ def _hash_tree(root: Path, memo: HashMemo, *, trust_lfs_names: bool) -> list[Mod
         if _ignored(rel):
             continue
         try:
-            size = p.stat().st_size  # follows the snapshot's symlink to the blob
+            st = p.stat()  # follows the snapshot's symlink to the blob
         except FileNotFoundError:
             raise ModelError(
-                f"{p} is a dangling link (an interrupted download?); re-download the model."
+                f"{show_path(p)} is a dangling link (an interrupted download?); re-download the model."
             ) from None
+        except OSError as e:
+            raise ModelError(f"cannot read model file {show_path(p)}: {e.strerror}.") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(
+                f"model file {show_path(p)} is not a regular file (a FIFO, socket or device); hashing it would "
+                "never end: remove it from the model directory."
+            )
+        size = st.st_size
         digest = _lfs_sha256(p) if trust_lfs_names else None
         files.append(ModelFile(rel, digest or memo.sha256(p), size))
     if not files:
-        raise ModelError(f"model directory {root} holds no model files; is it the right directory?")
+        raise ModelError(f"model directory {show_path(root)} holds no model files; is it the right directory?")
     return files
 
 
-def _hf_cache_dir() -> str:
-    # Read at call time: huggingface_hub reads these once at import, which would pin a
-    # long-lived process (or a test session) to the first value it saw.
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "huggingface", "hub")
-
-
-def resolve_model(ref: str, memo: HashMemo | None = None) -> ModelSource:
-    memo = memo or HashMemo(None)
+def locate_model(ref: str) -> ModelLocation:
+    """Find a model ref's directory (a Hub id: its snapshot, downloaded unless offline); no hashing."""
     kind, where, revision = parse_model_ref(ref)
+    assert where is not None
     if kind == "local":
         root = Path(where)
         if not root.is_dir():
-            raise ModelNotFoundError(f"model directory {root} does not exist; check the path.")
-        files = _hash_tree(root, memo, trust_lfs_names=False)
-        return ModelSource(str(root.resolve()), "local", root.resolve(), tuple(files), _tree_digest(files))
+            raise missing_directory_error(ref.strip())
+        return ModelLocation(str(root.resolve()), "local", root.resolve())
+    return ModelLocation(ref, "hub", hub_snapshot(where, revision), repo_id=where, revision=revision)
 
-    from huggingface_hub import snapshot_download  # lazy: keeps `kiln --help` light
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    try:
-        snapshot = Path(
-            snapshot_download(where, revision=revision, local_files_only=offline, cache_dir=_hf_cache_dir())
-        )
-    except LocalEntryNotFoundError:
-        raise ModelNotFoundError(
-            f"model {where}{'@' + revision if revision else ''} is neither a local directory nor in "
-            f"the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it; run "
-            f"`huggingface-cli download {where}` on a machine with Hub access (sharing HF_HOME), "
-            "or pass a local directory."
-        ) from None
-    except Exception as e:  # huggingface_hub raises a zoo of types for network/auth failures
-        raise ModelError(f"cannot resolve model {ref!r} on the Hub: {e}") from None
-    files = _hash_tree(snapshot, memo, trust_lfs_names=True)
+def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> ModelSource:
+    """Locate (unless given a :class:`ModelLocation`) and hash a model: its files and tree digest."""
+    memo = memo or HashMemo(None)
+    loc = ref if isinstance(ref, ModelLocation) else locate_model(ref)
+    files = _hash_tree(loc.path, memo, trust_lfs_names=loc.kind == "hub")
+    if loc.kind == "local":
+        return ModelSource(loc.ref, "local", loc.path, tuple(files), _tree_digest(files))
     return ModelSource(
-        ref, "hub", snapshot, tuple(files), _tree_digest(files),
-        repo_id=where, revision=revision or "main", commit=snapshot.name,
+        loc.ref, "hub", loc.path, tuple(files), _tree_digest(files),
+        repo_id=loc.repo_id, revision=loc.revision or "main", commit=loc.path.name,
     )

@@ -13,6 +13,7 @@ workers) are imported only inside worker processes and engine loaders.
 
 from __future__ import annotations
 
+from .._input import show
 from ..errors import SpecError
 from ._layouts import RAW, Layout
 from ._model_files import TOKENIZER_FILES
@@ -49,7 +50,7 @@ def normalize_target(value: object, source: str = "target") -> str:
     text = str(value).strip().lower()
     if text in _ALIASES:
         return _ALIASES[text]
-    raise SpecError(f"{source}={value!r} is not a Kiln target; write one of {', '.join(TARGETS)}.")
+    raise SpecError(f"{source}={show(value)} is not a Kiln target; write one of {', '.join(TARGETS)}.")
 
 
 def get_target(name: str) -> Target:

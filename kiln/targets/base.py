@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from .._input import show
 from ..errors import KilnError, SpecError, ToolchainError, ValidationError
-from ..spec import BuildSpec
+from ..spec import LIMITS, MAX_INT, BuildSpec
 from ..manifests import IndexEntry, Manifest
 from ._layouts import RAW, Layout
 from ._plan import Stage, Step
@@ -88,20 +89,79 @@ class ResolvedSpec:
     notes: tuple[str, ...] = ()
 
 
-def model_dims(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The shape facts validation needs, across config spellings (Llama, GPT-2, …)."""
-    text = config.get("text_config") or {}
+# The most attention heads a config may declare (real models: 8-128); more is a damaged file,
+# and validation enumerates the divisors of the head count.
+_MAX_HEADS = 1 << 16
+_MAX_OPTION_VALUE = 1024  # characters of a target option's value (the longest real ones: ~80)
+_JSON_KINDS = {list: "an array", str: "a string", type(None): "null", bool: "a boolean", int: "a number",
+               float: "a number"}
+
+
+def _kind(value: Any) -> str:
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _config_error(source: str, what: str, example: str) -> ValidationError:
+    return ValidationError(
+        f"{source}: {what}; the model's config.json is damaged or not a Hugging Face model config: fix the field "
+        f"(for example {example}) or re-download the model."
+    )
+
+
+def _config_int(cfg: Mapping[str, Any], names: tuple[str, ...], source: str, maximum: int, example: int) -> int | None:
+    """The first of ``names`` set in ``cfg``, checked to be an integer in [1, maximum]."""
+    for name in names:
+        value = cfg.get(name)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 4096.0: some exporters write floats
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _config_error(source, f"{name}={show(value)} is not a positive integer", f'"{name}": {example}')
+        if value > maximum:
+            raise _config_error(source, f"{name}={show(value)} is larger than any model's (at most {maximum})",
+                                f'"{name}": {example}')
+        return value
+    return None
+
+
+def _config_mapping(cfg: Mapping[str, Any], name: str, source: str, example: str) -> Mapping[str, Any] | None:
+    value = cfg.get(name)
+    if value is None or isinstance(value, Mapping):
+        return value
+    raise _config_error(source, f"{name} is {_kind(value)} ({show(value)}), not an object", f'"{name}": {example}')
+
+
+def model_dims(config: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """The shape facts validation needs, across config spellings (Llama, GPT-2, …).
+
+    Every field read is checked (``source`` names the config file in messages): head counts
+    and positions are positive integers within sane bounds, ``architectures`` is a list of
+    class names, ``text_config`` and ``rope_scaling`` are objects; anything else raises
+    :class:`ValidationError` naming the file, the field and the fix.
+    """
+    if not isinstance(config, Mapping):
+        raise _config_error(source, f"the file holds {_kind(config)}, not a JSON object",
+                            '{"architectures": ["LlamaForCausalLM"], ...}')
+    text = _config_mapping(config, "text_config", source, '{"num_attention_heads": 32, ...}')
     cfg = {**text, **config} if text else config
-    heads = cfg.get("num_attention_heads", cfg.get("n_head"))
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    max_pos = cfg.get("max_position_embeddings", cfg.get("n_positions"))
-    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or None
+    heads = _config_int(cfg, ("num_attention_heads", "n_head"), source, _MAX_HEADS, 32)
+    kv_heads = _config_int(cfg, ("num_key_value_heads",), source, _MAX_HEADS, 8) or heads
+    max_pos = _config_int(cfg, ("max_position_embeddings", "n_positions"), source, MAX_INT, 4096)
+    rope = _config_mapping(cfg, "rope_scaling", source, '{"rope_type": "linear", "factor": 2.0}') \
+        or _config_mapping(cfg, "rope_parameters", source, '{"rope_type": "default"}')
     rope_type = None
-    if isinstance(rope, Mapping):
+    if rope:
         rope_type = rope.get("rope_type") or rope.get("type")
+        if rope_type is not None and not isinstance(rope_type, str):
+            raise _config_error(source, f"rope_scaling's rope_type={show(rope_type)} is not a name",
+                                '"rope_type": "linear"')
         if rope_type in (None, "default"):
             rope_type = None
-    archs = cfg.get("architectures") or []
+    archs = cfg.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise _config_error(source, f"architectures={show(archs)} is not a list of class names",
+                            '"architectures": ["LlamaForCausalLM"]')
     return {
         "architecture": archs[0] if archs else None,
         "heads": heads,
@@ -254,6 +314,11 @@ class Target:
         if n_positions is None:
             if max_pos is None:
                 raise ValidationError("the model config gives no max_position_embeddings; pass --n-positions.")
+            if max_pos > LIMITS["n_positions"]:
+                raise ValidationError(
+                    f"the model's max_position_embeddings={max_pos} is more than Kiln builds for by default (at most "
+                    f"{LIMITS['n_positions']}); pass --n-positions with the context length to build for."
+                )
             n_positions = int(max_pos)
             changes["n_positions"] = n_positions
             notes.append(f"n_positions: default from the model's max_position_embeddings ({n_positions})")
@@ -280,10 +345,17 @@ class Target:
             opt = known.get(name)
             if opt is None:
                 hint = f"; options of {self.name}: {', '.join(sorted(known))}" if known else f"; {self.name} takes no target options"
-                raise ValidationError(f"target option {name}={value!r} is not known{hint}.")
+                raise ValidationError(f"target option {name}={show(value)} is not known{hint}.")
+            # Every option value ends up in a key, a worker's argv and messages: bounded and printable,
+            # whatever the target then checks of it.
+            if len(value) > _MAX_OPTION_VALUE or not value.isprintable():
+                raise ValidationError(
+                    f"target option {name}={show(value)} is not a value Kiln takes: at most {_MAX_OPTION_VALUE} "
+                    "printable characters."
+                )
             if opt.choices and value not in opt.choices:
                 raise ValidationError(
-                    f"target option {name}={value!r} is not one of {', '.join(opt.choices)}."
+                    f"target option {name}={show(value)} is not one of {', '.join(opt.choices)}."
                 )
 
     def _check_tp(self, tp: int, dims: Mapping[str, Any]) -> None:

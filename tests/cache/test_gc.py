@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_kiln, write_fake_model
-from tests.tiny_models import make_tiny_model
+from tests.tiny_models import break_weights, make_tiny_model
 from kiln import api
 from kiln.cache import Store
 from kiln.manifests import IndexEntry
@@ -255,7 +255,7 @@ def set_age(path: Path, days: float) -> None:
 
 def test_failed_build_logs_are_kept_30_days_then_collected(tmp_path: Path, store: Store) -> None:
     model = make_tiny_model("llama", tmp_path / "m", seed=4)
-    (model / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    break_weights(model)  # well-formed, wrong shapes: the worker fails and leaves its log
     old = fail_a_build(model, store)
     young = fail_a_build(model, store)
     assert old != young and sorted(store.logs_dir.iterdir()) == sorted([old, young])

@@ -21,7 +21,7 @@ from kiln.compile import build
 from kiln.errors import BuildError
 
 from ..conftest import run_kiln
-from ..tiny_models import make_tiny_model
+from ..tiny_models import break_weights, make_tiny_model
 
 SPEC = ["--target", "torch-aoti", "--n-positions", "64", "--dtype", "fp32"]
 
@@ -129,7 +129,7 @@ def test_changed_weights_are_a_miss_and_rebuild(tmp_path: Path, store: Store) ->
 
 def test_a_failing_compile_publishes_nothing_and_shows_the_log(tmp_path: Path, store: Store) -> None:
     model = make_tiny_model("llama", tmp_path / "m", seed=4)
-    (model / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    break_weights(model)
     res = resolve(BuildSpec("torch-aoti", str(model), n_positions=32, dtype="fp32"), store=store)
     with pytest.raises(BuildError, match="nothing was published") as info:
         build(res, store=store)
@@ -137,6 +137,15 @@ def test_a_failing_compile_publishes_nothing_and_shows_the_log(tmp_path: Path, s
     assert list(store.iter_entries()) == []
     r = run_kiln("build", str(model), "--target", "torch-aoti", "--n-positions", "32")
     assert r.returncode == 2 and "worker log (tail)" in r.stderr and "Traceback (most recent call last)" in r.stderr
+
+
+def test_garbage_weights_are_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=4)
+    (model / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    r = run_kiln("build", str(model), "--target", "torch-aoti", "--n-positions", "32", env={"KILN_HOME": str(tmp_path / "s")})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "model.safetensors" in r.stderr and "worker log" not in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s" / "builds").exists() or not any((tmp_path / "s" / "builds").iterdir())
 
 
 def test_a_worker_that_writes_nothing_publishes_nothing(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from kiln.lmi import interpret, parse_properties_text, properties_from_env, read_serving_properties
+from kiln.lmi._read import MAX_PROPERTIES_BYTES
 from kiln.api import spec_from_sources
 from kiln.errors import ConfigSourceError, SpecError
-from kiln.spec import Field, Quantization
+from kiln.spec import LIMITS, Field, Quantization
+
+from ..conftest import run_kiln
 
 
 def test_java_properties_syntax() -> None:
@@ -188,3 +192,83 @@ def test_target_aliases_select_the_same_lmi_rules() -> None:
              for alias in ("trtllm", "tensorrt-llm", "TRTLLM")}
     assert len(set(specs.values())) == 1
     assert specs["trtllm"].n_positions == 4096 and ("max_num_tokens", "8192") in specs["trtllm"].options
+
+
+# --------------------------------------------------------------------------- hostile input (issue 11)
+
+HUGE = "1" + "0" * 5000  # past Python's 4300-digit int-conversion limit
+TRT_ENV = {"OPTION_MODEL_ID": "m", "OPTION_ROLLING_BATCH": "trtllm"}
+
+
+@pytest.mark.parametrize(
+    "variable,shown",
+    [
+        ("OPTION_N_POSITIONS", "OPTION_N_POSITIONS"),
+        ("OPTION_TENSOR_PARALLEL_DEGREE", "OPTION_TENSOR_PARALLEL_DEGREE"),
+        ("OPTION_MAX_ROLLING_BATCH_SIZE", "OPTION_MAX_ROLLING_BATCH_SIZE"),
+        ("OPTION_MAX_INPUT_LEN", "OPTION_MAX_INPUT_LEN"),
+        ("OPTION_MAX_SEQ_LEN", "OPTION_MAX_SEQ_LEN"),
+        ("SM_NUM_GPUS", "SM_NUM_GPUS"),
+    ],
+)
+@pytest.mark.parametrize("value", [HUGE, str(10**30)])
+def test_huge_integers_in_env_are_refused_naming_the_variable(variable: str, shown: str, value: str) -> None:
+    with pytest.raises(SpecError, match=rf"{shown}=.* is too large: at most \d+; write a smaller value") as info:
+        spec_from_sources({}, from_env=True, env={**TRT_ENV, variable: value})
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_input_plus_output_len_beyond_the_limit_names_both() -> None:
+    env = {**TRT_ENV, "OPTION_MAX_INPUT_LEN": str(LIMITS["n_positions"]), "OPTION_MAX_OUTPUT_LEN": "1"}
+    with pytest.raises(SpecError, match=r"option.max_input_len \+ option.max_output_len=16777217 is too large"):
+        spec_from_sources({}, from_env=True, env=env)
+
+
+def test_huge_integer_in_a_properties_file_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "serving.properties"
+    p.write_text(f"option.model_id=m\noption.rolling_batch=trtllm\noption.max_rolling_batch_size={HUGE}\n")
+    with pytest.raises(SpecError, match=r"option.max_rolling_batch_size \(serving.properties:3\)=.* is too large: at most 65536"):
+        spec_from_sources({}, serving_properties=p, env={})
+
+
+@pytest.mark.parametrize("path,kind", [("/dev/zero", "a device"), ("/dev/null", "a device")])
+def test_a_device_is_refused_not_read(path: str, kind: str) -> None:
+    with pytest.raises(ConfigSourceError, match=f"serving.properties file {path} is {kind}, not a regular file; pass the path"):
+        read_serving_properties(path)
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigSourceError, match="is a directory, not a file"):
+        read_serving_properties(tmp_path)
+
+
+def test_a_file_over_one_mib_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "serving.properties"
+    p.write_bytes(b"option.model_id=" + b"m" * MAX_PROPERTIES_BYTES + b"\n")
+    with pytest.raises(ConfigSourceError, match=r"is 1048593 bytes, more than the 1 MiB Kiln reads"):
+        read_serving_properties(p)
+    p.write_bytes(b"option.model_id=m\n" + b"#" * (MAX_PROPERTIES_BYTES - 18))  # exactly 1 MiB: read
+    assert read_serving_properties(p)["option.model_id"].value == "m"
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """A real subprocess: if opening the FIFO blocked, the run would hang (run_kiln's timeout
+    is only a guard against a hung suite, never an assertion)."""
+    fifo = tmp_path / "serving.properties"
+    os.mkfifo(fifo)
+    r = run_kiln("key", "--serving-properties", str(fifo))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == f"kiln: error: serving.properties file {fifo} is a FIFO, not a regular file; pass the path of an " \
+                       "LMI serving.properties file (a few lines of option.NAME=VALUE).\n"
+
+
+def test_escapes_that_make_control_characters_stay_escaped_in_messages() -> None:
+    props = parse_properties_text("option.n_positions\\u000a=abc\noption.n_positions=4k\n")
+    assert props["option.n_positions\n"].source == "'option.n_positions\\n' (serving.properties:1)"
+    env = properties_from_env({"OPTION_A\tB": "1"})
+    assert env["option.A\tB"].source == "'OPTION_A\\tB'"
+
+
+def test_a_path_with_a_nul_byte_is_refused() -> None:
+    with pytest.raises(ConfigSourceError, match="holds a NUL byte"):
+        read_serving_properties("serving\x00.properties")

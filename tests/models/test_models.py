@@ -102,8 +102,10 @@ def test_hub_revisions_resolve_to_their_commits(tmp_path: Path) -> None:
 
 
 def test_hub_id_missing_offline_says_how_to_get_it() -> None:
-    with pytest.raises(ModelNotFoundError, match=r"org/absent.*HF_HUB_OFFLINE=1.*huggingface-cli download"):
+    with pytest.raises(ModelNotFoundError, match=r"org/absent.*HF_HUB_OFFLINE=1 is set.*run `hf download org/absent`"):
         resolve_model("org/absent")
+    with pytest.raises(ModelNotFoundError, match=r"`hf download org/absent --revision v2`"):
+        resolve_model("org/absent@v2")
 
 
 @pytest.mark.parametrize("ref", ["s3://bucket/model", "https://x/y", "", "not a ref!"])
@@ -113,5 +115,5 @@ def test_bad_refs(ref: str) -> None:
 
 
 def test_missing_local_dir() -> None:
-    with pytest.raises(ModelNotFoundError, match="does not exist"):
+    with pytest.raises(ModelNotFoundError, match=r"no such directory: ./no/such/dir \(./no does not exist\)"):
         resolve_model("./no/such/dir")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ...errors import KilnError, ValidationError
 from ...manifests import IndexEntry, Manifest
-from ...spec import BuildSpec
+from ...spec import BuildSpec, parse_positive_int
 from .._layouts import Layout
 from .._plan import Stage, Step
 from ..base import BuildInputs, LmiFacts, ResolvedSpec, StoredStep, Target, TargetOption
@@ -44,6 +44,11 @@ class TrtllmTarget(Target):
     def validate(self, spec: BuildSpec, config: Mapping[str, Any]) -> ResolvedSpec:
         resolved = super().validate(spec, config)
         opts = dict(resolved.spec.options)
+        # Counts are keyed in canonical form: "0512" and "512" build the same thing.
+        for k in ("calib_samples", "calib_seq_len", "max_num_tokens"):
+            if k in opts:
+                opts[k] = str(parse_positive_int(opts[k], f"target option {k}"))
+        resolved = ResolvedSpec(resolved.spec.replace(options=tuple(sorted(opts.items()))), resolved.notes)
         given = {k for k in CALIB_DEFAULTS if k in opts}
         if not (spec.quant.smoothquant or spec.quant.int8_kv_cache):
             if given:
@@ -52,9 +57,6 @@ class TrtllmTarget(Target):
                     "add --smoothquant ALPHA or drop them."
                 )
             return resolved
-        for k in ("calib_samples", "calib_seq_len"):
-            if k in opts and not (opts[k].isdigit() and int(opts[k]) > 0):
-                raise ValidationError(f"target option {k}={opts[k]!r} must be a positive integer.")
         cs = opts.get("calib_set")
         if cs is not None and cs != "default" and not re.fullmatch(r"sha256:[0-9a-f]{64}", cs):
             raise ValidationError(f"calib_set={cs!r} must be 'default' or the sha256 of a --calib-file.")

@@ -29,6 +29,13 @@ LLAMA2 = {
 }
 
 
+def _stand_in_weights(tag: str) -> bytes:
+    """A tiny well-formed safetensors file, different per model (the header check reads it)."""
+    header = json.dumps({"__metadata__": {"model": tag},
+                         "w": {"dtype": "U8", "shape": [len(tag)], "data_offsets": [0, len(tag)]}}).encode()
+    return len(header).to_bytes(8, "little") + header + tag.encode()
+
+
 @pytest.fixture
 def llama2_cache() -> None:
     """Llama-2 7B/13B (+chat) in the offline HF cache: real configs, stand-in weight bytes."""
@@ -37,7 +44,7 @@ def llama2_cache() -> None:
         for suffix in ("hf", "chat-hf"):
             cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": 4096,
                    "num_hidden_layers": 32, "vocab_size": 32000, **dims}
-            files = {"config.json": json.dumps(cfg).encode(), "model.safetensors": f"{size}-{suffix}".encode() * 64,
+            files = {"config.json": json.dumps(cfg).encode(), "model.safetensors": _stand_in_weights(f"{size}-{suffix}"),
                      "tokenizer.json": b"{}"}
             commit = hashlib.sha1(f"{size}{suffix}".encode()).hexdigest()
             write_hf_cache_model(hub, f"meta-llama/Llama-2-{size}-{suffix}", files, commit=commit)

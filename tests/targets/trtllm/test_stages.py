@@ -64,6 +64,8 @@ def test_four_shapes_calibrate_once_and_convert_once_per_tp(tmp_path: Path) -> N
     (["--per-token"], "SmoothQuant is not enabled"),
     (["--tp-degree", "3"], "tp_degree=3 does not divide"),
     (["--option", "calib_samples=10"], "only apply to calibrated builds"),
+    (["--smoothquant", "0.5", "--option", "calib_samples=\u00b2"], "target option calib_samples="),
+    (["--option", "max_num_tokens=lots"], "target option max_num_tokens="),
 ])
 def test_bad_input_fails_before_any_work(tmp_path: Path, args: list[str], message: str) -> None:
     model = make_tiny_model("llama", tmp_path / "m", seed=22)
