@@ -32,14 +32,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import CorruptBlobError, NotFoundError, UnsafeManifestError
-from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, check_digest
+from ..manifests._manifest import (
+    MAX_CONFIG_BYTES,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    check_digest,
+)
+from ..manifests._record import parse_record
 from ._fsutil import atomic_write_bytes, fsync_dir, unlink_quiet
 from ._hashmemo import hash_stream, stat_signature
 from ._progress import Progress
@@ -176,7 +181,8 @@ class Blobs:
         return Manifest.parse(self.read(digest, MAX_MANIFEST_BYTES))
 
     def read_record(self, manifest: Manifest) -> dict[str, Any]:
-        return json.loads(self.read(manifest.config.digest, MAX_CONFIG_BYTES))
+        """The build record a manifest names, verified against its digest and its schema."""
+        return parse_record(self.read(manifest.config.digest, MAX_CONFIG_BYTES))
 
     # ------------------------------------------------------------------ writes on the way in
     def ingest(self, tmp: Path, digest: str) -> None:

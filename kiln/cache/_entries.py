@@ -12,19 +12,21 @@ Invariants:
 * The entry file's mtime is the artifact's last use (``touch`` on every hit), for
   least-recently-used gc. A read-only store still serves hits; it just cannot record them.
 * Listing tolerates concurrent gc (an entry that vanishes between ``listdir`` and ``open`` is
-  skipped) and damaged files (skipped here, reported by ``kiln verify``); a direct lookup of
-  a damaged entry is an error naming the file, never a silent miss.
+  skipped) and damaged files (skipped here; ``on_bad`` hears of each, for ``kiln verify``); a
+  direct lookup of a damaged entry is an error naming the file, never a silent miss.
+* "Damaged" is anything :meth:`IndexEntry.parse` refuses (wrong JSON shape, wrong types, too
+  large or too deeply nested) or an entry stored under another key or model than it
+  describes: an entry that is returned at all has the exact shape callers index into.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from ..errors import StoreError
-from ..manifests._index import IndexEntry
+from ..errors import StoreError, UnsafeManifestError
+from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
 from ._fsutil import atomic_write_bytes, unlink_quiet
 
 __all__ = ["IndexFiles"]
@@ -37,17 +39,31 @@ class IndexFiles:
     def path(self, model_hex: str, key: str) -> Path:
         return self.index_dir / model_hex / f"{key}.json"
 
+    def _load(self, path: Path, model_hex: str, key: str) -> IndexEntry:
+        """The entry in ``path`` (index/<model_hex>/<key>.json); UnsafeManifestError if damaged."""
+        with open(path, "rb") as f:
+            data = f.read(MAX_ENTRY_BYTES + 1)  # bounded: a 50 MB "entry" is refused unread
+        entry = IndexEntry.parse(data, "the file")
+        if entry.key != key or entry.model_hex != model_hex:
+            raise UnsafeManifestError(
+                f"it describes key {entry.key[:12]} of model {entry.model_hex[:12]}, not the place it is stored at"
+            )
+        return entry
+
     def get(self, model_hex: str, key: str) -> IndexEntry | None:
+        path = self.path(model_hex, key)
         try:
-            return IndexEntry.from_json(json.loads(self.path(model_hex, key).read_bytes()))
+            return self._load(path, model_hex, key)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as e:
+        except UnsafeManifestError as e:
             raise StoreError(
-                f"index entry {self.path(model_hex, key)} is unreadable ({e}); run `kiln verify`."
+                f"index entry {path} is damaged ({e}); remove that file, then build or pull the artifact again."
             ) from None
 
-    def entries(self, model_hex: str | None = None) -> Iterator[IndexEntry]:
+    def entries(self, model_hex: str | None = None, *,
+                on_bad: Callable[[Path, str], None] | None = None) -> Iterator[IndexEntry]:
+        """Every valid entry (of one model); damaged files are skipped, each reported to ``on_bad``."""
         dirs: Iterable[Path]
         if model_hex is not None:
             dirs = [self.index_dir / model_hex]
@@ -65,11 +81,14 @@ class IndexFiles:
                 if not name.endswith(".json") or name.startswith("."):
                     continue
                 try:
-                    yield IndexEntry.from_json(json.loads((d / name).read_bytes()))
+                    entry = self._load(d / name, d.name, name[: -len(".json")])
                 except FileNotFoundError:
                     continue  # removed by gc while we listed
-                except (ValueError, KeyError, TypeError):
-                    continue  # reported by `kiln verify`
+                except (UnsafeManifestError, IsADirectoryError) as e:
+                    if on_bad is not None:
+                        on_bad(d / name, str(e) if isinstance(e, UnsafeManifestError) else "it is a directory")
+                    continue
+                yield entry
 
     def write(self, entry: IndexEntry) -> None:
         """Make ``entry`` visible: the last step of any publish (its blobs must be in place)."""

@@ -20,24 +20,25 @@ but not yet its index entry.
 
 from __future__ import annotations
 
-import json
-import re
+import hashlib
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import CorruptBlobError, NotFoundError, RemoteError, UnsafeManifestError
-from ..manifests._index import IndexEntry
-from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, check_digest
+from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
+from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
+from ..manifests._record import check_record_describes, parse_record
 from ._progress import Progress
 from ._store import Store
 from .remotes import Remote
 
-__all__ = ["PushResult", "PullResult", "push", "pull", "remote_entry", "remote_entries", "remote_gc", "RemoteGcPlan"]
+__all__ = ["PushResult", "PullResult", "push", "pull", "remote_entry", "remote_entries", "remote_gc", "RemoteGcPlan",
+           "warn_bad_remote_data"]
 
-MAX_ENTRY_BYTES = 1 << 20
 PARALLEL_FILES = 4
 
 
@@ -51,6 +52,10 @@ def entry_key(model_hex: str, key: str) -> str:
 
 @dataclass
 class PushResult:
+    """What one push moved. JSON shares its vocabulary with :class:`PullResult` (docs/json.md):
+    ``<verb>_blobs``/``<verb>_bytes`` for what was transferred, ``skipped_blobs``/``skipped_bytes``
+    for what the destination already had."""
+
     entry: IndexEntry
     uploaded: int = 0
     uploaded_bytes: int = 0
@@ -58,69 +63,105 @@ class PushResult:
     skipped_bytes: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {"key": self.entry.key, "uploaded_blobs": self.uploaded, "uploaded_bytes": self.uploaded_bytes,
+        return {"key": self.entry.key, "direction": "push",
+                "uploaded_blobs": self.uploaded, "uploaded_bytes": self.uploaded_bytes,
                 "skipped_blobs": self.skipped, "skipped_bytes": self.skipped_bytes}
 
 
 @dataclass
 class PullResult:
+    """What one pull moved (``reused``: file blobs already in the local store, not downloaded)."""
+
     entry: IndexEntry
     downloaded: int = 0
     downloaded_bytes: int = 0
     reused: int = 0
     retried: list[str] = field(default_factory=list)
+    reused_bytes: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {"key": self.entry.key, "downloaded_blobs": self.downloaded, "downloaded_bytes": self.downloaded_bytes,
-                "reused_blobs": self.reused, "retried": self.retried}
+        return {"key": self.entry.key, "direction": "pull",
+                "downloaded_blobs": self.downloaded, "downloaded_bytes": self.downloaded_bytes,
+                "skipped_blobs": self.reused, "skipped_bytes": self.reused_bytes, "retried": self.retried}
 
 
 # --------------------------------------------------------------------------- index on the remote
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+class _MalformedEntry(RemoteError):
+    """An index entry that was read but is not a valid entry (as opposed to one that could not be read)."""
 
 
-def _parse_entry(data: bytes | None, where: str) -> IndexEntry | None:
+# (message) -> None: how a reader reports remote data it refuses and skips.
+BadDataReport = Callable[[str], None]
+_log = logging.getLogger("kiln")
+_warned: set[str] = set()
+
+
+def warn_bad_remote_data(message: str) -> None:
+    """The default report of refused remote data: one ``kiln: WARNING: …`` line, once per process.
+
+    Logged on the ``kiln`` logger, which Python prints on stderr when nothing configured
+    logging. Once per message: one lookup may list a model's entries more than once (the
+    exact read, then the miss explanation), and the user needs to hear of a bad object once.
+    """
+    if message in _warned:
+        return
+    if len(_warned) < 10_000:
+        _warned.add(message)
+    _log.warning("kiln: WARNING: %s", message)
+
+
+def _parse_entry(data: bytes | None, where: str, remote: Remote) -> IndexEntry | None:
     """An index entry from the remote: untrusted data (DESIGN invariant 5).
 
-    Its key and model digest become local paths when it is pulled (``Store.write_entry``),
-    so both must be plain hex, and the entry must sit where its own content says it does:
-    an entry at index/<model>/<key A>.json that describes key B would otherwise be served as
-    a hit for A (a wrong hit), and a key like ``../../x`` would write outside the store.
+    Its exact shape is checked (:meth:`IndexEntry.parse`: size, nesting, every field), so no
+    reader crashes on it later. Its key and model digest become local paths when it is pulled
+    (``Store.write_entry``), and the entry must sit where its own content says it does: an
+    entry at index/<model>/<key A>.json that describes key B would otherwise be served as a
+    hit for A (a wrong hit). Raises :class:`_MalformedEntry` naming the object.
     """
     if data is None:
         return None
-    if len(data) > MAX_ENTRY_BYTES:
-        raise RemoteError(f"index entry {where} is larger than {MAX_ENTRY_BYTES} bytes; refusing it.")
     try:
-        entry = IndexEntry.from_json(json.loads(data))
-        check_digest(entry.manifest, "manifest")
-        check_digest(entry.model.get("tree_digest"), "model tree_digest")
-    except (ValueError, KeyError, TypeError, AttributeError, UnsafeManifestError) as e:
-        raise RemoteError(f"index entry {where} on the remote is malformed ({e}); refusing it.") from None
-    if not _HEX64.fullmatch(entry.key) or where != entry_key(entry.model_hex, entry.key):
-        raise RemoteError(
-            f"index entry {where} on the remote describes key {entry.key[:80]!r} of model "
-            f"{entry.model_hex[:80]!r}, not the place it is stored at; refusing it (a damaged or hostile remote)."
+        entry = IndexEntry.parse(data, "the document")
+    except UnsafeManifestError as e:
+        raise _MalformedEntry(f"index entry {where} on {remote.describe()} is malformed ({e}); refusing it.") from None
+    if where != entry_key(entry.model_hex, entry.key):
+        raise _MalformedEntry(
+            f"index entry {where} on {remote.describe()} describes key {entry.key[:12]} of model "
+            f"{entry.model_hex[:12]}, not the place it is stored at; refusing it (a damaged or hostile remote)."
         )
     return entry
 
 
-def remote_entry(remote: Remote, model_hex: str, key: str) -> IndexEntry | None:
+def remote_entry(remote: Remote, model_hex: str, key: str, *, on_bad: BadDataReport | None = None) -> IndexEntry | None:
+    """The remote's entry for exactly this key, or None if it has none — or only a malformed one
+    (reported through ``on_bad``, default :func:`warn_bad_remote_data`: a loud miss, never a crash)."""
     k = entry_key(model_hex, key)
-    return _parse_entry(remote.get(k, MAX_ENTRY_BYTES), k)
+    try:
+        return _parse_entry(remote.get(k, MAX_ENTRY_BYTES), k, remote)
+    except _MalformedEntry as e:
+        (on_bad or warn_bad_remote_data)(str(e))
+        return None
 
 
-def remote_entries(remote: Remote, model_hex: str | None = None) -> Iterator[IndexEntry]:
+def remote_entries(remote: Remote, model_hex: str | None = None, *,
+                   on_bad: BadDataReport | None = None) -> Iterator[IndexEntry]:
+    """Every valid entry on the remote (of one model); malformed ones are reported and skipped.
+
+    A failure to *read* an entry (network, permissions) is not skipped: it raises
+    RemoteError, since an entry that could not be read may be exactly the one looked for.
+    """
     prefix = f"index/{model_hex}/" if model_hex else "index/"
     for info in remote.list(prefix):
         if not info.key.endswith(".json"):
             continue
         try:
-            entry = _parse_entry(remote.get(info.key, MAX_ENTRY_BYTES), info.key)
-        except RemoteError:
-            continue  # reported by remote gc / verify, never served
+            entry = _parse_entry(remote.get(info.key, MAX_ENTRY_BYTES), info.key, remote)
+        except _MalformedEntry as e:
+            (on_bad or warn_bad_remote_data)(str(e))
+            continue  # never served
         if entry is not None:
             yield entry
 
@@ -178,8 +219,6 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
 
 
 def _fetch_small(remote: Remote, digest: str, limit: int) -> bytes:
-    import hashlib
-
     k = blob_key(digest)
     data = remote.get(k, limit)
     if data is None:
@@ -203,11 +242,13 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
         )
     record_bytes = _fetch_small(remote, manifest.config.digest, MAX_CONFIG_BYTES)
     try:
-        record_key = json.loads(record_bytes).get("key")
-    except ValueError:
-        record_key = None
-    if record_key != entry.key:
-        raise RemoteError(f"the build record of {entry.key[:12]} on {remote.describe()} names another key: refusing it.")
+        # The record is untrusted JSON too: schema, bounds, and that the entry tells its truth.
+        check_record_describes(parse_record(record_bytes), entry)
+    except UnsafeManifestError as e:
+        raise RemoteError(
+            f"the build record of {entry.key[:12]} on {remote.describe()} ({blob_key(manifest.config.digest)}) "
+            f"is refused: {e}; nothing was published."
+        ) from None
     result = PullResult(entry)
     count = threading.Lock()  # the counters are updated from the download threads
     with store.writer_lock():
@@ -270,7 +311,7 @@ class RemoteGcPlan:
     blobs: tuple[tuple[str, int], ...]  # (object key, size) to delete
     kept: int
     young: int  # unreferenced but within the grace period
-    broken_entries: tuple[str, ...]  # entries whose manifest is missing or bad (left alone, reported)
+    broken_entries: tuple[str, ...]  # entries whose manifest is missing (left alone, reported)
 
     @property
     def bytes(self) -> int:
@@ -280,40 +321,50 @@ class RemoteGcPlan:
 def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False) -> RemoteGcPlan:
     """Delete blobs no artifact on the remote references (older than ``grace_s``).
 
-    Reading failures abort the collection instead of being skipped: an entry or a manifest
-    that could not be *read* (timeout, throttling, a server error) may reference any blob, so
-    guessing "unreferenced" there would delete live data. Only entries and manifests that were
-    read and are malformed, missing or corrupt are reported as broken.
+    Whatever might reference a blob that gc cannot see stops it before it deletes anything:
+    an entry or a manifest that could not be *read* (timeout, throttling, a server error)
+    aborts with that RemoteError, and so does one that was read but cannot be understood —
+    a malformed index entry (of any shape: a list, an empty spec, a newer Kiln's schema) or a
+    manifest that is present but corrupt or unparseable — because it may reference any blob,
+    and guessing "unreferenced" there would delete live data. Only an entry whose manifest is
+    simply gone (its blobs are then unreachable anyway) is reported as broken and passed over.
     """
-    import hashlib
-
     referenced: set[str] = set()
     broken: list[str] = []
+    unreadable: list[str] = []
     for info in remote.list("index/"):
         if not info.key.endswith(".json"):
             continue
         data = remote.get(info.key, MAX_ENTRY_BYTES)  # a RemoteError here aborts gc
         try:
-            entry = _parse_entry(data, info.key)
-        except RemoteError as e:
-            broken.append(str(e))  # malformed: it is never served either
+            entry = _parse_entry(data, info.key, remote)
+        except _MalformedEntry as e:
+            unreadable.append(str(e))
             continue
         if entry is None:
             continue  # deleted since it was listed
         mkey = blob_key(entry.manifest)
         referenced.add(mkey)
         mdata = remote.get(mkey, MAX_MANIFEST_BYTES)  # a RemoteError here aborts gc
+        if mdata is None:
+            broken.append(f"{info.key}: manifest {mkey} is missing")
+            continue
         try:
-            if mdata is None:
-                raise RemoteError(f"manifest {mkey} is missing")
             if "sha256:" + hashlib.sha256(mdata).hexdigest() != entry.manifest:
-                raise RemoteError(f"manifest {mkey} does not match its digest")
+                raise UnsafeManifestError("it does not match its digest")
             manifest = Manifest.parse(mdata)
-        except (RemoteError, UnsafeManifestError) as e:
-            broken.append(f"{info.key}: {e}")
+        except UnsafeManifestError as e:
+            unreadable.append(f"the manifest {mkey} of index entry {info.key} cannot be read ({e})")
             continue
         referenced.add(blob_key(manifest.config.digest))
         referenced.update(blob_key(f.digest) for f in manifest.files)
+    if unreadable:
+        shown = "; ".join(unreadable[:10]) + (f"; and {len(unreadable) - 10} more" if len(unreadable) > 10 else "")
+        raise RemoteError(
+            f"remote gc deleted nothing: {len(unreadable)} index entr{'y' if len(unreadable) == 1 else 'ies'} on "
+            f"{remote.describe()} cannot be read, so which blobs are still in use is unknown: {shown} "
+            "Delete or repair those objects (or push those artifacts again from a good store), then run gc again."
+        )
     now = time.time()
     dead, kept, young = [], 0, 0
     for info in remote.list("blobs/"):

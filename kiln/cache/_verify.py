@@ -48,7 +48,7 @@ def verify(blobs: Blobs, index: IndexFiles, progress: Progress | None = None) ->
         else:
             blobs.restamp(digest)
     entries = 0
-    for entry in index.entries():
+    for entry in index.entries(on_bad=lambda path, why: missing.append(f"index entry {path} is damaged: {why}")):
         entries += 1
         where = f"artifact {entry.key[:12]} ({entry.spec.get('model')}, {entry.spec.get('target')})"
         try:

@@ -5,6 +5,12 @@ is one read (the path follows from the model digest and the key), and every quer
 model is one directory listing. The entry repeats the fields queries filter on (spec,
 toolchain, model identity, size) so that `kiln ls` and miss explanations never open
 manifests.
+
+Entries are read from remotes nobody here controls and from local files anything may have
+written, and every caller indexes into them (``spec["n_positions"]``, ``model["tree_digest"]``),
+so :meth:`IndexEntry.from_json` accepts only the exact shape Kiln writes (see
+:mod:`kiln.manifests._entry_shape`): a document of any other shape is refused there, with a
+message naming the field, instead of crashing a caller later with a ``KeyError``.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..spec import BuildSpec
+from ._entry_shape import ENTRY_SCHEMA, MAX_ENTRY_BYTES, check_entry
+from ._json import load_json
 
-__all__ = ["IndexEntry", "spec_differences", "toolchain_differences", "ENTRY_SCHEMA"]
-
-ENTRY_SCHEMA = 1
+__all__ = ["IndexEntry", "spec_differences", "toolchain_differences", "ENTRY_SCHEMA", "MAX_ENTRY_BYTES"]
 
 
 @dataclass(frozen=True)
@@ -55,17 +61,15 @@ class IndexEntry:
         return json.dumps(self.to_json(), sort_keys=True, indent=1).encode()
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "IndexEntry":
-        return cls(
-            key=str(data["key"]),
-            manifest=str(data["manifest"]),
-            spec=dict(data["spec"]),
-            model=dict(data["model"]),
-            toolchain={str(k): str(v) for k, v in dict(data["toolchain"]).items()},
-            size=int(data["size"]),
-            created=str(data["created"]),
-            files=int(data.get("files", 0)),
-        )
+    def from_json(cls, data: Any) -> "IndexEntry":
+        """The entry a parsed JSON document describes; UnsafeManifestError unless it has the exact shape."""
+        fields = check_entry(data)
+        return cls(**fields)
+
+    @classmethod
+    def parse(cls, data: bytes, what: str = "index entry") -> "IndexEntry":
+        """An entry from raw bytes (bounded size and nesting); UnsafeManifestError naming ``what``."""
+        return cls.from_json(load_json(data, what, max_bytes=MAX_ENTRY_BYTES))
 
 
 _SPEC_FIELDS = ("target", "n_positions", "batch_size", "tp_degree", "dtype", "quantization", "options")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import UnsafeManifestError
+from ._json import load_json
 
 __all__ = [
     "Descriptor",
@@ -127,15 +128,7 @@ class Manifest:
 
     @classmethod
     def parse(cls, data: bytes) -> "Manifest":
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise UnsafeManifestError(f"manifest of {len(data)} bytes exceeds {MAX_MANIFEST_BYTES}.")
-        try:
-            raw = json.loads(data)
-        except ValueError as e:
-            raise UnsafeManifestError(f"manifest is not JSON: {e}") from None
-        except RecursionError:
-            # json raises RecursionError, not ValueError, on deeply nested input.
-            raise UnsafeManifestError("manifest JSON is nested too deeply to be a manifest.") from None
+        raw = load_json(data, "manifest", max_bytes=MAX_MANIFEST_BYTES)  # bounded size and nesting
         if not isinstance(raw, dict) or raw.get("mediaType") != MANIFEST_MEDIA_TYPE or raw.get("schemaVersion") != 2:
             raise UnsafeManifestError("not an OCI image manifest (mediaType/schemaVersion).")
         if raw.get("artifactType") != ARTIFACT_TYPE:

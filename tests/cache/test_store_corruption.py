@@ -271,3 +271,14 @@ def test_corruption_after_fetch_does_not_reach_the_next_fetch(setup: Setup) -> N
     dest = setup.tmp / "second"
     r = run_kiln("fetch", *setup.args, "--dest", str(dest), "--copy")
     assert r.returncode == 1 and "WARNING" in r.stderr and not dest.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"[]", b'{"key": "x"}', b"\xff\xfe garbage"])
+def test_verify_reports_a_damaged_index_entry(setup: Setup, content: bytes) -> None:
+    entry = next(setup.store.iter_entries())
+    path = setup.store.entry_path(entry.model_hex, entry.key)
+    os.chmod(path, 0o644)
+    path.write_bytes(content)
+    r = run_kiln("verify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"index entry {path} is damaged" in r.stderr and "Traceback" not in r.stderr

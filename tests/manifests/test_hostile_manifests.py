@@ -340,7 +340,7 @@ def test_non_empty_dest_needs_force(tmp_path: Path, store: Store) -> None:
 
     r = run_kiln("fetch", *_spec_args(model), "--dest", str(dest))
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "not empty" in r.stderr and "--force" in r.stderr
+    assert "mine.txt is not part of the artifact" in r.stderr and "--force" in r.stderr
     assert sorted(os.listdir(dest)) == ["mine.txt"] and (dest / "mine.txt").read_text() == "user data"
 
     file_dest = tmp_path / "a-file"

@@ -154,7 +154,15 @@ class S3Remote(Remote):
         except Exception as e:
             if self._missing(e):
                 return None
+            if self._code(e) == "InvalidRange":
+                return b""  # `bytes=0-N` of a 0-byte object is unsatisfiable: the object is empty
             raise self._fail("read", key, e) from None
+
+    @staticmethod
+    def _code(e: Exception) -> str | None:
+        from botocore.exceptions import ClientError
+
+        return e.response.get("Error", {}).get("Code") if isinstance(e, ClientError) else None
 
     def put(self, key: str, data: bytes) -> None:
         try:
