@@ -59,6 +59,7 @@ def main() -> None:
             f"models: [{model}]\ntargets: [trtllm]\nn_positions: [512, 1024]\nbatch_sizes: [1, 4]\ntp_degrees: [1]\n"
             "dtypes: [fp16]\nquantization:\n  - {smoothquant: 0.5, per_token: true, per_channel: true}\n"
             f"options: {{calib_samples: {args.calib_samples}, calib_seq_len: {args.calib_seq_len}}}\n"
+            "toolchain: {trtllm: {tensorrt_llm: '0.12.0', tensorrt: '10.3.0', hardware: cuda-sm90}}\n"
         )
         shared_s, shared = timed_matrix(work / "shared", sq, "--jobs", "1")
         rows = [r["row"] for r in shared["rows"]]

@@ -2,6 +2,12 @@
 
 Each row is one :func:`kiln.compile.build` (idempotent: a hit returns at once); one row's
 failure never stops the others, and every row ends with a status in the report.
+
+A row the plan found on the remote is reported as a hit from the remote's index alone: nothing
+is downloaded (a CI job would otherwise pull every stored engine of the matrix just to learn
+that it exists). ``pushed`` is true only where this run put something on the remote that was
+not there (a new index entry, or blobs it lacked); a push that fails leaves the row's status
+(``built``/``hit``) and key, sets ``push_error``, and fails the run.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..cache import Remote, Store, open_remote, push as push_entry
+from ..cache import Remote, Store, open_remote, push as push_entry, remote_entry
 from ..core import Resolution, resolve, spec_from_sources
 from ..errors import BuildError, IncompleteBuildError, KilnError, SpecError
 from ..spec import Field
@@ -20,7 +26,7 @@ from ..targets import BUILD_LOG, get_target
 from .build import build
 from .plan import PlannedRow
 
-__all__ = ["RowResult", "build_row", "run_local", "run_ray", "github_matrix"]
+__all__ = ["RowResult", "build_row", "run_local", "run_ray", "github_matrix", "settle_planned_hit"]
 
 
 @dataclass
@@ -33,7 +39,10 @@ class RowResult:
     log: str | None = None  # where the build log is (store blob, or a saved failure log)
     error: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
-    pushed: bool = False
+    pushed: bool = False  # this run put the artifact (or missing blobs of it) on the remote
+    push: dict[str, Any] | None = None  # what the push did (blobs uploaded/skipped), when one ran
+    push_error: str | None = None  # the push failed: the row is built/hit locally, not on the remote
+    source: str | None = None  # on a hit: "local" or "remote" (remote: confirmed from its index, not pulled)
     started: float = 0.0  # wall-clock (epoch seconds), to show what ran concurrently
     finished: float = 0.0
 
@@ -57,9 +66,9 @@ def _build_row(res: Resolution, *, store: Store, remote: Remote | None, push: bo
         out = RowResult(row, "hit" if result.hit else "built", result.entry.key, time.monotonic() - t0,
                         result.entry.size, stages=dict(result.stages))
         out.log = _log_location(store, result.entry)
+        out.source = result.source if result.hit else None
         if push and remote is not None:
-            push_entry(store, remote, result.entry)
-            out.pushed = True
+            _push(out, store, remote, result.entry)
         return out
     except IncompleteBuildError as e:
         return RowResult(row, "incomplete", None, time.monotonic() - t0, error=str(e))
@@ -67,6 +76,38 @@ def _build_row(res: Resolution, *, store: Store, remote: Remote | None, push: bo
         return RowResult(row, "failed", None, time.monotonic() - t0, error=str(e), log=e.log_path)
     except KilnError as e:
         return RowResult(row, "failed", None, time.monotonic() - t0, error=str(e))
+    except OSError as e:  # one row's disk or filesystem trouble must not stop the other rows
+        return RowResult(row, "failed", None, time.monotonic() - t0,
+                         error=f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+
+
+def _push(out: RowResult, store: Store, remote: Remote, entry: Any) -> None:
+    """Push one artifact and record what really happened (never raises for remote errors)."""
+    try:
+        existed = remote_entry(remote, entry.model_hex, entry.key) is not None
+        # Always run the push, even when the entry exists: it stats every blob and restores any
+        # that a remote gc or a damaged bucket lost, so an announced artifact is complete.
+        result = push_entry(store, remote, entry)
+    except KilnError as e:
+        out.push_error = f"push to {remote.describe()} failed: {e}"
+        return
+    except OSError as e:  # a filesystem remote's own errors (not a directory, disk full, …)
+        out.push_error = f"push to {remote.describe()} failed: " + f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+        return
+    out.push = {**result.to_json(), "entry_existed": existed}
+    out.pushed = not existed or result.uploaded > 0
+
+
+def settle_planned_hit(p: PlannedRow) -> RowResult | None:
+    """The result of a row the plan found on the remote, from its index alone; None otherwise.
+
+    Nothing is downloaded: the plan read the remote's index entry, which a push writes last.
+    With ``push`` there is nothing to do either (it is on the remote already).
+    """
+    if p.status != "hit" or p.source != "remote" or p.entry is None:
+        return None
+    now = time.time()
+    return RowResult(p.row.id, "hit", p.entry.key, size=p.entry.size, source="remote", started=now, finished=now)
 
 
 def _log_location(store: Any, entry: Any) -> str | None:
@@ -123,8 +164,13 @@ def run_local(planned: list[PlannedRow], *, store: Any, remote: Any = None, jobs
     results: dict[str, RowResult] = {}
     todo = []
     for p in planned:
+        settled = settle_planned_hit(p)
         if p.status == "invalid":
             results[p.row.id] = RowResult(p.row.id, "invalid", error=p.error)
+        elif settled is not None:
+            results[p.row.id] = settled
+            if on_done:
+                on_done(settled)
         else:
             todo.append(p)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -134,8 +180,6 @@ def run_local(planned: list[PlannedRow], *, store: Any, remote: Any = None, jobs
 
 
 # --------------------------------------------------------------------------- Ray
-
-
 
 
 def _ray_build_task(fields: dict[str, Field], store_root: str, remote_url: str | None, push: bool,
@@ -170,8 +214,14 @@ def run_ray(planned: list[PlannedRow], *, store: Any, remote_url: str | None, pu
     task = ray.remote(_ray_build_task)
     futures, results = {}, {}
     for p in planned:
+        settled = settle_planned_hit(p)
         if p.status == "invalid":
             results[p.row.id] = RowResult(p.row.id, "invalid", error=p.error)
+            continue
+        if settled is not None:
+            results[p.row.id] = settled
+            if on_done:
+                on_done(settled)
             continue
         req = get_target(p.resolution.spec.target).resources(p.resolution, p.memory_bytes)
         wants = {"CPU": req.get("num_cpus", 0), "GPU": req.get("num_gpus", 0), **req.get("resources", {})}
@@ -183,7 +233,10 @@ def run_ray(planned: list[PlannedRow], *, store: Any, remote_url: str | None, pu
         opts = dict(req)
         if opts.get("memory", 0) > cluster.get("memory", 0):
             opts.pop("memory")  # larger than any node: let it run alone rather than never
-        futures[p.row.id] = task.options(**opts).remote(dict(p.row.fields), str(store.root), remote_url, push, dict(pins or {}))
+        # The row's own pins (matrix file + --toolchain, as the plan resolved them), so the
+        # worker computes the key the plan did.
+        row_pins = {c: v for c, v in p.resolution.toolchain.items() if p.resolution.toolchain_origin.get(c) == "pinned"}
+        futures[p.row.id] = task.options(**opts).remote(dict(p.row.fields), str(store.root), remote_url, push, row_pins)
     for rid, fut in futures.items():
         data = ray.get(fut)
         data["row"] = rid

@@ -34,6 +34,9 @@ def test_four_shapes_calibrate_once_and_convert_once_per_tp(tmp_path: Path) -> N
         f"models: [{model}]\ntargets: [trtllm]\nn_positions: [64, 128]\nbatch_sizes: [1, 4]\ntp_degrees: [2]\n"
         "dtypes: [fp16]\nquantization:\n  - {smoothquant: 0.5, per_token: true, per_channel: true}\n"
         "options: {calib_samples: 4, calib_seq_len: 32}\n"
+        # Planned on a CPU machine: the engine stage's toolchain must be pinned (a matrix row
+        # whose toolchain is left open would count any stored engine as a hit).
+        "toolchain: {trtllm: {tensorrt_llm: '0.12.0', tensorrt: '10.3.0', hardware: cuda-sm90}}\n"
     )
     plan = run_kiln("matrix", "plan", str(mfile), "--json")
     assert plan.returncode == 0, plan.stderr
