@@ -28,13 +28,14 @@ from .cache import (
     open_remote,
     pull,
     push,
+    read_remote_artifact,
     remote_entries,
     remote_gc,
 )
 from .compile import BuildResult, build
 from .compile.executors import RowResult, github_matrix, run_local, run_ray
 from .compile.matrix import MatrixRow, load_matrix
-from .compile.plan import PlannedRow, plan_rows
+from .compile.plan import PlannedRow, plan_rows, shared_errors
 from .core import (
     LoadedEngine,
     LookupResult,
@@ -75,10 +76,10 @@ __all__ = [
     # loading in-process
     "LoadedEngine", "load_engine", "load_engine_by_key",
     # store and remotes
-    "Store", "GcPlan", "VerifyReport", "Remote", "open_remote", "push", "pull", "remote_entries", "remote_gc",
+    "Store", "GcPlan", "VerifyReport", "Remote", "open_remote", "push", "pull", "remote_entries", "read_remote_artifact", "remote_gc",
     "PushResult", "PullResult", "RemoteGcPlan", "reporting_transfers",
     # targets, presets, matrices
     "TARGETS", "get_target", "layout_names", "PRESETS", "PresetRow", "load_preset",
-    "MatrixRow", "load_matrix", "PlannedRow", "plan_rows", "RowResult", "run_local", "run_ray", "github_matrix",
+    "MatrixRow", "load_matrix", "PlannedRow", "plan_rows", "shared_errors", "RowResult", "run_local", "run_ray", "github_matrix",
     "KilnError",
 ]

@@ -24,6 +24,8 @@ traceback) and exits with ``exit_code``.
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 __all__ = [
     "KilnError",
     "SpecError",
@@ -106,6 +108,30 @@ class BuildError(KilnError):
 
 
 class IncompleteBuildError(BuildError):
-    """The steps this machine can run are stored; the last one needs another machine (a GPU)."""
+    """The steps this machine can run are stored; the last one needs another machine (a GPU).
+
+    Besides the message, it carries what a script needs to finish the build elsewhere (the
+    CLI prints it as ``kiln build --json``'s document with status ``incomplete``): the stored
+    steps (``name``, ``key``, ``files``, ``reused``), the missing toolchain components, and the
+    commands that push the stored steps and finish the build on a machine that has them.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, *, stored: Sequence[Mapping[str, Any]] = (), missing: Sequence[str] = (),
+                 push_command: str | None = None, finish_command: str | None = None) -> None:
+        super().__init__(message)
+        self.stored = tuple(dict(s) for s in stored)
+        self.missing = tuple(missing)
+        self.push_command = push_command
+        self.finish_command = finish_command
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": "incomplete",
+            "stages": [dict(s) for s in self.stored],
+            "missing_toolchain": list(self.missing),
+            "push_command": self.push_command,
+            "finish_command": self.finish_command,
+            "message": str(self),
+        }

@@ -6,6 +6,7 @@ Public to the rest of Kiln: :class:`Store` (which owns every directory under ``K
 """
 
 from ._hashmemo import HashMemo
+from ._remote_read import read_remote_artifact
 from ._progress import Progress
 from ._store import GcPlan, Store, VerifyReport, default_store_root
 from ._sync import PullResult, PushResult, RemoteGcPlan, pull, push, remote_entries, remote_entry, remote_gc
@@ -25,6 +26,7 @@ __all__ = [
     "open_remote",
     "pull",
     "push",
+    "read_remote_artifact",
     "remote_entries",
     "remote_entry",
     "remote_gc",

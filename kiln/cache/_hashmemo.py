@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 from ._fsutil import atomic_write_bytes
 from ._progress import Progress
@@ -47,17 +48,16 @@ def hash_stream(src: Path, dest: Path | None = None, progress: Progress | None =
     return h.hexdigest(), size
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Hex sha256 and byte count of a file, read once."""
-    return hash_stream(path)
-
-
 class HashMemo:
     """Memoised file hashing; ``root=None`` disables the memo (always hashes)."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
         self.hashed_bytes = 0  # bytes actually read, for tests and progress
+        # Set by a front end to show progress while large model files are hashed (once each):
+        # ``on_hash(path, size)`` before a file is read, ``progress(n)`` as its bytes go by.
+        self.on_hash: Callable[[Path, int], None] | None = None
+        self.progress: Progress | None = None
 
     def _entry(self, signature: str) -> Path:
         assert self.root is not None
@@ -74,7 +74,9 @@ class HashMemo:
                     return cached
             except OSError:
                 pass
-        digest, size = sha256_file(path)
+        if self.on_hash is not None:
+            self.on_hash(path, st.st_size)
+        digest, size = hash_stream(path, None, self.progress)
         self.hashed_bytes += size
         if self.root is not None and os.stat(path).st_mtime_ns == st.st_mtime_ns:
             try:

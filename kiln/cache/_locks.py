@@ -9,19 +9,26 @@ rename. They do two jobs:
   writer. flock locks die with their process, so a SIGKILLed writer never blocks gc.
   A gate lock (gate.lock) keeps overlapping shared holders from starving gc.
 * ``single_flight(key)`` makes eight builders of one key compile once: the first holds the
-  lock while it builds, the others wait and then find the artifact in the store.
+  lock while it builds, the others wait and then find the artifact in the store. The holder
+  writes who it is (pid, host, start time, command) into the lock file, so a waiter can say
+  whom it waits for — and a builder that finds the lock free says nothing about waiting.
+  Where flock is not supported (some NFS mounts) the lock degrades to no lock: duplicate
+  work, never a wrong result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
 import os
+import socket
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
-
-from filelock import FileLock
+from typing import Any, Callable, Iterator
 
 
 _held = threading.local()  # per thread: lock_dir -> shared store locks this thread holds
@@ -72,6 +79,126 @@ def _gate(lock_dir: Path, shared: bool) -> Iterator[None]:
         os.close(gate)
 
 
-def single_flight(lock_dir: Path, key: str, timeout: float = -1) -> FileLock:
+# flock errors meaning "this filesystem cannot lock", not "someone holds it"
+_NO_LOCKING = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+_MAX_HOLDER_BYTES = 4096
+
+
+class SingleFlight:
+    """An exclusive flock on ``locks/build-<key>.lock`` whose holder says who it is.
+
+    ``with lock:`` waits silently; ``with lock.held(on_wait=f):`` calls ``f(description)``
+    once, before blocking, only when another process (or thread) holds the lock. Each
+    acquisition opens its own descriptor, so threads of one process exclude each other too.
+    """
+
+    def __init__(self, path: Path, timeout: float = -1) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    @property
+    def is_locked(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, on_wait: Callable[[str], None] | None = None) -> None:
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path} is already held by this lock object")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not self._try_lock(fd):
+                if on_wait is not None:
+                    on_wait(describe_holder(_read_holder(fd)))
+                self._wait(fd)
+            _write_holder(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _try_lock(self, fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno in _NO_LOCKING:
+                return True  # no locking here: proceed (DESIGN invariant 4: correctness does not need it)
+            raise
+
+    def _wait(self, fd: int) -> None:
+        if self.timeout < 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+        deadline = time.monotonic() + self.timeout
+        while not self._try_lock(fd):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.path} is still held ({describe_holder(_read_holder(fd))}) "
+                                   f"after {self.timeout:g} s")
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)  # a free lock names no holder
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    @contextlib.contextmanager
+    def held(self, on_wait: Callable[[str], None] | None = None) -> Iterator["SingleFlight"]:
+        self.acquire(on_wait)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def __enter__(self) -> "SingleFlight":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _write_holder(fd: int) -> None:
+    """Who holds the lock, for waiters' messages. Advisory: nothing depends on it being there."""
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }  # no command line: it may carry a remote URL with credentials, and lock files are world-readable
+    data = json.dumps(info, sort_keys=True).encode()
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    except OSError:
+        pass
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        data = json.loads(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+    except (OSError, ValueError):
+        return None  # not written yet, or being rewritten
+    return data if isinstance(data, dict) else None
+
+
+def describe_holder(info: dict[str, Any] | None) -> str:
+    """``held by pid 4242 on build-7 since 2026-01-01T10:00:00Z``."""
+    if not info or "pid" not in info:
+        return "held by another process"
+
+    def clean(value: Any) -> str:  # the file is anyone's to write: print no control characters
+        return "".join(c for c in str(value)[:100] if c.isprintable()) or "?"
+
+    return f"held by pid {clean(info.get('pid'))} on {clean(info.get('host'))} since {clean(info.get('started'))}"
+
+
+def single_flight(lock_dir: Path, key: str, timeout: float = -1) -> SingleFlight:
     lock_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(lock_dir / f"build-{key}.lock"), timeout=timeout)
+    return SingleFlight(lock_dir / f"build-{key}.lock", timeout=timeout)

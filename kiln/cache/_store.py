@@ -61,8 +61,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from filelock import FileLock
-
 from ..errors import StoreError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
@@ -72,7 +70,7 @@ from ._buckets import FAILED_LOG_MAX_AGE_S, RUN_DIR_MAX_AGE_S
 from ._entries import IndexFiles
 from ._gc import Collector, GcPlan
 from ._hashmemo import HashMemo
-from ._locks import single_flight, store_lock
+from ._locks import SingleFlight, single_flight, store_lock
 from ._materialize import check_outside_store, holds, materialize, remember
 from ._progress import Progress
 from ._publish import publish
@@ -98,6 +96,12 @@ def default_store_root() -> Path:
 
 
 class Store:
+    """The local content-addressed store at ``root`` (default: KILN_HOME, else ~/.cache/kiln).
+
+    Blobs by digest, manifests, an index from build key to manifest; constructing one touches
+    nothing on disk.
+    """
+
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_store_root()
         self.blob_dir = self.root / "blobs" / "sha256"
@@ -156,7 +160,7 @@ class Store:
         self._writable()
         return store_lock(self.lock_dir, shared=True)
 
-    def single_flight(self, key: str, timeout: float = -1) -> FileLock:
+    def single_flight(self, key: str, timeout: float = -1) -> SingleFlight:
         self._writable()
         return single_flight(self.lock_dir, key, timeout)
 

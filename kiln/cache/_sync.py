@@ -257,6 +257,7 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
             try:
                 store.check_blob(f.digest, f.size)
                 result.reused += 1
+                result.reused_bytes += f.size
                 if progress:
                     progress(f.size)
             except (NotFoundError, CorruptBlobError):

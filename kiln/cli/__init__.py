@@ -1,16 +1,19 @@
 """`kiln` command line: a shell around :mod:`kiln.api` (the only part of Kiln it imports).
 
-The root group (``_app``) adds one module per command group; the command modules never
-import the root. Shared options are defined once (``_options``: the spec flags as one
-:class:`~kiln.cli._options.SpecRequest` value, ``--layout``, ``--toolchain``; ``_output``:
-``--json``), progress lives in ``_progress`` and result reports in ``_report``.
+The root group (``_app``) adds one module per command group (``keys``, ``lookup``,
+``build``, ``store``, ``maintenance`` — gc and rm —, ``remote``, ``matrix``); the command
+modules never import the root. Shared options are defined once (``_options``: the spec flags
+as one :class:`~kiln.cli._options.SpecRequest` value, ``--layout``, ``--toolchain``,
+``--remote``; ``_output``: ``--json``, tables, times), progress lives in ``_progress``, result
+reports in ``_report``, artifact references in ``_refs``. Every --json shape is a schema in
+docs/json/.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from . import build, keys, lookup, matrix, remote, store
+from . import build, keys, lookup, maintenance, matrix, remote, store
 from ._app import cli
 
 __all__ = ["cli", "main"]
@@ -25,7 +28,8 @@ for command in (
     store.ls_cmd,
     store.show,
     store.verify,
-    store.gc,
+    maintenance.gc,
+    maintenance.rm,
     store.store_group,
     remote.push_cmd,
     remote.pull_cmd,

@@ -1,4 +1,9 @@
-"""What every command reads from the root group: the local store and the (lazily opened) remote."""
+"""What every command reads from the root group: the local store and the (lazily opened) remote.
+
+The remote URL comes from, in order: ``--remote URL`` after the subcommand
+(:func:`~kiln.cli._options.remote_option` calls :func:`set_remote_url`), ``--remote URL``
+before it (the root group), ``KILN_REMOTE``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import click
 
 from .. import api
 
-__all__ = ["CliContext", "store", "remote", "remote_url"]
+__all__ = ["CliContext", "store", "remote", "remote_url", "set_remote_url"]
 
 
 class CliContext:
@@ -17,13 +22,17 @@ class CliContext:
         self.remote_url = remote_url_
         self._remote: api.Remote | None = None
 
+    def set_remote_url(self, url: str) -> None:
+        self.remote_url = url
+        self._remote = None
+
     def remote(self, required: bool = False) -> api.Remote | None:
         if self._remote is None and self.remote_url:
             self._remote = api.open_remote(self.remote_url)
         if required and self._remote is None:
             from ..errors import RemoteError
 
-            raise RemoteError("no remote configured: pass --remote URL (before the command) or set KILN_REMOTE.")
+            raise RemoteError("no remote configured: pass --remote URL or set KILN_REMOTE.")
         return self._remote
 
 
@@ -42,3 +51,7 @@ def remote(ctx: click.Context, required: bool = False) -> api.Remote | None:
 
 def remote_url(ctx: click.Context) -> str | None:
     return _obj(ctx).remote_url
+
+
+def set_remote_url(ctx: click.Context, url: str) -> None:
+    _obj(ctx).set_remote_url(url)

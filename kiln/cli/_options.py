@@ -1,9 +1,14 @@
-"""Options shared by commands, defined once: the spec flags (as one value), layouts, toolchain pins.
+"""Options shared by commands, defined once: the spec flags (as one value), layouts, toolchain pins, remotes.
 
 Every command that takes a spec declares ``@spec_options`` and receives one
 :class:`SpecRequest` (``spec=``): the flags as written, plus ``--from-env`` /
 ``--serving-properties`` / ``--calib-file`` / ``--toolchain``. :func:`resolve_request` turns it
 into an :class:`~kiln.api.Resolution` the same way for every command.
+
+Every command that uses a remote declares ``@remote_option`` (``--remote URL`` after the
+subcommand, overriding the root group's ``--remote`` and ``KILN_REMOTE``), or, where
+``--remote`` means "act on the remote" (``ls``, ``show``, ``gc``), :func:`remote_flag_option`
+(``--remote`` alone: the configured remote; ``--remote URL``: that one).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import click
 
 from .. import api
 from ..spec import CALIB_SET_OPTION, Field
+from ._context import set_remote_url
 
-__all__ = ["SpecRequest", "spec_options", "resolve_request", "layout_options", "link_option", "toolchain_option"]
+__all__ = ["SpecRequest", "spec_options", "spec_flag_options", "resolve_request", "layout_options", "link_option",
+           "toolchain_option", "remote_option", "remote_flag_option", "use_remote_flag"]
 
 # Spec field -> the flag that sets it (for messages naming where a value came from).
 SPEC_FLAGS = {
@@ -93,7 +100,9 @@ _OPTIONS = [
     click.option("--int8-kv-cache", is_flag=True, default=None, help="INT8 KV cache (trtllm)."),
     click.option("--instance-type", help="Instance type, e.g. ml.inf2.24xlarge (validation, hardware class, tp=max)."),
     click.option("--option", "-o", "target_options", multiple=True, metavar="NAME=VALUE", help="Target option, e.g. gqa_strategy=shard-over-heads."),
-    click.option("--from-env", is_flag=True, help="Read SageMaker LMI OPTION_* / HF_MODEL_ID environment variables (OPTION_KILN_TARGET names the target)."),
+    click.option("--from-env", is_flag=True,
+                 help="Read SageMaker LMI OPTION_* / HF_MODEL_ID environment variables. OPTION_KILN_TARGET names the "
+                      "target (torch-aoti, trtllm, neuron); it is needed for torch-aoti, which no LMI setting selects."),
     click.option("--serving-properties", type=click.Path(path_type=Path), metavar="FILE", help="Read an LMI serving.properties file."),
     click.option("--calib-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), metavar="FILE",
                  help="SmoothQuant calibration texts (plain text paragraphs, or JSONL with a text field)."),
@@ -108,27 +117,38 @@ def toolchain_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Pin a toolchain component (e.g. neuronx-cc=2.15.128, hardware=cuda-sm90).")(f)
 
 
+def _spec_decorator(options: list[Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(*args: Any, **kw: Any) -> Any:
+            raw = {name: kw.pop(name, None) for name in _PARAMS}
+            request = SpecRequest(
+                model=raw["model"],
+                values={k: raw[k] for k in SPEC_FLAGS if raw[k] is not None},
+                instance_type=raw["instance_type"] or None,
+                options=tuple(raw["target_options"] or ()),
+                from_env=bool(raw["from_env"]),
+                serving_properties=raw["serving_properties"],
+                calib_file=raw["calib_file"],
+                toolchain_pins=tuple(raw["toolchain_pins"] or ()),
+            )
+            return f(*args, spec=request, **kw)
+
+        for opt in reversed([*options, toolchain_option]):
+            command = opt(command)
+        return command
+
+    return decorate
+
+
 def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The spec flags every command accepts (or --from-env / --serving-properties instead), as ``spec=``."""
+    return _spec_decorator(_OPTIONS)(f)
 
-    @functools.wraps(f)
-    def command(*args: Any, **kw: Any) -> Any:
-        raw = {name: kw.pop(name) for name in _PARAMS}
-        request = SpecRequest(
-            model=raw["model"],
-            values={k: raw[k] for k in SPEC_FLAGS if raw[k] is not None},
-            instance_type=raw["instance_type"] or None,
-            options=tuple(raw["target_options"]),
-            from_env=bool(raw["from_env"]),
-            serving_properties=raw["serving_properties"],
-            calib_file=raw["calib_file"],
-            toolchain_pins=tuple(raw["toolchain_pins"]),
-        )
-        return f(*args, spec=request, **kw)
 
-    for opt in reversed([*_OPTIONS, toolchain_option]):
-        command = opt(command)
-    return command
+def spec_flag_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The spec flags without the MODEL argument (a command whose arguments are something else: `kiln rm`)."""
+    return _spec_decorator(_OPTIONS[1:])(f)
 
 
 def resolve_request(store: api.Store, request: SpecRequest) -> api.Resolution:
@@ -154,3 +174,39 @@ def link_option(f: Callable[..., Any]) -> Callable[..., Any]:
              "but a write into DEST then changes the stored blob (root ignores its read-only mode) and corrupts "
              "every artifact that shares it. Use only where nothing writes into DEST.",
     )(f)
+
+
+def _remote_url_given(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        set_remote_url(ctx, value)
+
+
+def remote_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--remote URL`` after the subcommand (``kiln lookup … --remote URL``), as well as before it."""
+    return click.option(
+        "--remote", metavar="URL", expose_value=False, callback=_remote_url_given,
+        help="Shared store: s3://BUCKET/PREFIX[?endpoint=URL] or a path [default: the --remote before the "
+             "command, else $KILN_REMOTE].",
+    )(f)
+
+
+def remote_flag_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--remote [URL]`` for commands that act on the remote instead of the store (``ls``, ``show``, ``gc``).
+
+    The command receives ``on_remote``: None (not given), "" (given alone: the configured
+    remote) or the URL; :func:`use_remote_flag` turns it into a bool and applies the URL.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        return click.option("--remote", "on_remote", is_flag=False, flag_value="", default=None, metavar="[URL]",
+                            help=help + " With URL: that remote instead of the configured one "
+                                        "(--remote before the command, or $KILN_REMOTE).")(f)
+
+    return decorate
+
+
+def use_remote_flag(ctx: click.Context, value: str | None) -> bool:
+    """Apply ``--remote URL`` (when a URL was given); True when the command should act on the remote."""
+    if value:
+        set_remote_url(ctx, value)
+    return value is not None

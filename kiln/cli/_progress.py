@@ -1,12 +1,14 @@
 """Progress on stderr: build stages (one line per finished stage) and transfer bars.
 
-Results go to stdout, progress to stderr, always, so ``--json`` output stays parseable while
-a build runs for hours.
+Results go to stdout, progress to stderr, always — with ``--json`` too — so a script reads a
+parseable document from stdout while a person (or a CI log) sees a build that runs for hours
+make progress on stderr.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any
 
@@ -30,12 +32,14 @@ class _Elapsed:
 
 
 class StageReporter:
-    """Build progress: one line per finished stage with its duration; a live line on a terminal.
+    """Build progress on stderr: one line per finished stage with its duration; a live line on a terminal.
 
     Called with a stage's name when it starts (``on_stage``); the previous stage is then done.
+    ``quiet`` is for callers that report otherwise; ``--json`` is not a reason to be quiet
+    (the document goes to stdout, progress to stderr).
     """
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self.t0 = self.since = time.monotonic()
         self.current: str | None = None
@@ -65,30 +69,44 @@ class StageReporter:
 
 
 class TransferBar:
-    """Bytes and throughput for transfers on a terminal (stderr); silent otherwise."""
+    """Bytes and throughput for transfers on a terminal (stderr); silent otherwise.
+
+    The bar appears on the first byte that moves, not before: a lookup or a local build that
+    transfers nothing shows none (it used to show ``pull 0/? bytes`` for the whole of a
+    local build). The callback may be called from several transfer threads at once.
+    """
 
     def __init__(self, what: str, enabled: bool = True) -> None:
-        self.progress = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-            self.progress = Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                     console=console(stderr=True), transient=True)
-            self.task = self.progress.add_task(what, total=None)
+        self.what = what
+        self.enabled = enabled and sys.stderr.isatty()
+        self.progress: Any = None
+        self.task: Any = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Any:
-        if self.progress is not None:
-            self.progress.start()
-        callback = self.advance if self.progress is not None else None
+        callback = self.advance if self.enabled else None
         self._ctx = api.reporting_transfers(callback)
         self._ctx.__enter__()
         return callback
 
+    def _start(self) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self.progress = Progress(TextColumn(self.what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                 console=console(stderr=True), transient=True)
+        self.task = self.progress.add_task(self.what, total=None)
+        self.progress.start()
+
     def advance(self, n: int) -> None:
-        assert self.progress is not None
-        self.progress.advance(self.task, n)
+        if n <= 0:
+            return
+        with self._lock:
+            if self.progress is None:
+                self._start()
+            self.progress.advance(self.task, n)
 
     def __exit__(self, *exc: object) -> None:
         self._ctx.__exit__(None, None, None)
-        if self.progress is not None:
-            self.progress.stop()
+        with self._lock:
+            if self.progress is not None:
+                self.progress.stop()

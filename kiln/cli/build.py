@@ -7,11 +7,12 @@ import time
 import click
 
 from .. import api
-from ..errors import KilnError, SpecError
+from ..errors import IncompleteBuildError, KilnError, SpecError
 from ._context import remote, store
-from ._options import SpecRequest, resolve_request, spec_options
+from ._options import SpecRequest, remote_option, resolve_request, spec_options
 from ._output import human_size, json_option, print_json
 from ._progress import StageReporter, TransferBar
+from ._report import build_json, incomplete_json
 
 __all__ = ["build", "generate", "presets"]
 
@@ -21,35 +22,43 @@ __all__ = ["build", "generate", "presets"]
 @click.option("--force", is_flag=True, help="Build even if the store already has the artifact.")
 @click.option("--push", "do_push", is_flag=True, help="Also publish the artifact to the remote (--remote / KILN_REMOTE).")
 @click.option("--preset", metavar="NAME", help="Build every row of a preset (`kiln presets`); MODEL replaces its models.")
+@remote_option
 @json_option
 @click.pass_context
 def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, preset: str | None, as_json: bool) -> None:
-    """Build the engine for a spec (a local or remote hit returns at once) and publish it."""
+    """Build the engine for a spec (a local or remote hit returns at once) and publish it.
+
+    Progress goes to stderr, the result to stdout (with --json too). Exit 3: the stages this
+    machine can run are stored and the last needs another machine (the --json document, status
+    "incomplete", lists the stored stage keys and the commands that finish the build).
+    """
     rem = remote(ctx, required=do_push)
     if preset:
         _build_preset(ctx, preset, spec, force=force, do_push=do_push, as_json=as_json)
         return
-    reporter = StageReporter(quiet=as_json)
+    reporter = StageReporter()
+    res = None
     try:
         reporter("resolve model and validate spec")
         res = resolve_request(store(ctx), spec)
         for warning in res.warnings:
             click.echo(f"kiln: WARNING: {warning}", err=True)
-        with TransferBar("pull", enabled=not as_json):
+        with TransferBar("pull"):
             result = api.build(res, store=store(ctx), remote=rem, force=force, on_stage=reporter,
                                calib_file=spec.calib_file)
+    except IncompleteBuildError as e:
+        if as_json:
+            print_json(incomplete_json(e, res))
+        raise  # the message on stderr, exit 3
     finally:
         reporter.stop()
     pushed = None
     if do_push:
         assert rem is not None
-        with TransferBar("push", enabled=not as_json) as bar:
+        with TransferBar("push") as bar:
             pushed = api.push(store(ctx), rem, result.entry, progress=bar)
     if as_json:
-        data = result.to_json()
-        if pushed is not None:
-            data["push"] = pushed.to_json()
-        print_json(data)
+        print_json(build_json(result, pushed))
         return
     e = result.entry
     how = (f"cache hit ({result.source}): nothing compiled" if result.hit else "built and published")
@@ -77,9 +86,13 @@ def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bo
         try:
             res = api.resolve(api.spec_from_sources(row.fields()), store=store(ctx), toolchain=pins)
             result = api.build(res, store=store(ctx), remote=remote(ctx), force=force)
+            pushed = None
             if do_push:
-                api.push(store(ctx), remote(ctx, required=True), result.entry)  # type: ignore[arg-type]
-            report.append({"row": row.id, "status": "hit" if result.hit else "built", "key": result.entry.key})
+                pushed = api.push(store(ctx), remote(ctx, required=True), result.entry)  # type: ignore[arg-type]
+            report.append({"row": row.id, "status": "hit" if result.hit else "built", "key": result.entry.key,
+                           "push": pushed.to_json() if pushed is not None else None})
+        except IncompleteBuildError as e:
+            report.append({"row": row.id, **e.to_json(), "error": str(e)})
         except KilnError as e:
             report.append({"row": row.id, "status": "failed", "error": str(e)})
         if not as_json:
@@ -88,10 +101,11 @@ def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bo
     if as_json:
         print_json(report)
     failed = sum(r["status"] == "failed" for r in report)
+    incomplete = sum(r["status"] == "incomplete" for r in report)
     if not as_json:
         click.echo(f"{len(rows)} rows: {sum(r['status'] == 'hit' for r in report)} hits, "
-                   f"{sum(r['status'] == 'built' for r in report)} built, {failed} failed")
-    ctx.exit(2 if failed else 0)
+                   f"{sum(r['status'] == 'built' for r in report)} built, {incomplete} incomplete, {failed} failed")
+    ctx.exit(2 if failed else 3 if incomplete else 0)
 
 
 @click.command()

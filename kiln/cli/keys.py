@@ -8,7 +8,7 @@ import click
 
 from ._context import store
 from ._options import SpecRequest, resolve_request, spec_options
-from ._output import json_option, print_json
+from ._output import Verbatim, json_option, print_json
 from ._report import explain_lines
 
 __all__ = ["key"]
@@ -25,8 +25,8 @@ def key(ctx: click.Context, spec: SpecRequest, explain: bool, as_json: bool) -> 
     inputs = res.inputs()
     if as_json:
         out: dict[str, Any] = {"key": res.key}
-        if explain:
-            out.update(inputs=inputs, notes=list(res.notes), ignored=[{"source": s, "value": v} for s, v in res.ignored],
+        if explain:  # inputs exactly as hashed: build_key(inputs) == key
+            out.update(inputs=Verbatim(inputs), notes=list(res.notes), ignored=[{"source": s, "value": v} for s, v in res.ignored],
                        toolchain_origin=dict(res.toolchain_origin))
         print_json(out)
         return

@@ -9,7 +9,7 @@ import click
 
 from .. import api
 from ._context import remote, store
-from ._options import SpecRequest, layout_options, link_option, resolve_request, spec_options
+from ._options import SpecRequest, layout_options, link_option, remote_option, resolve_request, spec_options
 from ._output import json_option
 from ._progress import TransferBar
 from ._report import report_lookup
@@ -20,13 +20,14 @@ __all__ = ["lookup", "fetch"]
 @click.command()
 @spec_options
 @click.option("--select", is_flag=True, help="Choose the best stored engine for --instance-type; shape fields you give constrain it, the rest are free.")
+@remote_option
 @json_option
 @click.pass_context
 def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -> None:
     """Find the artifact for a spec. Exit 0 on a hit, 1 on a miss (with the nearest entries), 2+ on errors."""
     res = resolve_request(store(ctx), spec)
     find = api.select if select else api.lookup
-    with TransferBar("pull", enabled=not as_json):
+    with TransferBar("pull"):
         result = find(res, store=store(ctx), remote=remote(ctx))
     report_lookup(result, as_json)
     ctx.exit(0 if result.hit else 1)
@@ -39,6 +40,7 @@ def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -
 @click.option("--copy", is_flag=True, hidden=True, help="Kept for compatibility: files are copied (or cloned) by default.")
 @link_option
 @layout_options
+@remote_option
 @json_option
 @click.pass_context
 def fetch(ctx: click.Context, spec: SpecRequest, dest: Path, force: bool, copy: bool, link: bool, layout: str,
@@ -46,7 +48,7 @@ def fetch(ctx: click.Context, spec: SpecRequest, dest: Path, force: bool, copy: 
     """Look a spec up and materialise the hit into --dest (copy-on-write clones or copies). Exit 1 on a miss."""
     res = resolve_request(store(ctx), spec)
     t0 = time.monotonic()
-    with TransferBar("pull", enabled=not as_json):
+    with TransferBar("pull"):
         result, path = api.fetch(res, dest, store=store(ctx), remote=remote(ctx), replace=force, link=link,
                                  layout=layout, container_dir=container_dir)
     extra = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}

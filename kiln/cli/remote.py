@@ -9,11 +9,12 @@ from typing import Any, Sequence
 import click
 
 from .. import api
+from ..errors import IncompleteBuildError
 from ._context import remote, store
-from ._options import SpecRequest, layout_options, link_option, resolve_request, spec_options
+from ._options import SpecRequest, layout_options, link_option, remote_option, resolve_request, spec_options
 from ._output import human_size, json_option, print_json
 from ._progress import StageReporter, TransferBar
-from ._report import report_lookup, warn_damaged
+from ._report import build_json, describe_build, describe_push, incomplete_json, report_lookup, warn_damaged
 
 __all__ = ["push_cmd", "pull_cmd", "ensure"]
 
@@ -49,6 +50,7 @@ def _entries_for(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all
 @spec_options
 @click.option("--key", "keys", multiple=True, metavar="KEY", help="Push this artifact (key or prefix); repeatable.")
 @click.option("--all", "all_", is_flag=True, help="Push every artifact in the local store.")
+@remote_option
 @json_option
 @click.pass_context
 def push_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, as_json: bool) -> None:
@@ -57,20 +59,20 @@ def push_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
     assert rem is not None
     results = []
     for entry in _entries_for(ctx, spec, keys, all_, remote_side=False):
-        with TransferBar(f"push {entry.key[:12]}", enabled=not as_json) as bar:
+        with TransferBar(f"push {entry.key[:12]}") as bar:
             results.append(api.push(store(ctx), rem, entry, progress=bar))
     if as_json:
         print_json([r.to_json() for r in results])
         return
     for r in results:
-        click.echo(f"pushed {r.entry.key[:12]} to {rem.describe()}: {r.uploaded} blobs ({human_size(r.uploaded_bytes)}) "
-                   f"uploaded, {r.skipped} ({human_size(r.skipped_bytes)}) already there")
+        click.echo(describe_push(r, rem.describe()))
 
 
 @click.command(name="pull")
 @spec_options
 @click.option("--key", "keys", multiple=True, metavar="KEY", help="Pull this artifact (key or prefix); repeatable.")
 @click.option("--all", "all_", is_flag=True, help="Pull every artifact on the remote.")
+@remote_option
 @json_option
 @click.pass_context
 def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, as_json: bool) -> None:
@@ -80,7 +82,7 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
     if keys or all_:
         results = []
         for entry in _entries_for(ctx, spec, keys, all_, remote_side=True):
-            with TransferBar(f"pull {entry.key[:12]}", enabled=not as_json) as bar:
+            with TransferBar(f"pull {entry.key[:12]}") as bar:
                 results.append(api.pull(store(ctx), rem, entry, progress=bar))
         if as_json:
             print_json([r.to_json() for r in results])
@@ -90,7 +92,7 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
                            f"and verified, {r.reused} already local")
         return
     res = resolve_request(store(ctx), spec)
-    with TransferBar("pull", enabled=not as_json):
+    with TransferBar("pull"):
         result = api.lookup(res, store=store(ctx), remote=rem)
     report_lookup(result, as_json)
     ctx.exit(0 if result.hit else 1)
@@ -106,6 +108,7 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
 @link_option
 @layout_options
 @click.option("--print-env", is_flag=True, help="Print `export NAME=VALUE` lines for the consumer on stdout.")
+@remote_option
 @json_option
 @click.pass_context
 def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_push: bool, force: bool, link: bool,
@@ -114,30 +117,24 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
 
     Exit 0 when DEST holds the engine (a DEST that already holds exactly it is left untouched,
     so a container can run this at every start); 1 on a miss (with the nearest entries), unless
-    --on-miss build builds it (and --push publishes it).
+    --on-miss build builds it (and --push publishes it); 3 when the build stored what this
+    machine can run and the rest needs another (trtllm without a GPU).
     """
     rem = remote(ctx, required=do_push)
     t0 = time.monotonic()
     res = resolve_request(store(ctx), spec)
-    with TransferBar("pull", enabled=not as_json):
+    with TransferBar("pull"):
         result, path = api.fetch(res, dest, store=store(ctx), remote=rem, replace=force, layout=layout,
                                  container_dir=container_dir, link=link)
-    built = None
+    built = pushed = None
     if path is None and on_miss == "build":
         warn_damaged(result)
-        reporter = StageReporter(quiet=as_json)
-        try:
-            built = api.build(res, store=store(ctx), on_stage=reporter)
-        finally:
-            reporter.stop()
-        if do_push:
-            assert rem is not None
-            api.push(store(ctx), rem, built.entry)
+        if not as_json and not print_env:
+            click.echo(f"miss: no stored engine for {res.model.ref} with {res.spec.summary()}; building it here (--on-miss build)")
+        built, pushed = _build_on_miss(ctx, spec, res, rem, do_push=do_push, as_json=as_json)
         result, path = api.fetch(res, dest, store=store(ctx), replace=force, layout=layout, container_dir=container_dir,
                                  link=link)
     extra: dict[str, Any] = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
-    if built is not None:
-        extra["built"] = built.to_json()
     if print_env and not as_json:
         import shlex
 
@@ -148,5 +145,44 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
         for name, value in sorted((result.env or {}).items()):
             click.echo(f"export {name}={shlex.quote(value)}")
         ctx.exit(0 if path else 1)
-    report_lookup(result, as_json, extra)
+    if built is None:
+        report_lookup(result, as_json, extra)
+        ctx.exit(0 if path else 1)
+    # Built here after a miss: say so (not "hit"), and what was pushed.
+    if as_json:
+        data = result.to_json()
+        status = ("hit" if built.hit else "built") if path else "miss"
+        data.update(extra, status=status, hit=built.hit and bool(path), source=built.source if built.hit else None,
+                    built=build_json(built), pushed=pushed.to_json() if pushed is not None else None)
+        print_json(data)
+    else:
+        warn_damaged(result)
+        click.echo(describe_build(built))
+        if pushed is not None:
+            click.echo(describe_push(pushed, rem.describe()))  # type: ignore[union-attr]
+        if path:
+            click.echo(f"materialised into {path} (layout {layout}) in {time.monotonic() - t0:.1f} s")
+            for name, value in sorted((result.env or {}).items()):
+                click.echo(f"env: {name}={value}")
     ctx.exit(0 if path else 1)
+
+
+def _build_on_miss(ctx: click.Context, spec: SpecRequest, res: api.Resolution, rem: api.Remote | None, *,
+                   do_push: bool, as_json: bool) -> tuple[api.BuildResult, api.PushResult | None]:
+    """`ensure --on-miss build`: build exactly as `kiln build` would (calibration file, remote stages), push."""
+    reporter = StageReporter()
+    try:
+        with TransferBar("pull"):
+            built = api.build(res, store=store(ctx), remote=rem, on_stage=reporter, calib_file=spec.calib_file)
+    except IncompleteBuildError as e:
+        if as_json:
+            print_json(incomplete_json(e, res))
+        raise  # the message on stderr, exit 3
+    finally:
+        reporter.stop()
+    pushed = None
+    if do_push:
+        assert rem is not None
+        with TransferBar("push") as bar:
+            pushed = api.push(store(ctx), rem, built.entry, progress=bar)
+    return built, pushed

@@ -23,6 +23,7 @@ from ..cache import Remote, Store
 from ..core import Resolution, lookup, put
 from ..errors import ToolchainError
 from ..manifests import IndexEntry
+from ..models import check_weight_files
 from ..targets import Step, Target, get_target
 from ..targets.base import StoredStep
 from .stages import compile_and_publish, run_stage
@@ -33,6 +34,8 @@ __all__ = ["BuildResult", "build", "require_real_toolchain"]
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What :func:`build` did: the artifact's index entry, and whether it was a hit or compiled (with timings)."""
+
     entry: IndexEntry
     hit: bool  # True: found in the store, nothing compiled
     seconds: float
@@ -86,6 +89,7 @@ def build(
         if found.hit:
             assert found.entry is not None
             return BuildResult(found.entry, True, time.monotonic() - t0, source=found.source)
+    check_weight_files(res.model)  # a corrupt or truncated weight file fails here, not in a worker minutes later
     target = get_target(res.spec.target)
     *stages, last = target.build_steps(res, calib_file=calib_file)  # bad inputs fail here, before any work
     outputs: dict[str, IndexEntry] = {}
@@ -107,9 +111,12 @@ def _build_last(res: Resolution, step: Step, outputs: dict[str, IndexEntry], *, 
                 on_stage: OnStage | None, t0: float, times: dict[str, float]) -> BuildResult:
     """The step that produces the artifact: single-flight on the build key, published with put."""
     key = res.key
-    if on_stage:
-        on_stage("waiting for lock")
-    with store.single_flight(key):
+
+    def waiting(holder: str) -> None:  # called only when another builder holds the key's lock
+        if on_stage:
+            on_stage(f"waiting for the build lock of {key[:12]}: {holder}")
+
+    with store.single_flight(key).held(on_wait=waiting):
         if not force:
             found = lookup(res, store=store)  # a peer may have built it while we waited
             if found.hit:

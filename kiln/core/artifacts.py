@@ -149,6 +149,7 @@ class Query:
 
 
 def list_artifacts(store: Store, query: Query | None = None) -> list[IndexEntry]:
+    """The local store's artifacts that match ``query`` (all when None), newest first."""
     query = query or Query()
     entries = [e for e in store.iter_entries(query.model_hex) if query.matches(e)]
     return sorted(entries, key=lambda e: e.created, reverse=True)

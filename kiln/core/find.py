@@ -88,6 +88,8 @@ def find_entry(store: Store, remote: Remote | None, model_hex: str, key: str) ->
 
 @dataclass(frozen=True)
 class LookupResult:
+    """The answer of :func:`lookup` / :func:`select`: the hit (entry and manifest), or why it missed."""
+
     resolution: Resolution
     entry: IndexEntry | None
     manifest: Manifest | None
@@ -102,17 +104,32 @@ class LookupResult:
         return self.entry is not None and self.manifest is not None
 
     def to_json(self) -> dict[str, Any]:
+        """The result as ``kiln lookup --json`` prints it (docs/json/lookup.schema.json).
+
+        ``spec``, ``toolchain`` and ``model`` describe the artifact found — for ``--select``
+        that is the chosen engine, whose shape may differ from the query's — and on a miss
+        what was looked for; ``query`` is always what was asked (spec, toolchain, its key).
+        """
         res = self.resolution
-        return {
-            "hit": self.hit,
-            "source": self.source,
-            "key": self.entry.key if self.entry else (res.key if res.complete else None),
-            "manifest": self.entry.manifest if self.entry else None,
+        query = {
+            "key": res.key if res.complete else None,
             "spec": res.entry_spec(),
             "model": res.model_summary(),
             "toolchain": dict(res.toolchain),
+        }
+        e = self.entry if self.hit else None
+        return {
+            "status": "hit" if self.hit else "miss",
+            "hit": self.hit,
+            "source": self.source,
+            "key": e.key if e else query["key"],
+            "manifest": e.manifest if e else None,
+            "spec": dict(e.spec) if e else query["spec"],
+            "model": dict(e.model) if e else query["model"],
+            "toolchain": dict(e.toolchain) if e else query["toolchain"],
+            "query": query,
             "toolchain_origin": dict(res.toolchain_origin),
-            "entry": self.entry.to_json() if self.entry else None,
+            "entry": e.to_json() if e else None,
             "explanation": list(self.explanation),
             "damaged": list(self.damaged),
             "notes": list(res.notes) + list(self.notes),
@@ -186,9 +203,18 @@ def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where
         scored.sort(key=lambda t: (t[0], t[1]))
         lines.append(f"{len(scored)} {res.spec.target} artifact(s) for this model in {where}; nearest:")
         for _, _, e, diffs in scored[:limit]:
-            lines.append(f"  {e.key[:12]}: " + "; ".join(diffs or ["identical spec (damaged artifact?)"]))
-        only_toolchain = all(all(d.startswith("toolchain") for d in t[3]) for t in scored[:1])
-        if only_toolchain:
+            lines.append(f"  {e.key[:12]}: " + "; ".join(diffs or ["identical spec and toolchain (failed verification)"]))
+        nearest = scored[0]
+        if not nearest[3]:
+            # Same spec, same toolchain: the artifact is there but did not verify (a corrupt or
+            # missing blob; the warning above says which). A new toolchain is not the way out.
+            lines.append(
+                f"The nearest ({nearest[2].key[:12]}) has the identical spec and toolchain: it is stored but failed "
+                "verification (see the warning). Rebuild it with `kiln build --force`, or pull it again from the "
+                f"remote (`kiln pull --key {nearest[2].key[:12]}`), which replaces the damaged blobs; `kiln verify` "
+                "checks the whole store."
+            )
+        elif all(d.startswith("toolchain") for d in nearest[3]):
             lines.append(
                 "The nearest differs only in toolchain: engines are tied to the compiler version and "
                 "hardware they were built with; rebuild here with `kiln build`, or deploy where that "
@@ -282,6 +308,9 @@ def select(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
     found = first_verified(store, remote, ((e, LOCAL if e.key in local else REMOTE) for e, _ in fit))
     notes += [f"chosen engine failed verification, trying the next: {d}" for d in found.damaged]
     if found.entry is not None:
-        return LookupResult(res, found.entry, found.manifest, (), (), tuple(notes + list(found.notes)), source=LOCAL)
+        # The chosen engine's own spec is what LookupResult.to_json reports (not the query's),
+        # and where it came from: pulled from the remote, or local.
+        return LookupResult(res, found.entry, found.manifest, (), (), tuple(notes + list(found.notes)),
+                            source=found.source)
     return LookupResult(res, None, None, tuple(notes[1:] or ["no stored engine of this model and target at all"]),
                         (), tuple(notes[:1]))

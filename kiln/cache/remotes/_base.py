@@ -37,6 +37,8 @@ class ObjectInfo:
 
 
 class Remote(ABC):
+    """A shared store (an S3 bucket prefix or a filesystem path): open one with :func:`kiln.open_remote`."""
+
     url: str
 
     def describe(self) -> str:

@@ -116,14 +116,23 @@ def build_steps(res: BuildInputs, *, calib_file: Path | None = None) -> tuple[St
 
 def incomplete_error(res: BuildInputs, missing: Sequence[str], stored: Sequence[StoredStep],
                      where: str) -> IncompleteBuildError:
-    """The CPU stages are stored; say exactly how to finish on a GPU machine (exit 3)."""
+    """The CPU stages are stored; say exactly how to finish on a GPU machine (exit 3).
+
+    The error carries the stored steps and both commands too, for ``kiln build --json``.
+    """
     spec, model = res.spec, res.model
     done = ", ".join(f"{s.name} {'reused' if s.reused else 'built'}" for s in stored)
     ckpt = next(s for s in stored if s.name == "checkpoint")
-    push_keys = " ".join(f"--key {s.key[:12]}" for s in reversed(stored))
+    push_keys = " ".join(f"--key {s.key}" for s in reversed(stored))
+    push_short = " ".join(f"--key {s.key[:12]}" for s in reversed(stored))
+    finish = f"kiln --remote URL build {model.ref} {spec.cli_flags()}"
     return IncompleteBuildError(
         f"conversion stages stored ({done}): checkpoint {ckpt.key[:12]} ({ckpt.files} files) in {where}. "
         f"The engine stage needs {', '.join(missing)} (a CUDA GPU with tensorrt_llm from NVIDIA's index). To "
-        f"finish, share the store, or push the stages (`kiln --remote URL push {push_keys}`) and run on the GPU "
-        f"machine: `kiln --remote URL build {model.ref} {spec.cli_flags()}`"
+        f"finish, share the store, or push the stages (`kiln --remote URL push {push_short}`) and run on the GPU "
+        f"machine: `{finish}`",
+        stored=[{"name": s.name, "key": s.key, "files": s.files, "reused": s.reused} for s in stored],
+        missing=missing,
+        push_command=f"kiln --remote URL push {push_keys}",
+        finish_command=finish,
     )
