@@ -16,35 +16,40 @@ Bad input raises a :class:`KilnError` subclass with the message the CLI prints.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .api import (
-    BuildResult,
-    BuildSpec,
-    Field,
-    LoadedEngine,
-    LookupResult,
-    Quantization,
-    Query,
-    Remote,
-    Resolution,
-    Store,
-    build,
-    compute_key,
-    fetch,
-    find_artifact,
-    list_artifacts,
-    load_engine,
-    load_engine_by_key,
-    lookup,
-    open_remote,
-    parse_toolchain_pins,
-    put,
-    resolve,
-    select,
-    spec_from_fields,
-    spec_from_sources,
-)
-from .errors import KilnError
+
+if TYPE_CHECKING:  # for type checkers and readers; at run time names load on first use
+    from .api import (
+        BuildResult,
+        BuildSpec,
+        Field,
+        KilnError,
+        LoadedEngine,
+        LookupResult,
+        Quantization,
+        Query,
+        Remote,
+        Resolution,
+        Store,
+        build,
+        compute_key,
+        fetch,
+        find_artifact,
+        list_artifacts,
+        load_engine,
+        load_engine_by_key,
+        lookup,
+        open_remote,
+        parse_toolchain_pins,
+        put,
+        resolve,
+        select,
+        spec_from_fields,
+        spec_from_sources,
+    )
 
 __all__ = [
     "__version__",
@@ -75,3 +80,17 @@ __all__ = [
     "spec_from_fields",
     "spec_from_sources",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `import kiln` (and so `kiln lookup`) stays cheap: each name is taken from kiln.api,
+    # itself lazy, when first used.
+    if name not in __all__:
+        raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+    value = getattr(importlib.import_module("kiln.api"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -16,52 +16,97 @@ Typical use::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .cache import (
-    GcPlan,
-    PullResult,
-    PushResult,
-    Remote,
-    RemoteGcPlan,
-    Store,
-    VerifyReport,
-    open_remote,
-    pull,
-    push,
-    read_remote_artifact,
-    remote_entries,
-    remote_gc,
-)
-from .compile import BuildResult, build
-from .compile.executors import RowResult, github_matrix, run_local, run_ray
-from .compile.matrix import MatrixRow, load_matrix
-from .compile.plan import PlannedRow, plan_rows, shared_errors
-from .core import (
-    LoadedEngine,
-    LookupResult,
-    Query,
-    Resolution,
-    SpecSource,
-    compute_key,
-    fetch,
-    find_artifact,
-    list_artifacts,
-    load_engine,
-    load_engine_by_key,
-    lookup,
-    parse_toolchain_pins,
-    put,
-    reporting_transfers,
-    resolve,
-    select,
-    spec_from_fields,
-    spec_from_sources,
-)
-from .errors import KilnError
-from .manifests import IndexEntry, Manifest
-from .presets import PRESETS, PresetRow, load_preset
-from .spec import BuildSpec, Field, Quantization, file_digest, normalize_dtype
-from .targets import TARGETS, get_target, layout_names, normalize_target
+
+# Where each public name lives. The facade imports a module only when one of its names is
+# first used: `kiln lookup` in a serving container must not pay for the build orchestration,
+# the matrix machinery or YAML (DESIGN invariant 7, cheap where it is hot).
+_HOMES: dict[str, tuple[str, ...]] = {
+    "kiln.cache": (
+        "GcPlan", "PullResult", "PushResult", "Remote", "RemoteGcPlan", "Store", "VerifyReport",
+        "open_remote", "pull", "push", "read_remote_artifact", "remote_entries", "remote_gc"
+    ),
+    "kiln.compile": ("BuildResult", "build"),
+    "kiln.compile.executors": ("RowResult", "github_matrix", "run_local", "run_ray"),
+    "kiln.compile.matrix": ("MatrixRow", "load_matrix"),
+    "kiln.compile.plan": ("PlannedRow", "plan_rows", "shared_errors"),
+    "kiln.core": (
+        "LoadedEngine", "LookupResult", "Query", "Resolution", "SpecSource", "compute_key", "fetch",
+        "find_artifact", "list_artifacts", "load_engine", "load_engine_by_key", "lookup",
+        "parse_toolchain_pins", "put", "reporting_transfers", "resolve", "select",
+        "spec_from_fields", "spec_from_sources"
+    ),
+    "kiln.errors": ("KilnError",),
+    "kiln.manifests": ("IndexEntry", "Manifest"),
+    "kiln.presets": ("PRESETS", "PresetRow", "load_preset"),
+    "kiln.spec": ("BuildSpec", "Field", "Quantization", "file_digest", "normalize_dtype"),
+    "kiln.targets": ("TARGETS", "get_target", "layout_names", "normalize_target"),
+}
+_WHERE = {name: module for module, names in _HOMES.items() for name in names}
+
+if TYPE_CHECKING:  # the same names, for type checkers and readers
+    from .cache import (
+        GcPlan,
+        PullResult,
+        PushResult,
+        Remote,
+        RemoteGcPlan,
+        Store,
+        VerifyReport,
+        open_remote,
+        pull,
+        push,
+        read_remote_artifact,
+        remote_entries,
+        remote_gc,
+    )
+    from .compile import BuildResult, build
+    from .compile.executors import RowResult, github_matrix, run_local, run_ray
+    from .compile.matrix import MatrixRow, load_matrix
+    from .compile.plan import PlannedRow, plan_rows, shared_errors
+    from .core import (
+        LoadedEngine,
+        LookupResult,
+        Query,
+        Resolution,
+        SpecSource,
+        compute_key,
+        fetch,
+        find_artifact,
+        list_artifacts,
+        load_engine,
+        load_engine_by_key,
+        lookup,
+        parse_toolchain_pins,
+        put,
+        reporting_transfers,
+        resolve,
+        select,
+        spec_from_fields,
+        spec_from_sources,
+    )
+    from .errors import KilnError
+    from .manifests import IndexEntry, Manifest
+    from .presets import PRESETS, PresetRow, load_preset
+    from .spec import BuildSpec, Field, Quantization, file_digest, normalize_dtype
+    from .targets import TARGETS, get_target, layout_names, normalize_target
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "__version__",

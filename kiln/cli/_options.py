@@ -23,6 +23,8 @@ import click
 from .. import api
 from ..spec import CALIB_SET_OPTION, Field
 from ._context import set_remote_url
+from ._output import human_size
+from ._progress import TransferBar
 
 __all__ = ["SpecRequest", "spec_options", "spec_flag_options", "resolve_request", "layout_options", "link_option",
            "toolchain_option", "remote_option", "remote_flag_option", "use_remote_flag"]
@@ -151,11 +153,31 @@ def spec_flag_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return _spec_decorator(_OPTIONS[1:])(f)
 
 
+# Model files at least this large are announced before they are hashed (once: the digest is memoised).
+ANNOUNCE_HASH_BYTES = 64 << 20
+
+
 def resolve_request(store: api.Store, request: SpecRequest) -> api.Resolution:
-    """Spec flags → Resolution (model resolved, spec validated, toolchain settled)."""
+    """Spec flags → Resolution (model resolved, spec validated, toolchain settled).
+
+    Hashing a large model for its tree digest the first time takes a while (13 GB for a 7B
+    model): say so on stderr, with a progress bar on a terminal.
+    """
     source = api.spec_from_sources(request.fields(), from_env=request.from_env,
                                    serving_properties=request.serving_properties)
-    return api.resolve(source, store=store, toolchain=api.parse_toolchain_pins(request.toolchain_pins))
+
+    def announce(path: Path, size: int) -> None:
+        if size >= ANNOUNCE_HASH_BYTES:
+            click.echo(f"kiln: hashing {path.name} ({human_size(size)}) for the model's tree digest "
+                       "(once: the digest is memoised)", err=True)
+
+    memo = store.memo
+    with TransferBar("hash model files") as bar:
+        memo.on_hash, memo.progress = announce, bar
+        try:
+            return api.resolve(source, store=store, toolchain=api.parse_toolchain_pins(request.toolchain_pins))
+        finally:
+            memo.on_hash = memo.progress = None
 
 
 def layout_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -37,26 +37,16 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
         _build_preset(ctx, preset, spec, force=force, do_push=do_push, as_json=as_json)
         return
     reporter = StageReporter()
-    res = None
     try:
         reporter("resolve model and validate spec")
         res = resolve_request(store(ctx), spec)
         for warning in res.warnings:
             click.echo(f"kiln: WARNING: {warning}", err=True)
-        with TransferBar("pull"):
-            result = api.build(res, store=store(ctx), remote=rem, force=force, on_stage=reporter,
-                               calib_file=spec.calib_file)
-    except IncompleteBuildError as e:
-        if as_json:
-            print_json(incomplete_json(e, res))
-        raise  # the message on stderr, exit 3
-    finally:
+    except BaseException:
         reporter.stop()
-    pushed = None
-    if do_push:
-        assert rem is not None
-        with TransferBar("push") as bar:
-            pushed = api.push(store(ctx), rem, result.entry, progress=bar)
+        raise
+    result, pushed = build_and_push(ctx, spec, res, rem, do_push=do_push, as_json=as_json, force=force,
+                                    reporter=reporter)
     if as_json:
         print_json(build_json(result, pushed))
         return
@@ -72,6 +62,31 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
     click.echo(f"artifact  {e.files} files, {human_size(e.size)}  (manifest {e.manifest[:19]})")
     if result.stages:
         click.echo("stages    " + ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items() if v >= 0.05))
+
+
+def build_and_push(ctx: click.Context, spec: SpecRequest, res: api.Resolution, rem: api.Remote | None, *,
+                   do_push: bool, as_json: bool, force: bool = False,
+                   reporter: StageReporter | None = None) -> tuple[api.BuildResult, api.PushResult | None]:
+    """Build (a hit returns at once) and optionally push, the one way `kiln build` and
+    `kiln ensure --on-miss build` do it: progress on stderr, the calibration file and the
+    remote's stages used; on exit 3 the --json document is printed before the error."""
+    reporter = reporter or StageReporter()
+    try:
+        with TransferBar("pull"):
+            result = api.build(res, store=store(ctx), remote=rem, force=force, on_stage=reporter,
+                               calib_file=spec.calib_file)
+    except IncompleteBuildError as e:
+        if as_json:
+            print_json(incomplete_json(e, res))
+        raise  # the message on stderr, exit 3
+    finally:
+        reporter.stop()
+    pushed = None
+    if do_push:
+        assert rem is not None
+        with TransferBar("push") as bar:
+            pushed = api.push(store(ctx), rem, result.entry, progress=bar)
+    return result, pushed
 
 
 def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bool, do_push: bool, as_json: bool) -> None:
@@ -146,7 +161,7 @@ def generate(ctx: click.Context, spec: SpecRequest, prompt: str, max_new_tokens:
     if by_key:
         loaded = api.load_engine_by_key(by_key, store=store(ctx))
     else:
-        loaded = api.load_engine(resolve_request(store(ctx), spec), store=store(ctx))
+        loaded = api.load_engine(resolve_request(store(ctx), spec), store=store(ctx), remote=remote(ctx))
     t_load = time.monotonic() - t0
     tok = loaded.tokenizer()
     if not raw and getattr(tok, "chat_template", None):

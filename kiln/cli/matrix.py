@@ -22,7 +22,7 @@ import click
 from .. import api
 from ..errors import SpecError
 from ._context import remote, remote_url, store
-from ._options import toolchain_option
+from ._options import remote_option, toolchain_option
 from ._output import console, human_size, iso_time, json_option, print_json
 
 __all__ = ["matrix"]
@@ -80,6 +80,7 @@ def _fail_invalid(ctx: click.Context, file: Path, planned: list[api.PlannedRow])
 
 @matrix.command(name="plan")
 @click.argument("file", type=click.Path(path_type=Path))
+@remote_option
 @toolchain_option
 @json_option
 @click.pass_context
@@ -121,6 +122,7 @@ def matrix_plan(ctx: click.Context, file: Path, toolchain_pins: Sequence[str], a
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", help="Ray cluster address (default: start a local Ray instance).")
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the JSON report to this file.")
+@remote_option
 @toolchain_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 @click.pass_context
@@ -174,6 +176,7 @@ def matrix_build(ctx: click.Context, file: Path, rows: Sequence[str], jobs: int 
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["github"]), default="github", show_default=True)
 @click.option("--shard-size", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per CI job.")
+@remote_option
 @toolchain_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print {matrix, rows, invalid, hits, builds, errors, merged} instead of the bare job matrix.")

@@ -9,12 +9,25 @@ from typing import Any, Sequence
 import click
 
 from .. import api
-from ..errors import IncompleteBuildError
 from ._context import remote, store
-from ._options import SpecRequest, layout_options, link_option, remote_option, resolve_request, spec_options
+from ._options import (
+    SpecRequest,
+    layout_options,
+    link_option,
+    remote_option,
+    resolve_request,
+    spec_options,
+)
 from ._output import human_size, json_option, print_json
-from ._progress import StageReporter, TransferBar
-from ._report import build_json, describe_build, describe_push, incomplete_json, report_lookup, warn_damaged
+from ._progress import TransferBar
+from ._report import (
+    build_json,
+    describe_build,
+    describe_push,
+    report_lookup,
+    warn_damaged,
+)
+from .build import build_and_push
 
 __all__ = ["push_cmd", "pull_cmd", "ensure"]
 
@@ -81,15 +94,22 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
     assert rem is not None
     if keys or all_:
         results = []
+        failed = 0
         for entry in _entries_for(ctx, spec, keys, all_, remote_side=True):
-            with TransferBar(f"pull {entry.key[:12]}") as bar:
-                results.append(api.pull(store(ctx), rem, entry, progress=bar))
+            try:
+                with TransferBar(f"pull {entry.key[:12]}") as bar:
+                    results.append(api.pull(store(ctx), rem, entry, progress=bar))
+            except api.KilnError as e:  # one refused artifact must not stop the others
+                failed += 1
+                click.echo(f"kiln: WARNING: artifact {entry.key[:12]} not pulled: {e}", err=True)
         if as_json:
             print_json([r.to_json() for r in results])
         else:
             for r in results:
                 click.echo(f"pulled {r.entry.key[:12]}: {r.downloaded} blobs ({human_size(r.downloaded_bytes)}) downloaded "
                            f"and verified, {r.reused} already local")
+        if failed:
+            ctx.exit(1)
         return
     res = resolve_request(store(ctx), spec)
     with TransferBar("pull"):
@@ -131,7 +151,7 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
         warn_damaged(result)
         if not as_json and not print_env:
             click.echo(f"miss: no stored engine for {res.model.ref} with {res.spec.summary()}; building it here (--on-miss build)")
-        built, pushed = _build_on_miss(ctx, spec, res, rem, do_push=do_push, as_json=as_json)
+        built, pushed = build_and_push(ctx, spec, res, rem, do_push=do_push, as_json=as_json)
         result, path = api.fetch(res, dest, store=store(ctx), replace=force, layout=layout, container_dir=container_dir,
                                  link=link)
     extra: dict[str, Any] = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
@@ -165,24 +185,3 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
             for name, value in sorted((result.env or {}).items()):
                 click.echo(f"env: {name}={value}")
     ctx.exit(0 if path else 1)
-
-
-def _build_on_miss(ctx: click.Context, spec: SpecRequest, res: api.Resolution, rem: api.Remote | None, *,
-                   do_push: bool, as_json: bool) -> tuple[api.BuildResult, api.PushResult | None]:
-    """`ensure --on-miss build`: build exactly as `kiln build` would (calibration file, remote stages), push."""
-    reporter = StageReporter()
-    try:
-        with TransferBar("pull"):
-            built = api.build(res, store=store(ctx), remote=rem, on_stage=reporter, calib_file=spec.calib_file)
-    except IncompleteBuildError as e:
-        if as_json:
-            print_json(incomplete_json(e, res))
-        raise  # the message on stderr, exit 3
-    finally:
-        reporter.stop()
-    pushed = None
-    if do_push:
-        assert rem is not None
-        with TransferBar("push") as bar:
-            pushed = api.push(store(ctx), rem, built.entry, progress=bar)
-    return built, pushed

@@ -56,7 +56,7 @@ def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
     if target_f is None:
         raise SpecError(
             f"no target given; pass --target ({', '.join(TARGETS)}), or set "
-            "OPTION_ROLLING_BATCH / OPTION_ENTRYPOINT so Kiln can infer it."
+            "OPTION_KILN_TARGET, or OPTION_ROLLING_BATCH / OPTION_ENTRYPOINT so Kiln can infer it."
         )
     if not isinstance(target_f.value, str):
         raise SpecError(f"{target_f.source}={show(target_f.value)} is not a Kiln target; write one of {', '.join(TARGETS)}.")
