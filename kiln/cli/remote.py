@@ -108,8 +108,8 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
             for r in results:
                 click.echo(f"pulled {r.entry.key[:12]}: {r.downloaded} blobs ({human_size(r.downloaded_bytes)}) downloaded "
                            f"and verified, {r.reused} already local")
-        if failed:
-            ctx.exit(1)
+        if failed:  # the others are pulled; the refusals were errors (exit 2), not misses
+            ctx.exit(2)
         return
     res = resolve_request(store(ctx), spec)
     with TransferBar("pull"):
