@@ -6,10 +6,19 @@ Public to the rest of Kiln: :class:`Store` (which owns every directory under ``K
 """
 
 from ._hashmemo import HashMemo
-from ._remote_read import read_remote_artifact
 from ._progress import Progress
 from ._store import GcPlan, Store, VerifyReport, default_store_root
-from ._sync import PullResult, PushResult, RemoteGcPlan, pull, push, remote_entries, remote_entry, remote_gc
+from ._sync import (
+    PullResult,
+    PushResult,
+    RemoteGcPlan,
+    pull,
+    push,
+    read_remote_artifact,
+    remote_entries,
+    remote_entry,
+    remote_gc,
+)
 from .remotes import Remote, open_remote
 
 __all__ = [

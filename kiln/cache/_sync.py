@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import CorruptBlobError, NotFoundError, RemoteError, UnsafeManifestError
 from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
@@ -36,7 +36,7 @@ from ._progress import Progress
 from ._store import Store
 from .remotes import Remote
 
-__all__ = ["PushResult", "PullResult", "push", "pull", "remote_entry", "remote_entries", "remote_gc", "RemoteGcPlan",
+__all__ = ["PushResult", "PullResult", "push", "pull", "read_remote_artifact", "remote_entry", "remote_entries", "remote_gc", "RemoteGcPlan",
            "warn_bad_remote_data"]
 
 PARALLEL_FILES = 4
@@ -228,8 +228,13 @@ def _fetch_small(remote: Remote, digest: str, limit: int) -> bytes:
     return data
 
 
-def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | None = None) -> PullResult:
-    """Download, verify and publish one remote artifact into the local store."""
+def _remote_documents(remote: Remote, entry: IndexEntry) -> tuple[Manifest, bytes, dict[str, Any], bytes]:
+    """An artifact's manifest and build record from the remote, verified, with their bytes.
+
+    Both are untrusted: the manifest is checked against the entry's digest and its own safety
+    rules (paths, sizes) and must name the entry's key; the record against its digest, its
+    schema and the entry (an entry must not lie about what it holds). RemoteError otherwise.
+    """
     manifest_bytes = _fetch_small(remote, entry.manifest, MAX_MANIFEST_BYTES)
     try:
         manifest = Manifest.parse(manifest_bytes)
@@ -242,13 +247,26 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
         )
     record_bytes = _fetch_small(remote, manifest.config.digest, MAX_CONFIG_BYTES)
     try:
-        # The record is untrusted JSON too: schema, bounds, and that the entry tells its truth.
-        check_record_describes(parse_record(record_bytes), entry)
+        record = parse_record(record_bytes)
+        check_record_describes(record, entry)
     except UnsafeManifestError as e:
         raise RemoteError(
             f"the build record of {entry.key[:12]} on {remote.describe()} ({blob_key(manifest.config.digest)}) "
             f"is refused: {e}; nothing was published."
         ) from None
+    return manifest, manifest_bytes, record, record_bytes
+
+
+def read_remote_artifact(remote: Remote, entry: IndexEntry) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest and build record of a remote artifact, verified, without pulling its blobs
+    (`kiln show --remote`); RemoteError if either is bad."""
+    manifest, _, record, _ = _remote_documents(remote, entry)
+    return manifest, record
+
+
+def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | None = None) -> PullResult:
+    """Download, verify and publish one remote artifact into the local store."""
+    manifest, manifest_bytes, _, record_bytes = _remote_documents(remote, entry)
     result = PullResult(entry)
     count = threading.Lock()  # the counters are updated from the download threads
     with store.writer_lock():
