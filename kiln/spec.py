@@ -362,7 +362,7 @@ def parse_alpha(value: Any, source: str = "SmoothQuant alpha") -> float:
             f"{source}={show(value)} is outside [0, 1]: SmoothQuant alpha must be in [0, 1] (it migrates "
             "that fraction of the activation range into the weights); write a value such as 0.5 or 0.8."
         )
-    return alpha
+    return alpha + 0.0  # -0.0 → 0.0: one engine, one key
 
 
 # --------------------------------------------------------------------------- keys

@@ -222,3 +222,15 @@ def test_a_source_with_control_characters_is_shown_on_one_line() -> None:
     with pytest.raises(SpecError) as info:
         spec_from_fields({**fields(), "option.a\nb": Field("1", "--option a\nb")})
     assert "\n" not in str(info.value) and "'--option a\\nb'" in str(info.value)
+
+
+def test_minus_zero_alpha_is_the_same_engine_as_zero() -> None:
+    a = spec_from_fields(fields(target="trtllm", smoothquant_alpha="-0"))
+    b = spec_from_fields(fields(target="trtllm", smoothquant_alpha="0"))
+    assert a == b and a.quant.to_json() == b.quant.to_json()
+
+
+@pytest.mark.parametrize("name", ["smoothquant_alpha", "n_positions", "dtype", "option.device"])
+def test_an_explicit_empty_value_is_an_error_naming_it(name: str) -> None:
+    with pytest.raises(SpecError, match=f"--{name} is empty"):
+        spec_from_fields(fields(**{name: " "}))

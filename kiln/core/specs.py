@@ -48,8 +48,11 @@ def spec_from_fields(fields: Mapping[str, Field]) -> BuildSpec:
 
     def get(name: str) -> Field | None:
         f = fields.get(name)
-        if f is None or f.value is None or (isinstance(f.value, str) and not f.value.strip()):
+        if f is None or f.value is None:
             return None
+        if isinstance(f.value, str) and not f.value.strip():
+            # `--smoothquant ""` or `-o device=` must not quietly mean "the default".
+            raise SpecError(f"{f.source} is empty; give it a value, or leave it out for the default.")
         return f
 
     target_f = get("target")

@@ -119,6 +119,10 @@ def interpret(
     ignored: list[tuple[str, str]] = []
 
     for k, p in sorted(norm.items()):
+        if k in _USED and not p.value.strip():
+            # `option.n_positions=` in a file must not quietly mean LMI's default. (Empty OPTION_*
+            # variables never get here: the environment reader skips them, as DJL Serving does.)
+            raise ConfigSourceError(f"{p.source} is empty; give it a value, or remove the line for the default.")
         if k not in _USED:
             ignored.append((p.source, p.value))
 

@@ -29,10 +29,17 @@ class Prop:
     source: str  # e.g. "OPTION_DTYPE" or "option.dtype (serving.properties:4)"
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def parse_properties_text(text: str, origin: str = "serving.properties") -> dict[str, Prop]:
     """java.util.Properties.load semantics (plus trailing-whitespace stripping)."""
     props: dict[str, Prop] = {}
-    lines = text.splitlines()
+    # Java's LineReader ends lines at \n, \r or \r\n only; str.splitlines() would also split at
+    # \f, \v, \x1c-\x1e, \x85 and U+2028/9, reading two properties where LMI reads one.
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
     i = 0
     while i < len(lines):
         lineno = i + 1

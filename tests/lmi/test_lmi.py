@@ -272,3 +272,19 @@ def test_escapes_that_make_control_characters_stay_escaped_in_messages() -> None
 def test_a_path_with_a_nul_byte_is_refused() -> None:
     with pytest.raises(ConfigSourceError, match="holds a NUL byte"):
         read_serving_properties("serving\x00.properties")
+
+
+def test_properties_lines_end_only_where_java_ends_them() -> None:
+    """java.util.Properties ends lines at \\n, \\r and \\r\\n only: a form feed or U+2028 inside a
+    line does not start a new property (str.splitlines() would read `max_rolling_batch_size=4`)."""
+    props = parse_properties_text("option.n_positions=64\fmax_rolling_batch_size=4\nb=2\r\nc=3\rd=4\u2028e=5\n")
+    assert "max_rolling_batch_size" not in props and "e" not in props
+    assert props["option.n_positions"].value == "64\fmax_rolling_batch_size=4"
+    assert {k: p.value for k, p in props.items() if k in "bcd"} == {"b": "2", "c": "3", "d": "4\u2028e=5"}
+
+
+@pytest.mark.parametrize("line", ["option.n_positions=", "option.dtype = ", "option.smoothquant_alpha:"])
+def test_an_empty_property_is_an_error_not_the_default(line: str) -> None:
+    props = parse_properties_text(f"option.rolling_batch=trtllm\n{line}\n")
+    with pytest.raises(ConfigSourceError, match="is empty"):
+        interpret(props)

@@ -33,7 +33,15 @@ def open_remote(url: str | None) -> Remote | None:
     if url.startswith("s3://"):
         return S3Remote(url)
     if url.startswith("file://"):
-        path = Path(urlparse(url).path)
+        parsed = urlparse(url)
+        # file://tmp/x names host "tmp" and path /x; file:// alone names nothing. Both are
+        # mistakes for file:///tmp/x: refuse them rather than use (and create) another path.
+        if parsed.netloc not in ("", "localhost") or not parsed.path:
+            raise RemoteError(
+                f"remote {url!r} is not a local file URL (it names host {parsed.netloc!r} and path "
+                f"{parsed.path or '(none)'!r}); write file:///ABSOLUTE/PATH (three slashes) or a plain path."
+            )
+        path = Path(parsed.path)
     elif "://" in url:
         raise RemoteError(f"remote {url!r}: Kiln supports s3://BUCKET/PREFIX, file:///PATH or a plain path.")
     else:
