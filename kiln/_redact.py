@@ -1,0 +1,44 @@
+"""Credentials out of everything Kiln prints or writes: URLs and command lines, redacted.
+
+A remote URL can carry secrets two ways: userinfo (``http://KEY:SECRET@host``, also inside
+another URL's query, ``s3://b/p?endpoint=http://KEY:SECRET@127.0.0.1:9000``, percent-encoded
+or not) and query parameters that are credentials by name (``?secret=…``, presigned
+``X-Amz-Signature=…``). Both are replaced by ``***`` wherever a URL is shown in a message,
+stored in a build record's command line, or written to the store or a bucket. Redaction is
+by pattern on the text, so it also covers a URL embedded in a longer argument
+(``--remote=s3://…``) and one that does not parse as a URL at all.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+__all__ = ["REDACTED", "redact", "redact_args"]
+
+REDACTED = "***"
+
+# scheme://userinfo@ — userinfo runs to the last '@' before the host's end (passwords may hold '@'
+# only percent-encoded, but users write them raw too).
+_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)([^/?#\s@]*(?:@[^/?#\s@]*)*)@")
+# The same, percent-encoded inside a query value: http%3A%2F%2FKEY%3ASECRET%40host
+_USERINFO_ENCODED = re.compile(r"(?i)([a-z][a-z0-9+.-]*%3A%2F%2F)((?:(?!%2F|%3F|%23|&|\s).)*?)%40")
+# Query parameters whose value is a credential, by name (case-insensitive, any position).
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:[a-z0-9_.-]*(?:secret|token|password|passwd|pwd|signature|credential|session|"
+    r"access[_-]?key|api[_-]?key|auth)[a-z0-9_.-]*)=)([^&#\s]*)"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL credential replaced by ``***`` (userinfo and secret query values)."""
+    if "@" not in text and "%40" not in text.upper() and "=" not in text:
+        return text  # the common case: nothing that could hold a credential
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _USERINFO_ENCODED.sub(lambda m: f"{m.group(1)}{REDACTED}%40", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+
+
+def redact_args(args: Iterable[str]) -> list[str]:
+    """A command line with credentials redacted in each argument (for build records)."""
+    return [redact(a) for a in args]
