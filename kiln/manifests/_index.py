@@ -10,7 +10,14 @@ Entries are read from remotes nobody here controls and from local files anything
 written, and every caller indexes into them (``spec["n_positions"]``, ``model["tree_digest"]``),
 so :meth:`IndexEntry.from_json` accepts only the exact shape Kiln writes (see
 :mod:`kiln.manifests._entry_shape`): a document of any other shape is refused there, with a
-message naming the field, instead of crashing a caller later with a ``KeyError``.
+message naming the field, instead of crashing a caller later with a ``KeyError``. An engine's
+spec must moreover be a complete, valid :class:`~kiln.spec.BuildSpec` in the canonical form
+Kiln writes (``spec: {}``, ``per_token`` without SmoothQuant, an alpha written ``"0.50"`` are
+refused), so :meth:`IndexEntry.build_spec` and every table that reads the spec work on any
+accepted entry.
+
+What an entry *claims* beyond its shape (its spec, model, size, …) is checked against the
+build record and manifest it points at by :func:`kiln.manifests.check_record_describes`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..errors import SpecError, UnsafeManifestError
 from ..spec import BuildSpec
 from ._entry_shape import ENTRY_SCHEMA, MAX_ENTRY_BYTES, check_entry
 from ._json import load_json
@@ -64,6 +72,7 @@ class IndexEntry:
     def from_json(cls, data: Any) -> "IndexEntry":
         """The entry a parsed JSON document describes; UnsafeManifestError unless it has the exact shape."""
         fields = check_entry(data)
+        _check_build_spec(fields["spec"])
         return cls(**fields)
 
     @classmethod
@@ -73,6 +82,33 @@ class IndexEntry:
 
 
 _SPEC_FIELDS = ("target", "n_positions", "batch_size", "tp_degree", "dtype", "quantization", "options")
+
+
+def _check_build_spec(spec: Mapping[str, Any]) -> None:
+    """An engine spec (shape already checked) must be a valid BuildSpec, written as Kiln writes it.
+
+    The shape check types each field alone; BuildSpec also checks how they combine
+    (``per_token`` needs a SmoothQuant alpha), and readers build one from every entry they
+    list (`kiln ls` prints its quantization), so an entry it refuses must be refused here,
+    as malformed, not crash a reader later. The canonical form matters too: an alpha written
+    ``"0.50"`` is the spec of ``"0.5"`` but would never equal it where entries are matched.
+    Build stages' specs are not BuildSpecs (their inputs are the stage's own).
+    """
+    if "stage" in spec:
+        return
+    try:
+        canonical = BuildSpec.from_json(spec).shape_json()
+    except SpecError as e:
+        raise UnsafeManifestError(f"spec is not a valid build spec: {e}") from None
+    for name in _SPEC_FIELDS:
+        if not _json_same(canonical[name], spec[name]):
+            raise UnsafeManifestError(
+                f"spec.{name} is {_show(spec[name])}, not in the form Kiln writes it ({_show(canonical[name])})"
+            )
+
+
+def _json_same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _show(value: Any) -> str:
