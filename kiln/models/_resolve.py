@@ -11,21 +11,25 @@ Resolving is two steps so that bad input fails before any hashing: :func:`locate
 finds the directory (and :meth:`ModelLocation.config` reads config.json, a bounded read of a
 JSON object), then :func:`resolve_model` hashes it.
 
+What is hashed is the model's *listing* (:mod:`kiln.models._tree`, which defines the model's
+tree and says which entries are refused): every file a build can read from the directory, links
+followed within the tree, checked when the model is located, so that an unreadable entry, a
+link out of the tree or a FIFO fails before config.json is parsed and long before any hashing.
+A file that changed between listing and hashing is an error, not a hash of something else.
+
 Hashing each byte once: in the HF cache, LFS files (the weights) are stored as blobs named by
-their sha256, so that name is reused; every other file is hashed through the store's
-:class:`~kiln.cache.HashMemo`. Only regular files are hashed: a FIFO or a device in a model
-directory is refused (hashing it would hang or never end).
+their sha256, so that name is reused (for blobs of the snapshot's own repository folder only);
+every other file is hashed through the store's :class:`~kiln.cache.HashMemo`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +38,11 @@ from ..cache import HashMemo
 from ..errors import ModelError
 from ._hub import hub_snapshot
 from ._refs import missing_directory_error, parse_model_ref
+from ._tree import MODEL_FILE_IGNORES, TreeFile, TreeListing, scan_tree
 
 __all__ = ["ModelFile", "ModelLocation", "ModelSource", "locate_model", "read_config", "resolve_model",
            "parse_model_ref", "MODEL_FILE_IGNORES", "MAX_CONFIG_BYTES"]
 
-# Files that never change an engine: docs, licences, git metadata, and the duplicate
-# "original/" consolidated checkpoints Meta ships beside the HF weights. Everything else is
-# in the digest — when in doubt, a file is included (a miss is cheap, a wrong hit is not).
-MODEL_FILE_IGNORES = (
-    "*.md", "LICENSE*", "USE_POLICY*", "NOTICE*", ".gitattributes", ".gitignore",
-    "original/*", ".cache/*", ".git/*", ".huggingface/*",
-)
 MAX_CONFIG_BYTES = 16 << 20  # config.json: a few KiB in practice (large id2label maps: hundreds of KiB)
 _JSON_KINDS = {list: "an array", str: "a string", type(None): "null", bool: "a boolean", int: "a number", float: "a number"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
@@ -84,6 +82,8 @@ class ModelLocation:
     path: Path
     repo_id: str | None = None
     revision: str | None = None
+    # What resolve_model hashes (listed and checked by locate_model); None: listed when hashed.
+    listing: TreeListing | None = field(default=None, compare=False, repr=False)
 
     @property
     def config_path(self) -> Path:
@@ -136,77 +136,67 @@ class ModelSource:
         }
 
 
-def _ignored(rel: str) -> bool:
-    return any(fnmatch.fnmatch(rel, pat) for pat in MODEL_FILE_IGNORES)
-
-
 def _tree_digest(files: list[ModelFile]) -> str:
     listing = [[f.path, f.sha256, f.size] for f in sorted(files, key=lambda f: f.path)]
     data = json.dumps(listing, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _walk(root: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            out.append(Path(dirpath) / name)
-    return out
-
-
-def _lfs_sha256(path: Path) -> str | None:
-    """In an HF cache snapshot, LFS files link to blobs named by their sha256."""
-    if not path.is_symlink():
+def _lfs_sha256(f: TreeFile, tree: Path) -> str | None:
+    """In an HF cache snapshot, LFS files link to blobs of their repository named by their sha256."""
+    if f.real.parent != tree / "blobs" or not _SHA256_HEX.match(f.real.name):
         return None
-    name = os.path.basename(os.readlink(path))
-    return name if _SHA256_HEX.match(name) else None
+    return f.real.name
 
 
-def _hash_tree(root: Path, memo: HashMemo, *, trust_lfs_names: bool) -> list[ModelFile]:
+def _sha256(f: TreeFile, memo: HashMemo) -> str:
+    """The memoised sha256 of a listed file, refusing one replaced since it was listed.
+
+    The stat right before hashing keeps a file swapped for a FIFO since the listing from
+    being opened by the hasher (which would wait for a writer).
+    """
+    try:
+        st = os.stat(f.path)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != f.ident:
+            raise ModelError(f"model file {show_path(f.path)} changed while Kiln read the model directory; "
+                             "run again once nothing is writing to it.")
+        return memo.sha256(f.path)
+    except FileNotFoundError:
+        raise ModelError(f"model file {show_path(f.path)} disappeared while Kiln read the model directory; "
+                         "run again once nothing is writing to it.") from None
+    except OSError as e:
+        raise ModelError(f"cannot read model file {show_path(f.path)}: {e.strerror}; make it readable or "
+                         "remove it from the model directory.") from None
+
+
+def _hash_tree(listing: TreeListing, memo: HashMemo, *, trust_lfs_names: bool) -> list[ModelFile]:
     files = []
-    for p in _walk(root):
-        rel = p.relative_to(root).as_posix()
-        if _ignored(rel):
-            continue
-        try:
-            st = p.stat()  # follows the snapshot's symlink to the blob
-        except FileNotFoundError:
-            raise ModelError(
-                f"{show_path(p)} is a dangling link (an interrupted download?); re-download the model."
-            ) from None
-        except OSError as e:
-            raise ModelError(f"cannot read model file {show_path(p)}: {e.strerror}.") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise ModelError(
-                f"model file {show_path(p)} is not a regular file (a FIFO, socket or device); hashing it would "
-                "never end: remove it from the model directory."
-            )
-        size = st.st_size
-        digest = _lfs_sha256(p) if trust_lfs_names else None
-        files.append(ModelFile(rel, digest or memo.sha256(p), size))
-    if not files:
-        raise ModelError(f"model directory {show_path(root)} holds no model files; is it the right directory?")
+    for f in listing.files:
+        digest = _lfs_sha256(f, listing.root) if trust_lfs_names else None
+        files.append(ModelFile(f.rel, digest or _sha256(f, memo), f.size))
     return files
 
 
 def locate_model(ref: str) -> ModelLocation:
-    """Find a model ref's directory (a Hub id: its snapshot, downloaded unless offline); no hashing."""
+    """Find a model ref's directory (a Hub id: its snapshot, downloaded unless offline) and list
+    its files, checked (:func:`~kiln.models._tree.scan_tree`); no hashing."""
     kind, where, revision = parse_model_ref(ref)
     assert where is not None
     if kind == "local":
         root = Path(where)
         if not root.is_dir():
             raise missing_directory_error(ref.strip())
-        return ModelLocation(str(root.resolve()), "local", root.resolve())
-    return ModelLocation(ref, "hub", hub_snapshot(where, revision), repo_id=where, revision=revision)
+        real = root.resolve()
+        return ModelLocation(str(real), "local", real, listing=scan_tree(real))
+    snapshot = hub_snapshot(where, revision)
+    return ModelLocation(ref, "hub", snapshot, repo_id=where, revision=revision, listing=scan_tree(snapshot))
 
 
 def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> ModelSource:
     """Locate (unless given a :class:`ModelLocation`) and hash a model: its files and tree digest."""
     memo = memo or HashMemo(None)
     loc = ref if isinstance(ref, ModelLocation) else locate_model(ref)
-    files = _hash_tree(loc.path, memo, trust_lfs_names=loc.kind == "hub")
+    files = _hash_tree(loc.listing or scan_tree(loc.path), memo, trust_lfs_names=loc.kind == "hub")
     if loc.kind == "local":
         return ModelSource(loc.ref, "local", loc.path, tuple(files), _tree_digest(files))
     return ModelSource(

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
-from .._input import show, show_path
+from .._input import read_small_file, show, show_path
 from ..errors import ModelError
 from ._resolve import ModelSource
 
@@ -53,8 +54,15 @@ def _is_count(value: Any) -> bool:
 def check_safetensors(path: Path) -> int:
     """Check one safetensors file's header against the file; return its number of tensors."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK + fstat: a FIFO named *.safetensors is refused, never waited on.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(fd, "rb", closefd=True) as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) \
+                    else "a socket or device"
+                raise ModelError(f"weight file {show_path(path)} is {kind}, not a regular file; {_FIX}.")
+            size = st.st_size
             if size < 8:
                 raise _bad(path, f"it is {size} bytes, shorter than the 8-byte header length (truncated)")
             n = int.from_bytes(f.read(8), "little")
@@ -123,14 +131,9 @@ def _index_shards(model: ModelSource) -> Iterable[str]:
     path = model.path / _INDEX
     if not any(f.path == _INDEX for f in model.files):
         return []
+    raw = read_small_file(path, _MAX_INDEX_BYTES, "shard index", ModelError, _FIX)  # never a FIFO, never unbounded
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_INDEX_BYTES + 1)
-        if len(raw) > _MAX_INDEX_BYTES:
-            raise ModelError(f"{show_path(path)} is larger than {_MAX_INDEX_BYTES >> 20} MiB; {_FIX}.")
         index = json.loads(raw.decode("utf-8-sig"))
-    except OSError as e:
-        raise ModelError(f"cannot read {show_path(path)}: {e.strerror}; {_FIX}.") from None
     except (ValueError, RecursionError):
         raise ModelError(f"{show_path(path)} is not valid JSON; {_FIX}.") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None

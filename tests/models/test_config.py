@@ -130,13 +130,13 @@ def test_a_config_or_model_file_that_is_a_fifo_is_refused_without_blocking(tmp_p
     (model / "config.json").unlink()
     os.mkfifo(model / "config.json")
     r = run_kiln("key", str(model), "--target", "torch-aoti", "--n-positions", "64")
-    assert r.returncode == 2 and r.stderr == (
-        f"kiln: error: model config {model / 'config.json'} is a FIFO, not a regular file; {FIX[:-1]}.\n"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith(  # refused by the listing, before config.json is read
+        f"kiln: error: model file {model / 'config.json'} is a FIFO, not a regular file;"), r.stderr
     other = write_fake_model(tmp_path / "o")
     os.mkfifo(other / "tokenizer.model")
     r = run_kiln("key", str(other), "--target", "torch-aoti", "--n-positions", "64")
     assert r.returncode == 2 and r.stderr.startswith(
-        f"kiln: error: model file {other / 'tokenizer.model'} is not a regular file (a FIFO, socket or device)"), r.stderr
+        f"kiln: error: model file {other / 'tokenizer.model'} is a FIFO, not a regular file"), r.stderr
     assert len(r.stderr.splitlines()) == 1
 
 
