@@ -39,7 +39,9 @@ def hash_stream(src: Path, dest: Path | None = None, progress: Progress | None =
                 break
             h.update(view[:n])
             if fout is not None:
-                fout.write(view[:n])
+                done = 0
+                while done < n:  # an unbuffered write may be short (a full disk, a file-size limit)
+                    done += fout.write(view[done:n])  # the next one raises ENOSPC/EFBIG
             size += n
             if progress:
                 progress(n)
