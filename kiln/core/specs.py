@@ -162,6 +162,7 @@ def spec_from_sources(
         instance_type=str(instance.value) if instance is not None else None,
         instance_cores=instance_devices(str(instance.value)) if instance is not None else None,
         serving_features=env_map.get("SERVING_FEATURES"),
+        tp_degree_given="tp_degree" in flags,  # --tp-degree wins over a tensor_parallel_degree=max
     )
     merged = {**cfg.fields, **flags}
     given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))

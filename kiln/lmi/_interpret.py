@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from .._input import show
 from ..errors import ConfigSourceError
 from ..spec import Field, parse_bool, parse_positive_int
 from ..targets import TARGETS, get_target, normalize_target
+from ..targets.instances import unknown_instance_hint
 from ._read import Prop
 
 __all__ = ["LmiConfig", "interpret"]
@@ -88,14 +90,21 @@ def _infer_target(props: Mapping[str, Prop], features: str | None) -> tuple[str 
     return None, None
 
 
-def _tp_value(prop: Prop, instance_cores: int | None) -> tuple[str, str | None]:
+def _tp_value(prop: Prop, instance_type: str | None, instance_cores: int | None) -> tuple[str, str | None]:
     v = prop.value.strip()
     if v.lower() == "max":
+        if instance_cores is None and instance_type is not None:
+            # The instance type was given: asking for it again would be no help.
+            raise ConfigSourceError(
+                f"{prop.source}=max means 'all devices of the machine', but Kiln does not know how many devices "
+                f"instance type {show(instance_type)} has ({unknown_instance_hint(instance_type)}); pass "
+                "--tp-degree N with the number of devices, or write that number instead of max."
+            )
         if instance_cores is None:
             raise ConfigSourceError(
                 f"{prop.source}=max means 'all devices of the machine', which Kiln cannot know "
                 "ahead of time; write the number (e.g. 2 for ml.inf2.xlarge, 8 for ml.g5.48xlarge), "
-                "or pass --instance-type so Kiln can resolve it."
+                "pass --tp-degree N, or pass --instance-type so Kiln can resolve it."
             )
         return str(instance_cores), f"{prop.source}=max resolved to {instance_cores} for the instance type"
     if v in ("-1", "0"):
@@ -110,8 +119,13 @@ def interpret(
     instance_type: str | None = None,
     instance_cores: int | None = None,
     serving_features: str | None = None,
+    tp_degree_given: bool = False,
 ) -> LmiConfig:
-    """Turn LMI properties into spec fields (target may be given or inferred)."""
+    """Turn LMI properties into spec fields (target may be given or inferred).
+
+    ``tp_degree_given``: the caller sets tp_degree itself (a --tp-degree flag, which wins), so
+    option.tensor_parallel_degree is not resolved (its ``max`` needs no instance type then).
+    """
     norm = {k if k == "engine" else "option." + k[len("option."):].lower() if k.startswith("option.") else k: p
             for k, p in props.items()}
     notes: list[str] = []
@@ -165,8 +179,8 @@ def interpret(
     # Shape.
     put("n_positions", "option.n_positions")
     tp = norm.get("option.tensor_parallel_degree")
-    if tp is not None:
-        value, note = _tp_value(tp, instance_cores)
+    if tp is not None and not tp_degree_given:  # a --tp-degree flag wins: its property needs no resolving
+        value, note = _tp_value(tp, instance_type, instance_cores)
         fields["tp_degree"] = Field(value, tp.source)
         if note:
             notes.append(note)

@@ -7,6 +7,8 @@ SageMaker's ``ml.`` prefix is accepted and ignored.
 
 from __future__ import annotations
 
+import difflib
+
 # NeuronCores per Inferentia2 / Trainium instance.
 NEURON_CORES = {
     "inf2.xlarge": 2, "inf2.8xlarge": 2, "inf2.24xlarge": 12, "inf2.48xlarge": 24,
@@ -29,3 +31,17 @@ def instance_devices(instance_type: str) -> int | None:
     """NeuronCores or GPUs of an instance type; None when Kiln does not know it."""
     name = normalize_instance_type(instance_type)
     return NEURON_CORES.get(name) or GPU_COUNTS.get(name)
+
+
+def instance_families() -> tuple[str, ...]:
+    """The families whose sizes this table knows, as users write them (``ml.inf2``, ``ml.g5``, …)."""
+    return tuple(f"ml.{family}" for family in dict.fromkeys(n.split(".")[0] for n in (*NEURON_CORES, *GPU_COUNTS)))
+
+
+def unknown_instance_hint(instance_type: str) -> str:
+    """What to say about an instance type :func:`instance_devices` does not know: a close spelling, or the families."""
+    name = normalize_instance_type(instance_type)
+    close = difflib.get_close_matches(name, [*NEURON_CORES, *GPU_COUNTS], n=1, cutoff=0.8)
+    if close:
+        return f"did you mean ml.{close[0]}?"
+    return f"Kiln knows sizes of {', '.join(instance_families())}"
