@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 from ..errors import CorruptBlobError, NotFoundError, RemoteError, UnsafeManifestError
 from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
 from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
-from ..manifests._record import check_record_describes, parse_record
+from ..manifests._record import check_record_describes, entry_from_record, parse_record
 from ._progress import Progress
 from ._store import Store
 from .remotes import Remote
@@ -135,12 +135,33 @@ def _parse_entry(data: bytes | None, where: str, remote: Remote) -> IndexEntry |
     return entry
 
 
+def _read_entry(remote: Remote, k: str) -> bytes | None:
+    """The bytes of the entry object ``k``; RemoteError only when the *remote* fails, not the object.
+
+    An object that is there but cannot be read as one (a directory, a FIFO or a device in a
+    file remote, a permission-denied file) is bad data like a malformed document: refused as
+    :class:`_MalformedEntry`, so readers skip and report it and ``ensure --on-miss build``
+    builds. Which of the two a failed read was is told by asking the remote about an object
+    that does not exist: if it answers, the remote is up and only this object is bad; if that
+    fails too, the remote cannot be used and the original error stands (exit 2: an outage is
+    not a miss).
+    """
+    try:
+        return remote.get(k, MAX_ENTRY_BYTES)
+    except RemoteError as e:
+        try:
+            remote.stat(k.rsplit("/", 1)[0] + "/.kiln-absent-probe")
+        except RemoteError:
+            raise e from None
+        raise _MalformedEntry(f"index entry {k} on {remote.describe()} cannot be read ({e}); refusing it.") from None
+
+
 def remote_entry(remote: Remote, model_hex: str, key: str, *, on_bad: BadDataReport | None = None) -> IndexEntry | None:
     """The remote's entry for exactly this key, or None if it has none — or only a malformed one
     (reported through ``on_bad``, default :func:`warn_bad_remote_data`: a loud miss, never a crash)."""
     k = entry_key(model_hex, key)
     try:
-        return _parse_entry(remote.get(k, MAX_ENTRY_BYTES), k, remote)
+        return _parse_entry(_read_entry(remote, k), k, remote)
     except _MalformedEntry as e:
         (on_bad or warn_bad_remote_data)(str(e))
         return None
@@ -158,7 +179,7 @@ def remote_entries(remote: Remote, model_hex: str | None = None, *,
         if not info.key.endswith(".json"):
             continue
         try:
-            entry = _parse_entry(remote.get(info.key, MAX_ENTRY_BYTES), info.key, remote)
+            entry = _parse_entry(_read_entry(remote, info.key), info.key, remote)
         except _MalformedEntry as e:
             (on_bad or warn_bad_remote_data)(str(e))
             continue  # never served
@@ -233,7 +254,9 @@ def _remote_documents(remote: Remote, entry: IndexEntry) -> tuple[Manifest, byte
 
     Both are untrusted: the manifest is checked against the entry's digest and its own safety
     rules (paths, sizes) and must name the entry's key; the record against its digest, its
-    schema and the entry (an entry must not lie about what it holds). RemoteError otherwise.
+    schema and the entry: every field the entry claims (spec, model, toolchain, size, files,
+    creation time) must be what the record and manifest say, field by field (an entry must not
+    lie about what it holds). RemoteError otherwise.
     """
     manifest_bytes = _fetch_small(remote, entry.manifest, MAX_MANIFEST_BYTES)
     try:
@@ -248,7 +271,7 @@ def _remote_documents(remote: Remote, entry: IndexEntry) -> tuple[Manifest, byte
     record_bytes = _fetch_small(remote, manifest.config.digest, MAX_CONFIG_BYTES)
     try:
         record = parse_record(record_bytes)
-        check_record_describes(record, entry)
+        check_record_describes(record, entry, manifest)  # every field the entry claims, or refused
     except UnsafeManifestError as e:
         raise RemoteError(
             f"the build record of {entry.key[:12]} on {remote.describe()} ({blob_key(manifest.config.digest)}) "
@@ -266,8 +289,11 @@ def read_remote_artifact(remote: Remote, entry: IndexEntry) -> tuple[Manifest, d
 
 def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | None = None) -> PullResult:
     """Download, verify and publish one remote artifact into the local store."""
-    manifest, manifest_bytes, _, record_bytes = _remote_documents(remote, entry)
-    result = PullResult(entry)
+    manifest, manifest_bytes, record, record_bytes = _remote_documents(remote, entry)
+    # What is stored locally is what the verified record and manifest describe, never the
+    # remote's claim (equal to it once _remote_documents accepted the entry).
+    believed = entry_from_record(record, entry.manifest, manifest, entry.created)
+    result = PullResult(believed)
     count = threading.Lock()  # the counters are updated from the download threads
     with store.writer_lock():
         needed = {}
@@ -318,7 +344,7 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
             list(pool.map(fetch, sorted(needed.items(), key=lambda kv: -kv[1])))
         store.put_bytes(record_bytes)
         store.put_bytes(manifest_bytes)
-        store.write_entry(entry)
+        store.write_entry(believed)
     return result
 
 
