@@ -156,11 +156,11 @@ def _sha256(f: TreeFile, memo: HashMemo) -> str:
     being opened by the hasher (which would wait for a writer).
     """
     try:
-        st = os.stat(f.path)
+        st = os.stat(f.real)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != f.ident:
             raise ModelError(f"model file {show_path(f.path)} changed while Kiln read the model directory; "
                              "run again once nothing is writing to it.")
-        return memo.sha256(f.path)
+        return memo.sha256(f.real)
     except FileNotFoundError:
         raise ModelError(f"model file {show_path(f.path)} disappeared while Kiln read the model directory; "
                          "run again once nothing is writing to it.") from None

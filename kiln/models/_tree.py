@@ -68,8 +68,8 @@ class TreeFile:
     """One listed file: the path the digest records, how a reader reaches it, what it is."""
 
     rel: str  # relative to the model directory, POSIX separators
-    path: Path  # model directory / rel (through any links, as a loader opens it)
-    real: Path  # its real path, inside the tree
+    path: Path  # model directory / rel (through any links, as a loader opens it): for messages
+    real: Path  # its real path, inside the tree: what is opened and hashed
     size: int
     ident: tuple[int, int]  # (st_dev, st_ino) when listed: a file swapped since is noticed
 
@@ -124,9 +124,9 @@ def _changed(path: Path) -> ModelError:
                       "run again once nothing is writing to it.")
 
 
-def _list(path: Path) -> list[str]:
+def _list(path: Path, real_dir: str) -> list[str]:
     try:
-        return sorted(os.listdir(path))
+        return sorted(os.listdir(real_dir))
     except OSError as e:
         raise _unreadable(path, e, "model directory") from None
 
@@ -134,18 +134,20 @@ def _list(path: Path) -> list[str]:
 def _follow(path: Path, real_dir: str, tree: str) -> tuple[os.stat_result, str]:
     """stat and real path of the entry ``path`` (its real parent is ``real_dir``), links followed.
 
-    A link is resolved against its real parent, not the path it was reached by: the same
-    answer, without resolving every link on the way again (deep trees of links stay linear).
+    Every call is on real paths, and a link is resolved against its real parent, not the path
+    it was reached by: the same answer, without resolving every link on the way again (deep
+    trees of links stay linear, and never reach the kernel's limit of links in one path).
+    ``path`` is for messages.
     """
+    real = os.path.join(real_dir, path.name)
     try:
-        lst = os.lstat(path)
+        lst = os.lstat(real)
     except OSError as e:
         raise _unreadable(path, e) from None
-    real = os.path.join(real_dir, path.name)
     if not stat.S_ISLNK(lst.st_mode):
         return lst, real
     try:
-        real = os.path.realpath(os.path.join(real_dir, os.readlink(path)), strict=True)
+        real = os.path.realpath(os.path.join(real_dir, os.readlink(real)), strict=True)
     except FileNotFoundError:
         raise ModelError(
             f"{show_path(path)} is a dangling link (an interrupted download?); re-download the model, or remove it."
@@ -164,10 +166,10 @@ def _follow(path: Path, real_dir: str, tree: str) -> tuple[os.stat_result, str]:
         raise _unreadable(path, e) from None
 
 
-def _check_opens(path: Path, st: os.stat_result) -> None:
-    """Open the regular file ``path`` as a build will (and close it): permissions are checked now."""
+def _check_opens(path: Path, real: str, st: os.stat_result) -> None:
+    """Open the regular file ``real`` as a build will (and close it): permissions are checked now."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(real, _OPEN_FLAGS)
     except OSError as e:
         raise _unreadable(path, e) from None
     try:
@@ -195,7 +197,7 @@ def scan_tree(model_dir: Path) -> TreeListing:
     while stack:
         dirpath, real_dir, prefix, above = stack.pop()
         subdirs = []
-        for name in _list(dirpath):
+        for name in _list(dirpath, real_dir):
             seen += 1
             if seen > MAX_TREE_ENTRIES:
                 raise ModelError(
@@ -219,7 +221,7 @@ def scan_tree(model_dir: Path) -> TreeListing:
                     )
                 subdirs.append((path, real, rel + "/", above | {ident}))
             elif stat.S_ISREG(st.st_mode):
-                _check_opens(path, st)
+                _check_opens(path, real, st)
                 files.append(TreeFile(rel, path, Path(real), st.st_size, (st.st_dev, st.st_ino)))
             else:
                 raise _special(path, st.st_mode)
