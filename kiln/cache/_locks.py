@@ -14,6 +14,19 @@ rename. They do two jobs:
   whom it waits for — and a builder that finds the lock free says nothing about waiting.
   Where flock is not supported (some NFS mounts) the lock degrades to no lock: duplicate
   work, never a wrong result.
+
+Readers of a read-only store (a baked image layer, a read-only mount, a store owned by
+another user) need no write access: ``store_lock(shared=True, required=False)`` flocks an
+existing lock file opened read-only (flock needs no write permission, so a gc run by the
+store's owner still waits for the reader), and takes no lock at all where there is no lock
+file and none can be created — nobody can gc such a store through this path either.
+
+Build lock files do not accumulate: the holder unlinks ``build-<key>.lock`` *before* it
+releases the flock, and every acquirer, once its flock is granted, checks that the path still
+names the inode it locked (else it locked a file already released and unlinked, and retries
+on the current one). So at any instant at most one process holds the lock file the path
+names, which is what single-flight needs. :func:`sweep_build_locks` (gc) removes free ones
+left by holders that died, under the same protocol.
 """
 
 from __future__ import annotations
@@ -30,16 +43,47 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ._fsutil import unlink_quiet
+
 
 _held = threading.local()  # per thread: lock_dir -> shared store locks this thread holds
 
 
+# errors meaning "this lock file cannot be created or opened for writing here"
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _open_lock(path: Path, *, required: bool) -> int | None:
+    """A descriptor to flock ``path`` through, creating it (and its directory) if need be.
+
+    Where the store cannot be written and ``required`` is false: the existing file opened
+    read-only (flock works on any descriptor), else None (no lock file, and none can be made).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        if required or e.errno not in _NOT_WRITABLE:
+            raise
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
-def store_lock(lock_dir: Path, *, shared: bool) -> Iterator[None]:
-    lock_dir.mkdir(parents=True, exist_ok=True)
+def store_lock(lock_dir: Path, *, shared: bool, required: bool = True) -> Iterator[None]:
+    """The store lock: shared for publishers and readers, exclusive for gc.
+
+    ``required=False`` (readers only): where the lock file cannot be created or opened for
+    writing, flock it read-only if it exists, else take no lock (see the module docstring).
+    """
     held: dict[str, int] = _held.__dict__.setdefault("counts", {})
     name = os.path.abspath(lock_dir)
-    fd = os.open(lock_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(lock_dir / "store.lock", required=required or not shared)
+    if fd is None:
+        yield
+        return
     try:
         # flock grants a new shared lock whenever another shared lock is held, so a steady
         # stream of overlapping publishers and fetches would starve gc forever. Lockers pass
@@ -66,9 +110,9 @@ def store_lock(lock_dir: Path, *, shared: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def _gate(lock_dir: Path, shared: bool) -> Iterator[None]:
     try:
-        gate: int | None = os.open(lock_dir / "gate.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        gate = _open_lock(lock_dir / "gate.lock", required=False)
     except OSError:
-        gate = None  # cannot create it (read-only store): plain flock semantics
+        gate = None  # cannot open it at all: plain flock semantics
     if gate is None:
         yield
         return
@@ -104,17 +148,24 @@ class SingleFlight:
     def acquire(self, on_wait: Callable[[str], None] | None = None) -> None:
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this lock object")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            if not self._try_lock(fd):
-                if on_wait is not None:
-                    on_wait(describe_holder(_read_holder(fd)))
-                self._wait(fd)
-            _write_holder(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
+        deadline = None if self.timeout < 0 else time.monotonic() + self.timeout
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                if not self._try_lock(fd):
+                    if on_wait is not None:
+                        on_wait(describe_holder(_read_holder(fd)))
+                        on_wait = None  # said once, even if the lock file changes under us
+                    self._wait(fd, deadline)
+                if not _still_named(fd, self.path):
+                    os.close(fd)  # locked a file its holder released and unlinked: take the current one
+                    continue
+                _write_holder(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return
 
     def _try_lock(self, fd: int) -> bool:
         try:
@@ -127,11 +178,10 @@ class SingleFlight:
                 return True  # no locking here: proceed (DESIGN invariant 4: correctness does not need it)
             raise
 
-    def _wait(self, fd: int) -> None:
-        if self.timeout < 0:
+    def _wait(self, fd: int, deadline: float | None) -> None:
+        if deadline is None:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return
-        deadline = time.monotonic() + self.timeout
         while not self._try_lock(fd):
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"{self.path} is still held ({describe_holder(_read_holder(fd))}) "
@@ -142,12 +192,11 @@ class SingleFlight:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        try:
-            os.ftruncate(fd, 0)  # a free lock names no holder
-        except OSError:
-            pass
-        finally:
-            os.close(fd)  # closing releases the flock
+        # Unlink while still holding the flock (lock files must not accumulate): a waiter
+        # granted this inode afterwards sees the path gone and retries (see acquire).
+        if _still_named(fd, self.path):
+            unlink_quiet(self.path)
+        os.close(fd)  # closing releases the flock
 
     @contextlib.contextmanager
     def held(self, on_wait: Callable[[str], None] | None = None) -> Iterator["SingleFlight"]:
@@ -163,6 +212,15 @@ class SingleFlight:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Does ``path`` still name the file open on ``fd``?"""
+    try:
+        st, now = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _write_holder(fd: int) -> None:
@@ -202,3 +260,29 @@ def describe_holder(info: dict[str, Any] | None) -> str:
 def single_flight(lock_dir: Path, key: str, timeout: float = -1) -> SingleFlight:
     lock_dir.mkdir(parents=True, exist_ok=True)
     return SingleFlight(lock_dir / f"build-{key}.lock", timeout=timeout)
+
+
+def sweep_build_locks(lock_dir: Path) -> list[Path]:
+    """Remove the free ``build-*.lock`` files of holders that died; return what was removed.
+
+    Each is removed as a holder would remove it: flocked (without waiting: a held one is
+    live), checked to be still the file its path names, unlinked, then released.
+    """
+    removed: list[Path] = []
+    if not lock_dir.is_dir():
+        return removed
+    for path in sorted(lock_dir.glob("build-*.lock")):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue  # gone already, or not ours to remove
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _still_named(fd, path):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass  # held by a live builder (or no locking here: leave it)
+        finally:
+            os.close(fd)
+    return removed

@@ -6,7 +6,10 @@ the new one) at every instant.
 * Files appear in a fresh staging directory beside ``dest`` (same filesystem) and the whole
   directory is renamed into place; a replaced ``dest`` is swapped atomically where the kernel
   can exchange two paths, else moved aside first. A crash leaves at worst a hidden
-  ``.<name>.kiln-…`` directory beside ``dest``, never a partial ``dest``.
+  ``.<name>.kiln-<pid>-<host>-<rand>`` directory beside ``dest``, never a partial ``dest``;
+  the next materialisation into the same parent removes such leftovers once their owner is
+  dead (same host and pid namespace, no such process, and the staging directory's flock —
+  held by its owner for as long as it works in it — free). A live owner's are never touched.
 * Manifest paths were validated when it was parsed (relative, normalised, no ``..``;
   DESIGN invariant 5) and the staging directory is ours alone, so no file can land outside.
 * A write into a materialised file must never reach the store. Serving containers run as
@@ -20,7 +23,10 @@ the new one) at every instant.
   refused before anything is touched: replacing it would delete the store. Kiln's own
   buckets for build inputs and loaded engines are the only exception.
 * The store's shared lock is held while blobs are read, so gc cannot delete a blob between
-  its check and its clone or link.
+  its check and its clone or link (a reader's lock: best effort on a read-only store, see
+  :func:`~kiln.cache._locks.store_lock`).
+* Generated files of a deployment layout (serving.properties, …) are written from memory,
+  not stored as blobs first: materialising needs no write access to the store.
 
 :func:`holds` answers "does ``dest`` already hold exactly this artifact?" so that a serving
 container's second `kiln ensure` exits 0 without touching it: the file list and sizes must
@@ -31,26 +37,28 @@ digest (the exact path, after which the record is written again).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import socket
 import stat
 from pathlib import Path
+from contextlib import AbstractContextManager
+from typing import Callable, Mapping
 
 from ..errors import CorruptBlobError, StoreError
 from ..manifests._manifest import Manifest
 from ._blobs import Blobs
 from ._fsutil import atomic_write_bytes, exchange
 from ._hashmemo import hash_stream, stat_signature
-from ._locks import store_lock
 from ._progress import Progress
 
-__all__ = ["materialize", "holds", "check_outside_store"]
+__all__ = ["materialize", "holds", "check_outside_store", "sweep_staging"]
 
 # Where a hard link is impossible (another filesystem, no permission, too many links, no
 # support): clone or copy instead. Anything else is a real error.
@@ -79,7 +87,7 @@ def _within(path: Path, parent: Path) -> bool:
 
 def materialize(
     blobs: Blobs,
-    lock_dir: Path,
+    reader_lock: Callable[[], AbstractContextManager[None]],
     manifest: Manifest,
     dest: Path,
     *,
@@ -87,8 +95,14 @@ def materialize(
     replace: bool = False,
     link: bool = False,
     progress: Progress | None = None,
+    generated: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Recreate the artifact at ``dest``: clones (or hashed copies) by default, hard links with ``link``."""
+    """Recreate the artifact at ``dest``: clones (or hashed copies) by default, hard links with ``link``.
+
+    ``reader_lock()`` is the store's shared lock for readers (held while blobs are read);
+    ``generated`` maps a digest to the bytes of a file the manifest lists that is not a blob
+    (a layout's generated files).
+    """
     dest = Path(dest).absolute()
     if dest.is_symlink():
         raise StoreError(f"destination {dest} is a symbolic link; pass a real directory.")
@@ -98,16 +112,20 @@ def materialize(
         if any(dest.iterdir()) and not replace:
             raise StoreError(f"destination {dest} is not empty; pass --force to replace it.")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_staging(dest.parent)  # what killed materialisations left here
 
-    staging = dest.parent / f".{dest.name}.kiln-{os.getpid()}-{secrets.token_hex(4)}"
+    staging = dest.parent / f".{dest.name}.kiln-{_owner()}-{secrets.token_hex(4)}"
     staging.mkdir()
+    owned = _hold(staging)  # flocked while we work in it: a sweeper never takes it
     try:
-        # A store that was never written to has no locks/ (and may be read-only): nothing to
-        # lock against, and creating the directory would be a write.
-        with store_lock(lock_dir, shared=True) if lock_dir.exists() else contextlib.nullcontext():
+        with reader_lock():
             for f in manifest.files:
                 target = staging.joinpath(*f.path.split("/"))
                 target.parent.mkdir(parents=True, exist_ok=True)
+                data = (generated or {}).get(f.digest)
+                if data is not None:
+                    _write_generated(target, data, progress)
+                    continue
                 if verify:
                     blobs.check(f.digest, f.size)
                 _place(blobs, f.digest, target, link=link, verify=verify, progress=progress, size=f.size)
@@ -117,7 +135,7 @@ def materialize(
                 # staging now holds the old tree.
                 shutil.rmtree(staging, ignore_errors=True)
             else:
-                old = dest.parent / f".{dest.name}.kiln-old-{os.getpid()}-{secrets.token_hex(4)}"
+                old = dest.parent / f".{dest.name}.kiln-old-{_owner()}-{secrets.token_hex(4)}"
                 os.rename(dest, old)
                 os.rename(staging, dest)
                 shutil.rmtree(old, ignore_errors=True)
@@ -126,7 +144,100 @@ def materialize(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if owned is not None:
+            os.close(owned)
     return dest
+
+
+def _write_generated(target: Path, data: bytes, progress: Progress | None) -> None:
+    with open(target, "wb") as fh:
+        fh.write(data)
+    os.chmod(target, 0o644)
+    if progress:
+        progress(len(data))
+
+
+# ---------------------------------------------------------------------- staging leftovers
+
+# .<name>.kiln-[old-]<pid>-<host tag>-<random>: who made it, to tell a dead owner's leftovers
+_STAGING = re.compile(r"^\..+\.kiln-(?:old-)?(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-f]{8}$")
+
+
+def _host_tag() -> str:
+    """This host and pid namespace: a pid means the same process only within both."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{ns}".encode()).hexdigest()[:8]
+
+
+def _owner() -> str:
+    return f"{os.getpid()}-{_host_tag()}"
+
+
+def _hold(path: Path) -> int | None:
+    """Flock a directory we own for as long as we work in it (None where flock is not supported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, but another user's
+    return True
+
+
+def sweep_staging(parent: Path) -> list[Path]:
+    """Remove the staging leftovers of dead owners in ``parent``; return what was removed.
+
+    Only directories named by :func:`materialize`, made on this host and pid namespace by a
+    process that no longer exists, and whose flock is free: never a live owner's.
+    """
+    removed: list[Path] = []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(".") and ".kiln-" in n]
+    except OSError:
+        return removed
+    me, host = os.getpid(), _host_tag()
+    for name in names:
+        m = _STAGING.match(name)
+        if m is None or m["host"] != host or int(m["pid"]) == me or _pid_alive(int(m["pid"])):
+            continue
+        path = parent / name
+        if path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # held: someone works in it after all
+        except OSError:
+            pass  # no flock on this filesystem: the dead pid is enough
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+        if not path.exists():
+            removed.append(path)
+    return removed
 
 
 def _place(blobs: Blobs, digest: str, target: Path, *, link: bool, verify: bool, progress: Progress | None,

@@ -49,11 +49,23 @@ fails is moved to quarantine/ and the lookup or fetch becomes a loud miss.
 
 Nothing is created on disk until something writes (``_writable``): lookups against a
 missing or read-only store stay pure reads.
+
+Read-only stores (a baked image layer, a read-only mount, another user's store) serve every
+reader — lookup, fetch, ensure of a stored artifact, ls, show, verify: readers take the shared
+lock only where they can (:meth:`Store.reader_lock`), and stamps, hash memos, last-use times
+and deployment records are best effort. Everything that writes goes through ``_writable``,
+which says, before any work, that the store is read-only and which command needs write access.
+
+A reader's pin: a fetch holds the shared store lock from finding the artifact (pulling it,
+or the local hit) until it is materialised, so gc (exclusive lock) cannot evict it in
+between; an engine loaded in-process holds a lease on its run directory for as long as the
+process lives (see :mod:`kiln.cache._buckets`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -61,6 +73,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from .._input import show_path
 from ..errors import StoreError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
@@ -70,7 +83,7 @@ from ._buckets import FAILED_LOG_MAX_AGE_S, RUN_DIR_MAX_AGE_S
 from ._entries import IndexFiles
 from ._gc import Collector, GcPlan
 from ._hashmemo import HashMemo
-from ._locks import SingleFlight, single_flight, store_lock
+from ._locks import SingleFlight, single_flight, store_lock, sweep_build_locks
 from ._materialize import check_outside_store, holds, materialize, remember
 from ._progress import Progress
 from ._publish import publish
@@ -115,6 +128,8 @@ class Store:
         self.logs_dir = self.root / "logs"
         self.deployments_dir = self.root / "deployments"
         self.memo = HashMemo(self.root / "hash-memo")
+        # What uses the store, named when it turns out to be read-only (the CLI sets "`kiln build`").
+        self.command: str | None = None
         self._layout_ok = False
         # The parts (no I/O here: constructing a Store touches nothing on disk).
         self._blobs = Blobs(self.root, self.blob_dir, self.stamp_dir, self.quarantine_dir, self._new_temp)
@@ -135,19 +150,45 @@ class Store:
         return f"Store({str(self.root)!r})"
 
     # ------------------------------------------------------------------ layout & locks
-    def _writable(self) -> None:
-        """Create the directories every writer needs, once per Store (raises StoreError)."""
+    def _writable(self, action: str = "this operation", *, who: str | None = None) -> None:
+        """Create the directories every writer needs, once per Store.
+
+        Raises StoreError — saying the store is read-only and what needs write access (``who``,
+        else the command using the store, else ``action``) — where they cannot be created or
+        written (read-only mount, no permission).
+        """
         if self._layout_ok:
             return
-        try:
-            for d in (self.blob_dir, self.index_dir, self.stamp_dir, self.tmp_dir, self.lock_dir):
-                d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+        reason = self._unwritable_reason()
+        if reason is not None:
             raise StoreError(
-                f"cannot create the Kiln store at {self.root}: {e.strerror}; set KILN_HOME to a "
-                "writable directory."
-            ) from None
+                f"the store at {show_path(self.root)} is read-only ({reason}); {who or self.command or action} "
+                "needs write access to it: set KILN_HOME to a writable directory."
+            )
         self._layout_ok = True
+
+    def require_writable(self, action: str, *, who: str | None = None) -> None:
+        """Fail now, before any expensive work, unless the store can be written.
+
+        The error names ``who`` needs write access (e.g. "`kiln ensure --on-miss build`"), else
+        the command using the store (:attr:`command`), else ``action`` ("building").
+        """
+        self._writable(action, who=who)
+
+    def _unwritable_reason(self) -> str | None:
+        for d in (self.blob_dir, self.index_dir, self.stamp_dir, self.tmp_dir, self.lock_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise StoreError(
+                        f"cannot create the Kiln store at {show_path(self.root)}: {e.strerror}; set KILN_HOME "
+                        "to a writable directory."
+                    ) from None
+                return _why_not_writable(_nearest_existing(d), e.errno)
+            if not os.access(d, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+                return _why_not_writable(d, None)
+        return None
 
     def _new_temp(self) -> Path:
         # tmp/<pid>-<random>: everything in tmp/ belongs to a writer holding the shared store
@@ -160,8 +201,24 @@ class Store:
         self._writable()
         return store_lock(self.lock_dir, shared=True)
 
+    def reader_lock(self, *, create: bool = False) -> AbstractContextManager[None]:
+        """The shared store lock for a reader: hold it from finding an artifact until it is
+        materialised, so gc cannot evict it in between.
+
+        Needs no write access: on a read-only store an existing lock file is flocked
+        read-only, and where there is none nothing is locked (nothing can gc that store
+        through it either). A missing store is not created unless ``create`` (a fetch that
+        may pull into it).
+        """
+        if create:
+            with contextlib.suppress(OSError):
+                self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            return contextlib.nullcontext()
+        return store_lock(self.lock_dir, shared=True, required=False)
+
     def single_flight(self, key: str, timeout: float = -1) -> SingleFlight:
-        self._writable()
+        self._writable("building")
         return single_flight(self.lock_dir, key, timeout)
 
     # ------------------------------------------------------------------ buckets handed out
@@ -173,7 +230,7 @@ class Store:
         build's directory unlocked; a builder killed midway leaves a directory whose lock is
         free, which gc removes.
         """
-        self._writable()
+        self._writable("building")
         with _buckets.build_dir(self.builds_dir, key) as path:
             yield path
 
@@ -184,9 +241,15 @@ class Store:
     def new_run_dir(self) -> Path:
         """A fresh directory for an engine loaded in this process (same filesystem: hard links).
 
-        gc removes run directories older than a day (processes that did not exit cleanly).
+        Leased by this process until :meth:`release_run_dir` or its exit: gc never removes a
+        leased run directory, and removes one whose process died.
         """
+        self._writable("loading an engine in-process")
         return _buckets.new_run_dir(self.run_dir_root)
+
+    def release_run_dir(self, path: Path) -> None:
+        """Remove a run directory from :meth:`new_run_dir` and drop its lease."""
+        _buckets.release_run_dir(path)
 
     # ------------------------------------------------------------------ blobs
     def blob_path(self, digest: str) -> Path:
@@ -246,9 +309,11 @@ class Store:
 
     def write_entry(self, entry: IndexEntry) -> None:
         """Make ``entry`` visible: the last step of any publish (its blobs must be in place)."""
+        self._writable("publishing")
         self._index.write(entry)
 
     def remove_entry(self, entry: IndexEntry) -> None:
+        self._writable("removing artifacts")
         self._index.remove(entry)
 
     def last_used(self, entry: IndexEntry) -> float:
@@ -296,6 +361,7 @@ class Store:
         link: bool = False,
         copy: bool = False,
         progress: Progress | None = None,
+        generated: Mapping[str, bytes] | None = None,
     ) -> Path:
         """Recreate the artifact at ``dest``: copy-on-write clones or hashed copies; hard links with ``link``.
 
@@ -303,12 +369,14 @@ class Store:
         Kiln's own builds/ and run/ buckets), and a write into a materialised file never
         reaches the store unless ``link`` was asked for (see :mod:`kiln.cache._materialize`).
         ``copy`` is accepted for compatibility: copying (or cloning) is the default now.
+        ``generated``: digest -> bytes of listed files that are not blobs (a layout's generated
+        files). Needs no write access to the store.
         """
         del copy
         dest = Path(dest).absolute()
         self.check_destination(dest)
-        out = materialize(self._blobs, self.lock_dir, manifest, dest, verify=verify, replace=replace, link=link,
-                          progress=progress)
+        out = materialize(self._blobs, self.reader_lock, manifest, dest, verify=verify, replace=replace, link=link,
+                          progress=progress, generated=generated)
         if not link and self.root.exists():
             remember(self.deployments_dir, manifest, _digest(manifest), out)
         return out
@@ -337,8 +405,36 @@ class Store:
         """
         if not self.root.exists():
             return GcPlan((), (), (), 0, 0)  # `kiln gc` on no store creates none
-        self._writable()
-        return self._collector.run(max_size=max_size, older_than=older_than, dry_run=dry_run)
+        self._writable("gc")
+        plan = self._collector.run(max_size=max_size, older_than=older_than, dry_run=dry_run)
+        if not dry_run:
+            # Free build locks of builders that died (removed under their own flock, so
+            # single-flight holds; live builders unlink theirs themselves).
+            sweep_build_locks(self.lock_dir)
+        return plan
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _why_not_writable(path: Path, err: int | None) -> str:
+    """"read-only file system", or "no write permission on PATH (owned by USER)"."""
+    try:
+        if err == errno.EROFS or os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+        owner = os.stat(path).st_uid
+    except OSError:
+        return f"cannot write to {show_path(path)}"
+    try:
+        import pwd
+
+        name = pwd.getpwuid(owner).pw_name
+    except (ImportError, KeyError):
+        name = f"uid {owner}"
+    return f"no write permission on {show_path(path)}, owned by {name}"
 
 
 def _digest(manifest: Manifest) -> str:

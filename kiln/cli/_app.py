@@ -50,3 +50,4 @@ class KilnGroup(click.Group):
 def cli(ctx: click.Context, store_path: Path | None, remote_url: str | None) -> None:
     """Build LLM engines ahead of time; keep them in a content-addressed store; find them fast."""
     ctx.obj = CliContext(api.Store(store_path), remote_url)
+    ctx.obj.store.command = f"`kiln {ctx.invoked_subcommand}`"  # named if the store turns out read-only

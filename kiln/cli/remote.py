@@ -93,6 +93,7 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
     rem = remote(ctx, required=True)
     assert rem is not None
     if keys or all_:
+        store(ctx).require_writable("pulling")  # once, before any download (not once per artifact)
         results = []
         failed = 0
         for entry in _entries_for(ctx, spec, keys, all_, remote_side=True):
@@ -148,6 +149,7 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
                                  container_dir=container_dir, link=link)
     built = pushed = None
     if path is None and on_miss == "build":
+        store(ctx).require_writable("building", who="`kiln ensure --on-miss build`")  # before building anything
         warn_damaged(result)
         if not as_json and not print_env:
             click.echo(f"miss: no stored engine for {res.model.ref} with {res.spec.summary()}; building it here (--on-miss build)")

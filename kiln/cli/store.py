@@ -199,6 +199,7 @@ def store_group() -> None:
 @click.pass_context
 def store_put(ctx: click.Context, artifact_dir: Path, spec: SpecRequest, as_json: bool) -> None:
     """Publish ARTIFACT_DIR as the artifact of MODEL + spec (as a build would, without compiling)."""
+    store(ctx).require_writable("publishing", who="`kiln store put`")  # before hashing the model
     res = resolve_request(store(ctx), spec)
     t0 = time.monotonic()
     entry = api.put(res, artifact_dir, store=store(ctx), duration_s=0.0)

@@ -89,6 +89,7 @@ def build(
         if found.hit:
             assert found.entry is not None
             return BuildResult(found.entry, True, time.monotonic() - t0, source=found.source)
+    store.require_writable("building")  # a read-only store says so before any work
     check_weight_files(res.model)  # a corrupt or truncated weight file fails here, not in a worker minutes later
     target = get_target(res.spec.target)
     *stages, last = target.build_steps(res, calib_file=calib_file)  # bad inputs fail here, before any work

@@ -3,10 +3,17 @@
 ``put`` is the one way a built directory becomes an artifact (blobs, build record, manifest,
 index entry last); ``fetch`` is lookup + materialise in the consumer's layout (planned by the
 artifact's target); ``list_artifacts`` / ``find_artifact`` answer queries from the index.
+
+A fetch pins what it found: it holds the store's shared (reader) lock from the lookup — the
+local hit, or the pull from the remote — until the artifact is materialised, so a concurrent
+gc (exclusive lock) cannot evict it in between. It writes nothing to the store it does not
+have to (a layout's generated files are written into DEST from memory), so a read-only store
+serves it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -65,17 +72,20 @@ def fetch(
     exactly this artifact it is left untouched (a note says so); when it holds something else,
     that is an error unless ``replace``. ``copy`` is accepted for compatibility (the default).
     """
-    result = lookup(res, store=store, remote=remote)
-    if not result.hit:
-        return result, None
-    assert result.manifest is not None and result.entry is not None
-    try:
-        path, env, kept = materialize_layout(store, result.entry, result.manifest, dest, layout=layout,
-                                             replace=replace, link=link, container_dir=container_dir)
-    except (CorruptBlobError, NotFoundError) as e:
-        # A blob went bad (or gc removed it) between lookup and materialise: a loud miss.
-        damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed while fetched: {e}",)
-        return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",), damaged), None
+    # The pin: gc waits for this lock, so what the lookup found stays until it is in place.
+    # (Nested shared acquisitions in this thread — pull, materialise — skip gc's gate.)
+    with store.reader_lock(create=remote is not None):
+        result = lookup(res, store=store, remote=remote)
+        if not result.hit:
+            return result, None
+        assert result.manifest is not None and result.entry is not None
+        try:
+            path, env, kept = materialize_layout(store, result.entry, result.manifest, dest, layout=layout,
+                                                 replace=replace, link=link, container_dir=container_dir)
+        except (CorruptBlobError, NotFoundError) as e:
+            # A blob went bad between lookup and materialise: a loud miss.
+            damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed while fetched: {e}",)
+            return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",), damaged), None
     notes = result.notes + ((f"{path} already held this artifact: left untouched",) if kept else ())
     return LookupResult(res, result.entry, result.manifest, result.explanation, result.damaged, notes,
                         result.source, env), path
@@ -103,14 +113,12 @@ def materialize_layout(
     target = get_target(str(entry.spec.get("target")))
     plan = target.plan_layout(layout, entry, manifest, lambda d: store.read_blob(d, MAX_CONFIG_BYTES),
                               container_dir or str(dest))
-    # Generated files become (tiny) blobs; the shared lock keeps gc from collecting them
-    # before they are in place.
-    with store.writer_lock():
-        files = list(plan.files)
-        for rel, data in sorted(plan.generated.items()):
-            digest, size = store.put_bytes(data)
-            files.append(FileEntry(rel, digest, size))
-        derived = Manifest.parse(Manifest(manifest.config, tuple(files)).to_bytes())  # re-validate every path
+    # Generated files are written into DEST from memory (no blob, so no write to the store).
+    generated = {"sha256:" + hashlib.sha256(data).hexdigest(): data for data in plan.generated.values()}
+    files = list(plan.files) + [FileEntry(rel, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+                                for rel, data in sorted(plan.generated.items())]
+    derived = Manifest.parse(Manifest(manifest.config, tuple(files)).to_bytes())  # re-validate every path
+    with store.reader_lock():  # the blobs stay while they are compared and placed
         if dest.is_dir() and not dest.is_symlink() and any(dest.iterdir()):
             same, why = store.holds(derived, dest)
             if same:
@@ -120,7 +128,7 @@ def materialize_layout(
                     f"destination {dest} holds something other than artifact {entry.key[:12]} ({layout} "
                     f"layout): {why}. Pass --force to replace it, or choose an empty --dest."
                 )
-        path = store.materialize(derived, dest, replace=replace, link=link)
+        path = store.materialize(derived, dest, replace=replace, link=link, generated=generated)
     return path, dict(plan.env), False
 
 

@@ -8,18 +8,25 @@ which is its spec's ``device`` option (torch-aoti: ``-o device=cuda``; absent me
 For :func:`load_engine` that is the spec of the artifact the lookup found, for
 :func:`load_engine_by_key` the stored entry's spec. Passing ``device=`` overrides it (for
 example ``"cuda:1"`` to choose a GPU for a CUDA engine).
+
+What a loaded engine uses is pinned: the lookup and the materialisation run under the store's
+reader lock (gc cannot evict the artifact in between), and the run directory it is
+materialised into is leased by this process for as long as it lives (gc never removes a
+leased one, whatever its age). A read-only store still serves: the engine is then copied
+into a private temporary directory instead of a run directory of the store.
 """
 
 from __future__ import annotations
 
 import atexit
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..cache import Remote, Store
-from ..errors import ModelError, NotFoundError, ToolchainError
+from ..errors import ModelError, NotFoundError, StoreError, ToolchainError
 from ..manifests import IndexEntry, Manifest
 from ..targets import TOKENIZER_FILES, get_target
 from .artifacts import find_artifact
@@ -75,15 +82,17 @@ def load_engine(res: Resolution, *, store: Store, remote: Remote | None = None, 
             f"{target.name} engines are loaded by their own runtime; materialise one with "
             "`kiln fetch --dest DIR` and point the runtime at DIR."
         )
-    found = lookup(res, store=store, remote=remote)
-    if not found.hit:
-        lines = "\n".join(found.damaged + found.explanation)
-        raise NotFoundError(
-            f"no {target.name} engine for {res.model.ref} with {res.spec.summary()}.\n{lines}\n"
-            f"Build it first: kiln build {res.model.ref} {res.spec.cli_flags()}"
-        )
-    assert found.manifest is not None and found.entry is not None
-    return _load_artifact(found.entry, found.manifest, store=store, device=device, directory=directory)
+    with store.reader_lock(create=remote is not None):  # the pin, from the lookup until it is in place
+        found = lookup(res, store=store, remote=remote)
+        if not found.hit:
+            lines = "\n".join(found.damaged + found.explanation)
+            raise NotFoundError(
+                f"no {target.name} engine for {res.model.ref} with {res.spec.summary()}.\n{lines}\n"
+                f"Build it first: kiln build {res.model.ref} {res.spec.cli_flags()}"
+            )
+        assert found.manifest is not None and found.entry is not None
+        directory = _materialize(found.entry, found.manifest, store=store, directory=directory)
+    return _load(found.entry, directory, device)
 
 
 def load_engine_by_key(key: str, *, store: Store, device: str | None = None, directory: Path | None = None) -> LoadedEngine:
@@ -96,18 +105,30 @@ def load_engine_by_key(key: str, *, store: Store, device: str | None = None, dir
     target = get_target(str(entry.spec.get("target")))
     if not target.loads_in_process:
         raise ToolchainError(f"artifact {entry.key[:12]} is a {target.name} engine; use `kiln fetch` for it.")
-    manifest = store.check_artifact(entry)
-    return _load_artifact(entry, manifest, store=store, device=device, directory=directory)
+    with store.reader_lock():
+        manifest = store.check_artifact(entry)
+        directory = _materialize(entry, manifest, store=store, directory=directory)
+    return _load(entry, directory, device)
 
 
-def _load_artifact(entry: IndexEntry, manifest: Manifest, *, store: Store, device: str | None,
-                   directory: Path | None) -> LoadedEngine:
+def _materialize(entry: IndexEntry, manifest: Manifest, *, store: Store, directory: Path | None) -> Path:
+    """Materialise into ``directory``, or by default into a leased run directory (removed at exit)."""
+    link = False
     if directory is None:
-        parent = store.new_run_dir()
-        atexit.register(shutil.rmtree, parent, True)
+        try:
+            parent = store.new_run_dir()  # leased by this process until it exits
+        except StoreError:  # a read-only store has no run directories: a private temp one
+            parent = Path(tempfile.mkdtemp(prefix="kiln-engine-"))
+            atexit.register(shutil.rmtree, parent, True)
+        else:
+            atexit.register(store.release_run_dir, parent)
+            link = True  # Kiln's own run directory under the store: hard links (instant; nothing writes into it)
         directory = parent / "engine"
-    # Kiln's own run directory under the store: hard links (instant; nothing writes into it).
-    store.materialize(manifest, directory, link=True)
+    store.materialize(manifest, directory, link=link)
     store.touch(entry)
+    return directory
+
+
+def _load(entry: IndexEntry, directory: Path, device: str | None) -> LoadedEngine:
     engine = get_target(str(entry.spec.get("target"))).load_engine(directory, device or engine_device(entry))
     return LoadedEngine(engine, directory, entry)
