@@ -13,8 +13,13 @@ directories and calls them.
   the directory is gone, so gc — which takes the same flock without blocking — never sees a
   live build's directory unlocked. flocks die with their process, so a builder killed midway
   leaves a directory whose lock is free: abandoned.
-* run/ and logs/: no owner to ask, so age decides (:data:`RUN_DIR_MAX_AGE_S`,
-  :data:`FAILED_LOG_MAX_AGE_S`, by mtime).
+* run/: the process that loads an engine holds a shared flock on ``<dir>/lease`` for as long
+  as it lives (the engine is used until the process exits). The lease file is flocked under
+  a temporary name and renamed into place, so a ``lease`` gc can see is never unlocked while
+  its owner lives. gc keeps a run directory whose lease is held, whatever its age; removes one
+  whose lease is free (its owner died); and judges one without a lease file (being created,
+  or made by an older Kiln) by age (:data:`RUN_DIR_MAX_AGE_S`, by mtime).
+* logs/: no owner to ask, so age decides (:data:`FAILED_LOG_MAX_AGE_S`, by mtime).
 """
 
 from __future__ import annotations
@@ -38,8 +43,12 @@ __all__ = [
     "build_dir",
     "keep_failed_log",
     "new_run_dir",
+    "release_run_dir",
     "stale_entries",
 ]
+
+LEASE = "lease"  # inside a run directory: flocked (shared) by the process using it
+_leases: dict[Path, int] = {}  # run directories this process leases -> the lease's descriptor
 
 RUN_DIR_MAX_AGE_S = 86400  # engine directories of processes that did not exit cleanly
 FAILED_LOG_MAX_AGE_S = 30 * 86400  # failed builds' logs: kept a month for the user to read
@@ -98,15 +107,64 @@ def keep_failed_log(logs_dir: Path, key: str, log: Path) -> Path:
 def new_run_dir(run_dir_root: Path) -> Path:
     """A fresh directory for an engine loaded in this process (same filesystem: hard links).
 
-    gc removes run directories older than a day (processes that did not exit cleanly).
+    Leased by this process until :func:`release_run_dir` or until it exits (see above).
     """
     run_dir_root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="engine-", dir=run_dir_root))
+    path = Path(tempfile.mkdtemp(prefix="engine-", dir=run_dir_root))
+    tmp = path / f".{LEASE}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.rename(tmp, path / LEASE)  # visible only once locked
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    _leases[path] = fd
+    return path
+
+
+def release_run_dir(path: Path) -> None:
+    """Remove a run directory this process leased, then drop the lease (directory first)."""
+    shutil.rmtree(path, ignore_errors=True)
+    fd = _leases.pop(Path(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _lease_state(path: Path) -> str:
+    """"held", "free" (its owner died) or "none" (no lease file: judge by age)."""
+    try:
+        fd = os.open(path / LEASE, os.O_RDONLY)
+    except OSError:
+        return "none"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return "held"
+    finally:
+        os.close(fd)
+    return "free"
 
 
 def stale_entries(bucket: Path, max_age_s: float) -> list[Path]:
-    """Entries of a bucket (run dirs, failed-build logs) not modified for ``max_age_s``."""
+    """Entries of a bucket (run dirs, failed-build logs) not modified for ``max_age_s``.
+
+    A directory with a lease (run dirs) goes by its lease instead: held, it stays whatever
+    its age; free, its owner died and it goes whatever its age.
+    """
     if not bucket.is_dir():
         return []
     cutoff = time.time() - max_age_s
-    return [p for p in sorted(bucket.iterdir()) if p.stat().st_mtime < cutoff]
+    out = []
+    for p in sorted(bucket.iterdir()):
+        lease = _lease_state(p) if p.is_dir() and not p.is_symlink() else "none"
+        if lease == "held":
+            continue
+        try:
+            old = p.lstat().st_mtime < cutoff
+        except FileNotFoundError:
+            continue
+        if lease == "free" or old:
+            out.append(p)
+    return out
