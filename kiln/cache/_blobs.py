@@ -22,6 +22,10 @@ re-hashed first. Writing to a blob — even after chmod, even restoring the mtim
 ctime, so tampering always forces a re-hash. A blob that fails is moved to quarantine/ and
 the caller gets :class:`~kiln.errors.CorruptBlobError` (a loud miss, never a silent hit).
 
+A full disk (ENOSPC, EDQUOT, EFBIG) while a blob is written is a one-line StoreError naming
+the temp file being written, the store and the fix (:func:`~kiln.cache._fsutil.store_writes`),
+and the partial temp file is removed before it is raised.
+
 Concurrency: two writers of one digest write identical bytes, and the rename makes either
 one win whole. A stamp is only a cache of "these bytes were hashed": a missing or stale one
 costs a re-hash, never a wrong answer. Callers that add blobs hold the store's shared lock
@@ -37,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import CorruptBlobError, NotFoundError, UnsafeManifestError
+from .._input import show_path
+from ..errors import CorruptBlobError, NotFoundError, StoreError, UnsafeManifestError
 from ..manifests._manifest import (
     MAX_CONFIG_BYTES,
     MAX_MANIFEST_BYTES,
@@ -45,7 +50,7 @@ from ..manifests._manifest import (
     check_digest,
 )
 from ..manifests._record import parse_record
-from ._fsutil import atomic_write_bytes, fsync_dir, unlink_quiet
+from ._fsutil import atomic_write_bytes, fsync_dir, store_writes, unlink_quiet
 from ._hashmemo import hash_stream, stat_signature
 from ._progress import Progress
 
@@ -188,7 +193,8 @@ class Blobs:
     def ingest(self, tmp: Path, digest: str) -> None:
         """Make a complete, fsynced temp file the blob ``digest`` (atomic rename)."""
         final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        with store_writes(final.parent, self.root):
+            final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
         if self.ok(digest, os.stat(tmp).st_size):
             # Identical bytes are already there; keep the existing inode (it may be
@@ -219,11 +225,17 @@ class Blobs:
                     raise
                 move = False  # another filesystem: fall back to a copy
             else:
-                self.ingest(tmp, digest)
+                self.ingest(tmp, digest)  # on failure the moved file stays in tmp/, for gc
                 return digest, size
         tmp = self.new_temp()
         try:
-            hexdigest, size = hash_stream(src, tmp, progress)
+            with store_writes(f"{tmp} (storing {src})", self.root):
+                hexdigest, size = hash_stream(src, tmp, progress)
+            written = os.stat(tmp).st_size
+            if written != size:  # never name a short copy by the source's digest
+                raise StoreError(f"cannot write {show_path(tmp)} (storing {show_path(src)}): only {written} of {size} "
+                                 f"bytes reached the Kiln store at {show_path(self.root)}; check that filesystem "
+                                 "(free space, quotas, `ulimit -f`), or set KILN_HOME elsewhere.")
             digest = "sha256:" + hexdigest
             self.ingest(tmp, digest)
         except BaseException:
@@ -254,7 +266,7 @@ class Blobs:
         if not self.ok(digest, len(data)):
             tmp = self.new_temp()
             try:
-                with open(tmp, "wb") as f:
+                with store_writes(tmp, self.root), open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())

@@ -4,15 +4,60 @@ Every file that becomes visible under a final name is first written in full to a
 name *in the same directory tree* (same filesystem), fsynced, and then renamed: rename is
 atomic on POSIX filesystems, NFS included, so a reader sees the old state or the new state,
 never a partial file.
+
+A write that fails because the filesystem is full (``ENOSPC``), the user's quota is spent
+(``EDQUOT``) or the file is larger than the filesystem or the process's file-size limit allows
+(``EFBIG``) is not a bug: :func:`full_disk_error` turns it into one
+:class:`~kiln.errors.StoreError` line naming the path being written, the store and the fix,
+and every writer removes its partial temp file first. :func:`store_writes` is the one place
+that conversion is done, for every write the store makes (blobs, index entries, stamps).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Iterator
+
+from .._input import show_path
+from ..errors import StoreError
+
+# errno values that mean "no room for these bytes here", whatever wrote them.
+FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e is not None)
+
+
+def full_disk_error(e: OSError, path: Path | str | None, store_root: Path) -> StoreError:
+    """The one-line StoreError for a write ``e`` (errno in FULL_ERRNOS) of ``path`` in the store."""
+    where = show_path(path if path is not None else (e.filename or store_root))
+    if e.errno == errno.EFBIG:
+        return StoreError(
+            f"cannot write {where}: file too large (EFBIG: above the filesystem's or this process's file-size limit, "
+            f"see `ulimit -f`) in the Kiln store at {show_path(store_root)}; raise the limit, or set KILN_HOME to a "
+            "filesystem that allows larger files."
+        )
+    what = "disk quota exceeded (EDQUOT)" if e.errno == getattr(errno, "EDQUOT", None) else "no space left on device (ENOSPC)"
+    return StoreError(
+        f"cannot write {where}: {what} in the Kiln store at {show_path(store_root)}; free space on that filesystem, "
+        "or run `kiln gc --max-size SIZE`, or set KILN_HOME elsewhere."
+    )
+
+
+@contextlib.contextmanager
+def store_writes(path: Path | str | None, store_root: Path | None) -> Iterator[None]:
+    """Turn a full-disk OSError raised inside into :func:`full_disk_error` (others pass through).
+
+    ``path`` names what is being written; ``store_root`` None disables the conversion (a
+    caller that handles OSError itself)."""
+    try:
+        yield
+    except OSError as e:
+        if store_root is None or e.errno not in FULL_ERRNOS:
+            raise
+        raise full_disk_error(e, path, store_root) from None
 
 
 def fsync_dir(path: Path) -> None:
@@ -41,24 +86,26 @@ def temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def atomic_write_bytes(final: Path, data: bytes, *, mode: int = 0o644, durable: bool = False) -> None:
-    """Write ``data`` to ``final`` so that readers see all of it or none of it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write_bytes(final: Path, data: bytes, *, mode: int = 0o644, durable: bool = False,
+                       store_root: Path | None = None) -> None:
+    """Write ``data`` to ``final`` so that readers see all of it or none of it.
+
+    With ``store_root``, a full disk is a StoreError naming ``final`` (see :func:`store_writes`);
+    the partial temp file is removed either way."""
     tmp = temp_name(final)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, final)
-    except BaseException:
+    with store_writes(final, store_root):
+        final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, final)
+        except BaseException:
+            unlink_quiet(tmp)
+            raise
     if durable:
         fsync_dir(final.parent)
 

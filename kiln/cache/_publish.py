@@ -12,6 +12,11 @@ Only regular files are published: a link in an artifact could point anywhere whe
 artifact is materialised elsewhere, and an artifact with no files is a failed build, which
 is never published.
 
+A full disk at any step (ENOSPC, EDQUOT, EFBIG) is one StoreError naming the path being
+written, the store and the fix (:func:`~kiln.cache._fsutil.store_writes`, used by every blob
+and entry write); the partial temp file is gone, and the blobs written before it are
+unreferenced, for gc. Nothing is visible: the entry was not written.
+
 A function over the blob CAS and the index files, which the store hands in.
 """
 
