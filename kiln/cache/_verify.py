@@ -9,6 +9,12 @@ It takes no lock and changes nothing but stamps — and quarantine/, when an ent
 blob fails its digest as it is read (the same rule as on the serving path). Blobs whose bytes
 are wrong are reported, not moved: the next lookup or fetch that needs one quarantines it and
 misses loudly, and a publish of the right bytes repairs it.
+
+Every index file that is not a valid entry is reported (:class:`~kiln.cache._entries.BadEntry`:
+damaged — not JSON, the wrong shape, stored under another key, a link or FIFO —, of a newer
+Kiln's schema, or unreadable), and so is every valid entry whose manifest is missing, does
+not match its digest or cannot be parsed, with what to do about it: a store verify passes
+is one every entry of which can be served.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import CorruptBlobError, NotFoundError, UnsafeManifestError
 from ._blobs import Blobs, hash_file
-from ._entries import IndexFiles
+from ._entries import BadEntry, IndexFiles
 from ._progress import Progress
 
 __all__ = ["VerifyReport", "verify"]
@@ -48,13 +54,22 @@ def verify(blobs: Blobs, index: IndexFiles, progress: Progress | None = None) ->
         else:
             blobs.restamp(digest)
     entries = 0
-    for entry in index.entries(on_bad=lambda path, why: missing.append(f"index entry {path} is damaged: {why}")):
+
+    def bad_entry(bad: BadEntry) -> None:
+        missing.append(f"{bad.summary()}; {bad.fix()}")
+
+    for entry in index.entries(on_bad=bad_entry):
         entries += 1
         where = f"artifact {entry.key[:12]} ({entry.spec.get('model')}, {entry.spec.get('target')})"
         try:
             manifest = blobs.read_manifest(entry.manifest)
-        except (NotFoundError, CorruptBlobError, UnsafeManifestError) as e:
-            missing.append(f"{where}: manifest unusable: {e}")
+        except (NotFoundError, CorruptBlobError) as e:
+            missing.append(f"{where}: manifest unusable: {e} Its index entry {index.path(entry.model_hex, entry.key)} "
+                           "can never be served: `kiln gc` removes it, `kiln build` rebuilds it.")
+            continue
+        except UnsafeManifestError as e:
+            missing.append(f"{where}: manifest unusable: {e} This Kiln cannot read it (a newer Kiln's artifact?); "
+                           "`kiln gc` keeps it and every blob it names.")
             continue
         for f in manifest.files:
             if not blobs.has(f.digest):
