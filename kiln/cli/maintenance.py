@@ -53,14 +53,16 @@ def gc(ctx: click.Context, max_size: str | None, older_than: str | None, dry_run
     st = store(ctx)
     max_bytes = parse_size(max_size) if max_size else None
     max_age = parse_duration(older_than) if older_than else None
-    # Last use is read before gc removes the entries (it is the entry file's mtime).
-    used = {e.key: st.last_used(e) for e in st.iter_entries()}
     plan = st.gc(max_size=max_bytes, older_than=max_age, dry_run=dry_run)
+    used = plan.last_used  # read by gc before it removed the entries (last use is the entry file's mtime)
     verb = "would remove" if dry_run else "removed"
     if as_json:
         print_json({
             "dry_run": dry_run,
             "evicted": [entry_json(e, iso_time(used.get(e.key, 0.0))) for e in plan.entries],
+            "damaged_entries": [{"path": str(d.path), "key": d.key, "reason": d.reason} for d in plan.damaged],
+            "kept_unreadable": [{"path": str(k.path), "key": k.key, "manifest": k.manifest, "reason": k.reason,
+                                 "blobs": len(k.blobs)} for k in plan.kept_unreadable],
             "blobs": [{"digest": d, "size": s} for d, s in plan.blobs],
             "temp_paths": [str(p) for p in plan.temp_paths],
             "logs": [str(p) for p in plan.logs],
@@ -68,13 +70,19 @@ def gc(ctx: click.Context, max_size: str | None, older_than: str | None, dry_run
             "bytes_kept": plan.kept_bytes,
         })
         return
+    for k in plan.kept_unreadable:
+        click.echo(k.describe())
+    for d in plan.damaged:
+        click.echo(f"{verb} {d.describe()}")
     for e in plan.entries:
         last = used.get(e.key, 0.0)
         click.echo(f"{verb} artifact {e.key[:12]} {e.spec.get('model')} {e.spec.get('target')} ({human_size(e.size)}, "
                    + (f"last used {age(last)} ago)" if last else "never used)"))
     click.echo(f"{verb} {len(plan.entries)} artifacts, {len(plan.blobs)} unreferenced blobs ({human_size(plan.blob_bytes)}), "
-               f"{len(plan.temp_paths)} temp leftovers, {len(plan.logs)} failed-build logs older than 30 days; "
-               f"{human_size(plan.kept_bytes)} kept")
+               f"{len(plan.temp_paths)} temp leftovers, {len(plan.logs)} failed-build logs older than 30 days"
+               + (f", {len(plan.damaged)} damaged index entries" if plan.damaged else "")
+               + f"; {human_size(plan.kept_bytes)} kept"
+               + (f" ({len(plan.kept_unreadable)} artifacts this Kiln cannot read kept whole)" if plan.kept_unreadable else ""))
 
 
 @click.command(name="rm")
