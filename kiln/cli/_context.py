@@ -2,7 +2,9 @@
 
 The remote URL comes from, in order: ``--remote URL`` after the subcommand
 (:func:`~kiln.cli._options.remote_option` calls :func:`set_remote_url`), ``--remote URL``
-before it (the root group), ``KILN_REMOTE``.
+before it (the root group), ``KILN_REMOTE``. The URL may carry credentials (userinfo in an
+``?endpoint=``, secret query values): it is kept here only to open the remote, and an error
+opening it is redacted (:func:`kiln._redact.redact`) before anyone sees it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import click
 
 from .. import api
+from .._redact import redact
 
 __all__ = ["CliContext", "store", "remote", "remote_url", "set_remote_url"]
 
@@ -28,7 +31,13 @@ class CliContext:
 
     def remote(self, required: bool = False) -> api.Remote | None:
         if self._remote is None and self.remote_url:
-            self._remote = api.open_remote(self.remote_url)
+            try:
+                self._remote = api.open_remote(self.remote_url)
+            except api.KilnError as e:
+                # The remotes redact their own messages; this holds whatever raised (a URL is
+                # quoted in many of them), so a credential in the URL never reaches stderr.
+                e.args = (redact(str(e)),)
+                raise
         if required and self._remote is None:
             from ..errors import RemoteError
 
