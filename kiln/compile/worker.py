@@ -5,11 +5,22 @@ down, and the worker's whole output becomes ``build.log`` inside the artifact. T
 reads the worker's stdout line by line; a line ``stage: NAME …`` marks the start of a stage
 (the protocol: :mod:`kiln.targets._worker_main`), which is timed here and reported through
 ``on_stage(NAME)``.
+
+The worker dies with its parent. Killing only `kiln build` (SIGKILL, an OOM kill) must not
+leave a compiler running to the end for nobody: the worker is started through a few lines of
+Python (:data:`_DIE_WITH_PARENT`) that ask Linux for a parent-death signal (SIGKILL), then
+check that the parent did not die before the request (``getppid``), then exec the real worker
+— the request survives exec. The parent-death signal fires when the *thread* that started the
+worker exits; ``run_worker`` blocks in that thread until the worker is done, so it fires only
+when the parent dies. The worker also leads its own process group, and whenever ``run_worker``
+stops waiting for it early (an error, Ctrl-C) it kills the whole group, so the compiler's own
+children go too.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +36,20 @@ __all__ = ["BUILD_LOG", "OnStage", "WorkerResult", "run_worker"]
 
 
 OnStage = Callable[[str], None]  # called with a stage's name when it starts
+
+# argv: PARENT_PID PYTHON ARGS...: die with the parent (Linux), then become the worker.
+_DIE_WITH_PARENT = """
+import os, signal, sys
+parent = int(sys.argv[1])
+if sys.platform.startswith("linux"):
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        sys.exit("kiln worker: prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != parent:
+    os._exit(1)  # the parent died before the request: nobody is waiting for this build
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 @dataclass
@@ -45,6 +70,7 @@ def run_worker(
 ) -> WorkerResult:
     """Run ``python <argv>``; write every output line to ``log_path``; raise BuildError on failure."""
     cmd = [sys.executable, *argv]
+    guarded = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
@@ -57,7 +83,8 @@ def run_worker(
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         with subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, bufsize=1
+            guarded, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, bufsize=1,
+            process_group=0,  # its own group: killing it takes the compiler's children too
         ) as proc:
             assert proc.stdout is not None
             try:
@@ -73,7 +100,7 @@ def run_worker(
                             on_stage(current)
                 rc = proc.wait()
             except BaseException:
-                proc.kill()
+                _kill_group(proc)
                 raise
     now = time.monotonic()
     stages[current] = stages.get(current, 0.0) + now - since
@@ -85,3 +112,13 @@ def run_worker(
             log_tail=result.tail,
         )
     return result
+
+
+def _kill_group(proc: "subprocess.Popen[str]") -> None:
+    """SIGKILL the worker's process group (the worker and every child it started)."""
+    if proc.returncode is None:  # not reaped yet, so its pid (the group's id) is still ours
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone already
+    proc.wait()
