@@ -8,6 +8,9 @@ the artifact is materialised, so a gc waits for it. Without that pin a gc that w
 pull evicts the artifact the instant the pull is done, and the ensure fails after
 downloading it.
 
+gc also never removes a run directory (``run/engine-*``) that a live process uses, whatever its
+age: the process leases it; one whose process died goes.
+
 Real processes throughout: gc loops, ensures from a file:// remote (which always holds the
 artifacts: such an ensure must always succeed) and from the local store (republished all the
 time by a thread: it may miss if a gc evicted it first, but only cleanly — no artifact found
@@ -18,14 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from kiln import api
 from kiln.cache import Store
 from tests.cache.test_materialize import Pub, write_tree
+from tests.conftest import run_kiln
 
 REMOTE_BATCHES = (1, 2, 3)
 LOCAL_BATCHES = (4, 5)
@@ -157,3 +163,51 @@ def test_every_ensure_succeeds_verified_or_misses_cleanly_under_gc(tmp_path: Pat
     assert outcomes["remote ok"] == ROUNDS * len(REMOTE_BATCHES)
     assert gc.runs >= ROUNDS  # gc really ran alongside
     print(outcomes, gc.runs, "gc runs")
+
+
+# A process that uses a run directory as the in-process loader does (Store.new_run_dir, kept
+# for the life of the process), until the test closes its stdin.
+RUN_DIR_USER = r"""
+import sys
+from kiln.cache import Store
+run = Store().new_run_dir()
+(run / "engine").mkdir()
+(run / "engine" / "model.bin").write_bytes(b"weights in use")
+print(run, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_gc_never_removes_a_run_directory_in_use_whatever_its_age(store: Store) -> None:
+    def start() -> tuple[subprocess.Popen, Path]:
+        p = subprocess.Popen([sys.executable, "-c", RUN_DIR_USER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+        assert p.stdout is not None
+        return p, Path(p.stdout.readline().strip())
+
+    server, in_use = start()
+    crashed, abandoned = start()
+    try:
+        crashed.kill()  # died without cleaning up: its run directory is nobody's now
+        crashed.communicate()
+        legacy = store.run_dir_root / "engine-legacy"  # no lease (an older Kiln): age decides
+        legacy.mkdir()
+        two_days_ago = time.time() - 2 * 86400
+        for d in (in_use, legacy):
+            os.utime(d, (two_days_ago, two_days_ago))
+        young_legacy = store.run_dir_root / "engine-young"
+        young_legacy.mkdir()
+        r = run_kiln("gc", "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        removed = set(json.loads(r.stdout)["temp_paths"])
+        assert str(in_use) not in removed and (in_use / "engine" / "model.bin").read_bytes() == b"weights in use"
+        assert {str(abandoned), str(legacy)} <= removed and not abandoned.exists() and not legacy.exists()
+        assert young_legacy.exists()
+    finally:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.close()
+        server.wait()
+        server.stdout.close()
+    # Its process gone, the run directory is collected at once.
+    r = run_kiln("gc", "--json")
+    assert str(in_use) in json.loads(r.stdout)["temp_paths"] and not in_use.exists()
