@@ -139,7 +139,10 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
     Exit 0 when DEST holds the engine (a DEST that already holds exactly it is left untouched,
     so a container can run this at every start); 1 on a miss (with the nearest entries), unless
     --on-miss build builds it (and --push publishes it); 3 when the build stored what this
-    machine can run and the rest needs another (trtllm without a GPU).
+    machine can run and the rest needs another (trtllm without a GPU). An artifact the remote
+    serves but Kiln refuses (a malformed entry, a manifest or build record that fails its
+    checks) is a miss with a warning, so --on-miss build builds; a remote that cannot be
+    reached is an error (exit 2), also with --on-miss build: an outage is not a miss.
     """
     rem = remote(ctx, required=do_push)
     t0 = time.monotonic()
