@@ -320,10 +320,17 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
                         "refusing it; nothing was published."
                     )
                 tmp = store.new_download_path()
-                remote.download(k, tmp, progress)
                 try:
+                    # The remote writes at most `size` bytes (a longer object is refused, not
+                    # written until the disk is full) and removes its partial file on failure.
+                    remote.download(k, tmp, size, progress)
                     store.put_downloaded(tmp, digest, size)
-                except CorruptBlobError as e:
+                except BaseException as e:
+                    from ._fsutil import unlink_quiet
+
+                    unlink_quiet(tmp)  # on every failure (an error, an interrupt): no temp file stays
+                    if not isinstance(e, CorruptBlobError):
+                        raise
                     if attempt == 2:
                         # Push skips blobs already present with the right size, so a plain
                         # re-push would not replace this one: the object has to go first.

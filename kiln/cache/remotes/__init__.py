@@ -8,8 +8,10 @@
 atomically, so the order of writes in :mod:`kiln.cache._sync` is all that keeps readers from
 partial artifacts. Remote data is untrusted: callers verify every blob against its digest
 after download. Credentials come from the standard AWS chain (environment, profiles,
-instance roles) and are never printed: :meth:`Remote.describe` shows the URL without query
-secrets.
+instance roles) and are never printed: every message of a remote, and :meth:`Remote.describe`,
+goes through :func:`kiln._redact.redact`. Remote reads are bounded: in bytes (a download stops
+at the declared size), in kinds of file (a filesystem remote opens only regular files) and in
+time (every S3 request and transfer has a total deadline).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..._redact import redact
 from ...errors import RemoteError
 from ._base import ObjectInfo, Remote
 from .file import FileRemote
@@ -37,17 +40,17 @@ def open_remote(url: str | None) -> Remote | None:
         # file://tmp/x names host "tmp" and path /x; file:// alone names nothing. Both are
         # mistakes for file:///tmp/x: refuse them rather than use (and create) another path.
         if parsed.netloc not in ("", "localhost") or not parsed.path:
-            raise RemoteError(
-                f"remote {url!r} is not a local file URL (it names host {parsed.netloc!r} and path "
+            raise RemoteError(redact(
+                f"remote {url!r} is not a local file URL (it names host {parsed.netloc.rpartition('@')[2]!r} and path "
                 f"{parsed.path or '(none)'!r}); write file:///ABSOLUTE/PATH (three slashes) or a plain path."
-            )
+            ))
         path = Path(parsed.path)
     elif "://" in url:
-        raise RemoteError(f"remote {url!r}: Kiln supports s3://BUCKET/PREFIX, file:///PATH or a plain path.")
+        raise RemoteError(redact(f"remote {url!r}: Kiln supports s3://BUCKET/PREFIX, file:///PATH or a plain path."))
     else:
         path = Path(url).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RemoteError(f"remote directory {path} is not usable: {e.strerror}") from None
+        raise RemoteError(redact(f"remote directory {path} is not usable: {e.strerror}")) from None
     return FileRemote(path.absolute(), url)

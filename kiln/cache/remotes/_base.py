@@ -9,9 +9,12 @@ Contract for implementations: ``put`` and ``upload`` make an object appear *atom
 (whole or not at all, never partial under its final name), because the order of writes in
 :mod:`kiln.cache._sync` is all that keeps readers from partial artifacts. Reads return what
 the remote holds, unverified: remote data is untrusted, and callers check every blob against
-its digest after download. Errors are :class:`~kiln.errors.RemoteError` with a message that
-names the object and never prints credentials (:meth:`Remote.describe` shows the URL without
-query secrets).
+its digest after download, and ``download`` writes at most the size the caller declares
+(plus one byte, to see that an object is longer) and removes its partial file on every
+failure: a hostile remote cannot fill the disk. Errors are :class:`~kiln.errors.RemoteError`
+with a message that names the object and never prints credentials: every message, and
+:meth:`Remote.describe`, goes through :func:`kiln._redact.redact` (URL userinfo and secret
+query values become ``***``).
 
 Its own module (not the package ``__init__``) so that the backends can subclass it while
 ``remotes/__init__.py`` imports the backends for :func:`open_remote`, without an import cycle.
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..._redact import redact
+from ...errors import RemoteError
 from .._progress import Progress
 
 __all__ = ["ObjectInfo", "Remote"]
@@ -42,7 +47,19 @@ class Remote(ABC):
     url: str
 
     def describe(self) -> str:
-        return self.url.split("?", 1)[0]
+        return redact(self.url.split("?", 1)[0])
+
+    def error(self, message: str) -> RemoteError:
+        """A RemoteError for ``message``, credentials redacted (every backend message goes here)."""
+        return RemoteError(redact(message))
+
+    def size_error(self, key: str, size: int, actual: int | str) -> RemoteError:
+        """The one message for an object whose length is not the one declared to :meth:`download`."""
+        return self.error(
+            f"object {key} on remote {self.describe()} has {actual} bytes, but {size} were declared "
+            "(by the manifest): refusing it; nothing was published. Delete that object from the remote, "
+            "then push the artifact again from a good store."
+        )
 
     @abstractmethod
     def get(self, key: str, max_size: int) -> bytes | None:
@@ -61,8 +78,12 @@ class Remote(ABC):
         """Upload a file as one object, atomically (large files in parallel parts)."""
 
     @abstractmethod
-    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
-        """Download an object into ``dest`` (large objects with parallel ranged reads)."""
+    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
+        """Download an object of ``size`` bytes into ``dest`` (large objects with parallel ranged reads).
+
+        Writes at most ``size`` bytes: an object longer or shorter than ``size`` is a RemoteError
+        naming both sizes. On every failure ``dest`` is removed.
+        """
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:

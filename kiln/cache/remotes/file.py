@@ -7,13 +7,21 @@ fsynced, so a reader sees the whole object or none. A writer killed midway leave
 hidden temp file: listings skip hidden names, and :meth:`FileRemote.cleanup_partial_uploads`
 (run by remote gc, after its grace period) removes them. No locks: two writers of one object
 write identical bytes, and either rename wins whole.
+
+Reads never block on, nor read from, anything but a regular file: an object is opened with
+O_NONBLOCK (a FIFO opens at once instead of waiting for a writer) and checked with fstat on
+the descriptor before a byte is read; a FIFO, device, socket or directory is a RemoteError
+that names it, and listings skip it. Symlinks are followed only to regular files. A download
+copies at most the declared size plus one byte (to see that the object is longer) and
+removes its partial file on every failure.
 """
 
 from __future__ import annotations
 
 import os
+import stat as st_
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from ...errors import RemoteError
 from .._fsutil import atomic_write_bytes, fsync_dir, temp_name, unlink_quiet
@@ -33,47 +41,98 @@ class FileRemote(Remote):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/"))
 
-    def get(self, key: str, max_size: int) -> bytes | None:
+    def _not_regular(self, key: str, mode: int) -> RemoteError:
+        return self.error(
+            f"object {key} on remote {self.describe()} is {_kind(mode)}, not a regular file; remove it."
+        )
+
+    def _open(self, key: str) -> int | None:
+        """A read descriptor of the object's regular file, or None if it is absent.
+
+        O_NONBLOCK so that opening a FIFO returns at once (a blocking open waits for a writer
+        forever); fstat on the descriptor, not the path, so what is checked is what is read.
+        """
+        path = self._path(key)
         try:
-            with open(self._path(key), "rb") as f:
-                return f.read(max_size + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise RemoteError(f"cannot read {self._path(key)} on remote {self.url}: {e.strerror}") from None
+            self.stat(key)  # a socket (ENXIO) or the like: name what it is, if it is not a file
+            raise self.error(f"cannot read object {key} on remote {self.describe()}: {e.strerror}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not st_.S_ISREG(mode):
+                raise self._not_regular(key, mode)
+            os.set_blocking(fd, True)  # a regular file: plain blocking reads from here on
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def get(self, key: str, max_size: int) -> bytes | None:
+        fd = self._open(key)
+        if fd is None:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                return f.read(max_size + 1)
+        except OSError as e:
+            raise self.error(f"cannot read object {key} on remote {self.describe()}: {e.strerror}") from None
 
     def put(self, key: str, data: bytes) -> None:
         try:
             atomic_write_bytes(self._path(key), data, durable=True)
         except OSError as e:
-            raise RemoteError(f"cannot write {self._path(key)} on remote {self.url}: {e.strerror}") from None
+            raise self.error(f"cannot write {self._path(key)} on remote {self.describe()}: {e.strerror}") from None
 
     def stat(self, key: str) -> int | None:
+        # stat, not open: a path's metadata never blocks, whatever kind of file it is.
         try:
-            return self._path(key).stat().st_size
+            info = self._path(key).stat()
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise self.error(f"cannot check object {key} on remote {self.describe()}: {e.strerror}") from None
+        if not st_.S_ISREG(info.st_mode):
+            raise self._not_regular(key, info.st_mode)
+        return info.st_size
 
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
         final = self._path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(final)
         try:
-            _copy(path, tmp, progress)
+            with open(path, "rb") as fin:
+                _copy(fin, tmp, None, progress)
             os.replace(tmp, final)
         except OSError as e:
             unlink_quiet(tmp)
-            raise RemoteError(f"cannot write {final} on remote {self.url}: {e.strerror}") from None
+            raise self.error(f"cannot write {final} on remote {self.describe()}: {e.strerror}") from None
         except BaseException:
             unlink_quiet(tmp)
             raise
         fsync_dir(final.parent)
 
-    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
+    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
         try:
-            _copy(self._path(key), dest, progress)
-        except FileNotFoundError:
-            raise RemoteError(f"object {key} is missing from remote {self.url}") from None
+            fd = self._open(key)
+            if fd is None:
+                raise self.error(f"object {key} is missing from remote {self.describe()}")
+            with os.fdopen(fd, "rb") as fin:
+                actual = os.fstat(fin.fileno()).st_size
+                if actual != size:
+                    raise self.size_error(key, size, actual)
+                # The cap holds even if the file grows while it is copied.
+                copied = _copy(fin, dest, size + 1, progress)
+            if copied != size:
+                raise self.size_error(key, size, f"more than {size}" if copied > size else copied)
+        except OSError as e:
+            unlink_quiet(dest)
+            raise self.error(f"cannot download object {key} from remote {self.describe()}: {e.strerror}") from None
+        except BaseException:
+            unlink_quiet(dest)
+            raise
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/"))
@@ -85,10 +144,12 @@ class FileRemote(Remote):
                     continue  # temp files of writers in flight
                 p = Path(dirpath) / name
                 try:
-                    st = p.stat()
-                except FileNotFoundError:
-                    continue
-                yield ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+                    info = p.stat()  # follows a symlink; never opens (a FIFO would block)
+                except OSError:
+                    continue  # gone since the walk, or a dangling link: not an object
+                if not st_.S_ISREG(info.st_mode):
+                    continue  # FIFOs, devices, sockets: never objects
+                yield ObjectInfo(p.relative_to(self.root).as_posix(), info.st_size, info.st_mtime)
 
     def delete(self, key: str) -> None:
         unlink_quiet(self._path(key))
@@ -102,7 +163,7 @@ class FileRemote(Remote):
                 p = Path(dirpath) / name
                 if name.startswith(".") and ".tmp-" in name:
                     try:
-                        if p.stat().st_mtime < cutoff:
+                        if p.lstat().st_mtime < cutoff:
                             p.unlink()
                             n += 1
                     except FileNotFoundError:
@@ -110,14 +171,24 @@ class FileRemote(Remote):
         return n
 
 
-def _copy(src: Path, dest: Path, progress: Progress | None) -> None:
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        while True:
-            chunk = fin.read(8 << 20)
+def _kind(mode: int) -> str:
+    kinds = ((st_.S_ISFIFO, "a FIFO"), (st_.S_ISCHR, "a character device"), (st_.S_ISBLK, "a block device"),
+             (st_.S_ISSOCK, "a socket"), (st_.S_ISDIR, "a directory"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | None) -> int:
+    """Copy ``fin`` into a new ``dest`` (at most ``limit`` bytes), fsynced; returns the bytes copied."""
+    copied = 0
+    with open(dest, "wb") as fout:
+        while limit is None or copied < limit:
+            chunk = fin.read(8 << 20 if limit is None else min(8 << 20, limit - copied))
             if not chunk:
                 break
             fout.write(chunk)
+            copied += len(chunk)
             if progress:
                 progress(len(chunk))
         fout.flush()
         os.fsync(fout.fileno())
+    return copied

@@ -5,6 +5,14 @@ multipart uploads included, becomes visible only when complete. A killed multipa
 leaves parts that cost storage without being an object; remote gc aborts them after its
 grace period (:meth:`S3Remote.cleanup_partial_uploads`).
 
+Every wait is bounded twice: each socket read by ``timeout`` (botocore's read timeout, per
+recv) and each request or transfer by a total deadline (:mod:`._bounded`), because a server
+that trickles bytes defeats any per-recv timeout. Downloads are Kiln's own ranged GETs (not
+the transfer manager's ``download_file``) so that they stop at the declared size: a GET
+longer than the object's HEAD is refused after at most one extra byte, never written to disk.
+Uploads are Kiln's own ``put_object`` / multipart calls, so that an abandoned one runs on
+daemon threads and never holds the process at exit.
+
 boto3 is an optional dependency and is imported only when an S3 remote is opened, so
 ``kiln lookup`` against a local store (or a filesystem remote) never pays for it.
 Credentials come from the standard AWS chain (environment, profiles, instance roles) and are
@@ -14,13 +22,20 @@ never printed.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import parse_qs, urlparse
 
+from ..._redact import redact
 from ...errors import RemoteError
+from .._fsutil import unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
+from ._bounded import Cancelled, DeadlineExceeded, FileSlice, Sink, run_bounded, run_parallel
+
+T = TypeVar("T")
 
 __all__ = ["S3Remote"]
 
@@ -32,45 +47,46 @@ class S3Remote(Remote):
     ``endpoint`` (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), ``region`` (``AWS_REGION``),
     ``addressing=path|virtual`` (``KILN_S3_ADDRESSING``; default path when an endpoint is set,
     as S3-compatible servers expect), ``profile`` (``AWS_PROFILE``), ``timeout=SECONDS``
-    (``KILN_S3_TIMEOUT``; how long a request waits for the server's next bytes). Credentials:
-    the standard AWS chain.
+    (``KILN_S3_TIMEOUT``; how long a request waits for the server's next bytes),
+    ``deadline=SECONDS`` (``KILN_S3_DEADLINE``; the most one request may take in all, retries
+    included; a transfer of N bytes gets that plus N / MIN_RATE seconds). Credentials: the
+    standard AWS chain.
 
     Time is bounded: a request is tried at most ATTEMPTS times, each waiting at most TIMEOUT
-    seconds for the server, so an endpoint that accepts connections but never answers (a hung
-    or paused server) fails one request in about ATTEMPTS × TIMEOUT seconds plus backoff,
-    not hangs a serving container's start-up.
+    seconds for the server's next bytes, so an endpoint that accepts connections but never
+    answers (a hung or paused server) fails one request in about ATTEMPTS × TIMEOUT seconds
+    plus backoff, not hangs a serving container's start-up. And a request (a small GET, HEAD,
+    PUT, one LIST page) never takes longer than DEADLINE in all, nor a download or upload
+    longer than DEADLINE + size / MIN_RATE, however the server trickles its headers or body.
     """
 
     PART_SIZE = 64 << 20
     CONCURRENCY = 8
     TIMEOUT = 15.0  # seconds without a byte from the server before a request attempt fails
     ATTEMPTS = 3  # per request, the first try included
+    DEADLINE = 60.0  # seconds one request may take in all, its retries included
+    MIN_RATE = 1 << 20  # bytes/s: a transfer's deadline is DEADLINE + size / MIN_RATE
+    CHUNK = 1 << 20  # bytes read from a response body at a time
 
     def __init__(self, url: str) -> None:
         try:
             import boto3
-            from boto3.s3.transfer import TransferConfig
             from botocore.config import Config
         except ImportError:
-            raise RemoteError("s3:// remotes need boto3: pip install 'kiln[s3]'.") from None
+            raise self.error("s3:// remotes need boto3: pip install 'kiln[s3]'.") from None
         parsed = urlparse(url)
         self.url = url
         self.bucket = parsed.netloc
         if not self.bucket:
-            raise RemoteError(f"remote {url!r} names no bucket; write s3://BUCKET/PREFIX.")
+            raise self.error(f"remote {url!r} names no bucket; write s3://BUCKET/PREFIX.")
         self.prefix = parsed.path.strip("/")
         q = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         endpoint = q.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         addressing = q.get("addressing") or os.environ.get("KILN_S3_ADDRESSING") or ("path" if endpoint else "auto")
         session = boto3.session.Session(profile_name=q.get("profile") or os.environ.get("AWS_PROFILE") or None)
         self.endpoint = endpoint
-        timeout = q.get("timeout") or os.environ.get("KILN_S3_TIMEOUT") or self.TIMEOUT
-        try:
-            self.timeout = float(timeout)
-            if not self.timeout > 0:
-                raise ValueError
-        except ValueError:
-            raise RemoteError(f"S3 timeout {timeout!r} is not a positive number of seconds (timeout= / KILN_S3_TIMEOUT).") from None
+        self.timeout = self._seconds("timeout", q.get("timeout") or os.environ.get("KILN_S3_TIMEOUT") or self.TIMEOUT)
+        self.deadline = self._seconds("deadline", q.get("deadline") or os.environ.get("KILN_S3_DEADLINE") or self.DEADLINE)
         self.client = session.client(
             "s3",
             endpoint_url=endpoint,
@@ -82,19 +98,55 @@ class S3Remote(Remote):
                 retries={"total_max_attempts": self.ATTEMPTS, "mode": "standard"},
                 connect_timeout=min(5.0, self.timeout),
                 read_timeout=self.timeout,
-                max_pool_connections=self.CONCURRENCY * 2,
+                # Parts of several files at once (pull and push move 4 files in parallel).
+                max_pool_connections=self.CONCURRENCY * 4,
             ),
         )
-        self.transfer = TransferConfig(
-            multipart_threshold=self.PART_SIZE,
-            multipart_chunksize=self.PART_SIZE,
-            max_concurrency=self.CONCURRENCY,
-            use_threads=True,
-        )
+
+    @property
+    def transfer(self) -> Any:
+        """boto3's TransferConfig with Kiln's part size and concurrency, for comparisons with boto3's
+        own transfers (scripts/bench_remote.py); Kiln's transfers do not use the transfer manager."""
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(multipart_threshold=self.PART_SIZE, multipart_chunksize=self.PART_SIZE,
+                              max_concurrency=self.CONCURRENCY, use_threads=True)
+
+    def _seconds(self, name: str, value: object) -> float:
+        env = {"timeout": "KILN_S3_TIMEOUT", "deadline": "KILN_S3_DEADLINE"}[name]
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+            if not 0 < seconds < float("inf"):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise self.error(f"S3 {name} {value!r} is not a positive number of seconds ({name}= / {env}).") from None
+        return seconds
 
     def describe(self) -> str:
         where = f" at {self.endpoint}" if self.endpoint else ""
-        return f"s3://{self.bucket}/{self.prefix}{where}"
+        return redact(f"s3://{self.bucket}/{self.prefix}{where}")
+
+    def _name(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _transfer_budget(self, size: int) -> float:
+        return self.deadline + size / self.MIN_RATE
+
+    def _late(self, action: str, key: str, budget: float) -> RemoteError:
+        return self.error(
+            f"the S3 endpoint {self.endpoint or 'of AWS'} took longer than its deadline of {round(budget, 1):g} s "
+            f"to {action} {self._name(key)} (a stalled or trickling server?). Allow longer with ?deadline=SECONDS "
+            f"in the remote URL or KILN_S3_DEADLINE (now {self.deadline:g} s per request; transfers get "
+            f"{self.MIN_RATE >> 20} s more per MiB)."
+        )
+
+    def _call(self, action: str, key: str, fn: Callable[[], T], budget: float | None = None) -> T:
+        """``fn()`` (botocore calls), within the request deadline (or ``budget``)."""
+        budget = self.deadline if budget is None else budget
+        try:
+            return run_bounded(fn, budget)
+        except DeadlineExceeded:
+            raise self._late(action, key, budget) from None
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -113,33 +165,33 @@ class S3Remote(Remote):
         inner = e.__cause__ or e.__context__
         known = (ClientError, EndpointConnectionError, ReadTimeoutError, ConnectTimeoutError, ConnectionClosedError)
         if not isinstance(e, known) and isinstance(inner, known):
-            e = inner  # the transfer manager wraps the real error (S3UploadFailedError)
+            e = inner  # a wrapper of the real error (botocore's, or one raised on the way out)
         if isinstance(e, (ReadTimeoutError, ConnectTimeoutError)):
-            return RemoteError(
+            return self.error(
                 f"the S3 endpoint {self.endpoint or 'of AWS'} did not answer within {self.timeout:g} s "
                 f"({self.ATTEMPTS} attempts) to {action} {name}: is the server up and healthy? "
                 "(Set a longer wait with ?timeout=SECONDS in the remote URL or KILN_S3_TIMEOUT.)"
             )
         if not isinstance(e, ClientError) and "NoSuchBucket" in str(e):
-            return RemoteError(f"bucket {self.bucket} does not exist at {self.describe()}; create it or fix KILN_REMOTE.")
+            return self.error(f"bucket {self.bucket} does not exist at {self.describe()}; create it or fix KILN_REMOTE.")
         if isinstance(e, NoCredentialsError):
-            return RemoteError(
+            return self.error(
                 f"no AWS credentials to {action} {name}: set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
                 "AWS_SECRET_ACCESS_KEY, or run where an instance role applies."
             )
         if isinstance(e, EndpointConnectionError):
-            return RemoteError(
+            return self.error(
                 f"cannot reach the S3 endpoint {self.endpoint or 'of AWS'} to {action} {name} (after retries): "
                 "is the server up and the endpoint right?"
             )
         if isinstance(e, ClientError):
             code = e.response.get("Error", {}).get("Code", "?")
             if code in ("NoSuchBucket",):
-                return RemoteError(f"bucket {self.bucket} does not exist at {self.describe()}; create it or fix KILN_REMOTE.")
+                return self.error(f"bucket {self.bucket} does not exist at {self.describe()}; create it or fix KILN_REMOTE.")
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                return RemoteError(f"access denied to {action} {name} ({code}); check the credentials' permissions.")
-            return RemoteError(f"S3 error {code} while trying to {action} {name}.")
-        return RemoteError(f"cannot {action} {name}: {type(e).__name__}: {e}")
+                return self.error(f"access denied to {action} {name} ({code}); check the credentials' permissions.")
+            return self.error(f"S3 error {code} while trying to {action} {name}.")
+        return self.error(f"cannot {action} {name}: {type(e).__name__}: {e}")
 
     @staticmethod
     def _missing(e: Exception) -> bool:
@@ -148,9 +200,17 @@ class S3Remote(Remote):
         return isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
     def get(self, key: str, max_size: int) -> bytes | None:
-        try:
+        def read() -> bytes:
             obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{max_size}")
-            return obj["Body"].read()
+            try:
+                return bytes(obj["Body"].read(max_size + 1))  # never more, even if the server ignores Range
+            finally:
+                obj["Body"].close()
+
+        try:
+            return self._call("read", key, read)
+        except RemoteError:
+            raise
         except Exception as e:
             if self._missing(e):
                 return None
@@ -166,62 +226,211 @@ class S3Remote(Remote):
 
     def put(self, key: str, data: bytes) -> None:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            self._call("write", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
+                       self._transfer_budget(len(data)))
+        except RemoteError:
+            raise
         except Exception as e:
             raise self._fail("write", key, e) from None
 
     def stat(self, key: str) -> int | None:
         try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+            head = self._call("check", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+            return int(head["ContentLength"])
+        except RemoteError:
+            raise
         except Exception as e:
             if self._missing(e):
                 return None
             raise self._fail("check", key, e) from None
 
+    # ------------------------------------------------------------------ transfers
+
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        size = path.stat().st_size
+        budget = self._transfer_budget(size)
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer, Callback=progress)
-        except Exception as e:
-            raise self._fail("upload", key, e) from None
+            if size <= self.PART_SIZE:
+                def put() -> None:
+                    with open(path, "rb") as body:
+                        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body)
 
-    def download(self, key: str, dest: Path, progress: Progress | None = None) -> None:
-        try:
-            self.client.download_file(self.bucket, self._key(key), str(dest), Config=self.transfer, Callback=progress)
-        except Exception as e:
-            if self._missing(e):
-                raise RemoteError(f"object s3://{self.bucket}/{self._key(key)} is missing from the remote") from None
-            raise self._fail("download", key, e) from None
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        full = self._key(prefix)
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-                for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"].timestamp())
+                self._call("upload", key, put, budget)
+                if progress:
+                    progress(size)
+            else:
+                self._multipart_upload(path, key, size, budget, progress)
         except RemoteError:
             raise
         except Exception as e:
-            raise self._fail("list", prefix, e) from None
+            raise self._fail("upload", key, e) from None
+
+    def _multipart_upload(self, path: Path, key: str, size: int, budget: float, progress: Progress | None) -> None:
+        """Parts in parallel, then complete; on any failure the upload is aborted (best effort)."""
+        start = time.monotonic()
+        full = self._key(key)
+        upload_id = self._call("upload", key, lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=full))["UploadId"]
+        etags: dict[int, str] = {}
+
+        def part(number: int, offset: int, length: int) -> Callable[[threading.Event], None]:
+            def task(cancel: threading.Event) -> None:
+                if cancel.is_set():
+                    raise Cancelled
+                with FileSlice(path, offset, length) as body:
+                    r = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body)
+                etags[number] = r["ETag"]
+                if progress:
+                    progress(length)
+            return task
+
+        try:
+            tasks = [part(n, off, length) for n, (off, length) in enumerate(_ranges(size, self.PART_SIZE), 1)]
+            try:
+                run_parallel(tasks, budget - (time.monotonic() - start), self.CONCURRENCY)
+            except DeadlineExceeded:
+                raise self._late("upload", key, budget) from None
+            parts = [{"ETag": etags[n], "PartNumber": n} for n in sorted(etags)]
+            self._call("upload", key, lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        except BaseException:
+            try:  # what is left is also aborted by remote gc's cleanup_partial_uploads
+                run_bounded(lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id),
+                            min(self.deadline, 10.0))
+            except Exception:
+                pass
+            raise
+
+    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
+        """Ranged GETs (parallel parts for large objects) into ``dest``, at most ``size`` bytes written.
+
+        The last part asks for one byte past the declared end, so an object longer than
+        declared shows itself (and a 206's Content-Range total says by how much) without a
+        byte of it being written; each part reads at most its length plus one byte, whatever
+        the server sends. Bounded by :meth:`_transfer_budget` in all.
+        """
+        budget = self._transfer_budget(size)
+        try:
+            sink = Sink(dest)
+        except OSError as e:
+            raise self.error(f"cannot write the download of {self._name(key)} to {dest}: {e.strerror}") from None
+        try:
+            try:
+                ranges = _ranges(size, self.PART_SIZE)
+                tasks = [self._get_part(key, size, off, length, i == len(ranges) - 1, sink, progress)
+                         for i, (off, length) in enumerate(ranges)]
+                run_parallel(tasks, budget, self.CONCURRENCY)
+                sink.fsync()
+            finally:
+                sink.close()  # from here on no abandoned part can write a byte
+        except BaseException as e:
+            unlink_quiet(dest)
+            if isinstance(e, DeadlineExceeded):
+                raise self._late("download", key, budget) from None
+            if isinstance(e, RemoteError) or not isinstance(e, Exception):
+                raise
+            if self._missing(e):
+                raise self.error(f"object {self._name(key)} is missing from the remote {self.describe()}") from None
+            raise self._fail("download", key, e) from None
+
+    def _get_part(self, key: str, size: int, offset: int, length: int, last: bool, sink: Sink,
+                  progress: Progress | None) -> Callable[[threading.Event], None]:
+        def task(cancel: threading.Event) -> None:
+            end = offset + length - (0 if last else 1)  # the last part: one byte past the declared end
+            try:
+                obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{end}")
+            except Exception as e:
+                if size == 0 and self._code(e) == "InvalidRange":
+                    return  # `bytes=0-0` of an empty object is unsatisfiable: empty, as declared
+                raise
+            body = obj["Body"]
+            try:
+                total = self._total(key, obj, offset)
+                if total is not None and total != size:
+                    raise self.size_error(key, size, total)
+                got = 0
+                while got <= length:
+                    if cancel.is_set():
+                        raise Cancelled
+                    chunk = body.read(min(self.CHUNK, length + 1 - got))
+                    if not chunk:
+                        break
+                    keep = chunk[: max(0, length - got)]
+                    if keep:
+                        sink.write_at(offset + got, keep)
+                        if progress:
+                            progress(len(keep))
+                    got += len(chunk)
+                if got != length:
+                    raise self.size_error(key, size, f"more than {size}" if got > length else f"fewer than {size}")
+            finally:
+                body.close()
+        return task
+
+    def _total(self, key: str, obj: dict[str, Any], offset: int) -> int | None:
+        """The object's full size as the GET response states it (Content-Range), if it does."""
+        crange = str(obj.get("ContentRange") or "")
+        if "/" in crange:
+            total = crange.rsplit("/", 1)[1].strip()
+            return int(total) if total.isdigit() else None
+        if offset:
+            raise self.error(
+                f"the S3 endpoint {self.endpoint or 'of AWS'} answered a ranged read of {self._name(key)} "
+                "without a Content-Range: Kiln needs a server that supports Range requests."
+            )
+        length = obj.get("ContentLength")  # a 200 with the whole object: its length is the object's
+        return int(length) if obj.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 and length is not None else None
+
+    # ------------------------------------------------------------------ listing, deleting
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix``, one bounded request per page of up to 1000."""
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, **({"ContinuationToken": token} if token else {})}
+            try:
+                page = self._call("list", prefix, lambda: self.client.list_objects_v2(**args))
+            except RemoteError:
+                raise
+            except Exception as e:
+                raise self._fail("list", prefix, e) from None
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"].timestamp())
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
     def delete(self, key: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
+        except RemoteError:
+            raise
         except Exception as e:
             raise self._fail("delete", key, e) from None
 
     def cleanup_partial_uploads(self, older_than_s: float) -> int:
         """Abort multipart uploads under the prefix started before the grace period."""
-        import time
-
         cutoff, n = time.time() - older_than_s, 0
+        marker: dict[str, str] = {}
         try:
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key(""))
-            for page in pages:
+            while True:
+                args = {"Bucket": self.bucket, "Prefix": self._key(""), **marker}
+                page = self._call("list multipart uploads in", "", lambda: self.client.list_multipart_uploads(**args))
                 for up in page.get("Uploads", []):
                     if up["Initiated"].timestamp() < cutoff:
-                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                        self._call("abort", up["Key"][len(self._key("")):], lambda: self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]))
                         n += 1
+                if not page.get("IsTruncated"):
+                    return n
+                marker = {"KeyMarker": page.get("NextKeyMarker", ""), "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+        except RemoteError:
+            raise
         except Exception as e:
             raise self._fail("clean up multipart uploads in", "", e) from None
-        return n
+
+
+def _ranges(size: int, part: int) -> list[tuple[int, int]]:
+    """(offset, length) of each part of an object of ``size`` bytes; one empty part for an empty object."""
+    return [(off, min(part, size - off)) for off in range(0, size, part)] or [(0, 0)]

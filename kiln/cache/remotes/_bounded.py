@@ -1,0 +1,175 @@
+"""Waits with a total deadline, for remote I/O whose client library bounds only each recv.
+
+botocore's ``read_timeout`` bounds one socket read, not a request: a server that trickles a
+byte every few seconds, in the response headers or the body, keeps a request alive forever.
+Finding and closing the socket of an in-flight botocore request needs its private
+internals, and reading the body in chunks against a clock bounds neither the wait for the
+headers nor one slow chunk. So the blocking work runs on a daemon thread and the caller
+waits for it with a timeout: that bounds *every* wait (DNS, connect, headers, body, retries
+and their backoff) from the caller's side. An abandoned worker is a daemon (it never holds
+the process at exit) and checks ``cancel`` between chunks, so it stops at its next chunk;
+a worker stuck in one recv is released when its socket's own read timeout fires.
+
+Invariant for writers: bytes reach a download's file only through :class:`Sink`, which
+refuses every write once the caller has closed it, so a worker that outlives the deadline
+never writes to the file, nor to a descriptor number the process has since reused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+__all__ = ["Cancelled", "DeadlineExceeded", "FileSlice", "Sink", "run_bounded", "run_parallel"]
+
+T = TypeVar("T")
+
+
+class DeadlineExceeded(Exception):
+    """The work did not finish within its deadline (the caller words the user's message)."""
+
+
+class Cancelled(Exception):
+    """Raised inside a worker whose work was abandoned (deadline, or another part failed)."""
+
+
+def run_bounded(fn: Callable[[], T], seconds: float) -> T:
+    """``fn()``'s result or exception, or :class:`DeadlineExceeded` once ``seconds`` have passed."""
+    done = threading.Event()
+    box: list[tuple[bool, object]] = []
+
+    def work() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as e:  # handed to the caller, re-raised there
+            box.append((False, e))
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="kiln-remote-request", daemon=True).start()
+    if not done.wait(max(seconds, 0.0)):
+        raise DeadlineExceeded
+    ok, value = box[0]
+    if ok:
+        return value  # type: ignore[return-value]
+    raise value  # type: ignore[misc]
+
+
+def run_parallel(tasks: Sequence[Callable[[threading.Event], None]], seconds: float, concurrency: int) -> None:
+    """Run ``tasks`` (each given the shared cancel event) on up to ``concurrency`` daemon threads.
+
+    Returns when all succeeded; raises the first task's exception as soon as one fails, or
+    :class:`DeadlineExceeded` after ``seconds``. Either way ``cancel`` is set first, so the
+    other tasks stop at their next check and no new one starts.
+    """
+    cancel, stop, lock = threading.Event(), threading.Event(), threading.Lock()
+    pending = list(reversed(tasks))
+    errors: list[BaseException] = []
+    threads = max(1, min(concurrency, len(tasks)))
+    running = [threads]
+
+    def worker() -> None:
+        try:
+            while not cancel.is_set():
+                with lock:
+                    if not pending:
+                        return
+                    task = pending.pop()
+                task(cancel)
+        except BaseException as e:
+            with lock:
+                errors.append(e)
+            cancel.set()
+            stop.set()
+        finally:
+            with lock:
+                running[0] -= 1
+                if running[0] == 0:
+                    stop.set()
+
+    for _ in range(threads):
+        threading.Thread(target=worker, name="kiln-remote-part", daemon=True).start()
+    finished = stop.wait(max(seconds, 0.0))
+    cancel.set()
+    with lock:
+        first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0] if errors else None)
+    if first is not None:
+        raise first
+    if not finished:
+        raise DeadlineExceeded
+
+
+class Sink:
+    """A download's open file, written at offsets from several threads, closed by its owner.
+
+    Every write holds the lock and checks that the file is still open: once :meth:`close`
+    returns, no late worker writes a byte (it gets :class:`Cancelled`).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self._lock = threading.Lock()
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            if self._fd is None:
+                raise Cancelled
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(self._fd, view, offset)
+                view, offset = view[n:], offset + n
+
+    def fsync(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+class FileSlice:
+    """``length`` bytes of a file from ``start``, as a seekable body for one upload part.
+
+    It has a length and no ``fileno`` on purpose: botocore sizes a body with a ``fileno`` by
+    the whole file, which would be wrong for a slice.
+    """
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        self._f = open(path, "rb")
+        self._start, self._len, self._pos = start, length, 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._len - self._pos
+        n = left if n is None or n < 0 else min(n, left)
+        if n <= 0:
+            return b""
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._len}[whence]
+        self._pos = max(0, min(self._len, base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "FileSlice":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
