@@ -28,6 +28,7 @@ import math
 import re
 from typing import Any
 
+from .._input import show
 from ..errors import UnsafeManifestError
 from ..spec import DTYPES, LIMITS
 from ._manifest import MAX_ARTIFACT_SIZE, MAX_FILES
@@ -55,8 +56,7 @@ def _bad(where: str, problem: str) -> UnsafeManifestError:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return show(value)  # one home for values quoted in messages (bounded, one line)
 
 
 def _text(value: Any, where: str, limit: int = MAX_TEXT) -> str:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from .._input import show
+
 __all__ = ["SchemaChecker", "SchemaDefinitionError", "json_equal"]
 
 _ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description", "$comment"}
@@ -71,8 +73,7 @@ def json_equal(a: Any, b: Any) -> bool:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return show(value)  # one home for values quoted in messages (bounded, one line)
 
 
 class SchemaChecker:

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .._input import show
 from ..errors import UnsafeManifestError
 from ._json import load_json
 
@@ -56,27 +57,27 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 def check_digest(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _DIGEST.match(value):
-        raise UnsafeManifestError(f"{where}: {value!r} is not a sha256 digest (sha256:<64 hex>).")
+        raise UnsafeManifestError(f"{where}: {show(value)} is not a sha256 digest (sha256:<64 hex>).")
     return value
 
 
 def check_size(value: Any, where: str, limit: int = MAX_BLOB_SIZE) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > limit:
-        raise UnsafeManifestError(f"{where}: size {value!r} is not an integer in [0, {limit}].")
+        raise UnsafeManifestError(f"{where}: size {show(value)} is not an integer in [0, {limit}].")
     return value
 
 
 def safe_relpath(path: Any) -> str:
     """Return ``path`` if it is a normalised relative POSIX path inside its root, else raise."""
     if not isinstance(path, str) or not path:
-        raise UnsafeManifestError(f"file path {path!r} is empty or not a string.")
+        raise UnsafeManifestError(f"file path {show(path)} is empty or not a string.")
     if len(path) > MAX_PATH or "\x00" in path or "\\" in path:
-        raise UnsafeManifestError(f"file path {path!r} is too long or holds NUL/backslash characters.")
+        raise UnsafeManifestError(f"file path {show(path)} is too long or holds NUL/backslash characters.")
     if path.startswith("/") or re.match(r"[A-Za-z]:", path):
-        raise UnsafeManifestError(f"file path {path!r} is absolute; manifests hold relative paths only.")
+        raise UnsafeManifestError(f"file path {show(path)} is absolute; manifests hold relative paths only.")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(path) != path:
-        raise UnsafeManifestError(f"file path {path!r} is not normalised or climbs out with '..'.")
+        raise UnsafeManifestError(f"file path {show(path)} is not normalised or climbs out with '..'.")
     return path
 
 
@@ -132,7 +133,7 @@ class Manifest:
         if not isinstance(raw, dict) or raw.get("mediaType") != MANIFEST_MEDIA_TYPE or raw.get("schemaVersion") != 2:
             raise UnsafeManifestError("not an OCI image manifest (mediaType/schemaVersion).")
         if raw.get("artifactType") != ARTIFACT_TYPE:
-            raise UnsafeManifestError(f"artifactType {raw.get('artifactType')!r} is not a Kiln artifact.")
+            raise UnsafeManifestError(f"artifactType {show(raw.get('artifactType'))} is not a Kiln artifact.")
         cfg = raw.get("config")
         if not isinstance(cfg, dict) or cfg.get("mediaType") != CONFIG_MEDIA_TYPE:
             raise UnsafeManifestError("manifest config is not a Kiln build record.")
@@ -155,7 +156,7 @@ class Manifest:
                 raise UnsafeManifestError(f"layer {i} annotations are not an object.")
             path = safe_relpath(layer_annotations.get(TITLE))
             if path in seen:
-                raise UnsafeManifestError(f"file path {path!r} appears twice.")
+                raise UnsafeManifestError(f"file path {show(path)} appears twice.")
             seen.add(path)
             entry = FileEntry(
                 path, check_digest(layer.get("digest"), path), check_size(layer.get("size"), path)
@@ -169,7 +170,7 @@ class Manifest:
             parent = posixpath.dirname(path)
             while parent:
                 if parent in seen:
-                    raise UnsafeManifestError(f"{parent!r} is both a file and the directory of {path!r}.")
+                    raise UnsafeManifestError(f"{show(parent)} is both a file and the directory of {show(path)}.")
                 parent = posixpath.dirname(parent)
         annotations = raw.get("annotations") or {}
         if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
