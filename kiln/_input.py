@@ -29,7 +29,7 @@ def show(value: Any, limit: int = _SHOW_MAX) -> str:
     ValueError); long strings are cut and their length given; ``repr`` escapes control
     characters, so the message stays on one line.
     """
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() * math.log10(2) > limit:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
         digits = int(value.bit_length() * math.log10(2)) + 1
         return f"{'-' if value < 0 else ''}<an integer of about {digits} digits>"
     if isinstance(value, str) and len(value) > limit:

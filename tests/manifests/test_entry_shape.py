@@ -97,7 +97,7 @@ BAD_ENTRIES = [
     (_set("spec.n_positions", 0), "spec.n_positions is 0"),
     (_set("spec.n_positions", True), "spec.n_positions is True"),
     (_set("spec.n_positions", 1.5), "spec.n_positions is 1.5"),
-    (_set("spec.batch_size", 10**40), "spec.batch_size is 1000000000"),
+    (_set("spec.batch_size", 10**40), "spec.batch_size is <an integer of about 41 digits>"),
     (_set("spec.tp_degree", None), "spec.tp_degree is None"),
     (_set("spec.dtype", "fp8"), "spec.dtype is 'fp8'"),
     (_set("spec.target", "Torch AOTI"), "spec.target is 'Torch AOTI'"),
