@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 from kiln.cache import Store
 from kiln.cache._materialize import _host_tag
 from kiln.targets import BUILD_LOG
@@ -182,6 +184,7 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals and /proc are Linux's")
 def test_killing_the_build_parent_kills_its_worker_and_leaves_the_store_consistent(tmp_path: Path,
                                                                                   store: Store) -> None:
     model = make_tiny_model("llama", tmp_path / "m", seed=11)
