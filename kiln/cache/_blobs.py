@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -171,10 +172,17 @@ class Blobs:
         """Read a small blob (manifest, record) and verify it against its digest."""
         path = self.path(digest)
         try:
-            with open(path, "rb") as f:
-                data = f.read(max_size + 1)
+            # Non-blocking, and only a regular file: a FIFO planted in blobs/ must not hang a reader.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise NotFoundError(f"blob {digest} is not in the store at {self.root}.") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafeManifestError(f"blob {digest} at {path} is not a regular file; remove it and run kiln gc.")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(max_size + 1)
+        finally:
+            os.close(fd)
         if len(data) > max_size:
             raise UnsafeManifestError(f"blob {digest} is larger than the {max_size} bytes allowed for it.")
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
@@ -187,7 +195,12 @@ class Blobs:
 
     def read_record(self, manifest: Manifest) -> dict[str, Any]:
         """The build record a manifest names, verified against its digest and its schema."""
-        return parse_record(self.read(manifest.config.digest, MAX_CONFIG_BYTES))
+        data = self.read(manifest.config.digest, MAX_CONFIG_BYTES)
+        if len(data) != manifest.config.size:  # the manifest must not lie about sizes either
+            raise UnsafeManifestError(
+                f"build record {manifest.config.digest} has {len(data)} bytes, its manifest says {manifest.config.size}."
+            )
+        return parse_record(data)
 
     # ------------------------------------------------------------------ writes on the way in
     def ingest(self, tmp: Path, digest: str) -> None:

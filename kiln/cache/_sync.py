@@ -239,13 +239,19 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
 # --------------------------------------------------------------------------- pull
 
 
-def _fetch_small(remote: Remote, digest: str, limit: int) -> bytes:
+def _fetch_small(remote: Remote, digest: str, limit: int, size: int | None = None) -> bytes:
+    """A small blob (manifest, build record), checked against its digest and, where the manifest
+    declares one, its size: a manifest whose sizes lie is not believed even where the bytes are right."""
     k = blob_key(digest)
     data = remote.get(k, limit)
     if data is None:
         raise RemoteError(f"object {k} is missing from {remote.describe()}: the artifact there is incomplete.")
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
         raise RemoteError(f"object {k} on {remote.describe()} does not match its digest: refusing it.")
+    if size is not None and len(data) != size:
+        raise RemoteError(
+            f"object {k} on {remote.describe()} has {len(data)} bytes, its manifest says {size}: refusing the artifact."
+        )
     return data
 
 
@@ -268,7 +274,7 @@ def _remote_documents(remote: Remote, entry: IndexEntry) -> tuple[Manifest, byte
             f"index entry {entry.key[:12]} on {remote.describe()} points at the manifest of another artifact "
             f"({manifest.annotations.get('dev.kiln.key', 'none')[:12]}): refusing it."
         )
-    record_bytes = _fetch_small(remote, manifest.config.digest, MAX_CONFIG_BYTES)
+    record_bytes = _fetch_small(remote, manifest.config.digest, MAX_CONFIG_BYTES, manifest.config.size)
     try:
         record = parse_record(record_bytes)
         check_record_describes(record, entry, manifest)  # every field the entry claims, or refused

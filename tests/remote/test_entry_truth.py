@@ -309,3 +309,36 @@ def test_local_entry_disagreeing_with_its_record_is_detected(model: Path, tmp_pa
         lying = IndexEntry.from_json(dict(entry.to_json(), **change))
         with pytest.raises(UnsafeManifestError, match=named):
             check_record_describes(record, lying, manifest)
+
+
+# --------------------------------------------------------------------------- manifests that lie about sizes
+
+
+def test_manifest_lying_about_its_build_record_size_is_refused(
+    remote: RemoteView, model: Path, tmp_path: Path, pushed: tuple[str, str, dict]
+) -> None:
+    """The record's bytes match their digest, but the manifest declares another size for them:
+    the manifest is not believed (before: lookup, fetch and ensure served it, pull published it).
+    Found by the randomised hostile-remote test (seed 15, file cases 5 and 17)."""
+    import hashlib
+
+    key, ekey, entry = pushed
+    mkey = "blobs/sha256/" + entry["manifest"].split(":", 1)[1]
+    manifest = json.loads(remote.read(mkey))
+    manifest["config"]["size"] += 7
+    data = json.dumps(manifest).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    remote.write("blobs/sha256/" + digest.split(":", 1)[1], data)
+    remote.write(ekey, json.dumps(dict(entry, manifest=digest)).encode())
+    for name, args in {
+        "lookup": ["lookup", str(model), *spec_args()],
+        "ensure": ["ensure", str(model), *spec_args(), "--dest", str(tmp_path / "dest-ensure")],
+        "pull": ["pull", "--key", key[:12]],
+    }.items():
+        home = tmp_path / f"home-{name}"
+        r = kiln_remote(remote.url, *args, env={"KILN_HOME": str(home)})
+        _no_traceback(r)
+        assert r.returncode == (2 if name == "pull" else 1), (name, r.stderr)
+        assert "its manifest says" in r.stderr, (name, r.stderr)
+        assert _published(home) == [], name
+    assert not (tmp_path / "dest-ensure").exists()
