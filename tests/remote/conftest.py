@@ -108,7 +108,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, secret: str = "kiln-test-secret") -
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                 "KILN_S3_ADDRESSING", "KILN_S3_TIMEOUT"):
+                 "KILN_S3_ADDRESSING", "KILN_S3_TIMEOUT", "KILN_S3_DEADLINE"):
         monkeypatch.delenv(name, raising=False)
 
 
