@@ -179,7 +179,7 @@ def lookup(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
     local_keys = {e.key for e in local_seen}
     seen = local_seen + [e for e in remote_seen or [] if e.key not in local_keys]
     where = f"{store.root}" + (f" and {remote.describe()}" if remote else "")
-    explanation = explain_miss(res, store=store, seen=seen, where=where) + explain_presets(res)
+    explanation = explain_miss(res, store=store, seen=seen, where=where, local_keys=local_keys) + explain_presets(res)
     return LookupResult(res, None, None, tuple(explanation), found.damaged, notes + found.notes)
 
 
@@ -188,8 +188,13 @@ def _is_engine_of(res: Resolution, entry: IndexEntry) -> bool:
     return entry.spec.get("target") == res.spec.target and "stage" not in entry.spec
 
 
-def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where: str, limit: int = 3) -> list[str]:
-    """The closest cached entries and exactly which fields differ (invariant 6)."""
+def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where: str, limit: int = 3,
+                 local_keys: set[str] | None = None) -> list[str]:
+    """The closest cached entries and exactly which fields differ (invariant 6).
+
+    ``local_keys``: which of ``seen`` are in the local store (None: all of them), so that an
+    identical artifact that only the remote holds, and that was refused, gets advice that works.
+    """
     want = res.shape
     scored = []
     for e in seen:
@@ -205,7 +210,15 @@ def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where
         for _, _, e, diffs in scored[:limit]:
             lines.append(f"  {e.key[:12]}: " + "; ".join(diffs or ["identical spec and toolchain (failed verification)"]))
         nearest = scored[0]
-        if not nearest[3]:
+        if not nearest[3] and local_keys is not None and nearest[2].key not in local_keys:
+            # Only the remote has it, and pulling it was refused (the warning says why): pulling
+            # again would be refused again.
+            lines.append(
+                f"The nearest ({nearest[2].key[:12]}) has the identical spec and toolchain: the remote holds it but it "
+                "was refused (see the warning). Rebuild it here with `kiln build` (add `--push` to replace it on the "
+                "remote), or repair the remote's objects."
+            )
+        elif not nearest[3]:
             # Same spec, same toolchain: the artifact is there but did not verify (a corrupt or
             # missing blob; the warning above says which). A new toolchain is not the way out.
             lines.append(

@@ -341,4 +341,7 @@ def test_manifest_lying_about_its_build_record_size_is_refused(
         assert r.returncode == (2 if name == "pull" else 1), (name, r.stderr)
         assert "its manifest says" in r.stderr, (name, r.stderr)
         assert _published(home) == [], name
+        if name == "lookup":  # advice that works: pulling it again would be refused again
+            assert "the remote holds it but it was refused" in r.stdout + r.stderr, r.stdout + r.stderr
+            assert "pull it again" not in r.stdout + r.stderr
     assert not (tmp_path / "dest-ensure").exists()
