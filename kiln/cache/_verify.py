@@ -13,8 +13,9 @@ misses loudly, and a publish of the right bytes repairs it.
 Every index file that is not a valid entry is reported (:class:`~kiln.cache._entries.BadEntry`:
 damaged — not JSON, the wrong shape, stored under another key, a link or FIFO —, of a newer
 Kiln's schema, or unreadable), and so is every valid entry whose manifest is missing, does
-not match its digest or cannot be parsed, with what to do about it: a store verify passes
-is one every entry of which can be served.
+not match its digest, with what to do about it: a store verify passes is one every entry
+of which can be served. Entries and manifests of a newer Kiln (a store shared across
+versions) are reported as not checked, without failing verify: that Kiln serves them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from ..errors import CorruptBlobError, NotFoundError, UnsafeManifestError
 from ._blobs import Blobs, hash_file
-from ._entries import BadEntry, IndexFiles
+from ._entries import NEWER, BadEntry, IndexFiles
 from ._progress import Progress
 
 __all__ = ["VerifyReport", "verify"]
@@ -36,6 +37,9 @@ class VerifyReport:
     corrupt: tuple[str, ...]  # messages
     missing: tuple[str, ...]  # messages
     entries_checked: int
+    # Artifacts of a newer Kiln sharing the store: not checked here, and no failure (that Kiln
+    # serves them, gc keeps them); reported so nobody mistakes "not checked" for "verified".
+    unread: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -43,7 +47,7 @@ class VerifyReport:
 
 
 def verify(blobs: Blobs, index: IndexFiles, progress: Progress | None = None) -> VerifyReport:
-    corrupt, missing = [], []
+    corrupt, missing, unread = [], [], []
     checked = nbytes = 0
     for digest, path in blobs.all():
         actual, size = hash_file(path, progress)
@@ -56,7 +60,7 @@ def verify(blobs: Blobs, index: IndexFiles, progress: Progress | None = None) ->
     entries = 0
 
     def bad_entry(bad: BadEntry) -> None:
-        missing.append(f"{bad.summary()}; {bad.fix()}")
+        (unread if bad.kind == NEWER else missing).append(f"{bad.summary()}; {bad.fix()}")
 
     for entry in index.entries(on_bad=bad_entry):
         entries += 1
@@ -68,7 +72,7 @@ def verify(blobs: Blobs, index: IndexFiles, progress: Progress | None = None) ->
                            "can never be served: `kiln gc` removes it, `kiln build` rebuilds it.")
             continue
         except UnsafeManifestError as e:
-            missing.append(f"{where}: manifest unusable: {e} This Kiln cannot read it (a newer Kiln's artifact?); "
+            unread.append(f"{where}: manifest unusable: {e} This Kiln cannot read it (a newer Kiln's artifact?); "
                            "`kiln gc` keeps it and every blob it names.")
             continue
         for f in manifest.files:
@@ -76,4 +80,4 @@ def verify(blobs: Blobs, index: IndexFiles, progress: Progress | None = None) ->
                 missing.append(f"{where}: file {f.path} ({f.digest}) is missing")
             elif not blobs.has(f.digest, f.size):
                 corrupt.append(f"{where}: file {f.path} ({f.digest}) has the wrong size")
-    return VerifyReport(checked, nbytes, tuple(corrupt), tuple(missing), entries)
+    return VerifyReport(checked, nbytes, tuple(corrupt), tuple(missing), entries, tuple(unread))

@@ -175,10 +175,13 @@ def verify(ctx: click.Context, as_json: bool) -> None:
     report = store(ctx).verify()
     if as_json:
         print_json({"ok": report.ok, "blobs_checked": report.blobs_checked, "bytes_checked": report.bytes_checked,
-                    "entries_checked": report.entries_checked, "corrupt": list(report.corrupt), "missing": list(report.missing)})
+                    "entries_checked": report.entries_checked, "corrupt": list(report.corrupt), "missing": list(report.missing),
+                    "unread": list(report.unread)})
     else:
         for line in report.corrupt + report.missing:
             click.echo(f"kiln: CORRUPT: {line}", err=True)
+        for line in report.unread:
+            click.echo(f"kiln: NOT CHECKED: {line}", err=True)
         click.echo(f"{'ok' if report.ok else 'FAILED'}: {report.blobs_checked} blobs ({human_size(report.bytes_checked)}), "
                    f"{report.entries_checked} artifacts checked; {len(report.corrupt)} corrupt, {len(report.missing)} missing")
     ctx.exit(0 if report.ok else 1)

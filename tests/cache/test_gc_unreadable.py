@@ -186,3 +186,25 @@ def test_human_gc_reports_a_removed_damaged_entry(tmp_path: Path, fake_model: Pa
     r = run_kiln("gc")
     assert r.returncode == 0, r.stderr
     assert f"removed damaged index entry {path}" in r.stdout and "manifest" in r.stdout, r.stdout
+
+
+def test_verify_reports_a_newer_kilns_artifact_as_not_checked_without_failing(tmp_path: Path, fake_model: Path) -> None:
+    """A store shared with a newer Kiln verifies: its artifacts are listed as not checked (before,
+    verify failed on them, so a shared store could never pass)."""
+    store = _store()
+    a, _ = _two(tmp_path, fake_model)
+    manifest, _ = _newer_manifest(store, a, "artifact-type")
+    _point_entry_at(store, a, manifest)
+    r = run_kiln("verify", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["ok"], r.stdout + r.stderr
+    [line] = doc["unread"]
+    assert a[:12] in line and "This Kiln cannot read it" in line, line
+    assert doc["missing"] == [] and doc["corrupt"] == []
+    human = run_kiln("verify")
+    assert human.returncode == 0 and "kiln: NOT CHECKED:" in human.stderr, human.stderr
+    # Real damage still fails next to it.
+    store.blob_path(manifest).chmod(0o644)
+    os.unlink(store.blob_path(manifest))
+    r = run_kiln("verify", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["missing"], r.stdout
