@@ -77,6 +77,7 @@ from .._input import show_path
 from ..errors import StoreError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
+from ..manifests._record import check_record_describes
 from . import _buckets
 from ._blobs import Blobs
 from ._buckets import FAILED_LOG_MAX_AGE_S, RUN_DIR_MAX_AGE_S
@@ -324,8 +325,10 @@ class Store:
         self._index.touch(entry)
 
     def check_artifact(self, entry: IndexEntry) -> Manifest:
-        """The entry's manifest, after checking every blob it lists (raises on damage)."""
+        """The entry's manifest, after checking every blob it lists and that the entry says what
+        its build record and manifest say (raises on damage: an entry is a claim, the record the truth)."""
         manifest = self.read_manifest(entry.manifest)
+        check_record_describes(self.read_record(manifest), entry, manifest)
         for f in manifest.files:
             self.check_blob(f.digest, f.size)
         return manifest

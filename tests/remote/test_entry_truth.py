@@ -311,6 +311,24 @@ def test_local_entry_disagreeing_with_its_record_is_detected(model: Path, tmp_pa
             check_record_describes(record, lying, manifest)
 
 
+def test_local_entry_lying_about_its_artifact_is_not_served(model: Path, tmp_path: Path) -> None:
+    """Through the CLI: an index entry in the local store edited to claim another size is a loud
+    miss for lookup and fetch (before: served as it claimed)."""
+    import os
+
+    key = store_put(write_tree(tmp_path / "art", {"engine.bin": b"e" * 100}), model)
+    home = Path(os.environ["KILN_HOME"])
+    [path] = [p for p in home.glob("index/*/*.json") if p.stem == key]
+    doc = json.loads(path.read_bytes())
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps(dict(doc, size=doc["size"] + 1)))
+    for args in (["lookup", str(model), *spec_args()], ["fetch", str(model), *spec_args(), "--dest", str(tmp_path / "d")]):
+        r = run_kiln(*args)
+        _no_traceback(r)
+        assert r.returncode == 1 and any("size differs from its manifest" in w for w in _warnings(r)), r.stderr
+    assert not (tmp_path / "d").exists()
+
+
 # --------------------------------------------------------------------------- manifests that lie about sizes
 
 
