@@ -33,6 +33,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "kiln.compile.executors": ("RowResult", "github_matrix", "run_local", "run_ray"),
     "kiln.compile.matrix": ("MatrixRow", "load_matrix"),
     "kiln.compile.plan": ("PlannedRow", "plan_rows", "shared_errors"),
+    "kiln.core.artifacts": ("KeyLookup", "fetch_by_key", "lookup_key"),
     "kiln.core": (
         "LoadedEngine", "LookupResult", "Query", "Resolution", "SpecSource", "compute_key", "fetch",
         "find_artifact", "list_artifacts", "load_engine", "load_engine_by_key", "lookup",
@@ -88,6 +89,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
         spec_from_fields,
         spec_from_sources,
     )
+    from .core.artifacts import KeyLookup, fetch_by_key, lookup_key
     from .errors import KilnError
     from .manifests import IndexEntry, Manifest
     from .presets import PRESETS, PresetRow, load_preset
@@ -115,6 +117,7 @@ __all__ = [
     "parse_toolchain_pins", "resolve", "compute_key", "normalize_dtype", "normalize_target", "file_digest",
     # finding, fetching, publishing
     "LookupResult", "lookup", "select", "fetch", "put", "Query", "list_artifacts", "find_artifact",
+    "KeyLookup", "lookup_key", "fetch_by_key",
     "IndexEntry", "Manifest",
     # building
     "BuildResult", "build",

@@ -2,7 +2,10 @@
 
 ``put`` is the one way a built directory becomes an artifact (blobs, build record, manifest,
 index entry last); ``fetch`` is lookup + materialise in the consumer's layout (planned by the
-artifact's target); ``list_artifacts`` / ``find_artifact`` answer queries from the index.
+artifact's target); ``fetch_by_key`` the same for a deployment pinned to a build key, with no
+model at all — the layout is planned from the artifact's entry, which verification has held
+against its build record, since there is no user spec; ``list_artifacts`` / ``find_artifact``
+answer queries from the index.
 
 A fetch pins what it found: it holds the store's shared (reader) lock from the lookup — the
 local hit, or the pull from the remote — until the artifact is materialised, so a concurrent
@@ -23,10 +26,11 @@ from ..errors import CorruptBlobError, NotFoundError, SpecError, StoreError
 from ..manifests import MAX_CONFIG_BYTES, FileEntry, IndexEntry, Manifest, make_record, utc_now
 from ..spec import build_key
 from ..targets import get_target
-from .find import LookupResult, lookup
+from .find import LookupResult, ambiguous_key, find_by_key, key_prefix, lookup
 from .resolution import Resolution
 
-__all__ = ["put", "fetch", "materialize_layout", "Query", "list_artifacts", "find_artifact"]
+__all__ = ["put", "fetch", "fetch_by_key", "lookup_key", "KeyLookup", "materialize_layout", "Query", "list_artifacts",
+           "find_artifact"]
 
 
 def put(
@@ -79,16 +83,122 @@ def fetch(
         if not result.hit:
             return result, None
         assert result.manifest is not None and result.entry is not None
-        try:
-            path, env, kept = materialize_layout(store, result.entry, result.manifest, dest, layout=layout,
-                                                 replace=replace, link=link, container_dir=container_dir)
-        except (CorruptBlobError, NotFoundError) as e:
-            # A blob went bad between lookup and materialise: a loud miss.
-            damaged = result.damaged + (f"artifact {result.entry.key[:12]} failed while fetched: {e}",)
-            return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",), damaged), None
+        placed, failed = _place(store, result.entry, result.manifest, dest, layout=layout, replace=replace,
+                                link=link, container_dir=container_dir)
+        if placed is None:
+            return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",),
+                                result.damaged + failed), None
+    path, env, kept = placed
     notes = result.notes + ((f"{path} already held this artifact: left untouched",) if kept else ())
     return LookupResult(res, result.entry, result.manifest, result.explanation, result.damaged, notes,
                         result.source, env), path
+
+
+def _place(store: Store, entry: IndexEntry, manifest: Manifest, dest: Path, **how: Any
+           ) -> tuple[tuple[Path, dict[str, str], bool] | None, tuple[str, ...]]:
+    """:func:`materialize_layout`, or (None, why) when a blob went bad since the lookup: a loud miss."""
+    try:
+        return materialize_layout(store, entry, manifest, dest, **how), ()
+    except (CorruptBlobError, NotFoundError) as e:
+        return None, (f"artifact {entry.key[:12]} failed while fetched: {e}",)
+
+
+# --------------------------------------------------------------------------- by key alone
+
+
+@dataclass(frozen=True)
+class KeyLookup:
+    """The answer of :func:`lookup_key` / :func:`fetch_by_key`: the hit, or why it missed.
+
+    Its JSON is the lookup document (docs/json.md) for a query of a key alone: ``query`` is
+    ``{"key_prefix": …}``; on a miss ``spec``, ``model`` and ``toolchain`` are null (nothing
+    else was asked), on a hit they describe the artifact found.
+    """
+
+    wanted: str  # the key or key prefix asked for (lowercase hex)
+    entry: IndexEntry | None
+    manifest: Manifest | None
+    explanation: tuple[str, ...] = ()
+    damaged: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    source: str | None = None
+    env: Mapping[str, str] | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None and self.manifest is not None
+
+    def to_json(self) -> dict[str, Any]:
+        e = self.entry if self.hit else None
+        return {
+            "status": "hit" if e else "miss", "hit": e is not None, "source": self.source if e else None,
+            "key": e.key if e else (self.wanted if len(self.wanted) == 64 else None),
+            "manifest": e.manifest if e else None,
+            "spec": dict(e.spec) if e else None, "model": dict(e.model) if e else None,
+            "toolchain": dict(e.toolchain) if e else None,
+            "query": {"key_prefix": self.wanted}, "toolchain_origin": {},
+            "entry": e.to_json() if e else None,
+            "explanation": list(self.explanation), "damaged": list(self.damaged), "notes": list(self.notes),
+            "env": dict(self.env or {}),
+        }
+
+
+def lookup_key(ref: str, *, store: Store, remote: Remote | None = None) -> KeyLookup:
+    """The artifact with this key (or unique prefix of at least 12 hex digits): local, else the remote.
+
+    No model is resolved and nothing but the store and the remote is read. A miss says where
+    it looked; an artifact that was found but refused is a loud miss (``damaged``).
+    SpecError for a malformed or ambiguous key.
+    """
+    wanted = key_prefix(ref)
+    found = find_by_key(store, remote, wanted)
+    if found.entry is not None:
+        e = found.entry
+        named = () if e.key == wanted else (
+            f"key {wanted} is {e.key} ({e.model.get('ref')}, {e.spec.get('target')}); pin the full key",)
+        return KeyLookup(wanted, e, found.manifest, (), found.damaged, named + found.notes, found.source)
+    where = str(store.root) + (f" and {remote.describe()}" if remote is not None else
+                               " (no remote: pass --remote URL or set KILN_REMOTE to look there too)")
+    asked = wanted if len(wanted) == 64 else f"starting {wanted}"
+    if found.damaged:
+        why = (f"an artifact with key {asked} was found in {where} but refused (see the warning): pull it again "
+               "(`kiln pull --key`), rebuild it from its model with `kiln build` (`--push` replaces it on the "
+               "remote), or repair the remote's objects.")
+    else:
+        why = (f"no artifact with key {asked} in {where}; `kiln ls` (with `--remote`, the remote's) lists the keys "
+               "there.")
+    return KeyLookup(wanted, None, None, (why,), found.damaged, found.notes)
+
+
+def fetch_by_key(
+    ref: str,
+    dest: Path,
+    *,
+    store: Store,
+    remote: Remote | None = None,
+    replace: bool = False,
+    layout: str = "raw",
+    container_dir: str | None = None,
+    link: bool = False,
+) -> tuple[KeyLookup, Path | None]:
+    """:func:`lookup_key`, then materialise the hit into ``dest`` in ``layout``, as :func:`fetch` does.
+
+    The same pin (the store's reader lock from the lookup until the files are in place), the
+    same copies or ``link``s, the same handling of a ``dest`` that already holds something.
+    """
+    with store.reader_lock(create=remote is not None):
+        result = lookup_key(ref, store=store, remote=remote)
+        if not result.hit:
+            return result, None
+        assert result.manifest is not None and result.entry is not None
+        placed, failed = _place(store, result.entry, result.manifest, dest, layout=layout, replace=replace,
+                                link=link, container_dir=container_dir)
+        if placed is None:
+            return KeyLookup(result.wanted, None, None, ("fetch again; `kiln verify` checks the store",),
+                             result.damaged + failed, result.notes), None
+    path, env, kept = placed
+    notes = result.notes + ((f"{path} already held this artifact: left untouched",) if kept else ())
+    return KeyLookup(result.wanted, result.entry, result.manifest, (), result.damaged, notes, result.source, env), path
 
 
 def materialize_layout(
@@ -176,5 +286,5 @@ def find_artifact(store: Store, ref: str) -> IndexEntry:
     if not found:
         raise NotFoundError(f"no artifact with key or manifest digest starting {wanted!r} in {store.root}; see `kiln ls`.")
     if len({e.key for e in found}) > 1:
-        raise SpecError(f"{wanted!r} matches {len(found)} artifacts; give more digits of the key.")
+        raise ambiguous_key(wanted, found, str(store.root))
     return found[0]

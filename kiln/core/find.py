@@ -6,13 +6,20 @@ checked in place (its manifest and every blob), a remote one is pulled (verified
 on the way in) and checked again; the first that holds wins, and each that fails is a loud
 warning, never a silent hit (DESIGN invariant 3). The remote is consulted only when no local
 candidate holds.
+
+:func:`find_by_key` is the same loop for a deployment pinned to a build key (``--key``), no
+model needed: a key prefix names the artifact in the first place that has one — the local
+store, else the remote (its index listed by name, ``index/<model hex>/<key>.json``, only the
+matching entries read) — and a prefix that names two artifacts there is an error listing them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
+from .._input import show
 from ..cache import Remote, Store, pull, remote_entries, remote_entry
 from ..errors import CorruptBlobError, NotFoundError, RemoteError, SpecError, UnsafeManifestError
 from ..manifests import IndexEntry, Manifest, spec_differences, toolchain_differences
@@ -22,7 +29,7 @@ from .progress import current_progress
 from .resolution import Resolution
 from .specs import spec_from_fields
 
-__all__ = ["LookupResult", "Found", "first_verified", "find_entry", "lookup", "select", "matches", "explain_miss"]
+__all__ = ["LookupResult", "Found", "first_verified", "find_entry", "find_by_key", "key_prefix", "ambiguous_key", "lookup", "select", "matches", "explain_miss"]
 
 LOCAL, REMOTE = "local", "remote"
 
@@ -79,6 +86,67 @@ def find_entry(store: Store, remote: Remote | None, model_hex: str, key: str) ->
             found = remote_entry(remote, model_hex, key)
             if found is not None:
                 yield found, REMOTE
+
+    return first_verified(store, remote, candidates())
+
+
+# --------------------------------------------------------------------------- by key alone
+
+MIN_KEY_PREFIX = 12  # 48 bits: a deployment's pin cannot name another build by accident
+_ENTRY_NAME = re.compile(r"index/([0-9a-f]{64})/([0-9a-f]{64})\.json")
+
+
+def key_prefix(ref: str, min_digits: int = MIN_KEY_PREFIX) -> str:
+    """``ref`` as a lowercase key prefix; SpecError unless it is ``min_digits`` to 64 hex digits."""
+    wanted = ref.strip().lower()
+    if not re.fullmatch("[0-9a-f]{%d,64}" % min_digits, wanted):
+        raise SpecError(f"--key {show(ref)} is not a build key: give the key (64 hex digits) or at least "
+                        f"{min_digits} of its first digits (`kiln ls` and `kiln ls --remote` list them).")
+    return wanted
+
+
+def ambiguous_key(wanted: str, entries: Iterable[IndexEntry | str], where: str) -> SpecError:
+    """The error for a prefix that names more than one artifact: every candidate, so the user can pick."""
+    described: dict[str, str] = {}
+    for e in entries:
+        if isinstance(e, str):
+            described.setdefault(e, e)
+        else:
+            described.setdefault(e.key, f"{e.key} ({show(e.model.get('ref'))}, {show(e.spec.get('target'))})")
+    shown = sorted(described.values())
+    more = f", and {len(shown) - 10} more" if len(shown) > 10 else ""
+    return SpecError(f"{wanted!r} matches {len(shown)} artifacts in {where}: {'; '.join(shown[:10])}{more}. "
+                     "Give more digits of the key (the full key pins one build).")
+
+
+def find_by_key(store: Store, remote: Remote | None, ref: str) -> Found:
+    """The artifact whose key is ``ref`` or starts with it (at least 12 hex digits): local, else remote.
+
+    Verification, the pull, the pin (the caller's reader lock) and the warnings are those of
+    every lookup (:func:`first_verified`). A local match that fails verification is looked for
+    on the remote under its exact key (a pull repairs it). SpecError when the prefix is
+    ambiguous where it is looked up; RemoteError when the remote cannot be listed or read.
+    """
+    wanted = key_prefix(ref)
+    local = [e for e in store.iter_entries() if e.key.startswith(wanted)]
+    if len({e.key for e in local}) > 1:
+        raise ambiguous_key(wanted, local, str(store.root))
+
+    def candidates() -> Iterator[tuple[IndexEntry, str]]:
+        yield from ((e, LOCAL) for e in local)
+        if remote is None:
+            return
+        if local:
+            names = [(local[0].model_hex, local[0].key)]
+        else:  # the names alone say which entries to read: the remote's index is not read whole
+            names = sorted({(m.group(1), m.group(2)) for info in remote.list("index/")
+                            if (m := _ENTRY_NAME.fullmatch(info.key)) and m.group(2).startswith(wanted)})
+            if len({key for _, key in names}) > 1:
+                raise ambiguous_key(wanted, (key for _, key in names), remote.describe())
+        for model_hex, key in names:
+            entry = remote_entry(remote, model_hex, key)  # a malformed one is warned about and skipped
+            if entry is not None:
+                yield entry, REMOTE
 
     return first_verified(store, remote, candidates())
 
