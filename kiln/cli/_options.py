@@ -21,13 +21,14 @@ from typing import Any, Callable, Mapping
 import click
 
 from .. import api
+from .._redact import redact
 from ..spec import CALIB_SET_OPTION, Field
 from ._context import set_remote_url
 from ._output import human_size
 from ._progress import TransferBar
 
 __all__ = ["SpecRequest", "spec_options", "spec_flag_options", "resolve_request", "layout_options", "link_option",
-           "toolchain_option", "remote_option", "remote_flag_option", "use_remote_flag"]
+           "toolchain_option", "remote_option", "remote_flag_option", "use_remote_flag", "key_option", "refuse_spec_with_key"]
 
 # Spec field -> the flag that sets it (for messages naming where a value came from).
 SPEC_FLAGS = {
@@ -186,6 +187,26 @@ def layout_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Where DEST will be seen by the consumer (e.g. /opt/ml/model), for paths written into the layout.")(f)
     return click.option("--layout", type=click.Choice(list(api.layout_names())), default="raw",
                         show_default=True, help="Arrange the files for a consumer (see README).")(f)
+
+
+def key_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--key KEY``: name the exact build (a key, or a prefix of at least 12 hex digits) instead of a model and spec."""
+    return click.option(
+        "--key", "key", metavar="KEY",
+        help="The artifact with this build key (or a prefix of at least 12 hex digits), from the store or the remote; "
+             "no model is needed. Instead of MODEL and spec flags.",
+    )(f)
+
+
+def refuse_spec_with_key(spec: SpecRequest, key: str) -> None:
+    """A UsageError naming both when ``--key`` comes with a model or spec flags: the key alone names the build."""
+    given = ([f"MODEL {redact(spec.model)!r}"] if spec.model is not None else []) + spec.given_flags()
+    given += ["--toolchain"] if spec.toolchain_pins else []
+    if given:
+        raise click.UsageError(
+            f"--key {key!r} and {', '.join(given)} cannot be combined: the key names an exact build, whose model and "
+            "spec it already fixes. Give --key alone, or MODEL and spec flags without --key."
+        )
 
 
 def link_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,10 +9,20 @@ import click
 
 from .. import api
 from ._context import remote, store
-from ._options import SpecRequest, layout_options, link_option, remote_option, resolve_request, spec_options
+from ._options import (
+    SpecRequest,
+    key_option,
+    layout_options,
+    link_option,
+    refuse_spec_with_key,
+    remote_option,
+    resolve_request,
+    spec_options,
+)
 from ._output import json_option
 from ._progress import TransferBar
 from ._report import report_lookup
+from .remote import deliver_by_key
 
 __all__ = ["lookup", "fetch"]
 
@@ -35,6 +45,7 @@ def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -
 
 @click.command()
 @spec_options
+@key_option
 @click.option("--dest", required=True, type=click.Path(path_type=Path), help="Directory to materialise the artifact into.")
 @click.option("--force", is_flag=True, help="Replace DEST if it holds something else.")
 @click.option("--copy", is_flag=True, hidden=True, help="Kept for compatibility: files are copied (or cloned) by default.")
@@ -43,9 +54,17 @@ def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -
 @remote_option
 @json_option
 @click.pass_context
-def fetch(ctx: click.Context, spec: SpecRequest, dest: Path, force: bool, copy: bool, link: bool, layout: str,
-          container_dir: str | None, as_json: bool) -> None:
-    """Look a spec up and materialise the hit into --dest (copy-on-write clones or copies). Exit 1 on a miss."""
+def fetch(ctx: click.Context, spec: SpecRequest, key: str | None, dest: Path, force: bool, copy: bool, link: bool,
+          layout: str, container_dir: str | None, as_json: bool) -> None:
+    """Look a spec up and materialise the hit into --dest (copy-on-write clones or copies). Exit 1 on a miss.
+
+    With --key KEY instead of MODEL and spec flags: exactly that build, no model needed.
+    """
+    if key is not None:
+        refuse_spec_with_key(spec, key)
+        deliver_by_key(ctx, key, dest, force=force, link=link, layout=layout, container_dir=container_dir,
+                       as_json=as_json)
+        return
     res = resolve_request(store(ctx), spec)
     t0 = time.monotonic()
     with TransferBar("pull"):

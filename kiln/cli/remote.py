@@ -1,4 +1,8 @@
-"""`kiln push`, `kiln pull`, `kiln ensure`: the commands that move artifacts to and from a remote."""
+"""`kiln push`, `kiln pull`, `kiln ensure`: the commands that move artifacts to and from a remote.
+
+``ensure`` (and ``fetch``) with ``--key KEY`` deliver one exact build with no model at all
+(:func:`deliver_by_key`): a pinned deployment needs only the store or the remote.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,15 @@ from .. import api
 from ._context import remote, store
 from ._options import (
     SpecRequest,
+    key_option,
     layout_options,
     link_option,
+    refuse_spec_with_key,
     remote_option,
     resolve_request,
     spec_options,
 )
-from ._output import human_size, json_option, print_json
+from ._output import age, human_size, json_option, print_json
 from ._progress import TransferBar
 from ._report import (
     build_json,
@@ -29,7 +35,7 @@ from ._report import (
 )
 from .build import build_and_push
 
-__all__ = ["push_cmd", "pull_cmd", "ensure"]
+__all__ = ["push_cmd", "pull_cmd", "ensure", "deliver_by_key"]
 
 
 def _entries_for(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, *,
@@ -121,6 +127,7 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
 
 @click.command()
 @spec_options
+@key_option
 @click.option("--dest", required=True, type=click.Path(path_type=Path), help="Directory the server loads the engine from.")
 @click.option("--on-miss", type=click.Choice(["fail", "build"]), default="fail", show_default=True,
               help="On a miss: exit 1 with the explanation, or build it here.")
@@ -132,8 +139,8 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
 @remote_option
 @json_option
 @click.pass_context
-def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_push: bool, force: bool, link: bool,
-           layout: str, container_dir: str | None, print_env: bool, as_json: bool) -> None:
+def ensure(ctx: click.Context, spec: SpecRequest, key: str | None, dest: Path, on_miss: str, do_push: bool, force: bool,
+           link: bool, layout: str, container_dir: str | None, print_env: bool, as_json: bool) -> None:
     """What a serving container runs at start-up: lookup (local, then remote), fetch, materialise into DEST.
 
     Exit 0 when DEST holds the engine (a DEST that already holds exactly it is left untouched,
@@ -143,7 +150,23 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
     serves but Kiln refuses (a malformed entry, a manifest or build record that fails its
     checks) is a miss with a warning, so --on-miss build builds; a remote that cannot be
     reached is an error (exit 2), also with --on-miss build: an outage is not a miss.
+
+    With --key KEY instead of MODEL and spec flags: exactly that build (a prefix of at least
+    12 hex digits names it when only one artifact has it), from the store or the remote, with
+    no model on disk; --layout is written from the artifact's own verified spec.
     """
+    if key is not None:
+        refuse_spec_with_key(spec, key)
+        if on_miss == "build":
+            raise click.UsageError(
+                "--on-miss build cannot be used with --key: a build needs the model, and --key names one without it. "
+                "Drop --on-miss build, or give MODEL and spec flags instead of --key to build on a miss."
+            )
+        if do_push:
+            raise click.UsageError("--push publishes what --on-miss build builds, and --key builds nothing; drop --push.")
+        deliver_by_key(ctx, key, dest, force=force, link=link, layout=layout, container_dir=container_dir,
+                       print_env=print_env, as_json=as_json)
+        return
     rem = remote(ctx, required=do_push)
     t0 = time.monotonic()
     res = resolve_request(store(ctx), spec)
@@ -189,4 +212,40 @@ def ensure(ctx: click.Context, spec: SpecRequest, dest: Path, on_miss: str, do_p
             click.echo(f"materialised into {path} (layout {layout}) in {time.monotonic() - t0:.1f} s")
             for name, value in sorted((result.env or {}).items()):
                 click.echo(f"env: {name}={value}")
+    ctx.exit(0 if path else 1)
+
+
+def deliver_by_key(ctx: click.Context, key: str, dest: Path, *, force: bool, link: bool, layout: str,
+                   container_dir: str | None, as_json: bool, print_env: bool = False) -> None:
+    """`kiln ensure --key` / `kiln fetch --key`: the build with this key into DEST; exit 0 hit, 1 miss."""
+    t0 = time.monotonic()
+    with TransferBar("pull"):
+        result, path = api.fetch_by_key(key, dest, store=store(ctx), remote=remote(ctx), replace=force, layout=layout,
+                                        container_dir=container_dir, link=link)
+    for d in result.damaged:
+        click.echo(f"kiln: WARNING: {d}", err=True)
+    if print_env and not as_json:
+        import shlex
+
+        for line in () if path else result.explanation:
+            click.echo(line, err=True)
+        for name, value in sorted((result.env or {}).items()):
+            click.echo(f"export {name}={shlex.quote(value)}")
+    elif as_json:
+        extra = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
+        print_json({**result.to_json(), **extra})
+    elif path and result.entry is not None:
+        e = result.entry
+        shape = " ".join(f"{k}={e.spec[k]}" for k in ("n_positions", "batch_size", "tp_degree", "dtype") if k in e.spec)
+        click.echo(f"hit ({result.source}) {e.key}  {e.spec.get('target')} {shape}  {e.model.get('ref')}  "
+                   f"{human_size(e.size)}  built {age(e.created)} ago")
+        for n in result.notes:
+            click.echo(f"note: {n}")
+        click.echo(f"dest: {path} (layout {layout}, {time.monotonic() - t0:.2f} s)")
+        for name, value in sorted((result.env or {}).items()):
+            click.echo(f"env: {name}={value}")
+    else:
+        click.echo(f"miss: no artifact with key {result.wanted}")
+        for line in result.explanation:
+            click.echo(line)
     ctx.exit(0 if path else 1)
