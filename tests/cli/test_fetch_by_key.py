@@ -16,6 +16,7 @@ without a model on disk failed resolving it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -219,3 +220,21 @@ def test_on_miss_build_and_malformed_keys_are_refused(tmp_path: Path) -> None:
         _no_traceback(r)
         assert r.returncode == 2 and "is not a build key" in r.stderr and "at least 12" in r.stderr, r.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_a_damaged_local_copy_is_repaired_from_the_remote(file_view: RemoteView, tmp_path: Path) -> None:
+    """A local match that fails verification is a loud warning, and the remote's copy of the same
+    key is pulled (verified) in its place: the same loop as a model lookup."""
+    home = tmp_path / "home"
+    key, art = _built(tmp_path, home)
+    assert kiln_remote(file_view.url, "push", "--key", key, env={"KILN_HOME": str(home)}).returncode == 0
+    digest = "sha256:" + hashlib.sha256(ENGINE_FILES["weights.safetensors"]).hexdigest()
+    blob = home / "blobs" / "sha256" / digest[7:9] / digest[7:]
+    blob.chmod(0o644)
+    blob.write_bytes(b"x" * blob.stat().st_size)  # same size, other bytes
+    dest = tmp_path / "dest"
+    data = check("ensure", kiln_remote(file_view.url, "ensure", "--key", key[:12], "--dest", str(dest), "--json",
+                                       env={"KILN_HOME": str(home)}))
+    assert data["source"] == "remote" and data["key"] == key, data
+    assert any(key[:12] in d and "failed verification" in d for d in data["damaged"]), data["damaged"]
+    assert tree(dest) == tree(art)
