@@ -6,6 +6,7 @@ Public to the rest of Kiln: :class:`Store` (which owns every directory under ``K
 """
 
 from ._hashmemo import HashMemo
+from ._model_records import ModelRecordFiles, remote_model_record, remote_revision_pointers
 from ._progress import Progress
 from ._store import GcPlan, Store, VerifyReport, default_store_root
 from ._sync import (
@@ -24,6 +25,7 @@ from .remotes import Remote, open_remote
 __all__ = [
     "GcPlan",
     "HashMemo",
+    "ModelRecordFiles",
     "Progress",
     "PullResult",
     "PushResult",
@@ -39,4 +41,6 @@ __all__ = [
     "remote_entries",
     "remote_entry",
     "remote_gc",
+    "remote_model_record",
+    "remote_revision_pointers",
 ]

@@ -14,6 +14,10 @@ Layout under the store root (``KILN_HOME``)::
     logs/<key>-<time>-<pid>.log  logs of failed builds (gc removes them after 30 days)
     deployments/<hash>.json    what was materialised where (stat signatures), so a second
                                `kiln ensure` knows DEST is intact without re-hashing it
+    models/<repo>/commits/<commit>.json, models/<repo>/revisions/<rev>/<commit>.json
+                               model records: what a Hub id resolved to (files, tree digest,
+                               config), so a machine without the weights can key it; gc keeps
+                               them all (small; see _model_records.py)
 
 The store owns every one of these directories (as uv's cache owns its buckets): other code
 asks it for a build directory, a run directory or a place for a failed build's log, and gc
@@ -29,6 +33,7 @@ hands every part only the directories that part may touch:
     _buckets.py      builds/, run/, logs/: handing them out and telling which are dead
     _locks.py        the store lock (writers vs gc) and single-flight build locks
     _hashmemo.py     memoised sha256 of model files (``Store.memo``)
+    _model_records.py  model records and revision pointers under models/ (``Store.model_records``)
 
 Composition rather than inheritance or mixins: each part is a plain object or function with
 its own docstring and invariants, testable alone, and none of them imports this module (so
@@ -85,6 +90,7 @@ from ._entries import IndexFiles
 from ._gc import Collector, GcPlan
 from ._hashmemo import HashMemo
 from ._locks import SingleFlight, single_flight, store_lock, sweep_build_locks
+from ._model_records import ModelRecordFiles
 from ._materialize import check_outside_store, holds, materialize, remember
 from ._progress import Progress
 from ._publish import publish
@@ -129,6 +135,7 @@ class Store:
         self.logs_dir = self.root / "logs"
         self.deployments_dir = self.root / "deployments"
         self.memo = HashMemo(self.root / "hash-memo")
+        self.model_records = ModelRecordFiles(self.root)  # models/
         # What uses the store, named when it turns out to be read-only (the CLI sets "`kiln build`").
         self.command: str | None = None
         self._layout_ok = False
@@ -140,7 +147,7 @@ class Store:
             self._index,
             lock_dir=self.lock_dir,
             tmp_dir=self.tmp_dir,
-            atomic_write_dirs=(self.index_dir, self.stamp_dir, self.memo.root),
+            atomic_write_dirs=(self.index_dir, self.stamp_dir, self.memo.root, self.model_records.dir),
             builds_dir=self.builds_dir,
             run_dir_root=self.run_dir_root,
             logs_dir=self.logs_dir,

@@ -1,8 +1,9 @@
 """Push and pull artifacts between the local store and a remote, with nothing partial visible.
 
 Push order (the remote mirror of DESIGN invariant 2): every file blob the remote lacks
-(checked by name and size), then the build record, then the manifest, then the index entry,
-last. Each object appears atomically, so a reader of the bucket never finds an index entry
+(checked by name and size), then the build record, then the manifest, then the model record
+of a Hub model (and its revision pointers, :mod:`kiln.cache._model_records`), then the index
+entry, last. Each object appears atomically, so a reader of the bucket never finds an index entry
 whose manifest or blobs are missing, however a push is killed; a later push skips what
 arrived and completes the rest. Two pushers of one artifact write identical blobs and the
 same entry: either wins.
@@ -28,10 +29,11 @@ from dataclasses import dataclass, field
 import threading
 from typing import Any, Callable, Iterator
 
-from ..errors import CorruptBlobError, NotFoundError, RemoteError, UnsafeManifestError
+from ..errors import CorruptBlobError, KilnError, NotFoundError, RemoteError, UnsafeManifestError
 from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
 from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
 from ..manifests._record import check_record_describes, entry_from_record, parse_record
+from ._model_records import push_model_records, remote_model_record
 from ._progress import Progress
 from ._store import Store
 from .remotes import Remote
@@ -219,6 +221,9 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
     # Record, then manifest: what an index entry points at must exist before the entry.
     send((manifest.config.digest, manifest.config.size))
     send((entry.manifest, store.blob_path(entry.manifest).stat().st_size))
+    # The model record (a Hub model's files, commit and config): a machine without the weights
+    # finds the entry through it, so it lands before the entry.
+    push_model_records(store.model_records, remote, entry.model.get("repo_id"), entry.model.get("commit"))
     remote.put(entry_key(entry.model_hex, entry.key), entry.to_bytes())
     # A remote gc may have deleted an old, then-unreferenced blob that this push found and
     # skipped, between the check and the entry. Look once more and restore what is gone, so
@@ -358,7 +363,24 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
         store.put_bytes(record_bytes)
         store.put_bytes(manifest_bytes)
         store.write_entry(believed)
+    _pull_model_record(store, remote, believed)
     return result
+
+
+def _pull_model_record(store: Store, remote: Remote, entry: IndexEntry) -> None:
+    """Keep the remote's record of the artifact's model, if it has one and this store does not
+    (best effort: the artifact is complete without it; a later offline lookup by Hub id needs it)."""
+    repo_id, commit = entry.model.get("repo_id"), entry.model.get("commit")
+    if not isinstance(repo_id, str) or not isinstance(commit, str):
+        return
+    if store.model_records.get(repo_id, commit, on_bad=lambda _m: None) is not None:
+        return
+    try:
+        record = remote_model_record(remote, repo_id, commit)
+    except KilnError:
+        return
+    if record is not None and record.tree_digest == entry.model.get("tree_digest"):
+        store.model_records.keep(record, None)
 
 
 # --------------------------------------------------------------------------- remote gc
