@@ -23,7 +23,7 @@ from ..cache import Remote, Store
 from ..core import Resolution, lookup, put
 from ..errors import ToolchainError
 from ..manifests import IndexEntry
-from ..models import check_weight_files
+from ..models import check_weight_files, fetch_model_files
 from ..targets import Step, Target, get_target
 from ..targets.base import StoredStep
 from .stages import compile_and_publish, run_stage
@@ -90,6 +90,7 @@ def build(
             assert found.entry is not None
             return BuildResult(found.entry, True, time.monotonic() - t0, source=found.source)
     store.require_writable("building")  # a read-only store says so before any work
+    fetch_model_files(res.model, store.memo)  # resolved from Hub metadata: the weights come now, checked
     check_weight_files(res.model)  # a corrupt or truncated weight file fails here, not in a worker minutes later
     target = get_target(res.spec.target)
     *stages, last = target.build_steps(res, calib_file=calib_file)  # bad inputs fail here, before any work

@@ -24,7 +24,6 @@ every other file is hashed through the store's :class:`~kiln.cache.HashMemo`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,11 +35,13 @@ from typing import Any
 from .._input import read_small_file, show_path
 from ..cache import HashMemo
 from ..errors import ModelError
-from ._hub import hub_snapshot
+from ._hub import hub_offline, hub_snapshot
+from ._hub_api import HubMetadata, hub_metadata_or_snapshot
 from ._refs import missing_directory_error, parse_model_ref
-from ._tree import MODEL_FILE_IGNORES, TreeFile, TreeListing, scan_tree
+from ._tree import MODEL_FILE_IGNORES, ModelFile, TreeFile, TreeListing, scan_tree
+from ._tree import tree_digest as _tree_digest  # the one digest of a file list (the Hub metadata path uses it too)
 
-__all__ = ["ModelFile", "ModelLocation", "ModelSource", "locate_model", "read_config", "resolve_model",
+__all__ = ["ModelFile", "ModelLocation", "ModelSource", "fetch_model_files", "locate_model", "read_config", "resolve_model",
            "parse_model_ref", "MODEL_FILE_IGNORES", "MAX_CONFIG_BYTES"]
 
 MAX_CONFIG_BYTES = 16 << 20  # config.json: a few KiB in practice (large id2label maps: hundreds of KiB)
@@ -84,6 +85,8 @@ class ModelLocation:
     revision: str | None = None
     # What resolve_model hashes (listed and checked by locate_model); None: listed when hashed.
     listing: TreeListing | None = field(default=None, compare=False, repr=False)
+    # A Hub id resolved from the Hub's file metadata (nothing to hash; ``path`` holds its small files only).
+    metadata: HubMetadata | None = field(default=None, compare=False, repr=False)
 
     @property
     def config_path(self) -> Path:
@@ -92,15 +95,6 @@ class ModelLocation:
     def config(self) -> dict[str, Any]:
         """config.json as a dict (see :func:`read_config`)."""
         return read_config(self.path)
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One file of a model directory: its relative path, sha256 and size."""
-
-    path: str  # relative, POSIX separators
-    sha256: str  # hex
-    size: int
 
 
 @dataclass(frozen=True)
@@ -115,6 +109,9 @@ class ModelSource:
     repo_id: str | None = None
     revision: str | None = None
     commit: str | None = None
+    # False: resolved from the Hub's metadata, ``path`` holds only the small files; a build
+    # calls fetch_model_files first.
+    files_local: bool = True
 
     @property
     def config_path(self) -> Path:
@@ -134,12 +131,6 @@ class ModelSource:
             "tree_digest": self.tree_digest,
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
         }
-
-
-def _tree_digest(files: list[ModelFile]) -> str:
-    listing = [[f.path, f.sha256, f.size] for f in sorted(files, key=lambda f: f.path)]
-    data = json.dumps(listing, separators=(",", ":")).encode()
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _lfs_sha256(f: TreeFile, tree: Path) -> str | None:
@@ -188,14 +179,27 @@ def locate_model(ref: str) -> ModelLocation:
             raise missing_directory_error(ref.strip())
         real = root.resolve()
         return ModelLocation(str(real), "local", real, listing=scan_tree(real))
-    snapshot = hub_snapshot(where, revision)
-    return ModelLocation(ref, "hub", snapshot, repo_id=where, revision=revision, listing=scan_tree(snapshot))
+    return _locate_hub(ref, where, revision)
+
+
+def _locate_hub(ref: str, repo_id: str, revision: str | None) -> ModelLocation:
+    """A Hub id's location. Online, unless the cache holds its complete snapshot, the Hub's file
+    metadata identifies it and only its small files are downloaded (:mod:`._hub_api`: same
+    files, same digest as the snapshot); offline, the cached snapshot."""
+    found = hub_snapshot(repo_id, revision) if hub_offline() else hub_metadata_or_snapshot(repo_id, revision, read_config)
+    if isinstance(found, HubMetadata):
+        return ModelLocation(ref, "hub", found.path, repo_id=repo_id, revision=revision, metadata=found)
+    return ModelLocation(ref, "hub", found, repo_id=repo_id, revision=revision, listing=scan_tree(found))
 
 
 def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> ModelSource:
     """Locate (unless given a :class:`ModelLocation`) and hash a model: its files and tree digest."""
     memo = memo or HashMemo(None)
     loc = ref if isinstance(ref, ModelLocation) else locate_model(ref)
+    if loc.metadata is not None:
+        meta = loc.metadata
+        return ModelSource(loc.ref, "hub", loc.path, meta.files, meta.tree_digest, repo_id=loc.repo_id,
+                           revision=loc.revision or "main", commit=meta.commit, files_local=False)
     files = _hash_tree(loc.listing or scan_tree(loc.path), memo, trust_lfs_names=loc.kind == "hub")
     if loc.kind == "local":
         return ModelSource(loc.ref, "local", loc.path, tuple(files), _tree_digest(files))
@@ -203,3 +207,22 @@ def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> Mod
         loc.ref, "hub", loc.path, tuple(files), _tree_digest(files),
         repo_id=loc.repo_id, revision=loc.revision or "main", commit=loc.path.name,
     )
+
+
+def fetch_model_files(model: ModelSource, memo: HashMemo | None = None) -> None:
+    """Download the files a model resolved from Hub metadata left on the Hub (a build reads them).
+
+    The snapshot of the resolved commit lands where the small files already are; it is then
+    hashed as any snapshot is, and must give the digest the key was computed from.
+    """
+    if model.files_local:
+        return
+    assert model.repo_id is not None and model.commit is not None
+    snapshot = hub_snapshot(model.repo_id, model.commit)
+    files = _hash_tree(scan_tree(snapshot), memo or HashMemo(None), trust_lfs_names=True)
+    if Path(os.path.realpath(snapshot)) != Path(os.path.realpath(model.path)) or _tree_digest(files) != model.tree_digest:
+        raise ModelError(
+            f"the files downloaded for model {model.repo_id}@{model.commit} ({show_path(snapshot)}) are not the ones "
+            f"the Hub's metadata listed (tree digest {_tree_digest(files)}, expected {model.tree_digest}); delete that "
+            "snapshot from the Hugging Face cache and run again."
+        )

@@ -36,20 +36,30 @@ honesty, because the listing is exactly what a reader of the directory sees.
 **Ignored directories are not entered** (``.git/``, ``original/``): no build reads them, so an
 unreadable one must not stop resolution. A directory is pruned only when a pattern ending in
 ``*`` covers it, hence every path under it (``fnmatch``'s ``*`` matches ``/`` too).
+
+**One rule, two listings.** :func:`ignored` decides which files count and :func:`tree_digest`
+is the digest of a file list, both for a directory on disk (:func:`scan_tree`) and for a Hub
+repository's file metadata (:mod:`kiln.models._hub_api`, a flat list of paths: pruning a
+directory drops exactly the paths :func:`ignored` drops, since a pruning pattern covers every
+path under it). The two resolutions of the same commit therefore give the same digest.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from .._input import show_path
 from ..errors import ModelError
 
-__all__ = ["MODEL_FILE_IGNORES", "MAX_TREE_ENTRIES", "TreeFile", "TreeListing", "ignored", "scan_tree", "tree_root"]
+__all__ = ["MODEL_FILE_IGNORES", "MAX_TREE_ENTRIES", "ModelFile", "TreeFile", "TreeListing", "ignored", "scan_tree",
+           "tree_digest", "tree_root"]
 
 # Files that never change an engine: docs, licences, git metadata, and the duplicate
 # "original/" consolidated checkpoints Meta ships beside the HF weights. Everything else is
@@ -61,6 +71,22 @@ MODEL_FILE_IGNORES = (
 # Entries visited, links included (real model repositories: tens to a few thousand).
 MAX_TREE_ENTRIES = 100_000
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model: its relative path, sha256 and size (what the tree digest covers)."""
+
+    path: str  # relative, POSIX separators
+    sha256: str  # hex
+    size: int
+
+
+def tree_digest(files: Iterable[ModelFile]) -> str:
+    """The tree digest: sha256 over the canonical list of (path, sha256, size), sorted by path."""
+    listing = [[f.path, f.sha256, f.size] for f in sorted(files, key=lambda f: f.path)]
+    data = json.dumps(listing, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,7 @@ class TreeListing:
 
 
 def ignored(rel: str) -> bool:
+    """The file at ``rel`` (relative to the model directory) does not count: the one selection rule."""
     return any(fnmatch.fnmatch(rel, pat) for pat in MODEL_FILE_IGNORES)
 
 
