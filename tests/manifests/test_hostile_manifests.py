@@ -25,7 +25,8 @@ from kiln import api
 from kiln.cache import Store
 from kiln.cache._fsutil import atomic_write_bytes
 from kiln.errors import UnsafeManifestError
-from kiln.manifests import IndexEntry
+from kiln.manifests import IndexEntry, entry_from_record
+from kiln.manifests._record import make_record, utc_now
 from kiln.manifests._manifest import (
     CONFIG_MEDIA_TYPE,
     MAX_ARTIFACT_SIZE,
@@ -239,26 +240,39 @@ def _spec_args(model: Path) -> list[str]:
 
 
 def _plant(store: Store, model: Path, manifest_bytes: bytes) -> api.Resolution:
-    """Put hand-crafted manifest bytes in the store and point the spec's index entry at them."""
+    """Put hand-crafted manifest bytes in the store and point the spec's index entry at them.
+
+    The entry says what the crafted manifest and its (real) build record say, as a publish
+    would write it, so that only what the test crafted is wrong; a manifest that does not even
+    parse gets an entry built from the resolution alone."""
     res = api.resolve(_spec(model), store=store, toolchain=TOOLCHAIN)
     with store.writer_lock():  # what every writer holds (keeps gc away)
         mdigest, _ = store.put_bytes(manifest_bytes)
-    entry = IndexEntry(
-        key=res.key, manifest=mdigest, spec=res.entry_spec(), model=res.model_summary(),
-        toolchain=TOOLCHAIN, size=0, created="2026-01-01T00:00:00.000000Z", files=1,
-    )
+    try:
+        manifest = Manifest.parse(manifest_bytes)
+        entry = entry_from_record(store.read_record(manifest), mdigest, manifest)
+    except UnsafeManifestError:
+        entry = IndexEntry(
+            key=res.key, manifest=mdigest, spec=res.entry_spec(), model=res.model_summary(),
+            toolchain=TOOLCHAIN, size=0, created="2026-01-01T00:00:00.000000Z", files=1,
+        )
     atomic_write_bytes(store.entry_path(entry.model_hex, res.key), entry.to_bytes())
     return res
 
 
-def _crafted(store: Store, files: dict[str, bytes]) -> bytes:
+def _crafted(store: Store, model: Path, files: dict[str, bytes]) -> bytes:
+    """A manifest listing ``files`` with the real build record of ``model``'s spec as its config."""
+    res = api.resolve(_spec(model), store=store, toolchain=TOOLCHAIN)
+    record = make_record(key=res.key, inputs=res.inputs(), spec=res.spec.to_json(), model=res.model.to_json(),
+                         toolchain=TOOLCHAIN, started=utc_now(), duration_s=0.0)
     entries = []
     with store.writer_lock():
-        cdigest, csize = store.put_bytes(b'{"schema": "crafted"}')
+        cdigest, csize = store.put_bytes(json.dumps(record, sort_keys=True).encode())
         for path, data in files.items():
             d, s = store.put_bytes(data)
             entries.append(FileEntry(path, d, s))
-    return Manifest(Descriptor(CONFIG_MEDIA_TYPE, cdigest, csize), tuple(entries)).to_bytes()
+    return Manifest(Descriptor(CONFIG_MEDIA_TYPE, cdigest, csize), tuple(entries),
+                    annotations={"dev.kiln.key": res.key, "org.opencontainers.image.created": utc_now()}).to_bytes()
 
 
 def _listing(root: Path) -> set[str]:
@@ -272,7 +286,7 @@ def test_hostile_manifest_in_store_is_a_loud_miss_and_writes_nothing(
     model = write_fake_model(tmp_path / "model")
     outside = tmp_path / "outside"
     outside.mkdir()
-    good = _crafted(store, {"ok.bin": b"fine"})
+    good = _crafted(store, model, {"ok.bin": b"fine"})
     raw = json.loads(good)
     raw["layers"][0]["annotations"][TITLE] = bad_path  # bytes are a valid blob; the path is not
     _plant(store, model, json.dumps(raw).encode())
@@ -294,7 +308,7 @@ def test_hostile_manifest_in_store_is_a_loud_miss_and_writes_nothing(
 def test_crafted_manifest_materialises_only_inside_dest(tmp_path: Path, store: Store) -> None:
     model = write_fake_model(tmp_path / "model")
     files = {"engine/rank0/model.pt2": b"engine bytes", "config.json": b"{}", "deep/a/b/c/d.txt": b"deep"}
-    _plant(store, model, _crafted(store, files))
+    _plant(store, model, _crafted(store, model, files))
     work = tmp_path / "work"
     work.mkdir()
     dest = work / "dest"
@@ -308,7 +322,7 @@ def test_crafted_manifest_materialises_only_inside_dest(tmp_path: Path, store: S
 
 def test_symlink_dest_is_refused(tmp_path: Path, store: Store) -> None:
     model = write_fake_model(tmp_path / "model")
-    _plant(store, model, _crafted(store, {"engine.bin": b"engine"}))
+    _plant(store, model, _crafted(store, model, {"engine.bin": b"engine"}))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     link = tmp_path / "dest-link"
@@ -333,7 +347,7 @@ def test_symlink_dest_is_refused(tmp_path: Path, store: Store) -> None:
 
 def test_non_empty_dest_needs_force(tmp_path: Path, store: Store) -> None:
     model = write_fake_model(tmp_path / "model")
-    _plant(store, model, _crafted(store, {"engine.bin": b"new engine"}))
+    _plant(store, model, _crafted(store, model, {"engine.bin": b"new engine"}))
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "mine.txt").write_text("user data")
