@@ -23,7 +23,7 @@ import click
 from .. import api
 from .._redact import redact
 from ..spec import CALIB_SET_OPTION, Field
-from ._context import set_remote_url
+from ._context import remote, set_remote_url
 from ._output import human_size
 from ._progress import TransferBar
 
@@ -56,6 +56,7 @@ class SpecRequest:
     serving_properties: Path | None = None
     calib_file: Path | None = None
     toolchain_pins: tuple[str, ...] = ()
+    strict_revision: bool = False  # --strict-revision: a Hub branch/tag is never resolved from model records
 
     @property
     def names_a_spec(self) -> bool:
@@ -109,9 +110,13 @@ _OPTIONS = [
     click.option("--serving-properties", type=click.Path(path_type=Path), metavar="FILE", help="Read an LMI serving.properties file."),
     click.option("--calib-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), metavar="FILE",
                  help="SmoothQuant calibration texts (plain text paragraphs, or JSONL with a text field)."),
+    click.option("--strict-revision", is_flag=True, default=None,
+                 help="A Hub id whose files are not here resolves from model records only as org/name@COMMIT: refuse "
+                      "a branch or tag (it may have moved) instead of using its newest recorded commit "
+                      "[env: KILN_STRICT_REVISION=1]."),
 ]
 _PARAMS = ("model", *SPEC_FLAGS, "instance_type", "target_options", "from_env", "serving_properties", "calib_file",
-           "toolchain_pins")
+           "toolchain_pins", "strict_revision")
 
 
 def toolchain_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -134,6 +139,7 @@ def _spec_decorator(options: list[Callable[..., Any]]) -> Callable[[Callable[...
                 serving_properties=raw["serving_properties"],
                 calib_file=raw["calib_file"],
                 toolchain_pins=tuple(raw["toolchain_pins"] or ()),
+                strict_revision=bool(raw["strict_revision"]),
             )
             return f(*args, spec=request, **kw)
 
@@ -173,12 +179,19 @@ def resolve_request(store: api.Store, request: SpecRequest) -> api.Resolution:
                        "(once: the digest is memoised)", err=True)
 
     memo = store.memo
+    # A Hub id not here resolves from model records, the remote's too: opened only if needed.
+    ctx = click.get_current_context(silent=True)
+    opener = (lambda: remote(ctx)) if ctx is not None else None
     with TransferBar("hash model files") as bar:
         memo.on_hash, memo.progress = announce, bar
         try:
-            return api.resolve(source, store=store, toolchain=api.parse_toolchain_pins(request.toolchain_pins))
+            res = api.resolve(source, store=store, toolchain=api.parse_toolchain_pins(request.toolchain_pins),
+                              remote=opener, strict_revision=True if request.strict_revision else None)
         finally:
             memo.on_hash = memo.progress = None
+    if res.model_note:  # which commit a branch meant, from a record: said on every command, --json too
+        click.echo(f"kiln: note: {res.model_note}", err=True)
+    return res
 
 
 def layout_options(f: Callable[..., Any]) -> Callable[..., Any]:

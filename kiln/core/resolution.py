@@ -14,12 +14,12 @@ This is where the Python API and the CLI meet: ``kiln.resolve(kiln.BuildSpec(...
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ..cache import Store
+from ..cache import Remote, Store
 from .._input import show
 from ..errors import SpecError, ToolchainError
-from ..models import ModelSource, locate_model, resolve_model
+from ..models import ModelSource, keep_model_record, locate_or_recall, resolve_model
 from ..spec import BuildSpec, build_key, key_inputs
 from ..targets import TOKENIZER_FILES, get_target, normalize_target
 from ..targets.base import model_dims
@@ -41,6 +41,7 @@ class Resolution:
     key_options: frozenset[str] = field(default_factory=frozenset)
     given: frozenset[str] = field(default_factory=frozenset)
     warnings: tuple[str, ...] = ()  # worth telling whoever builds this (never changes the key)
+    model_note: str | None = None  # how a model record resolved the model (also in notes); None: from its files
 
     @property
     def complete(self) -> bool:
@@ -85,12 +86,21 @@ def resolve(
     *,
     store: Store,
     toolchain: Mapping[str, str] | None = None,
+    remote: Remote | Callable[[], Remote | None] | None = None,
+    strict_revision: bool | None = None,
 ) -> Resolution:
     """Resolve the model, validate the spec (fast, before any work), settle the toolchain.
 
     Raises a :class:`~kiln.errors.KilnError` naming the bad value and the fix: SpecError for
     an unknown target, ModelError for a model that cannot be found or read (config.json
     included), ValidationError for a spec that does not fit the model or the target.
+
+    Model records (:mod:`kiln.models._recorded`): a Hub id resolved from its snapshot is
+    recorded in ``store``; one whose snapshot is not here (offline) resolves from the records
+    of ``store``, then of ``remote`` (a Remote, or a callable opening it only when needed), a
+    branch or tag to its newest recorded commit with a note — unless ``strict_revision``
+    (None: ``KILN_STRICT_REVISION``), which refuses all but ``@<commit>``. Such a model has no
+    files here: key, lookup and fetch work, a build says the weights are missing.
     """
     if isinstance(source, BuildSpec):
         source = SpecSource(source)
@@ -101,11 +111,13 @@ def resolve(
     if name != spec.target:
         spec = spec.replace(target=name)
     target = get_target(name)
-    location = locate_model(spec.model)
+    opener = remote if callable(remote) or remote is None else (lambda: remote)
+    location = locate_or_recall(spec.model, store=store, remote=opener, strict=strict_revision)
     config = location.config()
     model_dims(config, str(location.config_path))  # every field validation reads, checked naming the file
     resolved = target.validate(spec, config)
     model = resolve_model(location, store.memo)  # hashing last: bad input never waits for it
+    keep_model_record(store, model)  # best effort: what a machine without the weights resolves it by
     pins = dict(toolchain or {})
     unknown = set(pins) - set(target.components)
     if unknown:
@@ -135,11 +147,12 @@ def resolve(
         model=model,
         toolchain=chain,
         toolchain_origin=origin,
-        notes=source.notes + resolved.notes,
+        notes=source.notes + ((location.note,) if location.note else ()) + resolved.notes,
         ignored=source.ignored,
         key_options=target.key_options(),
         given=source.given,
         warnings=tuple(warnings),
+        model_note=location.note,
     )
 
 

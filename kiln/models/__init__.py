@@ -1,5 +1,7 @@
 """Models: resolving a model ref (a local directory or a Hugging Face Hub id) to its files and digest.
 
+A Hub id whose files are not here (offline) resolves from its model record (:mod:`._recorded`).
+
 Also the cheap checks of a model's files that run before a build starts any worker
 (:func:`check_weight_files`: every safetensors header is read and checked against its file).
 """
@@ -15,6 +17,7 @@ from ._resolve import (
     read_config,
     resolve_model,
 )
+from ._recorded import keep_model_record, locate_or_recall, strict_revision_from_env
 from ._weights import check_weight_files, check_safetensors
 
 __all__ = [
@@ -25,8 +28,11 @@ __all__ = [
     "check_safetensors",
     "check_weight_files",
     "fetch_model_files",
+    "keep_model_record",
     "locate_model",
+    "locate_or_recall",
     "parse_model_ref",
     "read_config",
     "resolve_model",
+    "strict_revision_from_env",
 ]

@@ -35,6 +35,7 @@ from typing import Any
 from .._input import read_small_file, show_path
 from ..cache import HashMemo
 from ..errors import ModelError
+from ..manifests._model_record import ModelRecord
 from ._hub import hub_offline, hub_snapshot
 from ._hub_api import HubMetadata, hub_metadata_or_snapshot
 from ._refs import missing_directory_error, parse_model_ref
@@ -58,20 +59,38 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     cfg = model_dir / "config.json"
     if not os.path.lexists(cfg):
         return {}
-    fix = "re-download the model, or fix config.json (a JSON object of the model's settings)"
-    raw = read_small_file(cfg, MAX_CONFIG_BYTES, "model config", ModelError, fix)
+    raw = read_small_file(cfg, MAX_CONFIG_BYTES, "model config", ModelError, _CONFIG_FIX)
+    return parse_config(raw, show_path(cfg))
+
+
+_CONFIG_FIX = "re-download the model, or fix config.json (a JSON object of the model's settings)"
+
+
+def parse_config(raw: bytes, shown: str) -> dict[str, Any]:
+    """config.json's bytes as a dict; ModelError naming ``shown`` (where they came from) unless one JSON object."""
+    fix = _CONFIG_FIX
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ModelError(f"model config {show_path(cfg)} is not valid JSON ({reason}); {fix}.") from None
+        raise ModelError(f"model config {shown} is not valid JSON ({reason}); {fix}.") from None
     if not isinstance(data, dict):
         kind = _JSON_KINDS.get(type(data), type(data).__name__)
         raise ModelError(
-            f"model config {show_path(cfg)} holds {kind}, not a JSON object; a config.json is an object such as "
+            f"model config {shown} holds {kind}, not a JSON object; a config.json is an object such as "
             f'{{"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096, ...}}: {fix}.'
         )
     return data
+
+
+def _record_config(record: ModelRecord, shown: str) -> dict[str, Any]:
+    if record.config is not None:
+        return parse_config(record.config, shown)
+    if record.config_file is None:
+        return {}
+    raise ModelError(f"{shown} is larger than a model record keeps, and the model's files are not on this machine; "
+                     f"download {record.repo_id}@{record.commit} (`hf download {record.repo_id} --revision "
+                     f"{record.commit}`) to look it up.")
 
 
 @dataclass(frozen=True)
@@ -80,20 +99,31 @@ class ModelLocation:
 
     ref: str
     kind: str  # "local" or "hub"
-    path: Path
+    path: Path | None  # None: resolved from a model record, no file of it is here (record, recorded_in)
     repo_id: str | None = None
     revision: str | None = None
     # What resolve_model hashes (listed and checked by locate_model); None: listed when hashed.
     listing: TreeListing | None = field(default=None, compare=False, repr=False)
     # A Hub id resolved from the Hub's file metadata (nothing to hash; ``path`` holds its small files only).
     metadata: HubMetadata | None = field(default=None, compare=False, repr=False)
+    # A Hub id resolved from a model record (:mod:`._recorded`): where it was found, and the note saying how.
+    record: ModelRecord | None = field(default=None, compare=False, repr=False)
+    recorded_in: str | None = None
+    note: str | None = None
 
     @property
-    def config_path(self) -> Path:
+    def config_path(self) -> Path | str:
+        """config.json's path (a recorded model: what to call the record's copy in messages)."""
+        if self.path is None:
+            assert self.record is not None
+            return f"config.json of {self.record.repo_id}@{self.record.commit[:12]} (model record in {self.recorded_in})"
         return self.path / "config.json"
 
     def config(self) -> dict[str, Any]:
-        """config.json as a dict (see :func:`read_config`)."""
+        """config.json as a dict (see :func:`read_config`; a recorded model: the record's copy)."""
+        if self.path is None:
+            assert self.record is not None
+            return _record_config(self.record, str(self.config_path))
         return read_config(self.path)
 
 
@@ -103,7 +133,7 @@ class ModelSource:
 
     ref: str
     kind: str  # "local" or "hub"
-    path: Path
+    path: Path | None  # None: resolved from a model record (record, recorded_in); see require_local
     files: tuple[ModelFile, ...]
     tree_digest: str  # "sha256:<hex>"
     repo_id: str | None = None
@@ -112,14 +142,31 @@ class ModelSource:
     # False: resolved from the Hub's metadata, ``path`` holds only the small files; a build
     # calls fetch_model_files first.
     files_local: bool = True
+    record: ModelRecord | None = field(default=None, compare=False, repr=False)
+    recorded_in: str | None = None
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.require_local("read config.json") / "config.json"
 
     def config(self) -> dict[str, Any]:
         """config.json as a dict ({} when the model has none, e.g. a GGUF-only directory)."""
+        if self.path is None:
+            assert self.record is not None
+            return _record_config(self.record, f"config.json of {self.ref} (model record in {self.recorded_in})")
         return read_config(self.path)
+
+    def require_local(self, action: str = "build") -> Path:
+        """The model's directory; for a model resolved from a record, a ModelError saying its files are not here."""
+        if self.path is not None:
+            return self.path
+        raise ModelError(
+            f"cannot {action}: the files of model {self.ref} ({self.repo_id}@{self.commit}) are not on this machine: "
+            f"it was resolved from a model record in {self.recorded_in}, which identifies the weights but does not "
+            f"hold them; download them (`hf download {self.repo_id} --revision {self.commit}` where the Hub is "
+            "reachable, sharing HF_HOME, or unset HF_HUB_OFFLINE) or pass a local directory, then run again; a "
+            "deployment of an artifact already built needs no weights (`kiln ensure` without --on-miss build)."
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -196,6 +243,12 @@ def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> Mod
     """Locate (unless given a :class:`ModelLocation`) and hash a model: its files and tree digest."""
     memo = memo or HashMemo(None)
     loc = ref if isinstance(ref, ModelLocation) else locate_model(ref)
+    if loc.record is not None:  # resolved from a model record (._recorded): nothing here to hash
+        r = loc.record
+        return ModelSource(loc.ref, "hub", None, tuple(ModelFile(*f) for f in r.files), r.tree_digest,
+                           repo_id=r.repo_id, revision=loc.revision or "main", commit=r.commit, record=r,
+                           recorded_in=loc.recorded_in)
+    assert loc.path is not None  # every other location has a directory
     if loc.metadata is not None:
         meta = loc.metadata
         return ModelSource(loc.ref, "hub", loc.path, meta.files, meta.tree_digest, repo_id=loc.repo_id,

@@ -128,7 +128,7 @@ def check_safetensors(path: Path) -> int:
 
 def _index_shards(model: ModelSource) -> Iterable[str]:
     """The shard names a model.safetensors.index.json refers to (checked: they must all exist)."""
-    path = model.path / _INDEX
+    path = model.require_local() / _INDEX
     if not any(f.path == _INDEX for f in model.files):
         return []
     raw = read_small_file(path, _MAX_INDEX_BYTES, "shard index", ModelError, _FIX)  # never a FIFO, never unbounded
@@ -145,15 +145,18 @@ def _index_shards(model: ModelSource) -> Iterable[str]:
 def check_weight_files(model: ModelSource) -> None:
     """Check every ``*.safetensors`` file of ``model`` (and its shard index) before a build.
 
-    Raises ModelError naming the first bad file and what is wrong; reads only headers.
+    Raises ModelError naming the first bad file and what is wrong; reads only headers. A model
+    resolved from a model record (no files here) is a ModelError saying the weights are not on
+    this machine and how to get them: every build passes here before any work.
     """
+    root = model.require_local()
     names = {f.path for f in model.files}
     for shard in _index_shards(model):
         if shard not in names:
             raise ModelError(
-                f"{show_path(model.path / _INDEX)} names the shard {show(shard)}, which is not in the model "
+                f"{show_path(root / _INDEX)} names the shard {show(shard)}, which is not in the model "
                 f"directory; {_FIX}."
             )
     for f in model.files:
         if f.path.endswith(".safetensors"):
-            check_safetensors(model.path / f.path)
+            check_safetensors(root / f.path)

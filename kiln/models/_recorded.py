@@ -1,0 +1,182 @@
+"""Hub ids from model records: keeping them when a model resolves, using them when its files are not here.
+
+**Keeping** (:func:`keep_model_record`): every Hub id resolved from its snapshot is recorded in
+the store (:class:`~kiln.manifests._model_record.ModelRecord`: commit, files, tree digest,
+config.json; and a pointer from the revision asked for to that commit), best effort — a
+read-only store resolves as well, it just keeps nothing. A push publishes the record with
+the artifacts that use it.
+
+**Using** (:func:`locate_or_recall`, the one seam between a model ref and the records): a Hub
+id whose snapshot is not in the local HF cache, while the Hub is offline or unreachable
+(:class:`~kiln.models._hub.SnapshotUnavailable`), is resolved from records, the local store's
+first, then the remote's (a record found there is kept locally, so the next resolution needs
+no remote):
+
+* ``org/name@<commit>`` (40 or 64 hex digits) is exact: the record of that commit, or nothing;
+* a branch or tag (none means ``main``) is the commit of its newest pointer (local first, the
+  remote only when the store has none), with a note naming the commit, when it was resolved
+  and how to pin it; ``strict=True`` (``--strict-revision``, ``KILN_STRICT_REVISION=1``) refuses
+  instead, because a branch may have moved since;
+* nothing found: one ModelNotFoundError, the snapshot's own message (what to do about the Hub)
+  followed by every place tried (the HF cache, the local records, the remote's or that none is
+  configured).
+
+A model resolved from a record has no directory here (``ModelSource.path`` is None): key,
+lookup and fetch work; a build stops at :meth:`~kiln.models.ModelSource.require_local`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .._input import read_small_file, show_path
+from ..cache import Remote, Store, remote_model_record, remote_revision_pointers
+from ..errors import KilnError, ModelError, ModelNotFoundError, RemoteError
+from ..manifests import utc_now
+from ..manifests._model_record import MAX_RECORD_CONFIG_BYTES, ModelRecord, RevisionPointer, is_commit, is_repo_id
+from ._hub import SnapshotUnavailable
+from ._refs import parse_model_ref
+from ._resolve import ModelLocation, ModelSource, locate_model
+
+__all__ = ["locate_or_recall", "keep_model_record", "strict_revision_from_env", "RemoteOpener"]
+
+RemoteOpener = Callable[[], "Remote | None"]
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def strict_revision_from_env() -> bool:
+    return os.environ.get("KILN_STRICT_REVISION", "").strip().lower() in _TRUE
+
+
+def keep_model_record(store: Store, model: ModelSource) -> None:
+    """Record a Hub model just resolved from its snapshot (best effort; see the module docstring)."""
+    if model.kind != "hub" or model.path is None or not is_repo_id(model.repo_id) or not is_commit(model.commit):
+        return
+    assert model.repo_id is not None and model.commit is not None
+    config: bytes | None = None
+    listed = next((f for f in model.files if f.path == "config.json"), None)
+    try:
+        if listed is not None and listed.size <= MAX_RECORD_CONFIG_BYTES:
+            config = read_small_file(model.path / "config.json", MAX_RECORD_CONFIG_BYTES, "model config", ModelError,
+                                     "re-download the model")
+        now = utc_now()
+        record = ModelRecord.make(ref=model.ref, repo_id=model.repo_id, revision=model.revision or "main",
+                                  commit=model.commit, files=((f.path, f.sha256, f.size) for f in model.files),
+                                  resolved_at=now, config=config)
+    except KilnError:
+        return  # a config that changed since it was hashed, a name no record can hold: nothing kept
+    if record.tree_digest != model.tree_digest:
+        return
+    revision = model.revision or "main"
+    pointer = None if is_commit(revision) else RevisionPointer(model.repo_id, revision, model.commit, now)
+    store.model_records.keep(record, pointer)
+
+
+def locate_or_recall(ref: str, *, store: Store, remote: RemoteOpener | None = None,
+                     strict: bool | None = None) -> ModelLocation:
+    """:func:`~kiln.models.locate_model`, or for a Hub id not here, the location its model record gives."""
+    try:
+        return locate_model(ref)
+    except SnapshotUnavailable as e:
+        kind, repo_id, revision = parse_model_ref(ref)
+        if kind != "hub" or repo_id is None:
+            raise
+        return _recall(ref.strip(), repo_id, revision, store=store, remote=remote,
+                       strict=strict_revision_from_env() if strict is None else strict, tried=e.tried, cause=str(e))
+
+
+def _location(ref: str, record: ModelRecord, revision: str | None, where: str, note: str) -> ModelLocation:
+    return ModelLocation(ref, "hub", None, repo_id=record.repo_id, revision=revision, record=record,
+                         recorded_in=where, note=note)
+
+
+def _recall(ref: str, repo_id: str, revision: str | None, *, store: Store, remote: RemoteOpener | None,
+            strict: bool, tried: str, cause: str) -> ModelLocation:
+    rev = revision or "main"
+    local_where = f"the local store ({show_path(store.root)})"
+    attempts = [tried]
+    rem: Remote | None = None
+    remote_failed: str | None = None
+    if remote is not None:
+        try:
+            rem = remote()
+        except KilnError as e:
+            remote_failed = str(e)
+    if not is_repo_id(repo_id):
+        attempts.append("model records (none can exist: the repo id is not one a record holds)")
+        raise _nothing(ref, repo_id, rev, attempts, cause)
+    if is_commit(rev):  # exact: that commit's record or nothing
+        record = store.model_records.get(repo_id, rev)
+        if record is not None:
+            return _location(ref, record, rev, local_where, _exact_note(record, local_where))
+        attempts.append(f"model records in {local_where} (no record of commit {rev[:12]})")
+        if rem is not None:
+            try:
+                record = remote_model_record(rem, repo_id, rev)
+            except RemoteError as e:
+                attempts.append(f"model records on {rem.describe()} (unreadable: {e})")
+            else:
+                if record is not None:
+                    store.model_records.keep(record, None)
+                    return _location(ref, record, rev, rem.describe(), _exact_note(record, rem.describe()))
+                attempts.append(f"model records on {rem.describe()} (no record of commit {rev[:12]})")
+        else:
+            attempts.append(_no_remote(remote_failed))
+        raise _nothing(ref, repo_id, rev, attempts, cause)
+    # A branch or tag: the newest pointer, local first.
+    for p in store.model_records.pointers(repo_id, rev):
+        record = store.model_records.get(repo_id, p.commit)
+        if record is not None:
+            return _moved(ref, record, p, local_where, strict)
+    attempts.append(f"model records in {local_where} (none for {repo_id}@{rev})")
+    if rem is None:
+        attempts.append(_no_remote(remote_failed))
+        raise _nothing(ref, repo_id, rev, attempts, cause)
+    try:
+        for p in remote_revision_pointers(rem, repo_id, rev):
+            record = store.model_records.get(repo_id, p.commit) or remote_model_record(rem, repo_id, p.commit)
+            if record is not None:
+                location = _moved(ref, record, p, rem.describe(), strict)
+                store.model_records.keep(record, p)
+                return location
+    except RemoteError as e:
+        attempts.append(f"model records on {rem.describe()} (unreadable: {e})")
+        raise _nothing(ref, repo_id, rev, attempts, cause) from None
+    attempts.append(f"model records on {rem.describe()} (none for {repo_id}@{rev})")
+    raise _nothing(ref, repo_id, rev, attempts, cause)
+
+
+def _exact_note(record: ModelRecord, where: str) -> str:
+    return (f"model {record.repo_id}@{record.commit[:12]} resolved from its model record in {where} (its files are "
+            "not on this machine)")
+
+
+def _moved(ref: str, record: ModelRecord, p: RevisionPointer, where: str, strict: bool) -> ModelLocation:
+    """The location of a branch or tag's recorded commit, with the note; or, strict, the refusal."""
+    pin = f"{record.repo_id}@{record.commit}"
+    if strict:
+        raise ModelNotFoundError(
+            f"model {ref}: revision {p.revision} is a branch or tag, and --strict-revision (KILN_STRICT_REVISION=1) "
+            f"does not resolve those from model records (it may have moved since); the newest record, in {where}, "
+            f"says {p.revision} was commit {record.commit} (resolved {p.resolved_at}): pin it as {pin}, or "
+            "drop --strict-revision."
+        )
+    note = (f"model {record.repo_id}@{p.revision} is not on this machine: resolved {p.revision} to commit "
+            f"{record.commit}, as recorded {p.resolved_at} in {where} (the branch may have moved since); pin it "
+            f"with {pin}, or pass --strict-revision to refuse this")
+    return _location(ref, record, p.revision, where, note)
+
+
+def _no_remote(failed: str | None) -> str:
+    if failed:
+        return f"the remote's model records (it could not be opened: {failed})"
+    return "no remote's model records (none configured: --remote URL or KILN_REMOTE)"
+
+
+def _nothing(ref: str, repo_id: str, rev: str, attempts: list[str], cause: str) -> ModelNotFoundError:
+    """The snapshot's own error (what to do about the Hub), then every place tried for a record."""
+    return ModelNotFoundError(
+        f"{cause.rstrip('.')}. No model record resolves it either; tried: {'; '.join(attempts)}. A build pushed to "
+        "a remote carries its model record: pass that remote (--remote URL or KILN_REMOTE) to deploy from it."
+    )
