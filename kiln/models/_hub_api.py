@@ -42,7 +42,7 @@ from urllib.parse import quote
 from .._input import show
 from ..errors import ModelError
 from ._hub import hf_cache_dir, hub_endpoint, hub_error, hub_snapshot
-from ._tree import ModelFile, ignored, tree_digest
+from ._tree import MAX_TREE_ENTRIES, ModelFile, ignored, tree_digest
 
 __all__ = ["HubMetadata", "HubEntry", "MAX_SMALL_FILE_BYTES", "hub_listing", "resolve_hub_metadata",
            "hub_metadata_or_snapshot", "snapshot_dir"]
@@ -55,6 +55,8 @@ _TIMEOUT_S = 30.0
 _CHUNK = 1 << 20
 ConfigReader = Callable[[Path], dict[str, Any]]  # a model directory → its config.json (read_config)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # git sha1 (sha256 repositories: 64)
+_MAX_PAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,20 @@ def _bad_listing(repo_id: str, what: str) -> ModelError:
 def _entries(repo_id: str, commit: str) -> Iterator[HubEntry]:
     url: str | None = f"{hub_endpoint()}/api/models/{repo_id}/tree/{quote(commit, safe='')}"
     params: dict[str, str] | None = {"recursive": "true"}
+    seen_urls: set[str] = set()
+    count = 0
     while url is not None:
+        # Bounded: a Link header that points back (or on and on) must not page forever.
+        if url in seen_urls or len(seen_urls) >= _MAX_PAGES:
+            raise _bad_listing(repo_id, f"its pages do not end (more than {len(seen_urls)} pages, or a page repeats)")
+        seen_urls.add(url)
         page, url = _get_json(url, params)
         params = None  # the next page's URL carries its own query
         if not isinstance(page, list):
             raise _bad_listing(repo_id, "not a list")
+        count += len(page)
+        if count > MAX_TREE_ENTRIES:
+            raise _bad_listing(repo_id, f"more than {MAX_TREE_ENTRIES} entries")
         for item in page:
             if not isinstance(item, dict) or item.get("type") != "file":
                 continue  # folders: their files are listed too (recursive)
@@ -131,9 +142,10 @@ def hub_listing(repo_id: str, revision: str | None) -> tuple[str, list[HubEntry]
     rev = quote(revision or "main", safe="")
     info, _ = _get_json(f"{hub_endpoint()}/api/models/{repo_id}/revision/{rev}")
     commit = info.get("sha") if isinstance(info, dict) else None
-    if not isinstance(commit, str) or not commit:
-        raise ModelError(f"the Hub at {hub_endpoint()} gave no commit for model {repo_id}@{revision or 'main'}; "
-                         "check HF_ENDPOINT.")
+    # The commit becomes a path in the HF cache (snapshots/<commit>): only a commit hash is one.
+    if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+        raise ModelError(f"the Hub at {hub_endpoint()} gave no commit hash for model {repo_id}@{revision or 'main'} "
+                         f"(it said {show(commit)}); check HF_ENDPOINT.")
     return commit, list(_entries(repo_id, commit))
 
 
@@ -205,13 +217,26 @@ def _complete_in_cache(repo_id: str, commit: str, entries: list[HubEntry]) -> Pa
     return snap if counted and all(os.path.isfile(snap / p) for p in counted) else None
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What "the Hub cannot be reached" raises, for every huggingface_hub release allowed: its
+    HTTP client is requests (whose errors are OSErrors), httpx or httpx2, by release."""
+    import importlib
+
+    found: list[type[BaseException]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def hub_metadata_or_snapshot(repo_id: str, revision: str | None, read_config: ConfigReader) -> HubMetadata | Path:
     """Online resolution of a Hub id: from metadata, or the cached snapshot where it is complete.
 
     Where the Hub cannot be reached (or answers 5xx), the snapshot download's own fallback
     runs instead (a complete cached snapshot of the revision, else its one-line error).
     """
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
@@ -222,7 +247,7 @@ def hub_metadata_or_snapshot(repo_id: str, revision: str | None, read_config: Co
         raise
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:  # GatedRepoError too: the Hub's answer stands
         raise hub_error(e, repo_id, revision) from None
-    except (httpx2.TransportError, HfHubHTTPError):
+    except (*_transport_errors(), HfHubHTTPError):
         return hub_snapshot(repo_id, revision)  # unreachable, 401/5xx: the cache may still hold it
     except Exception as e:  # huggingface_hub raises a zoo of types for network/filesystem failures
         raise hub_error(e, repo_id, revision) from None

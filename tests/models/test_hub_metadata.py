@@ -63,6 +63,8 @@ class StandInHub(http.server.ThreadingHTTPServer):
         self.requests: list[str] = []
         self.no_sha256: set[str] = set()
         self.claimed_sizes: dict[str, int] = {}
+        self.commit_answer: object = COMMIT  # what the revision API says the commit is
+        self.next_link: str | None = None  # a Link rel="next" URL on every tree page (a hostile Hub's loop)
 
     @property
     def url(self) -> str:
@@ -112,9 +114,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if rev not in ("main", COMMIT):
                 return self._error("RevisionNotFound")
             if kind == "revision":
-                return self._json({"id": REPO_ID, "sha": COMMIT, "private": False,
+                return self._json({"id": REPO_ID, "sha": self.server.commit_answer, "private": False,
                                    "siblings": [{"rfilename": p} for p in sorted(self.server.files)]})
             if kind == "tree":
+                if self.server.next_link is not None:
+                    body = json.dumps(self.server.tree()).encode()
+                    return self._send(200, body, {"Content-Type": "application/json",
+                                                  "Link": f'<{self.server.url}{self.server.next_link}>; rel="next"'})
                 return self._json(self.server.tree())
             return self._error("EntryNotFound")
         prefix = f"/{REPO_ID}/resolve/"
@@ -274,3 +280,34 @@ def test_weights_that_changed_on_the_hub_since_the_key_are_refused(hub: StandInH
     first, out = _fetch(hub, tmp_path / "hf", {"model.safetensors": b"other weights"})
     assert first == "False False"
     assert out.startswith(f"error: the files downloaded for model {REPO_ID}@{COMMIT} (") and "expected sha256:" in out
+
+
+@pytest.mark.parametrize("answer", ["../../../../../tmp/kiln-hub-escape", "", 12, None])
+def test_a_commit_that_is_no_commit_hash_is_refused(hub: StandInHub, tmp_path: Path, answer: object) -> None:
+    """The commit becomes a path in the HF cache: a hostile or broken endpoint must not steer it
+    outside (before: any non-empty string was used as the snapshot directory's name)."""
+    hub.commit_answer = answer
+    r = run_kiln("key", REPO_ID, *AOTI, env=_env(hub, tmp_path / "hf"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("kiln: error: the Hub at ") and "gave no commit hash" in line, line
+    assert not Path("/tmp/kiln-hub-escape").exists()
+
+
+def test_a_tree_listing_whose_pages_never_end_is_refused(hub: StandInHub, tmp_path: Path) -> None:
+    """A Link header pointing back at the same page (before: paged forever)."""
+    hub.next_link = f"/api/models/{REPO_ID}/tree/{COMMIT}?recursive=true&cursor=again"
+    r = run_kiln("key", REPO_ID, *AOTI, env=_env(hub, tmp_path / "hf"), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "pages do not end" in r.stderr, r.stderr
+
+
+def test_hub_unreachable_errors_are_known_without_httpx2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub releases the project allows use requests, httpx or httpx2: resolution must
+    not import one of them unconditionally (before: `import httpx2` failed under the others)."""
+    from kiln.models import _hub_api
+
+    monkeypatch.setitem(sys.modules, "httpx2", None)  # what an environment without it looks like
+    errors = _hub_api._transport_errors()
+    assert OSError in errors  # requests' ConnectionError is an OSError
+    assert all(isinstance(e, type) and issubclass(e, BaseException) for e in errors)
