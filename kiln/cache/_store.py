@@ -134,6 +134,8 @@ class Store:
         self.run_dir_root = self.root / "run"
         self.logs_dir = self.root / "logs"
         self.deployments_dir = self.root / "deployments"
+        # Models downloaded from s3:// URIs (kiln.models._s3model): <repo>/<listing digest>/, renamed in complete.
+        self.s3_models_dir = self.root / "s3-models"
         self.memo = HashMemo(self.root / "hash-memo")
         self.model_records = ModelRecordFiles(self.root)  # models/
         # What uses the store, named when it turns out to be read-only (the CLI sets "`kiln build`").

@@ -40,7 +40,7 @@ from ._manifest import safe_relpath
 
 __all__ = ["MODEL_RECORD_SCHEMA", "REVISION_SCHEMA", "MAX_MODEL_RECORD_BYTES", "MAX_RECORD_CONFIG_BYTES",
            "MAX_REVISION_BYTES", "ModelRecord", "RevisionPointer", "model_tree_digest", "is_commit", "is_repo_id",
-           "is_revision"]
+           "is_revision", "s3_listing_digest", "is_s3_repo"]
 
 MODEL_RECORD_SCHEMA = "kiln.model-record/v1"
 REVISION_SCHEMA = "kiln.model-revision/v1"
@@ -62,6 +62,17 @@ def is_repo_id(text: object) -> bool:
 
 def is_revision(text: object) -> bool:
     return isinstance(text, str) and bool(_REVISION.match(text))
+
+
+def is_s3_repo(repo_id: str) -> bool:
+    """An S3 model's repo id (``s3/<sha256 of bucket/prefix>``; :mod:`kiln.models._s3model`)."""
+    return bool(re.match(r"s3/[0-9a-f]{64}\Z", repo_id))
+
+
+def s3_listing_digest(objects: Iterable[tuple[str, str, int]]) -> str:
+    """The "commit" of an S3 model: sha256 hex of the canonical list of (path, ETag, size), sorted by path."""
+    listing = [[p, e, n] for p, e, n in sorted(objects, key=lambda f: f[0])]
+    return hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()
 
 
 def model_tree_digest(files: Iterable[tuple[str, str, int]]) -> str:
@@ -91,6 +102,21 @@ def _check_names(data: dict[str, Any], what: str) -> None:
             raise UnsafeManifestError(f"{what}: {name} {data[name]!r} is not a valid {name.replace('_', ' ')}")
 
 
+def _check_s3(doc: dict[str, Any], files: list[tuple[str, str, int]], etags: list[tuple[str, str]], what: str) -> None:
+    """An S3 model's record names every file's ETag, and its commit is their listing digest (nothing else
+    would tie the record to the objects it describes); any other record names none."""
+    if not is_s3_repo(doc["repo_id"]):
+        if etags:
+            raise UnsafeManifestError(f"{what}: only an S3 model's record lists ETags")
+        return
+    if len(etags) != len(files):
+        raise UnsafeManifestError(f"{what} of an S3 model does not list every file's ETag")
+    tags = dict(etags)
+    if s3_listing_digest((p, tags[p], n) for p, _s, n in files) != doc["commit"]:
+        raise UnsafeManifestError(f"{what} of S3 model {doc['ref']!r}: its commit is not the digest of its files' "
+                                  "ETags and sizes")
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     """A parsed, checked model record (see the module docstring)."""
@@ -103,14 +129,18 @@ class ModelRecord:
     tree_digest: str
     resolved_at: str
     config: bytes | None  # config.json's bytes; None: no config.json, or larger than MAX_RECORD_CONFIG_BYTES
+    # An S3 model (repo id s3/…): every file's ETag, (path, etag) sorted; the commit is their listing digest.
+    etags: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def make(cls, *, ref: str, repo_id: str, revision: str, commit: str, files: Iterable[tuple[str, str, int]],
-             resolved_at: str, config: bytes | None) -> "ModelRecord":
+             resolved_at: str, config: bytes | None,
+             etags: Iterable[tuple[str, str]] = ()) -> "ModelRecord":
         """A record of a model just resolved (its tree digest computed here); checked like a parsed one."""
         listing = tuple(sorted(files))
         kept = config if config is not None and len(config) <= MAX_RECORD_CONFIG_BYTES else None
-        record = cls(ref, repo_id, revision, commit, listing, model_tree_digest(listing), resolved_at, kept)
+        record = cls(ref, repo_id, revision, commit, listing, model_tree_digest(listing), resolved_at, kept,
+                     tuple(sorted(etags)))
         return cls.parse(record.to_bytes())  # one set of rules for what Kiln writes and what it reads
 
     @property
@@ -125,10 +155,17 @@ class ModelRecord:
             "revision": self.revision,
             "commit": self.commit,
             "tree_digest": self.tree_digest,
-            "files": [{"path": p, "sha256": s, "size": n} for p, s, n in self.files],
+            "files": [self._file_json(p, s, n) for p, s, n in self.files],
             "resolved_at": self.resolved_at,
             "config": self.config.decode("utf-8") if self.config is not None else None,
         }
+
+    def _file_json(self, path: str, sha256: str, size: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": path, "sha256": sha256, "size": size}
+        etag = dict(self.etags).get(path)
+        if etag is not None:
+            out["etag"] = etag
+        return out
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
@@ -139,6 +176,7 @@ class ModelRecord:
         doc = _check_schema(load_json(data, what, max_bytes=MAX_MODEL_RECORD_BYTES), "model_record.schema.json", what)
         _check_names(doc, what)
         files = []
+        etags: list[tuple[str, str]] = []
         seen: set[str] = set()
         for f in doc["files"]:
             try:
@@ -149,7 +187,10 @@ class ModelRecord:
                 raise UnsafeManifestError(f"{what} lists the file {path!r} twice")
             seen.add(path)
             files.append((path, f["sha256"], int(f["size"])))
+            if "etag" in f:
+                etags.append((path, f["etag"]))
         files.sort()
+        _check_s3(doc, files, etags, what)
         digest = model_tree_digest(files)
         if digest != doc["tree_digest"]:
             raise UnsafeManifestError(
@@ -158,7 +199,7 @@ class ModelRecord:
             )
         config = doc["config"].encode("utf-8") if doc["config"] is not None else None
         record = cls(doc["ref"], doc["repo_id"], doc["revision"], doc["commit"], tuple(files), digest,
-                     doc["resolved_at"], config)
+                     doc["resolved_at"], config, tuple(sorted(etags)))
         listed = record.config_file
         if config is not None:
             if listed is None:

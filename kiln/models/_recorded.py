@@ -21,7 +21,11 @@ no remote):
   followed by every place tried (the HF cache, the local records, the remote's or that none is
   configured).
 
-A model resolved from a record has no directory here (``ModelSource.path`` is None): key,
+An ``s3://`` model (:func:`locate_s3`) is identified by its listing (:mod:`._s3model`): the record
+of (its repo id, the digest of its objects' ETags and sizes), local then remote, or, with none,
+its download into the store's model cache, hashed (and recorded, with every file's ETag).
+
+A Hub model resolved from a record has no directory here (``ModelSource.path`` is None): key,
 lookup and fetch work; a build stops at :meth:`~kiln.models.ModelSource.require_local`.
 """
 
@@ -37,9 +41,10 @@ from ..manifests import utc_now
 from ..manifests._model_record import MAX_RECORD_CONFIG_BYTES, ModelRecord, RevisionPointer, is_commit, is_repo_id
 from ._hub import SnapshotUnavailable
 from ._refs import parse_model_ref
-from ._resolve import ModelLocation, ModelSource, locate_model
+from ._resolve import ModelLocation, ModelSource, locate_model, s3_download_location
+from ._s3model import list_s3_model
 
-__all__ = ["locate_or_recall", "keep_model_record", "strict_revision_from_env", "RemoteOpener"]
+__all__ = ["locate_or_recall", "locate_s3", "keep_model_record", "strict_revision_from_env", "RemoteOpener"]
 
 RemoteOpener = Callable[[], "Remote | None"]
 _TRUE = {"1", "true", "yes", "on"}
@@ -51,6 +56,9 @@ def strict_revision_from_env() -> bool:
 
 def keep_model_record(store: Store, model: ModelSource) -> None:
     """Record a Hub model just resolved from its snapshot (best effort; see the module docstring)."""
+    if model.s3 is not None:
+        _keep_s3_record(store, model)
+        return
     if model.kind != "hub" or model.path is None or not is_repo_id(model.repo_id) or not is_commit(model.commit):
         return
     assert model.repo_id is not None and model.commit is not None
@@ -73,9 +81,58 @@ def keep_model_record(store: Store, model: ModelSource) -> None:
     store.model_records.keep(record, pointer)
 
 
+def _keep_s3_record(store: Store, model: ModelSource) -> None:
+    """Record an s3:// model just downloaded and hashed: its files' sha256s, keyed by their ETags and sizes."""
+    if model.record is not None or model.path is None or model.s3 is None or model.commit is None:
+        return  # identified by a record already: nothing new to say
+    assert model.repo_id is not None
+    listed = next((f for f in model.files if f.path == "config.json"), None)
+    try:
+        config = None
+        if listed is not None and listed.size <= MAX_RECORD_CONFIG_BYTES:
+            config = read_small_file(model.path / "config.json", MAX_RECORD_CONFIG_BYTES, "model config", ModelError,
+                                     "delete the S3 model cache directory and run again")
+        record = ModelRecord.make(ref=model.ref, repo_id=model.repo_id, revision="s3", commit=model.commit,
+                                  files=((f.path, f.sha256, f.size) for f in model.files), resolved_at=utc_now(),
+                                  config=config, etags=model.s3.etags)
+    except KilnError:
+        return
+    if record.tree_digest == model.tree_digest:
+        store.model_records.keep(record, None)
+
+
+def locate_s3(ref: str, *, store: Store, remote: RemoteOpener | None) -> ModelLocation:
+    """An s3:// model's location: its record (local, then the remote's), else its download, hashed later."""
+    listing = list_s3_model(ref)
+    cache = listing.cache_dir(store.s3_models_dir)
+    repo_id, commit = listing.repo_id, listing.commit
+    where = f"the local store ({show_path(store.root)})"
+    record = store.model_records.get(repo_id, commit)
+    if record is None and remote is not None:
+        try:
+            rem = remote()
+            record = remote_model_record(rem, repo_id, commit) if rem is not None else None
+        except KilnError:
+            record = None  # an unreachable remote: the model is downloaded and hashed instead
+        if record is not None:
+            assert rem is not None
+            where = rem.describe()
+            store.model_records.keep(record, None)
+    if record is not None:
+        note = (f"model {listing.uri} identified by its model record in {where} (every object's ETag and size "
+                "match what Kiln downloaded)")
+        return ModelLocation(ref.strip(), "s3", None, repo_id=repo_id, record=record, recorded_in=where, note=note,
+                             s3=listing, s3_cache=cache)
+    return s3_download_location(ref, listing, cache)
+
+
 def locate_or_recall(ref: str, *, store: Store, remote: RemoteOpener | None = None,
                      strict: bool | None = None) -> ModelLocation:
-    """:func:`~kiln.models.locate_model`, or for a Hub id not here, the location its model record gives."""
+    """:func:`~kiln.models.locate_model`, or for a Hub id not here, the location its model record gives;
+    an s3:// model: :func:`locate_s3`."""
+    if isinstance(ref, str) and ref.strip().startswith("s3://"):
+        parse_model_ref(ref)  # a malformed URI is a SpecError before any S3 call
+        return locate_s3(ref, store=store, remote=remote)
     try:
         return locate_model(ref)
     except SnapshotUnavailable as e:

@@ -4,6 +4,7 @@ A ref that looks like a path (starts with ``/``, ``.`` or ``~``; holds a backsla
 than one ``/`` before any ``@revision``; or its first component is an existing directory here)
 is a local directory (unless the Hugging Face cache holds a repository of that name), so a
 typo in it gets "no such directory … did you mean …?" instead of advice about the Hub. Anything else of the form ``org/name[@revision]`` is a Hub id.
+``s3://bucket/prefix/`` is an S3 model URI (:mod:`kiln.models._s3model`); other URLs are refused.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _looks_local(text: str) -> bool:
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
-    """Classify a ref: ("local", path, None) or ("hub", repo_id, revision)."""
+    """Classify a ref: ("local", path, None), ("hub", repo_id, revision) or ("s3", uri, None)."""
     if not isinstance(ref, str):
         raise SpecError(f"model ref {show(ref)} must be a string: a Hub id (org/name[@revision]) or a local directory.")
     text = ref.strip()
@@ -49,10 +50,15 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
             f"model {show(text)} is not a model ref: it holds control characters or is longer than {_MAX_REF} "
             "characters; pass a Hub id (org/name[@revision]) or a local directory."
         )
-    if text.startswith(("s3://", "gs://", "http://", "https://")):
+    if text.startswith("s3://"):
+        from ._s3model import parse_s3_uri
+
+        parse_s3_uri(text)  # a bucket, no query: refused here, before any S3 call
+        return "s3", text, None
+    if text.startswith(("gs://", "http://", "https://")):
         raise SpecError(
-            f"model {text!r}: Kiln resolves Hub ids and local directories; download the model "
-            "to a local directory first (e.g. `aws s3 sync`) and pass that directory."
+            f"model {show(text)}: Kiln resolves Hub ids, s3:// model URIs and local directories; download the "
+            "model to a local directory first and pass that directory."
         )
     expanded = os.path.expanduser(text)
     if os.path.isdir(expanded) or _looks_local(text):

@@ -39,6 +39,7 @@ from ..manifests._model_record import ModelRecord
 from ._hub import hub_offline, hub_snapshot
 from ._hub_api import HubMetadata, hub_metadata_or_snapshot
 from ._refs import missing_directory_error, parse_model_ref
+from ._s3model import S3Listing, download_s3_model, list_s3_model
 from ._tree import MODEL_FILE_IGNORES, ModelFile, TreeFile, TreeListing, scan_tree
 from ._tree import tree_digest as _tree_digest  # the one digest of a file list (the Hub metadata path uses it too)
 
@@ -110,12 +111,17 @@ class ModelLocation:
     record: ModelRecord | None = field(default=None, compare=False, repr=False)
     recorded_in: str | None = None
     note: str | None = None
+    # An s3:// model (:mod:`._s3model`): its listing, and its directory in the store's model cache.
+    s3: S3Listing | None = field(default=None, compare=False, repr=False)
+    s3_cache: Path | None = None
 
     @property
     def config_path(self) -> Path | str:
         """config.json's path (a recorded model: what to call the record's copy in messages)."""
         if self.path is None:
             assert self.record is not None
+            if self.s3 is not None:
+                return f"config.json of {self.ref} (model record in {self.recorded_in})"
             return f"config.json of {self.record.repo_id}@{self.record.commit[:12]} (model record in {self.recorded_in})"
         return self.path / "config.json"
 
@@ -144,6 +150,7 @@ class ModelSource:
     files_local: bool = True
     record: ModelRecord | None = field(default=None, compare=False, repr=False)
     recorded_in: str | None = None
+    s3: S3Listing | None = field(default=None, compare=False, repr=False)
 
     @property
     def config_path(self) -> Path:
@@ -151,7 +158,7 @@ class ModelSource:
 
     def config(self) -> dict[str, Any]:
         """config.json as a dict ({} when the model has none, e.g. a GGUF-only directory)."""
-        if self.path is None:
+        if self.path is None or (self.record is not None and not self.files_local):
             assert self.record is not None
             return _record_config(self.record, f"config.json of {self.ref} (model record in {self.recorded_in})")
         return read_config(self.path)
@@ -220,6 +227,11 @@ def locate_model(ref: str) -> ModelLocation:
     its files, checked (:func:`~kiln.models._tree.scan_tree`); no hashing."""
     kind, where, revision = parse_model_ref(ref)
     assert where is not None
+    if kind == "s3":  # no store given: downloaded into the default store's model cache, no record consulted
+        from ..cache import Store
+
+        listing = list_s3_model(where)
+        return s3_download_location(ref, listing, listing.cache_dir(Store().s3_models_dir))
     if kind == "local":
         root = Path(where)
         if not root.is_dir():
@@ -227,6 +239,13 @@ def locate_model(ref: str) -> ModelLocation:
         real = root.resolve()
         return ModelLocation(str(real), "local", real, listing=scan_tree(real))
     return _locate_hub(ref, where, revision)
+
+
+def s3_download_location(ref: str, listing: S3Listing, cache: Path) -> ModelLocation:
+    """An s3:// model downloaded into ``cache`` (its directory in the model cache), listed for hashing."""
+    path = download_s3_model(listing, cache)
+    return ModelLocation(ref.strip(), "s3", path, repo_id=listing.repo_id, listing=scan_tree(path), s3=listing,
+                         s3_cache=path)
 
 
 def _locate_hub(ref: str, repo_id: str, revision: str | None) -> ModelLocation:
@@ -243,6 +262,8 @@ def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> Mod
     """Locate (unless given a :class:`ModelLocation`) and hash a model: its files and tree digest."""
     memo = memo or HashMemo(None)
     loc = ref if isinstance(ref, ModelLocation) else locate_model(ref)
+    if loc.s3 is not None:
+        return _resolve_s3(loc, memo)
     if loc.record is not None:  # resolved from a model record (._recorded): nothing here to hash
         r = loc.record
         return ModelSource(loc.ref, "hub", None, tuple(ModelFile(*f) for f in r.files), r.tree_digest,
@@ -262,6 +283,30 @@ def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> Mod
     )
 
 
+def _resolve_s3(loc: ModelLocation, memo: HashMemo) -> ModelSource:
+    """An s3:// model: from its record (files_local False: a build downloads them), or its downloaded files
+    hashed, which must be exactly the objects listed (the tree digest is of what S3 holds, nothing else)."""
+    listing = loc.s3
+    assert listing is not None and loc.s3_cache is not None
+    r = loc.record
+    if r is not None:
+        return ModelSource(loc.ref, "s3", loc.s3_cache, tuple(ModelFile(*f) for f in r.files), r.tree_digest,
+                           repo_id=r.repo_id, commit=r.commit, files_local=False, record=r,
+                           recorded_in=loc.recorded_in, s3=listing)
+    assert loc.path is not None
+    files = _hash_tree(loc.listing or scan_tree(loc.path), memo, trust_lfs_names=False)
+    _check_s3_files(listing, files, loc.path)
+    return ModelSource(loc.ref, "s3", loc.path, tuple(files), _tree_digest(files), repo_id=listing.repo_id,
+                       commit=listing.commit, s3=listing)
+
+
+def _check_s3_files(listing: S3Listing, files: list[ModelFile], path: Path) -> None:
+    if sorted((f.path, f.size) for f in files) != sorted((o.rel, o.size) for o in listing.objects):
+        raise ModelError(f"the S3 model cache {show_path(path)} of {listing.uri} does not hold exactly the objects "
+                         "listed in the bucket (a file added, removed or changed there); delete that directory and "
+                         "run again.")
+
+
 def fetch_model_files(model: ModelSource, memo: HashMemo | None = None) -> None:
     """Download the files a model resolved from Hub metadata left on the Hub (a build reads them).
 
@@ -269,6 +314,16 @@ def fetch_model_files(model: ModelSource, memo: HashMemo | None = None) -> None:
     hashed as any snapshot is, and must give the digest the key was computed from.
     """
     if model.files_local:
+        return
+    if model.s3 is not None:  # an s3:// model identified by its record: download it now, of the recorded bytes
+        assert model.path is not None
+        download_s3_model(model.s3, model.path, {f.path: f.sha256 for f in model.files})
+        files = _hash_tree(scan_tree(model.path), memo or HashMemo(None), trust_lfs_names=False)
+        _check_s3_files(model.s3, files, model.path)
+        if _tree_digest(files) != model.tree_digest:
+            raise ModelError(f"the files of model {model.ref} in {show_path(model.path)} are not the ones its model "
+                             f"record lists (tree digest {_tree_digest(files)}, recorded {model.tree_digest}); delete "
+                             "that directory and run again.")
         return
     assert model.repo_id is not None and model.commit is not None
     snapshot = hub_snapshot(model.repo_id, model.commit)

@@ -108,7 +108,7 @@ def test_hub_id_missing_offline_says_how_to_get_it() -> None:
         resolve_model("org/absent@v2")
 
 
-@pytest.mark.parametrize("ref", ["s3://bucket/model", "https://x/y", "", "not a ref!"])
+@pytest.mark.parametrize("ref", ["s3://", "s3://bucket/model?x=1", "https://x/y", "", "not a ref!"])
 def test_bad_refs(ref: str) -> None:
     with pytest.raises(SpecError):
         parse_model_ref(ref)

@@ -1,0 +1,225 @@
+"""S3 model URIs: ``s3://bucket/prefix/`` listed, identified and downloaded into the store's model cache.
+
+**Identity.** An S3 listing gives each object's key, size and ETag, not its sha256 (an ETag is
+an MD5 for a plain upload, something else for multipart or KMS uploads), so the name and the
+listing never key a build by themselves. The listing's digest (sha256 over the canonical list of
+(path, ETag, size) of the model's files, the selection rules of :mod:`._tree` applied to the
+keys below the prefix) is the S3 model's **commit**; its **repo id** is ``s3/<sha256 of
+bucket/prefix>``. A model record of (repo id, commit) (:mod:`kiln.manifests._model_record`,
+with every file's ETag) says which sha256s those exact objects had when Kiln downloaded them:
+a lookup with that record needs no download. Any changed object has a new ETag, so a new
+commit: the old record does not match, and the old engine is never used. With no record, the
+model is downloaded and hashed, as a build would (S3 checksums are not trusted as file digests
+here: a multipart upload's is a checksum of checksums, and few uploaders set one).
+
+**Downloads** go to ``KILN_HOME/s3-models/<repo>/<commit>/``: into ``<commit>.partial/``
+first, each object with ``If-Match: <ETag>`` (bytes of another version are refused) into a
+``.kiln-part`` file, size (and sha256 when a record gives it) checked, then renamed; the
+directory is renamed into place once every file is there. An interrupted download resumes:
+files already in the partial directory with the right size (and sha256) are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .._input import show, show_path
+from ..errors import KilnError, ModelError, SpecError
+from ..manifests._model_record import s3_listing_digest
+from ._tree import ignored
+
+__all__ = ["S3Object", "S3Listing", "parse_s3_uri", "list_s3_model", "download_s3_model", "is_s3_uri"]
+
+_log = logging.getLogger("kiln")
+_MAX_OBJECTS = 100_000  # the tree's own bound (MAX_TREE_ENTRIES)
+_CHUNK = 1 << 20
+_PART = ".kiln-part"
+
+
+def is_s3_uri(text: object) -> bool:
+    return isinstance(text, str) and text.strip().startswith("s3://")
+
+
+def parse_s3_uri(text: str) -> tuple[str, str]:
+    """(bucket, prefix ending in / or empty) of ``s3://bucket/prefix/``; SpecError when it names no bucket."""
+    parsed = urlparse(text.strip())
+    if not parsed.netloc or parsed.query or parsed.fragment or parsed.params:
+        raise SpecError(f"model {show(text)} is not an S3 model URI; write s3://BUCKET/PREFIX/ (no query).")
+    prefix = parsed.path.strip("/")
+    return parsed.netloc, prefix + "/" if prefix else ""
+
+
+@dataclass(frozen=True)
+class S3Object:
+    rel: str  # relative to the prefix: the model file's path
+    key: str
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class S3Listing:
+    """The model files under an S3 prefix, as listed (see the module docstring)."""
+
+    uri: str
+    bucket: str
+    prefix: str
+    objects: tuple[S3Object, ...]  # sorted by rel
+
+    @property
+    def repo_id(self) -> str:
+        return "s3/" + hashlib.sha256(f"{self.bucket}/{self.prefix}".encode()).hexdigest()
+
+    @property
+    def commit(self) -> str:
+        return s3_listing_digest((o.rel, o.etag, o.size) for o in self.objects)
+
+    @property
+    def etags(self) -> tuple[tuple[str, str], ...]:
+        return tuple((o.rel, o.etag) for o in self.objects)
+
+    def cache_dir(self, models_root: Path) -> Path:
+        return models_root / self.repo_id.replace("/", "-") / self.commit
+
+
+def _client(uri: str) -> Any:
+    """A boto3 client configured as S3 remotes are (endpoint, region, profile, timeouts from the environment)."""
+    from ..cache.remotes.s3 import S3Remote
+
+    bucket, _ = parse_s3_uri(uri)
+    return S3Remote(f"s3://{bucket}")
+
+
+def _failure(uri: str, action: str, e: Exception, remote: Any) -> KilnError:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(e, NoCredentialsError) or isinstance(e.__context__, NoCredentialsError):
+        return ModelError(f"no AWS credentials to {action} model {show(uri)}: set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
+                          "AWS_SECRET_ACCESS_KEY, or run where an instance role applies.")
+    if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+        return ModelError(f"an object of model {show(uri)} changed while Kiln downloaded it (its ETag is not the "
+                          "one listed); run again once nothing is writing to the bucket.")
+    if isinstance(e, KilnError):
+        return e
+    return remote._fail(f"{action} model", "", e)  # the remote's own messages (no bucket, access denied, …)
+
+
+def list_s3_model(uri: str) -> S3Listing:
+    """List the model files below the URI's prefix (ModelError: none, no credentials, unreachable)."""
+    bucket, prefix = parse_s3_uri(uri)
+    remote = _client(uri)
+    objects: list[S3Object] = []
+    try:
+        def listing() -> list[dict[str, Any]]:
+            pages = remote.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            out: list[dict[str, Any]] = []
+            for page in pages:
+                out.extend(page.get("Contents", []))
+                if len(out) > _MAX_OBJECTS:
+                    break
+            return out
+
+        contents = remote._call("list", prefix, listing)
+    except Exception as e:  # botocore's errors, mapped to one line each
+        raise _failure(uri, "list", e, remote) from None
+    for c in contents:
+        rel = c["Key"][len(prefix):]
+        if not rel or rel.endswith("/") or ignored(rel):
+            continue  # a "directory" marker, or a file that never changes an engine
+        objects.append(S3Object(rel, c["Key"], str(c.get("ETag", "")).strip('"'), int(c.get("Size", 0))))
+    if len(contents) > _MAX_OBJECTS:
+        raise ModelError(f"model {show(uri)} lists more than {_MAX_OBJECTS} objects; point at the model's own prefix.")
+    if not objects:
+        raise ModelError(f"model {show(uri)} holds no model files (nothing under s3://{bucket}/{prefix}); check the "
+                         "bucket and prefix (a model prefix holds config.json and the weights).")
+    objects.sort(key=lambda o: o.rel)
+    return S3Listing(uri.strip(), bucket, prefix, tuple(objects))
+
+
+def _good(path: Path, size: int, sha256: str | None) -> bool:
+    """A file kept from an earlier, interrupted download: right size, and right sha256 when known."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
+            return False
+        if sha256 is None:
+            return True
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def _fetch(remote: Any, listing: S3Listing, o: S3Object, dest: Path, sha256: str | None) -> None:
+    """One object, of the listed ETag only, into ``dest`` (through a .kiln-part file), size and sha256 checked."""
+    part = dest.with_name(dest.name + _PART)
+    part.parent.mkdir(parents=True, exist_ok=True)
+
+    def get() -> str:
+        body = remote.client.get_object(Bucket=listing.bucket, Key=o.key, IfMatch='"' + o.etag + '"')["Body"]
+        h, n = hashlib.sha256(), 0
+        with open(part, "wb") as f:
+            for chunk in iter(lambda: body.read(_CHUNK), b""):
+                n += len(chunk)
+                if n > o.size:
+                    break
+                h.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if n != o.size:
+            raise ModelError(f"object s3://{listing.bucket}/{o.key} is not the {o.size} bytes listed; run again.")
+        return h.hexdigest()
+
+    try:
+        got = remote._call("download", o.key, get, remote._transfer_budget(o.size))
+    except Exception as e:
+        part.unlink(missing_ok=True)
+        raise _failure(listing.uri, "download", e, remote) from None
+    if sha256 is not None and got != sha256:
+        part.unlink(missing_ok=True)
+        raise ModelError(f"object s3://{listing.bucket}/{o.key} does not have the sha256 its model record says "
+                         f"({got[:12]}…, recorded {sha256[:12]}…); the record or the bucket is wrong: run again "
+                         "after fixing the bucket, or remove the record.")
+    os.replace(part, dest)
+
+
+def download_s3_model(listing: S3Listing, final: Path, sha256s: dict[str, str] | None = None) -> Path:
+    """The model's files in ``final``, its directory in the local model cache (downloaded now where missing,
+    each object of its listed ETag, and of its sha256 where ``sha256s`` gives one); see the module docstring."""
+    if final.is_dir():
+        return final
+    partial = final.with_name(final.name + ".partial")
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"cannot create the S3 model cache {show_path(partial)}: {e.strerror}; set KILN_HOME to a "
+                         "writable directory.") from None
+    remote = _client(listing.uri)
+    total = len(listing.objects)
+    for i, o in enumerate(listing.objects, 1):
+        dest = partial / o.rel
+        if not os.path.realpath(dest).startswith(os.path.realpath(partial) + os.sep):
+            raise ModelError(f"model {show(listing.uri)}: object key {show(o.key)} climbs out of the model prefix.")
+        expected = (sha256s or {}).get(o.rel)
+        if _good(dest, o.size, expected):
+            continue  # kept from an interrupted download
+        _log.warning("kiln: downloading %s (%d/%d, %d bytes)", f"s3://{listing.bucket}/{o.key}", i, total, o.size)
+        _fetch(remote, listing, o, dest, expected)
+    try:
+        os.replace(partial, final)
+    except OSError:
+        if not final.is_dir():  # another process renamed its own copy first: use that one
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    return final
+
