@@ -108,6 +108,10 @@ def _failure(uri: str, action: str, e: Exception, remote: Any) -> KilnError:
                           "one listed); run again once nothing is writing to the bucket.")
     if isinstance(e, KilnError):
         return e
+    code = e.response.get("Error", {}).get("Code") if isinstance(e, ClientError) else None
+    if code == "NoSuchBucket" or (code is None and "NoSuchBucket" in str(e)):
+        return ModelError(f"model {show(uri)}: the bucket does not exist (at {remote.endpoint or 'AWS'}); check the "
+                          "model URI (and AWS_ENDPOINT_URL_S3 for an S3-compatible server).")
     return remote._fail(f"{action} model", "", e)  # the remote's own messages (no bucket, access denied, …)
 
 

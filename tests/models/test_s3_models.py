@@ -151,3 +151,32 @@ def _run_without(names: tuple[str, ...], *args: str) -> subprocess.CompletedProc
     env = {k: v for k, v in os.environ.items() if k not in names}
     return subprocess.run([sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, env=env,
                           timeout=120)
+
+
+def test_a_real_build_from_an_s3_model_is_found_by_uri_on_a_fresh_machine(
+        moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+    """A real torch-aoti build from the URI; pushed; a fresh KILN_HOME finds it by the URI alone."""
+    from tests.tiny_models import make_tiny_model
+
+    aws_env(monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint)
+    client = s3_client(moto_server.endpoint)
+    bucket = new_bucket(client)
+    _upload(client, bucket, "tiny/", make_tiny_model("llama", tmp_path / "m", seed=7))
+    uri, remote, spec = f"s3://{bucket}/tiny/", str(tmp_path / "remote"), ["--target", "torch-aoti", "--n-positions", "32"]
+    b = run_kiln("--remote", remote, "build", uri, *spec, "--push", "--json", timeout=600)
+    assert b.returncode == 0, b.stdout + b.stderr
+    key = json.loads(b.stdout)["key"]
+    hit = run_kiln("--remote", remote, "lookup", uri, *spec, "--json", env={"KILN_HOME": str(tmp_path / "fresh")})
+    assert hit.returncode == 0, hit.stdout + hit.stderr
+    assert json.loads(hit.stdout)["entry"]["key"] == key
+    assert not (tmp_path / "fresh" / "s3-models").exists()
+
+
+def test_a_missing_bucket_or_an_empty_prefix_is_one_clear_line(s3_model: tuple[Any, str, Path]) -> None:
+    _client, uri, _local = s3_model
+    bucket = uri[5:].split("/", 1)[0]
+    for bad, says in ((f"s3://{bucket}-absent/models/tiny/", "the bucket does not exist"),
+                      (f"s3://{bucket}/models/other/", "holds no model files")):
+        r = run_kiln("key", bad, *AOTI)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
