@@ -21,10 +21,10 @@ files already in the partial directory with the right size (and sha256) are kept
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,20 @@ def download_s3_model(listing: S3Listing, final: Path, sha256s: dict[str, str] |
     each object of its listed ETag, and of its sha256 where ``sha256s`` gives one); see the module docstring."""
     if final.is_dir():
         return final
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(final.with_name(final.name + ".lock"), "a+b")
+    except OSError as e:
+        raise ModelError(f"cannot create the S3 model cache {show_path(final.parent)}: {e.strerror}; set KILN_HOME "
+                         "to a writable directory.") from None
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one downloader per model: the others wait, then use its files
+        if final.is_dir():
+            return final
+        return _download(listing, final, sha256s)
+
+
+def _download(listing: S3Listing, final: Path, sha256s: dict[str, str] | None) -> Path:
     partial = final.with_name(final.name + ".partial")
     try:
         partial.mkdir(parents=True, exist_ok=True)
@@ -219,11 +233,12 @@ def download_s3_model(listing: S3Listing, final: Path, sha256s: dict[str, str] |
             continue  # kept from an interrupted download
         _log.warning("kiln: downloading %s (%d/%d, %d bytes)", f"s3://{listing.bucket}/{o.key}", i, total, o.size)
         _fetch(remote, listing, o, dest, expected)
+    for leftover in partial.rglob("*" + _PART):  # a crashed download's (none is being written: we hold the lock)
+        leftover.unlink(missing_ok=True)
     try:
         os.replace(partial, final)
-    except OSError:
-        if not final.is_dir():  # another process renamed its own copy first: use that one
-            raise
-        shutil.rmtree(partial, ignore_errors=True)
+    except OSError as e:
+        raise ModelError(f"cannot move the downloaded model into {show_path(final)}: {e.strerror}; remove it and "
+                         "run again.") from None
     return final
 
