@@ -42,7 +42,7 @@ from ..manifests._model_record import MAX_RECORD_CONFIG_BYTES, ModelRecord, Revi
 from ._hub import SnapshotUnavailable
 from ._refs import parse_model_ref
 from ._resolve import ModelLocation, ModelSource, locate_model, s3_download_location
-from ._s3model import list_s3_model
+from ._s3model import S3Listing, list_s3_model, read_s3_object, s3_sha256s
 
 __all__ = ["locate_or_recall", "locate_s3", "keep_model_record", "strict_revision_from_env", "RemoteOpener"]
 
@@ -101,6 +101,25 @@ def _keep_s3_record(store: Store, model: ModelSource) -> None:
         store.model_records.keep(record, None)
 
 
+def _record_from_checksums(listing: S3Listing) -> ModelRecord | None:
+    """A record of an S3 model from S3's full-object SHA-256 checksums (config.json read, nothing else), or None."""
+    sums = s3_sha256s(listing)
+    if sums is None:
+        return None
+    config = next((o for o in listing.objects if o.rel == "config.json"), None)
+    data = None
+    if config is not None:
+        if config.size > MAX_RECORD_CONFIG_BYTES:
+            return None  # a lookup needs the config: download the model instead
+        data = read_s3_object(listing, "config.json", sums["config.json"])
+    try:
+        return ModelRecord.make(ref=listing.uri, repo_id=listing.repo_id, revision="s3", commit=listing.commit,
+                                files=((o.rel, sums[o.rel], o.size) for o in listing.objects), resolved_at=utc_now(),
+                                config=data, etags=listing.etags)
+    except KilnError:
+        return None  # a key no record can hold (not a safe relative path): download and hash instead
+
+
 def locate_s3(ref: str, *, store: Store, remote: RemoteOpener | None) -> ModelLocation:
     """An s3:// model's location: its record (local, then the remote's), else its download, hashed later."""
     listing = list_s3_model(ref)
@@ -118,6 +137,11 @@ def locate_s3(ref: str, *, store: Store, remote: RemoteOpener | None) -> ModelLo
             assert rem is not None
             where = rem.describe()
             store.model_records.keep(record, None)
+    if record is None:
+        record = _record_from_checksums(listing)
+        if record is not None:
+            where = "S3's SHA-256 checksums of its objects"
+            store.model_records.keep(record, None)  # the next lookup needs no HEAD per object
     if record is not None:
         note = (f"model {listing.uri} identified by its model record in {where} (every object's ETag and size "
                 "match what Kiln downloaded)")

@@ -9,8 +9,11 @@ bucket/prefix>``. A model record of (repo id, commit) (:mod:`kiln.manifests._mod
 with every file's ETag) says which sha256s those exact objects had when Kiln downloaded them:
 a lookup with that record needs no download. Any changed object has a new ETag, so a new
 commit: the old record does not match, and the old engine is never used. With no record, the
-model is downloaded and hashed, as a build would (S3 checksums are not trusted as file digests
-here: a multipart upload's is a checksum of checksums, and few uploaders set one).
+model is identified by S3's own SHA-256 checksums where every object has a full-object one
+(:func:`s3_sha256s`: ``ChecksumSHA256`` of a HEAD with ``ChecksumMode=ENABLED`` and ``If-Match``
+on the listed ETag; a multipart upload's composite checksum, a checksum of part checksums
+marked ``COMPOSITE`` or ``…-N``, is not a file digest and is not used), downloading only
+config.json; otherwise it is downloaded and hashed, as a build would. Either way a record is kept.
 
 **Downloads** go to ``KILN_HOME/s3-models/<repo>/<commit>/``: into ``<commit>.partial/``
 first, each object with ``If-Match: <ETag>`` (bytes of another version are refused) into a
@@ -21,6 +24,7 @@ files already in the partial directory with the right size (and sha256) are kept
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import logging
@@ -35,7 +39,8 @@ from ..errors import KilnError, ModelError, SpecError
 from ..manifests._model_record import s3_listing_digest
 from ._tree import ignored
 
-__all__ = ["S3Object", "S3Listing", "parse_s3_uri", "list_s3_model", "download_s3_model", "is_s3_uri"]
+__all__ = ["S3Object", "S3Listing", "parse_s3_uri", "list_s3_model", "download_s3_model", "is_s3_uri", "s3_sha256s",
+           "read_s3_object"]
 
 _log = logging.getLogger("kiln")
 _MAX_OBJECTS = 100_000  # the tree's own bound (MAX_TREE_ENTRIES)
@@ -145,6 +150,55 @@ def list_s3_model(uri: str) -> S3Listing:
                          "bucket and prefix (a model prefix holds config.json and the weights).")
     objects.sort(key=lambda o: o.rel)
     return S3Listing(uri.strip(), bucket, prefix, tuple(objects))
+
+
+def _head(remote: Any, listing: S3Listing, o: S3Object) -> dict[str, Any]:
+    def head() -> dict[str, Any]:
+        return dict(remote.client.head_object(Bucket=listing.bucket, Key=o.key, IfMatch='"' + o.etag + '"',
+                                              ChecksumMode="ENABLED"))
+
+    try:
+        return dict(remote._call("read", o.key, head))
+    except Exception as e:
+        raise _failure(listing.uri, "read", e, remote) from None
+
+
+def s3_sha256s(listing: S3Listing) -> dict[str, str] | None:
+    """Every listed object's sha256 (hex) from S3's full-object SHA-256 checksum, or None where any has none."""
+    remote = _client(listing.uri)
+    out: dict[str, str] = {}
+    for o in listing.objects:
+        h = _head(remote, listing, o)
+        value, kind = h.get("ChecksumSHA256"), h.get("ChecksumType")
+        if not isinstance(value, str) or kind not in (None, "FULL_OBJECT") or "-" in value:
+            return None  # none, or a multipart upload's checksum of checksums
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except ValueError:
+            return None
+        if len(raw) != 32 or int(h.get("ContentLength", -1)) != o.size:
+            return None
+        out[o.rel] = raw.hex()
+    return out
+
+
+def read_s3_object(listing: S3Listing, rel: str, sha256: str) -> bytes:
+    """A small listed object's bytes (of its listed ETag), which must have ``sha256``."""
+    o = next(x for x in listing.objects if x.rel == rel)
+    remote = _client(listing.uri)
+
+    def get() -> bytes:
+        body = remote.client.get_object(Bucket=listing.bucket, Key=o.key, IfMatch='"' + o.etag + '"')["Body"]
+        return bytes(body.read(o.size + 1))
+
+    try:
+        data = remote._call("download", o.key, get)
+    except Exception as e:
+        raise _failure(listing.uri, "download", e, remote) from None
+    if len(data) != o.size or hashlib.sha256(data).hexdigest() != sha256:
+        raise ModelError(f"object s3://{listing.bucket}/{o.key} does not have the size and SHA-256 checksum S3 lists "
+                         "for it; run again once nothing is writing to the bucket.")
+    return data
 
 
 def _good(path: Path, size: int, sha256: str | None) -> bool:

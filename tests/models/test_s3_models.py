@@ -180,3 +180,24 @@ def test_a_missing_bucket_or_an_empty_prefix_is_one_clear_line(s3_model: tuple[A
                       (f"s3://{bucket}/models/other/", "holds no model files")):
         r = run_kiln("key", bad, *AOTI)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
+
+
+def test_s3_sha256_checksums_identify_a_model_without_downloading_it(
+        moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+    """Objects uploaded with full-object SHA-256 checksums: key and lookup read config.json only."""
+    aws_env(monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint)
+    client = s3_client(moto_server.endpoint)
+    bucket = new_bucket(client)
+    model = write_fake_model(tmp_path / "local-model", seed=3)
+    for f in sorted(model.iterdir()):
+        client.put_object(Bucket=bucket, Key="m/" + f.name, Body=f.read_bytes(), ChecksumAlgorithm="SHA256")
+    uri = f"s3://{bucket}/m/"
+    assert _key(uri) == _key(str(model))
+    store = Store(Path(os.environ["KILN_HOME"]))
+    assert not [p for p in store.s3_models_dir.rglob("*") if p.is_file() and p.suffix != ".lock"]
+    # An object of the same key without a checksum: no longer identified by checksums; downloaded and hashed.
+    client.put_object(Bucket=bucket, Key="m/tokenizer.json", Body=b'{"version": "2.0"}')
+    (model / "tokenizer.json").write_bytes(b'{"version": "2.0"}')
+    assert _key(uri) == _key(str(model))
+    assert (next(store.s3_models_dir.rglob("model.safetensors"))).read_bytes() == (model / "model.safetensors").read_bytes()
