@@ -49,7 +49,7 @@ from typing import Callable, Iterable, Iterator
 
 from .._input import show_path
 from ..errors import UnsafeManifestError
-from ..manifests._index import ENTRY_SCHEMA, MAX_ENTRY_BYTES, IndexEntry
+from ..manifests._index import ENTRY_SCHEMA, MAX_ENTRY_BYTES, IndexEntry, UnfamiliarSpecError
 from ..manifests._json import load_json
 from ._fsutil import atomic_write_bytes, unlink_quiet
 
@@ -169,6 +169,8 @@ class IndexFiles:
             schema = _newer_schema(data)
             if schema is not None:
                 raise _Bad(BadEntry(path, f"entry schema {schema}, written by a newer Kiln", NEWER, data)) from None
+            if isinstance(e, UnfamiliarSpecError):  # maybe another Kiln version's: kept, like a newer one's
+                raise _Bad(BadEntry(path, f"{str(e).rstrip('.')}; written by another Kiln version?", NEWER, data)) from None
             raise _Bad(BadEntry(path, str(e).rstrip("."), DAMAGED, data)) from None
         if entry.key != key or entry.model_hex != model_hex:
             raise _Bad(BadEntry(

@@ -31,7 +31,15 @@ from ..spec import BuildSpec
 from ._entry_shape import ENTRY_SCHEMA, MAX_ENTRY_BYTES, check_entry
 from ._json import load_json
 
-__all__ = ["IndexEntry", "spec_differences", "toolchain_differences", "ENTRY_SCHEMA", "MAX_ENTRY_BYTES"]
+__all__ = ["IndexEntry", "UnfamiliarSpecError", "spec_differences", "toolchain_differences", "ENTRY_SCHEMA",
+           "MAX_ENTRY_BYTES"]
+
+
+class UnfamiliarSpecError(UnsafeManifestError):
+    """A well-formed entry whose engine spec this Kiln does not accept as written (not a valid
+    BuildSpec, or not in the form this version writes): refused by readers like any bad entry,
+    but possibly written by another Kiln version of the same entry schema — so local gc keeps
+    it and its blobs, as it keeps a newer Kiln's, instead of deleting them as damage."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,10 @@ def _check_build_spec(spec: Mapping[str, Any]) -> None:
     try:
         canonical = BuildSpec.from_json(spec).shape_json()
     except SpecError as e:
-        raise UnsafeManifestError(f"spec is not a valid build spec: {e}") from None
+        raise UnfamiliarSpecError(f"spec is not a valid build spec: {e}") from None
     for name in _SPEC_FIELDS:
         if not _json_same(canonical[name], spec[name]):
-            raise UnsafeManifestError(
+            raise UnfamiliarSpecError(
                 f"spec.{name} is {_show(spec[name])}, not in the form Kiln writes it ({_show(canonical[name])})"
             )
 

@@ -208,3 +208,22 @@ def test_verify_reports_a_newer_kilns_artifact_as_not_checked_without_failing(tm
     os.unlink(store.blob_path(manifest))
     r = run_kiln("verify", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["missing"], r.stdout
+
+
+def test_gc_keeps_an_entry_whose_spec_is_not_in_this_kilns_form(tmp_path: Path, fake_model: Path) -> None:
+    """Well-formed, but its spec is not written the way this version writes it (a SmoothQuant
+    alpha spelled "0.50"): readers refuse it, yet it may be another Kiln version's — gc keeps it
+    and its blobs instead of deleting them as damage (review finding)."""
+    store = _store()
+    a, _ = _two(tmp_path, fake_model)
+    doc = json.loads(_entry_file(store, a).read_bytes())
+    manifest = store.read_manifest(doc["manifest"])
+    named = {doc["manifest"], manifest.config.digest, *(f.digest for f in manifest.files)}
+    spec = dict(doc["spec"], quantization={"smoothquant_alpha": "0.50", "per_token": False, "per_channel": False,
+                                           "int8_kv_cache": False})
+    _point_entry_at(store, a, doc["manifest"], spec=spec)
+    out = check("gc", run_kiln("gc", "--json"))
+    assert out["damaged_entries"] == [] and _entry_file(store, a).exists(), out
+    assert all(store.has_blob(d) for d in named)
+    [kept] = out["kept_unreadable"]
+    assert "not in the form Kiln writes it" in kept["reason"], kept
