@@ -204,7 +204,7 @@ def run_ray(planned: list[PlannedRow], *, store: Any, remote_url: str | None, pu
     try:
         import ray
     except ImportError:
-        raise SpecError("--executor ray needs Ray: pip install 'kiln[ray]'.") from None
+        raise SpecError("--executor ray needs Ray: pip install 'kiln-engines[ray]'.") from None
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)

@@ -123,7 +123,7 @@ def test_local_matrix_build_survives_a_failing_row_and_reruns_as_hits(tiny_matri
 
 
 def test_ray_executor_builds_the_same_keys_into_a_remote(tiny_matrix: dict, tmp_path: Path) -> None:
-    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'kiln[ray]')")
+    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'kiln-engines[ray]')")
     if "keys" not in tiny_matrix:
         pytest.skip("needs the local matrix build above")
     remote = tmp_path / "remote"

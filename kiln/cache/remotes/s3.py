@@ -73,7 +73,7 @@ class S3Remote(Remote):
             import boto3
             from botocore.config import Config
         except ImportError:
-            raise self.error("s3:// remotes need boto3: pip install 'kiln[s3]'.") from None
+            raise self.error("s3:// remotes need boto3: pip install 'kiln-engines[s3]'.") from None
         parsed = urlparse(url)
         self.url = url
         self.bucket = parsed.netloc

@@ -73,6 +73,6 @@ TORCH_AOTI = TorchAotiTarget(
     architectures=SUPPORTED_ARCHITECTURES,
     max_tp_degree=1,
     options=(TargetOption("device", "where the engine runs: cpu or cuda", choices=("cpu", "cuda")),),
-    install_hint="pip install 'kiln[torch]' (install torch first from the wheel for your platform)",
+    install_hint="pip install 'kiln-engines[torch]' (install torch first from the wheel for your platform)",
     loads_in_process=True,
 )
