@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from ..cache import Remote, Store
 from ..errors import CorruptBlobError, NotFoundError, SpecError, StoreError
@@ -76,31 +77,36 @@ def fetch(
     exactly this artifact it is left untouched (a note says so); when it holds something else,
     that is an error unless ``replace``. ``copy`` is accepted for compatibility (the default).
     """
-    # The pin: gc waits for this lock, so what the lookup found stays until it is in place.
-    # (Nested shared acquisitions in this thread — pull, materialise — skip gc's gate.)
+    return _pinned_fetch(store, remote, lambda: lookup(res, store=store, remote=remote), dest,
+                         "fetch again, or rebuild with `kiln build`",
+                         layout=layout, replace=replace, link=link, container_dir=container_dir)
+
+
+_Found = TypeVar("_Found", LookupResult, "KeyLookup")
+
+
+def _pinned_fetch(store: Store, remote: Remote | None, find: Callable[[], _Found], dest: Path, retry: str,
+                  **how: Any) -> tuple[_Found, Path | None]:
+    """``find()``, then materialise its hit into ``dest``, under the pin; the one body of
+    :func:`fetch` and :func:`fetch_by_key`.
+
+    The pin: gc waits for the reader lock, so what the lookup found stays until it is in place
+    (nested shared acquisitions in this thread — pull, materialise — skip gc's gate). A blob
+    that went bad since the lookup makes the result a loud miss advising ``retry``.
+    """
     with store.reader_lock(create=remote is not None):
-        result = lookup(res, store=store, remote=remote)
+        result = find()
         if not result.hit:
             return result, None
         assert result.manifest is not None and result.entry is not None
-        placed, failed = _place(store, result.entry, result.manifest, dest, layout=layout, replace=replace,
-                                link=link, container_dir=container_dir)
-        if placed is None:
-            return LookupResult(res, None, None, ("fetch again, or rebuild with `kiln build`",),
-                                result.damaged + failed), None
-    path, env, kept = placed
+        try:
+            path, env, kept = materialize_layout(store, result.entry, result.manifest, dest, **how)
+        except (CorruptBlobError, NotFoundError) as e:
+            failed = f"artifact {result.entry.key[:12]} failed while fetched: {e}"
+            return replace_fields(result, entry=None, manifest=None, explanation=(retry,), source=None,
+                                  damaged=result.damaged + (failed,)), None
     notes = result.notes + ((f"{path} already held this artifact: left untouched",) if kept else ())
-    return LookupResult(res, result.entry, result.manifest, result.explanation, result.damaged, notes,
-                        result.source, env), path
-
-
-def _place(store: Store, entry: IndexEntry, manifest: Manifest, dest: Path, **how: Any
-           ) -> tuple[tuple[Path, dict[str, str], bool] | None, tuple[str, ...]]:
-    """:func:`materialize_layout`, or (None, why) when a blob went bad since the lookup: a loud miss."""
-    try:
-        return materialize_layout(store, entry, manifest, dest, **how), ()
-    except (CorruptBlobError, NotFoundError) as e:
-        return None, (f"artifact {entry.key[:12]} failed while fetched: {e}",)
+    return replace_fields(result, notes=notes, env=env), path
 
 
 # --------------------------------------------------------------------------- by key alone
@@ -186,19 +192,9 @@ def fetch_by_key(
     The same pin (the store's reader lock from the lookup until the files are in place), the
     same copies or ``link``s, the same handling of a ``dest`` that already holds something.
     """
-    with store.reader_lock(create=remote is not None):
-        result = lookup_key(ref, store=store, remote=remote)
-        if not result.hit:
-            return result, None
-        assert result.manifest is not None and result.entry is not None
-        placed, failed = _place(store, result.entry, result.manifest, dest, layout=layout, replace=replace,
-                                link=link, container_dir=container_dir)
-        if placed is None:
-            return KeyLookup(result.wanted, None, None, ("fetch again; `kiln verify` checks the store",),
-                             result.damaged + failed, result.notes), None
-    path, env, kept = placed
-    notes = result.notes + ((f"{path} already held this artifact: left untouched",) if kept else ())
-    return KeyLookup(result.wanted, result.entry, result.manifest, (), result.damaged, notes, result.source, env), path
+    return _pinned_fetch(store, remote, lambda: lookup_key(ref, store=store, remote=remote), dest,
+                         "fetch again; `kiln verify` checks the store",
+                         layout=layout, replace=replace, link=link, container_dir=container_dir)
 
 
 def materialize_layout(
