@@ -20,12 +20,12 @@ __all__ = ["report_lookup", "explain_lines", "warn_damaged", "incomplete_json", 
            "describe_build"]
 
 
-def warn_damaged(result: api.LookupResult) -> None:
+def warn_damaged(result: api.LookupResult | api.KeyLookup) -> None:
     for d in result.damaged:
         click.echo(f"kiln: WARNING: {d}", err=True)
 
 
-def _hit_line(result: api.LookupResult) -> str:
+def _hit_line(result: api.LookupResult | api.KeyLookup) -> str:
     e = result.entry
     assert e is not None
     s = e.spec
@@ -34,8 +34,10 @@ def _hit_line(result: api.LookupResult) -> str:
             f"built {age(e.created)} ago")
 
 
-def report_lookup(result: api.LookupResult, as_json: bool, extra: dict[str, Any] | None = None) -> None:
-    """A lookup/fetch result: one hit line (with notes, DEST, env) or the miss and its explanation."""
+def report_lookup(result: api.LookupResult | api.KeyLookup, as_json: bool, extra: dict[str, Any] | None = None,
+                  ) -> None:
+    """A lookup/fetch result (of a spec, or of a key alone): one hit line (with notes, DEST, env)
+    or the miss and its explanation."""
     warn_damaged(result)
     if as_json:
         data = result.to_json()
@@ -51,7 +53,10 @@ def report_lookup(result: api.LookupResult, as_json: bool, extra: dict[str, Any]
         for name, value in sorted((result.env or {}).items()):
             click.echo(f"env: {name}={value}")
     else:
-        click.echo(f"miss: no artifact for {result.resolution.model.ref} with {result.resolution.spec.summary()}")
+        if isinstance(result, api.KeyLookup):
+            click.echo(f"miss: no artifact with key {result.wanted}")
+        else:
+            click.echo(f"miss: no artifact for {result.resolution.model.ref} with {result.resolution.spec.summary()}")
         for line in result.explanation:
             click.echo(line)
 

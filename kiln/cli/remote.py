@@ -24,7 +24,7 @@ from ._options import (
     resolve_request,
     spec_options,
 )
-from ._output import age, human_size, json_option, print_json
+from ._output import human_size, json_option, print_json
 from ._progress import TransferBar
 from ._report import (
     build_json,
@@ -222,30 +222,15 @@ def deliver_by_key(ctx: click.Context, key: str, dest: Path, *, force: bool, lin
     with TransferBar("pull"):
         result, path = api.fetch_by_key(key, dest, store=store(ctx), remote=remote(ctx), replace=force, layout=layout,
                                         container_dir=container_dir, link=link)
-    for d in result.damaged:
-        click.echo(f"kiln: WARNING: {d}", err=True)
+    extra = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
     if print_env and not as_json:
         import shlex
 
+        warn_damaged(result)
         for line in () if path else result.explanation:
             click.echo(line, err=True)
         for name, value in sorted((result.env or {}).items()):
             click.echo(f"export {name}={shlex.quote(value)}")
-    elif as_json:
-        extra = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}
-        print_json({**result.to_json(), **extra})
-    elif path and result.entry is not None:
-        e = result.entry
-        shape = " ".join(f"{k}={e.spec[k]}" for k in ("n_positions", "batch_size", "tp_degree", "dtype") if k in e.spec)
-        click.echo(f"hit ({result.source}) {e.key}  {e.spec.get('target')} {shape}  {e.model.get('ref')}  "
-                   f"{human_size(e.size)}  built {age(e.created)} ago")
-        for n in result.notes:
-            click.echo(f"note: {n}")
-        click.echo(f"dest: {path} (layout {layout}, {time.monotonic() - t0:.2f} s)")
-        for name, value in sorted((result.env or {}).items()):
-            click.echo(f"env: {name}={value}")
     else:
-        click.echo(f"miss: no artifact with key {result.wanted}")
-        for line in result.explanation:
-            click.echo(line)
+        report_lookup(result, as_json, extra)
     ctx.exit(0 if path else 1)
