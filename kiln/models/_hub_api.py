@@ -3,8 +3,9 @@
 **Invariant.** :func:`resolve_hub_metadata` gives exactly the (path, sha256, size) list and tree
 digest that hashing a complete snapshot of the same commit gives: the same files count
 (:func:`kiln.models._tree.ignored`) and the same digest (:func:`kiln.models._tree.tree_digest`),
-the one rule and the one function both paths call. tests/models/test_hub_metadata.py checks the
-two against each other on a stand-in Hub.
+the one rule and the one function both paths call; and the same tensor signature (the same
+weight files chosen, the same header checks, :func:`kiln.models._architecture.signature_of`).
+tests/models/test_hub_metadata.py checks the two against each other on a stand-in Hub.
 
 Where each file's sha256 comes from:
 
@@ -23,6 +24,19 @@ Two cases are handled explicitly:
 - a non-LFS file above :data:`MAX_SMALL_FILE_BYTES`: **a clear error** (the Hub refuses such
   pushes, so only an odd endpoint lists one): download the snapshot, which is then hashed.
 
+The weights' **tensor signature** (:mod:`kiln.models._architecture`) is read from the Hub too,
+without their data: for each file transformers loads (:func:`~kiln.models._architecture.weight_files`;
+``model.safetensors.index.json`` is read from the downloaded small files, or downloaded when the
+Hub keeps it in LFS), only its safetensors header, by ranged GETs on
+``{endpoint}/{repo}/resolve/{commit}/{path}`` as huggingface_hub's ``get_safetensors_metadata``
+does (hf_api.py, huggingface_hub 2.4): ``bytes=0-7`` (the header length N, checked against the
+listed size and safetensors' bound before anything more is asked), then ``bytes=8-{7+N}``. Every
+read is bounded: a server that ignores Range and answers 200 with the whole file is read only up
+to the header (at most one network chunk past it, nothing past it kept), then the connection is
+closed. The header is checked by the same rules as a local file's
+(:func:`kiln.models._safetensors.parse_header`); an error or garbage answer is a clear error naming
+the file. A model without safetensors weights has no signature (``signature_note`` says why).
+
 The resolved commit is the API's ``sha`` for the revision; the listing is then read at that
 commit, so a branch moving in between cannot mix two commits. Online only: the caller decides
 (``HF_HUB_OFFLINE=1`` never reaches this module). HF_ENDPOINT and HF_TOKEN are honoured as
@@ -34,14 +48,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
-from .._input import show
+from .._input import read_small_file, show
 from ..errors import ModelError
+from ._architecture import TensorSignature, signature_of, weight_files
 from ._hub import hf_cache_dir, hub_endpoint, hub_error, hub_snapshot
+from ._safetensors import FIX as _LOCAL_FIX
+from ._safetensors import INDEX_FILE, MAX_INDEX_BYTES, TensorInfo, header_length, parse_header
 from ._tree import MAX_TREE_ENTRIES, ModelFile, ignored, tree_digest
 
 __all__ = ["HubMetadata", "HubEntry", "MAX_SMALL_FILE_BYTES", "hub_listing", "resolve_hub_metadata",
@@ -79,6 +97,10 @@ class HubMetadata:
     tree_digest: str
     config: dict[str, Any]
     path: Path  # the HF cache snapshot of ``commit``: holds the downloaded (small) files only
+    # The weights' tensor signature (kiln.models._architecture), from their headers; None: the model has
+    # no safetensors weights, and signature_note says so.
+    signature: TensorSignature | None = None
+    signature_note: str | None = None
 
 
 def snapshot_dir(repo_id: str, commit: str) -> Path:
@@ -203,11 +225,167 @@ def resolve_hub_metadata(repo_id: str, revision: str | None, read_config: Config
 
 
 def _from_listing(repo_id: str, commit: str, entries: list[HubEntry], read_config: ConfigReader) -> HubMetadata:
-    files = tuple(_model_file(repo_id, commit, e) for e in entries if not ignored(e.path))
+    counted = [e for e in entries if not ignored(e.path)]
+    files = tuple(_model_file(repo_id, commit, e) for e in counted)
     if not files:
         raise ModelError(f"model {repo_id}@{commit} holds no model files on the Hub; is it the right repository?")
     path = snapshot_dir(repo_id, commit)
-    return HubMetadata(commit, files, tree_digest(files), read_config(path), path)
+    config = read_config(path)
+    signature, note = _hub_signature(repo_id, commit, {e.path: e for e in counted}, path)
+    return HubMetadata(commit, files, tree_digest(files), config, path, signature, note)
+
+
+# --- The tensor signature from the weights' headers (ranged GETs; see the module docstring) ---
+
+_LENGTH_BYTES = 8  # a safetensors file starts with its header's length, 8 bytes little-endian
+
+
+def _hub_fix(repo_id: str, commit: str) -> str:
+    return (f"check HF_ENDPOINT, or run `hf download {repo_id} --revision {commit}` and pass the snapshot "
+            "directory")
+
+
+def _hub_signature(repo_id: str, commit: str, counted: dict[str, HubEntry],
+                   path: Path) -> tuple[TensorSignature | None, str | None]:
+    """The signature of the weights transformers loads, from headers read off the Hub, or (None, why)."""
+
+    def read_index() -> bytes:
+        entry = counted[INDEX_FILE]
+        if not (path / INDEX_FILE).is_file():  # kept in LFS, so not among the small files downloaded
+            if entry.size > MAX_INDEX_BYTES:
+                raise ModelError(f"the Hub lists {INDEX_FILE} of model {repo_id}@{commit} as {entry.size} bytes "
+                                 f"(more than {MAX_INDEX_BYTES >> 20} MiB): not a shard index; "
+                                 f"{_hub_fix(repo_id, commit)}.")
+            _download(repo_id, commit, entry)
+        return read_small_file(path / INDEX_FILE, MAX_INDEX_BYTES, "shard index", ModelError,
+                               _hub_fix(repo_id, commit))
+
+    try:
+        names, why = weight_files(counted, read_index)
+    except ModelError as e:  # a damaged shard index: no signature, as for the same snapshot on disk (local_signature)
+        return None, str(e)
+    if names is None:
+        return None, why
+    return signature_of(_hub_tensors(repo_id, commit, counted[n]) for n in names), None
+
+
+def _resolve_url(repo_id: str, commit: str, path: str) -> str:
+    """A file's download URL, as huggingface_hub 2.4's hf_hub_url builds it (file_download.py)."""
+    return f"{hub_endpoint()}/{repo_id}/resolve/{quote(commit, safe='')}/{quote(path)}"
+
+
+def _show_url(url: str) -> str:
+    """A URL for a message: quoted (control characters escaped), and whole: its end is the file's name."""
+    return show(url, limit=min(max(len(url), 60), 2000))
+
+
+def _hub_tensors(repo_id: str, commit: str, entry: HubEntry) -> dict[str, TensorInfo]:
+    """One weight file's tensors, from its header alone, checked against its listed size."""
+    url = _resolve_url(repo_id, commit, entry.path)
+    where = _show_url(url)
+    try:
+        with _ranged_get(url, 0, _LENGTH_BYTES, entry, repo_id, commit) as (body, whole):
+            n = header_length(body.read(_LENGTH_BYTES), entry.size, where)  # refuses N past the bounds: never asked
+            raw = body.read(n) if whole else None  # Range ignored: the header follows in this same answer
+        if raw is None and n == 0:
+            raw = b""  # nothing to ask for (parse_header refuses an empty header)
+        if raw is None:
+            with _ranged_get(url, _LENGTH_BYTES, n, entry, repo_id, commit) as (body, _):
+                raw = body.read(n)
+        if len(raw) != n:
+            raise ModelError(f"the Hub at {hub_endpoint()} answered the read of the {n}-byte safetensors header of "
+                             f"weight file {where} with {len(raw)} bytes; {_hub_fix(repo_id, commit)}.")
+        return parse_header(raw, entry.size, where)
+    except ModelError as e:
+        raise _on_the_hub(e, repo_id, commit) from None
+
+
+def _on_the_hub(e: ModelError, repo_id: str, commit: str) -> ModelError:
+    """A header check's error with the fix for a file on the Hub (the local one says to replace the file)."""
+    text = str(e)
+    local = f"; {_LOCAL_FIX}."
+    return ModelError(text[: -len(local)] + f"; {_hub_fix(repo_id, commit)}.") if text.endswith(local) else e
+
+
+class _Body:
+    """A response body read in bounded pieces: what one read pulled past its end is kept for the next."""
+
+    def __init__(self, chunks: Iterator[bytes], skip: int) -> None:
+        self._chunks = chunks
+        self._left = b""
+        self._skip = skip  # bytes before the range asked, dropped (a 200 answer starts at byte 0)
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only where the body ends), pulling no more chunks than that needs."""
+        out = bytearray()
+        while len(out) < n:
+            if not self._left:
+                self._left = next(self._chunks, b"")
+                if not self._left:
+                    break  # the body ended
+            if self._skip:
+                dropped = min(self._skip, len(self._left))
+                self._left, self._skip = self._left[dropped:], self._skip - dropped
+                continue
+            take = n - len(out)
+            out += self._left[:take]
+            self._left = self._left[take:]
+        return bytes(out)
+
+
+@contextmanager
+def _ranged_get(url: str, start: int, length: int, entry: HubEntry, repo_id: str,
+                commit: str) -> Iterator[tuple[_Body, bool]]:
+    """GET bytes ``start .. start+length-1`` of ``url``, streamed: (the body from ``start``, whether the
+    server sent the whole file instead). Closing (leaving the block) drops the rest unread."""
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    where = _show_url(url)
+    # identity: a range of an encoded body is a range of other bytes, and a decoder could inflate it unbounded.
+    headers = {**build_hf_headers(), "Range": f"bytes={start}-{start + length - 1}", "Accept-Encoding": "identity"}
+    with _stream(get_session(), url, headers) as (status, answer, chunks):
+        if status not in (200, 206):
+            raise ModelError(f"the Hub at {hub_endpoint()} answered the ranged read of the safetensors header of "
+                             f"weight file {where} with HTTP {status}; {_hub_fix(repo_id, commit)}.")
+        if answer.get("content-encoding", "identity").lower() != "identity":
+            raise ModelError(f"the Hub at {hub_endpoint()} sent weight file {where} encoded as "
+                             f"{show(answer.get('content-encoding'))} although asked for its bytes as they are; "
+                             f"{_hub_fix(repo_id, commit)}.")
+        if status == 206:
+            _check_content_range(answer.get("content-range"), start, entry, where, repo_id, commit)
+        yield _Body(chunks, 0 if status == 206 else start), status == 200
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
+
+
+def _check_content_range(value: str | None, start: int, entry: HubEntry, where: str, repo_id: str,
+                         commit: str) -> None:
+    """A 206 answer is of the range asked, of a file of the listed size (the header is checked against it)."""
+    m = _CONTENT_RANGE.match((value or "").strip())
+    if m is None or int(m.group(1)) != start or (m.group(3) != "*" and int(m.group(3)) != entry.size):
+        raise ModelError(f"the Hub at {hub_endpoint()} answered the ranged read of weight file {where} (from byte "
+                         f"{start} of the {entry.size} bytes its listing gives) with Content-Range {show(value)}; "
+                         f"{_hub_fix(repo_id, commit)}.")
+
+
+@contextmanager
+def _stream(session: Any, url: str, headers: dict[str, str]) -> Iterator[tuple[int, Any, Iterator[bytes]]]:
+    """(status, headers, raw body chunks) of a streamed GET, redirects followed (the Hub's LFS files redirect
+    to a CDN), for huggingface_hub's session of any release: httpx or httpx2 (``stream``), or requests."""
+    if callable(getattr(session, "stream", None)):  # httpx / httpx2 (requests.Session.stream is a bool)
+        with session.stream("GET", url, headers=headers, timeout=_TIMEOUT_S, follow_redirects=True) as r:
+            # iter_raw() without a chunk size: each network read as it comes (a chunk size would buffer up to it).
+            yield r.status_code, r.headers, r.iter_raw()
+        return
+    r = session.get(url, headers=headers, timeout=_TIMEOUT_S, stream=True, allow_redirects=True)
+    try:
+        yield r.status_code, r.headers, iter(lambda: r.raw.read(_NETWORK_READ, decode_content=False), b"")
+    finally:
+        r.close()
+
+
+_NETWORK_READ = 1 << 16  # what one read of a requests body asks for (httpcore reads 64 KiB too)
 
 
 def _complete_in_cache(repo_id: str, commit: str, entries: list[HubEntry]) -> Path | None:
