@@ -8,8 +8,12 @@ primitive parsers; which targets exist is the registry's business (:mod:`kiln.ta
 
 The build key is ``sha256(canonical_json(key_inputs))`` where the key inputs are an explicit
 allowlist: the key schema version, the resolved spec (minus the model *name*: weights are
-identified by their tree digest, never by a name or path), the model tree digest, and the
-toolchain. Bump :data:`KEY_SCHEMA` whenever the inputs change.
+identified by their tree digest, never by a name or path), the model's identity, and the
+toolchain. The model's identity is ``{"tree_digest"}`` for an engine that embeds its weights,
+and ``{"architecture_digest", "tree_digest"}`` for one that takes them at load (its compiled
+part is then a build stage keyed by the architecture alone, which every fine-tune of the same
+architecture reuses: :mod:`kiln.models._architecture`). Bump :data:`KEY_SCHEMA` whenever the
+inputs change (2: the architecture digest).
 
 Bounds. Every integer field has a documented maximum (:data:`LIMITS`): far above any real
 engine, low enough that a typo (``--batch-size 1000000000000``) or a hostile value (an
@@ -51,9 +55,10 @@ __all__ = [
     "canonical_json",
     "build_key",
     "key_inputs",
+    "MODEL_DIGESTS",
 ]
 
-KEY_SCHEMA = 1
+KEY_SCHEMA = 2
 # `--calib-file FILE` enters a spec as this option, holding the file's digest (file_digest).
 CALIB_SET_OPTION = "calib_set"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -392,19 +397,29 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+MODEL_DIGESTS = ("architecture_digest", "tree_digest")  # what may identify a model in key inputs
+
+
 def key_inputs(
     spec: BuildSpec,
-    tree_digest: str,
+    model: Mapping[str, str],
     toolchain: Mapping[str, str],
     key_options: frozenset[str] | None = None,
 ) -> dict[str, Any]:
-    """The complete, explicit list of what a build key depends on."""
+    """The complete, explicit list of what a build key depends on.
+
+    ``model`` is the model's identity: ``{"tree_digest": …}``, plus ``"architecture_digest"``
+    for an engine that takes its weights at load.
+    """
     if not spec.resolved:
         raise SpecError("internal: a key needs a resolved spec (n_positions and dtype set)")
+    if "tree_digest" not in model or set(model) - set(MODEL_DIGESTS):
+        raise SpecError(f"internal: a build key's model identity is {sorted(model)}, not a tree digest (and an "
+                        "architecture digest)")
     return {
         "kiln_key_schema": KEY_SCHEMA,
         "spec": spec.shape_json(key_options),
-        "model": {"tree_digest": tree_digest},
+        "model": dict(sorted(model.items())),
         "toolchain": dict(sorted(toolchain.items())),
     }
 

@@ -67,7 +67,7 @@ def test_alpha_written_two_ways_gives_one_key() -> None:
     b = spec_from_fields(fields(smoothquant_alpha=".5", n_positions="128.0", dtype="float16"))
     assert a == b
     tc = {"torch": "2.13.0", "hardware": "cpu"}
-    assert build_key(key_inputs(a, "sha256:" + "0" * 64, tc)) == build_key(key_inputs(b, "sha256:" + "0" * 64, tc))
+    assert build_key(key_inputs(a, {"tree_digest": "sha256:" + "0" * 64}, tc)) == build_key(key_inputs(b, {"tree_digest": "sha256:" + "0" * 64}, tc))
 
 
 def test_canonical_json_refuses_floats_and_sorts() -> None:
@@ -99,24 +99,24 @@ TOOLCHAIN = {"tensorrt_llm": "0.12.0", "tensorrt": "10.3", "hardware": "cuda-sm9
     ],
 )
 def test_every_spec_field_changes_the_key(change: dict) -> None:
-    base = build_key(key_inputs(BASE, TREE, TOOLCHAIN))
-    assert build_key(key_inputs(BASE.replace(**change), TREE, TOOLCHAIN)) != base
+    base = build_key(key_inputs(BASE, {"tree_digest": TREE}, TOOLCHAIN))
+    assert build_key(key_inputs(BASE.replace(**change), {"tree_digest": TREE}, TOOLCHAIN)) != base
 
 
 def test_weights_and_toolchain_change_the_key_but_model_name_does_not() -> None:
-    base = build_key(key_inputs(BASE, TREE, TOOLCHAIN))
-    assert build_key(key_inputs(BASE, "sha256:" + "b" * 64, TOOLCHAIN)) != base
+    base = build_key(key_inputs(BASE, {"tree_digest": TREE}, TOOLCHAIN))
+    assert build_key(key_inputs(BASE, {"tree_digest": "sha256:" + "b" * 64}, TOOLCHAIN)) != base
     for comp in TOOLCHAIN:
         changed = {**TOOLCHAIN, comp: TOOLCHAIN[comp] + ".1"}
-        assert build_key(key_inputs(BASE, TREE, changed)) != base
+        assert build_key(key_inputs(BASE, {"tree_digest": TREE}, changed)) != base
     # Same weights under another name or path: same engine, same key.
-    assert build_key(key_inputs(BASE.replace(model="/elsewhere/copy"), TREE, TOOLCHAIN)) == base
+    assert build_key(key_inputs(BASE.replace(model="/elsewhere/copy"), {"tree_digest": TREE}, TOOLCHAIN)) == base
 
 
 def test_non_key_options_are_excluded_when_the_target_says_so() -> None:
     with_instance = BASE.replace(options=(("instance_type", "ml.g5.12xlarge"),))
     only = frozenset({"max_num_tokens"})
-    assert build_key(key_inputs(with_instance, TREE, TOOLCHAIN, only)) == build_key(key_inputs(BASE, TREE, TOOLCHAIN, only))
+    assert build_key(key_inputs(with_instance, {"tree_digest": TREE}, TOOLCHAIN, only)) == build_key(key_inputs(BASE, {"tree_digest": TREE}, TOOLCHAIN, only))
 
 
 def test_spec_json_round_trip() -> None:

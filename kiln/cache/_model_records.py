@@ -237,7 +237,10 @@ def push_model_records(files: ModelRecordFiles, remote: Remote, repo_id: object,
         return 0
     sent = 0
     k = record_key(repo_id, commit)
-    if remote_model_record(remote, repo_id, commit, on_bad=lambda _m: None) is None:  # absent or damaged: (re)place it
+    there = remote_model_record(remote, repo_id, commit, on_bad=lambda _m: None)
+    # Absent or damaged: (re)place it. Without the tensor signature this record has (an older Kiln's):
+    # replace it too, or a deployment resolving from it could not compute an architecture-keyed key.
+    if there is None or (there.tensors is None and record.tensors is not None):
         remote.put(k, record.to_bytes())
         sent += 1
     for p in files.pointers_to(repo_id, commit):

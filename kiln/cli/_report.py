@@ -93,6 +93,26 @@ def incomplete_json(e: IncompleteBuildError, res: api.Resolution | None) -> dict
     return data
 
 
+def _part_lines(res: api.Resolution) -> list[str]:
+    """Which of the inputs above key the compiled engine, and which the weights."""
+    parts = res.key_parts() if res.complete else None
+    if parts is None:
+        return []
+    engine, weights = parts["engine"], parts["weights"]
+    if weights is None:
+        return [f"engine       keyed by spec, toolchain and the tree digest ({engine['why']})"]
+    arch = engine.get("architecture")
+    if arch is None:
+        lines = [f"engine       {engine['key']}  keyed by spec, toolchain and the tree digest ({engine['why']})"]
+    else:
+        left_out = ", ".join(arch["config_fields_left_out"])
+        lines = [f"engine       {engine['key']}  keyed by spec, toolchain and the architecture: shared by every model "
+                 "of this architecture",
+                 f"architecture {arch['digest']}  (config.json without {left_out}; {arch['tensors']} tensors' names, "
+                 "dtypes and shapes)"]
+    return lines + [f"weights      keyed by the tree digest {res.model.tree_digest[:19]}…: this model's own part"]
+
+
 def explain_lines(res: api.Resolution) -> list[str]:
     """Every key input of a resolution, with where each value came from (`kiln key --explain`)."""
     lines = [f"model        {res.model.ref}  ({res.model.kind}{', commit ' + res.model.commit if res.model.commit else ''})",
@@ -101,6 +121,7 @@ def explain_lines(res: api.Resolution) -> list[str]:
         lines.append(f"spec.{k:<12} {json.dumps(v, sort_keys=True) if isinstance(v, dict) or v is None else v}")
     for k, v in res.toolchain.items():
         lines.append(f"toolchain.{k:<9} {v if v is not None else '(unknown)'}  [{res.toolchain_origin[k]}]")
+    lines += _part_lines(res)
     for n in res.notes:
         lines.append(f"note         {n}")
     for src, value in res.ignored:

@@ -51,7 +51,13 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
         print_json(build_json(result, pushed))
         return
     e = result.entry
-    how = (f"cache hit ({result.source}): nothing compiled" if result.hit else "built and published")
+    if result.hit:
+        how = f"cache hit ({result.source}): nothing compiled"
+    elif result.engine is not None and result.engine.reused:
+        how = (f"built and published without compiling: engine {result.engine.key[:12]} (same architecture) "
+               "reused, with this model's weights")
+    else:
+        how = "built and published"
     if pushed is not None:
         how += f"; pushed to {rem.describe()} ({pushed.uploaded} blobs, {human_size(pushed.uploaded_bytes)} uploaded)"  # type: ignore[union-attr]
     if result.waited_for_peer:

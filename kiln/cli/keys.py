@@ -27,7 +27,7 @@ def key(ctx: click.Context, spec: SpecRequest, explain: bool, as_json: bool) -> 
         out: dict[str, Any] = {"key": res.key}
         if explain:  # inputs exactly as hashed: build_key(inputs) == key
             out.update(inputs=Verbatim(inputs), notes=list(res.notes), ignored=[{"source": s, "value": v} for s, v in res.ignored],
-                       toolchain_origin=dict(res.toolchain_origin))
+                       toolchain_origin=dict(res.toolchain_origin), parts=res.key_parts())
         print_json(out)
         return
     click.echo(res.key)

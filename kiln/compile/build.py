@@ -15,6 +15,7 @@ The order matters for what users are promised:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,14 @@ class BuildResult:
     stages: dict[str, float] = field(default_factory=dict)
     waited_for_peer: bool = False  # another process built it while we waited
     source: str | None = None  # on a hit: "local", or "remote" (pulled)
+    # A weight-independent target: the compiled engine stage this build used, and whether it was
+    # found (compiled for another model of the same architecture, or an earlier build) or compiled now.
+    engine: StoredStep | None = None
+    compiled: bool | None = None  # None: as ``not hit``; False: nothing was compiled (every compiling step reused)
+
+    @property
+    def did_compile(self) -> bool:
+        return not self.hit if self.compiled is None else self.compiled
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -49,7 +58,8 @@ class BuildResult:
             "manifest": self.entry.manifest,
             "hit": self.hit,
             "source": self.source,
-            "compiled": not self.hit,
+            "compiled": self.did_compile,
+            "engine": None if self.engine is None else {"key": self.engine.key, "reused": self.engine.reused},
             "waited_for_peer": self.waited_for_peer,
             "seconds": round(self.seconds, 3),
             "stages": {k: round(v, 3) for k, v in self.stages.items()},
@@ -104,9 +114,15 @@ def build(
         outputs[step.name], reused = run_stage(store, step, outputs, remote=remote, on_stage=on_stage)
         times[step.name] = time.monotonic() - t
         stored.append(StoredStep(step.name, outputs[step.name].key, outputs[step.name].files, reused))
+        if reused and on_stage and step.compiles:
+            on_stage(f"{step.name}: reusing {outputs[step.name].key[:12]}, compiled for "
+                     f"{outputs[step.name].model.get('ref') or 'another model'}: nothing to compile")
     if last.needs_toolchain:
         require_real_toolchain(target, res, stored, str(store.root))
-    return _build_last(res, last, outputs, store=store, force=force, on_stage=on_stage, t0=t0, times=times)
+    result = _build_last(res, last, outputs, store=store, force=force, on_stage=on_stage, t0=t0, times=times)
+    ran = [step for step, s in zip(stages, stored) if not s.reused] + ([last] if not result.hit else [])
+    engine = next((s for s in stored if s.name == "engine"), None)
+    return dataclasses.replace(result, engine=engine, compiled=any(step.compiles for step in ran))
 
 
 def _build_last(res: Resolution, step: Step, outputs: dict[str, IndexEntry], *, store: Store, force: bool,

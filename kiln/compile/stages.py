@@ -47,11 +47,11 @@ def run_stage(store: Store, step: Step, inputs: Mapping[str, IndexEntry], *, rem
 
         def publish(out: Path, result: WorkerResult, started: str) -> IndexEntry:
             record = make_record(
-                key=stage.key, inputs=stage.key_inputs(), spec=stage.entry_spec(), model=stage.model_summary,
+                key=stage.key, inputs=stage.key_inputs(), spec=stage.entry_spec(), model=stage.entry_model(),
                 toolchain=stage.toolchain, started=started, duration_s=result.seconds,
                 extra={"stage": stage.name, "depends_on": list(stage.depends_on)},
             )
-            return store.publish(out, key=stage.key, spec=stage.entry_spec(), model=stage.model_summary,
+            return store.publish(out, key=stage.key, spec=stage.entry_spec(), model=stage.entry_model(),
                                  toolchain=stage.toolchain, record=record, move=True)
 
         entry, _ = compile_and_publish(store, stage.key, step, inputs, publish=publish, on_stage=on_stage)

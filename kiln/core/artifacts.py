@@ -50,7 +50,7 @@ def put(
     key = build_key(inputs)
     toolchain = {k: str(v) for k, v in res.toolchain.items()}
     record = make_record(
-        key=key, inputs=inputs, spec=res.spec.to_json(), model=res.model.to_json(), toolchain=toolchain,
+        key=key, inputs=inputs, spec=res.spec.to_json(), model=res.model_json(), toolchain=toolchain,
         started=started or utc_now(), duration_s=duration_s, notes=res.notes, command=command, extra=extra,
     )
     return store.publish(artifact_dir, key=key, spec=res.entry_spec(), model=res.model_summary(),

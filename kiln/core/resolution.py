@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from ..cache import Remote, Store
 from .._input import show
 from ..errors import SpecError, ToolchainError
-from ..models import ModelSource, keep_model_record, locate_or_recall, resolve_model
+from ..models import ModelSource, architecture_or_why, keep_model_record, locate_or_recall, resolve_model
 from ..spec import BuildSpec, build_key, key_inputs
 from ..targets import TOKENIZER_FILES, get_target, normalize_target
 from ..targets.base import model_dims
@@ -42,6 +42,10 @@ class Resolution:
     given: frozenset[str] = field(default_factory=frozenset)
     warnings: tuple[str, ...] = ()  # worth telling whoever builds this (never changes the key)
     model_note: str | None = None  # how a model record resolved the model (also in notes); None: from its files
+    # A weight-independent target: the model's architecture digest (kiln.models._architecture), which keys
+    # the compiled engine; None: the target embeds the weights, or the model has none (architecture_note: why).
+    architecture_digest: str | None = None
+    architecture_note: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -59,6 +63,46 @@ class Resolution:
     def model_hex(self) -> str:
         return self.model.tree_digest.split(":", 1)[1]
 
+    def model_identity(self) -> dict[str, str]:
+        """What identifies the model in the build key: its weights, and its architecture where that keys the engine."""
+        identity = {"tree_digest": self.model.tree_digest}
+        if self.architecture_digest is not None:
+            identity["architecture_digest"] = self.architecture_digest
+        return identity
+
+    def engine_identity(self) -> dict[str, str]:
+        """What the compiled engine of a weight-independent target is keyed by: the architecture, else the weights."""
+        if self.architecture_digest is not None:
+            return {"architecture_digest": self.architecture_digest}
+        return {"tree_digest": self.model.tree_digest}
+
+    @property
+    def engine_key(self) -> str | None:
+        """A weight-independent target: the key of its compiled engine (a build stage); None otherwise."""
+        target = get_target(self.spec.target)
+        return target.engine_stage(self).key if target.weight_independent else None
+
+    def key_parts(self) -> dict[str, Any]:
+        """Which inputs key the compiled engine and which the weights (`kiln key --explain`)."""
+        target = get_target(self.spec.target)
+        if not target.weight_independent:
+            return {"engine": {"key": None, "keyed_by": ["spec", "toolchain", "model.tree_digest"],
+                               "why": f"{target.name} engines hold the weights: keyed by them"},
+                    "weights": None}
+        engine: dict[str, Any] = {"key": self.engine_key, "keyed_by": ["spec", "toolchain"]}
+        if self.architecture_digest is not None:
+            engine["keyed_by"].append("model.architecture_digest")
+            signature = self.model.signature
+            engine["architecture"] = {
+                "digest": self.architecture_digest,
+                "tensors": signature.tensors if signature is not None else None,
+                "config_fields_left_out": dict(target.config_fields_without_compute),
+            }
+        else:
+            engine["keyed_by"].append("model.tree_digest")
+            engine["why"] = f"no architecture digest: {self.architecture_note}"
+        return {"engine": engine, "weights": {"keyed_by": ["model.tree_digest"]}}
+
     def inputs(self) -> dict[str, Any]:
         if not self.complete:
             raise ToolchainError(
@@ -67,7 +111,7 @@ class Resolution:
                 + " ".join(f"--toolchain {c}=VERSION" for c in self.unknown_components)
                 + " (as on the build machine), or run on a machine with the toolchain."
             )
-        return key_inputs(self.spec, self.model.tree_digest, {k: str(v) for k, v in self.toolchain.items()}, self.key_options)
+        return key_inputs(self.spec, self.model_identity(), {k: str(v) for k, v in self.toolchain.items()}, self.key_options)
 
     @property
     def key(self) -> str:
@@ -78,7 +122,14 @@ class Resolution:
 
     def model_summary(self) -> dict[str, Any]:
         m = self.model
-        return {"tree_digest": m.tree_digest, "ref": m.ref, "repo_id": m.repo_id, "commit": m.commit}
+        return {**self.model_identity(), "ref": m.ref, "repo_id": m.repo_id, "commit": m.commit}
+
+    def model_json(self) -> dict[str, Any]:
+        """The build record's model: the resolved source (every file), and its architecture digest where keyed."""
+        data = self.model.to_json()
+        if self.architecture_digest is not None:
+            data["architecture_digest"] = self.architecture_digest
+        return data
 
 
 def resolve(
@@ -142,6 +193,10 @@ def resolve(
             f"model {model.ref} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, …): the artifact will hold "
             "none, so `kiln generate` and servers that tokenize text cannot use it; add them to the model directory."
         )
+    architecture, architecture_note = None, None
+    if target.weight_independent:
+        architecture, architecture_note = architecture_or_why(
+            config, model.signature, model.signature_note, target.config_fields_without_compute)
     return Resolution(
         spec=resolved.spec,
         model=model,
@@ -153,6 +208,8 @@ def resolve(
         given=source.given,
         warnings=tuple(warnings),
         model_note=location.note,
+        architecture_digest=architecture,
+        architecture_note=architecture_note,
     )
 
 

@@ -11,8 +11,10 @@ surface later as a ``KeyError`` or a garbled table. The rules are what Kiln writ
 * ``key``: 64 lowercase hex; ``manifest``: ``sha256:<64 hex>`` (both become local paths);
 * ``spec``: an engine's shape (target, n_positions, batch_size, tp_degree, dtype,
   quantization, options — exactly these, plus the model name) or, with ``"stage"``, a build
-  stage's inputs (JSON scalars, and the shape fields typed as for engines);
-* ``model``: ``tree_digest`` plus string-or-null fields (ref, repo_id, commit);
+  stage's inputs (JSON scalars, and the shape fields typed as for engines; a stage holding
+  n_positions or batch_size holds n_positions, batch_size and tp_degree);
+* ``model``: ``tree_digest`` (an ``engine`` stage: ``architecture_digest`` instead; an engine
+  of a weight-independent target: both) plus string-or-null fields (ref, repo_id, commit);
 * ``toolchain``: strings to strings; ``size``/``files`` bounded integers; ``created`` ISO 8601.
 
 Every string is bounded and free of control characters (it is printed in tables); every
@@ -165,14 +167,18 @@ def check_spec(value: Any, where: str = "spec") -> dict[str, Any]:
             out[name] = _shape_field(name, spec[name], f"{where}.{name}")
         return out
     out["stage"] = _name(spec["stage"], f"{where}.stage")
+    # A stage that is a compiled engine (a weight-independent target's "engine" stage) holds its
+    # whole shape; `kiln ls` reads n_positions x batch_size tp_degree from any spec holding one of them.
+    shaped = {"n_positions", "batch_size"} & set(spec)
+    if shaped:
+        for name in ("n_positions", "batch_size", "tp_degree"):
+            if name not in spec:
+                raise _bad(where, f"holds {', '.join(sorted(shaped))} but no {name!r} (a stage's shape is whole or absent)")
     for name, item in spec.items():
         if name in out:
             continue
         field = f"{where}.{name}"
         _text(name, f"{where} field name", 128)
-        if name in ("n_positions", "batch_size"):
-            # engine-only fields: `kiln ls` reads a shape from them, never from a stage's
-            raise _bad(field, "belongs to engines; a build stage's spec never holds it")
         if name in _ENGINE:
             out[name] = _shape_field(name, item, field)
         elif item is None or isinstance(item, bool):
@@ -207,9 +213,16 @@ def check_entry(data: Any) -> dict[str, Any]:
     if not isinstance(manifest, str) or not _DIGEST.match(manifest):
         raise _bad("manifest", f"is {_show(manifest)}, not a sha256 digest (sha256:<64 hex>)")
     model = _mapping(data["model"], "model")
-    digest = model.get("tree_digest")
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
-        raise _bad("model.tree_digest", f"is {_show(digest)}, not a sha256 digest (sha256:<64 hex>)")
+    spec = check_spec(data["spec"])
+    # Every entry is filed under its model's tree digest, except the compiled engine of a
+    # weight-independent target (a build stage), filed under the architecture digest it is keyed by.
+    needed = "architecture_digest" if spec.get("stage") == "engine" else "tree_digest"
+    for name in ("tree_digest", "architecture_digest"):
+        digest = model.get(name)
+        if (digest is not None or name == needed) and (not isinstance(digest, str) or not _DIGEST.match(digest)):
+            raise _bad(f"model.{name}", f"is {_show(digest)}, not a sha256 digest (sha256:<64 hex>)")
+    if needed == "architecture_digest" and "tree_digest" in model:
+        raise _bad("model", "of an engine stage holds a tree_digest: it is keyed by the architecture alone")
     model_out = {k: _optional_text(v, f"model.{_text(k, 'model field name', 128)}") for k, v in model.items()}
     created = data["created"]
     if not isinstance(created, str) or not _CREATED.match(created):
@@ -217,7 +230,7 @@ def check_entry(data: Any) -> dict[str, Any]:
     return {
         "key": key,
         "manifest": manifest,
-        "spec": check_spec(data["spec"]),
+        "spec": spec,
         "model": model_out,
         "toolchain": _strings(data["toolchain"], "toolchain", 1024),
         "size": _int(data["size"], "size", 0, MAX_ARTIFACT_SIZE),

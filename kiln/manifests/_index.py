@@ -47,7 +47,7 @@ class IndexEntry:
     key: str
     manifest: str  # manifest digest
     spec: Mapping[str, Any]  # BuildSpec.shape_json() of the resolved spec, plus "model"
-    model: Mapping[str, Any]  # tree_digest, ref, repo_id, commit
+    model: Mapping[str, Any]  # tree_digest (and/or architecture_digest), ref, repo_id, commit
     toolchain: Mapping[str, str]
     size: int
     created: str  # ISO 8601 UTC
@@ -55,7 +55,9 @@ class IndexEntry:
 
     @property
     def model_hex(self) -> str:
-        return str(self.model["tree_digest"]).split(":", 1)[1]
+        """The index directory the entry is filed under: its tree digest, or an engine stage's architecture digest."""
+        digest = self.model.get("tree_digest") or self.model["architecture_digest"]
+        return str(digest).split(":", 1)[1]
 
     def build_spec(self) -> BuildSpec:
         return BuildSpec.from_json(self.spec)

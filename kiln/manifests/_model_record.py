@@ -1,11 +1,13 @@
 """Model records: what a Hub model ref resolved to, kept so a machine without its weights can use it.
 
-A **model record** (``kiln.model-record/v1``, schema ``model_record.schema.json``) says that
+A **model record** (``kiln.model-record/v2``, schema ``model_record.schema.json``) says that
 the Hugging Face repository ``repo_id`` at ``commit`` holds exactly ``files`` (path, sha256,
 size: every file that can change a build, as the model's tree listing has them), whose tree
 digest is ``tree_digest``; the ref as given, the revision asked for, when it was resolved, and
 config.json's bytes (as UTF-8 text, at most :data:`MAX_RECORD_CONFIG_BYTES`), which is all a
-lookup needs to validate a spec without the weights. A **revision pointer**
+lookup needs to validate a spec without the weights, and the weights' tensor signature (v2;
+null or absent in v1: not known), which with config.json gives the architecture digest a
+weight-independent engine is keyed by (:mod:`kiln.models._architecture`). A **revision pointer**
 (``kiln.model-revision/v1``) says that revision ``revision`` (a branch, a tag, main)
 resolved to ``commit`` at ``resolved_at``. Records are indexed by (repo id, commit), pointers
 by (repo id, revision) → commit (see :mod:`kiln.cache._model_records` for where they live).
@@ -31,7 +33,7 @@ import json
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ..errors import UnsafeManifestError
 from ._json import load_json
@@ -42,7 +44,7 @@ __all__ = ["MODEL_RECORD_SCHEMA", "REVISION_SCHEMA", "MAX_MODEL_RECORD_BYTES", "
            "MAX_REVISION_BYTES", "ModelRecord", "RevisionPointer", "model_tree_digest", "is_commit", "is_repo_id",
            "is_revision", "s3_listing_digest", "is_s3_repo"]
 
-MODEL_RECORD_SCHEMA = "kiln.model-record/v1"
+MODEL_RECORD_SCHEMA = "kiln.model-record/v2"  # v2 adds ``tensors``; v1 records are read (tensors unknown)
 REVISION_SCHEMA = "kiln.model-revision/v1"
 MAX_RECORD_CONFIG_BYTES = 1 << 20  # config.json is a few KiB; a larger one is not kept (lookups then need the model)
 MAX_MODEL_RECORD_BYTES = 16 << 20  # the file list of a large repository (thousands of files) + the config
@@ -131,16 +133,18 @@ class ModelRecord:
     config: bytes | None  # config.json's bytes; None: no config.json, or larger than MAX_RECORD_CONFIG_BYTES
     # An S3 model (repo id s3/…): every file's ETag, (path, etag) sorted; the commit is their listing digest.
     etags: tuple[tuple[str, str], ...] = ()
+    # The weights' tensor signature (kiln.models._architecture): {"scheme", "digest", "count"}; None: not known.
+    tensors: Mapping[str, Any] | None = None
 
     @classmethod
     def make(cls, *, ref: str, repo_id: str, revision: str, commit: str, files: Iterable[tuple[str, str, int]],
-             resolved_at: str, config: bytes | None,
-             etags: Iterable[tuple[str, str]] = ()) -> "ModelRecord":
+             resolved_at: str, config: bytes | None, etags: Iterable[tuple[str, str]] = (),
+             tensors: Mapping[str, Any] | None = None) -> "ModelRecord":
         """A record of a model just resolved (its tree digest computed here); checked like a parsed one."""
         listing = tuple(sorted(files))
         kept = config if config is not None and len(config) <= MAX_RECORD_CONFIG_BYTES else None
         record = cls(ref, repo_id, revision, commit, listing, model_tree_digest(listing), resolved_at, kept,
-                     tuple(sorted(etags)))
+                     tuple(sorted(etags)), dict(tensors) if tensors is not None else None)
         return cls.parse(record.to_bytes())  # one set of rules for what Kiln writes and what it reads
 
     @property
@@ -158,6 +162,7 @@ class ModelRecord:
             "files": [self._file_json(p, s, n) for p, s, n in self.files],
             "resolved_at": self.resolved_at,
             "config": self.config.decode("utf-8") if self.config is not None else None,
+            "tensors": dict(self.tensors) if self.tensors is not None else None,
         }
 
     def _file_json(self, path: str, sha256: str, size: int) -> dict[str, Any]:
@@ -198,8 +203,9 @@ class ModelRecord:
                 f"{doc['tree_digest'][:19]}…, its file list hashes to {digest[:19]}…"
             )
         config = doc["config"].encode("utf-8") if doc["config"] is not None else None
+        tensors = doc.get("tensors")  # absent in v1 records: not known
         record = cls(doc["ref"], doc["repo_id"], doc["revision"], doc["commit"], tuple(files), digest,
-                     doc["resolved_at"], config, tuple(sorted(etags)))
+                     doc["resolved_at"], config, tuple(sorted(etags)), dict(tensors) if tensors else None)
         listed = record.config_file
         if config is not None:
             if listed is None:

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 from .._redact import redact_args
 from .._version import __version__
 from ..errors import UnsafeManifestError
-from ..spec import build_key
+from ..spec import MODEL_DIGESTS, build_key
 from ._entry_shape import ENTRY_SCHEMA
 from ._index import IndexEntry
 from ._json import load_json
@@ -149,7 +149,7 @@ def entry_from_record(record: Mapping[str, Any], manifest_digest: str, manifest:
 
 
 _CREATED = "org.opencontainers.image.created"
-_ENTRY_MODEL = ("tree_digest", "ref", "repo_id", "commit")  # what an entry repeats of a record's model
+_ENTRY_MODEL = ("ref", "repo_id", "commit")  # what an entry repeats of a record's model, besides its digests
 
 
 def _described(record: Mapping[str, Any], manifest_digest: str, manifest: Manifest | None,
@@ -164,8 +164,8 @@ def _described(record: Mapping[str, Any], manifest_digest: str, manifest: Manife
         described = dict(inputs["spec"])
     if isinstance(spec.get("model"), str):
         described["model"] = spec["model"]
-    model = {"tree_digest": inputs["model"]["tree_digest"],
-             **{k: record["model"].get(k) for k in _ENTRY_MODEL[1:]}}
+    model = {**{k: inputs["model"][k] for k in MODEL_DIGESTS if k in inputs["model"]},
+             **{k: record["model"].get(k) for k in _ENTRY_MODEL}}
     out: dict[str, Any] = {"schema": ENTRY_SCHEMA, "key": record["key"], "manifest": manifest_digest,
                            "spec": described, "model": model, "toolchain": dict(inputs["toolchain"])}
     if manifest is not None:
@@ -181,8 +181,9 @@ def _check_consistent(record: Mapping[str, Any]) -> None:
     tp 2 would describe the engine wrongly even though its key is right.
     """
     inputs, spec = record["key_inputs"], record["spec"]
-    if record["model"].get("tree_digest") != inputs["model"]["tree_digest"]:
-        raise UnsafeManifestError("build record model.tree_digest differs from its key inputs")
+    for name in MODEL_DIGESTS:
+        if name in inputs["model"] and record["model"].get(name) != inputs["model"][name]:
+            raise UnsafeManifestError(f"build record model.{name} differs from its key inputs")
     if not json_equal(dict(record["toolchain"]), dict(inputs["toolchain"])):
         raise UnsafeManifestError("build record toolchain differs from its key inputs")
     if "stage" in inputs:

@@ -17,11 +17,15 @@ from ._resolve import (
     read_config,
     resolve_model,
 )
+from ._architecture import TensorSignature, architecture_or_why
 from ._recorded import keep_model_record, locate_or_recall, strict_revision_from_env
-from ._weights import check_weight_files, check_safetensors
+from ._safetensors import check_safetensors
+from ._weights import check_weight_files
 
 __all__ = [
     "MODEL_FILE_IGNORES",
+    "TensorSignature",
+    "architecture_or_why",
     "ModelFile",
     "ModelLocation",
     "ModelSource",

@@ -32,7 +32,7 @@ lookup and fetch work; a build stops at :meth:`~kiln.models.ModelSource.require_
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Any, Callable
 
 from .._input import read_small_file, show_path
 from ..cache import Remote, Store, remote_model_record, remote_revision_pointers
@@ -71,7 +71,7 @@ def keep_model_record(store: Store, model: ModelSource) -> None:
         now = utc_now()
         record = ModelRecord.make(ref=model.ref, repo_id=model.repo_id, revision=model.revision or "main",
                                   commit=model.commit, files=((f.path, f.sha256, f.size) for f in model.files),
-                                  resolved_at=now, config=config)
+                                  resolved_at=now, config=config, tensors=_tensors(model))
     except KilnError:
         return  # a config that changed since it was hashed, a name no record can hold: nothing kept
     if record.tree_digest != model.tree_digest:
@@ -79,6 +79,11 @@ def keep_model_record(store: Store, model: ModelSource) -> None:
     revision = model.revision or "main"
     pointer = None if is_commit(revision) else RevisionPointer(model.repo_id, revision, model.commit, now)
     store.model_records.keep(record, pointer)
+
+
+def _tensors(model: ModelSource) -> dict[str, Any] | None:
+    """What a record keeps of the model's tensor signature (with config.json: its architecture digest)."""
+    return model.signature.to_json() if model.signature is not None else None
 
 
 def _keep_s3_record(store: Store, model: ModelSource) -> None:
@@ -94,7 +99,7 @@ def _keep_s3_record(store: Store, model: ModelSource) -> None:
                                      "delete the S3 model cache directory and run again")
         record = ModelRecord.make(ref=model.ref, repo_id=model.repo_id, revision="s3", commit=model.commit,
                                   files=((f.path, f.sha256, f.size) for f in model.files), resolved_at=utc_now(),
-                                  config=config, etags=model.s3.etags)
+                                  config=config, etags=model.s3.etags, tensors=_tensors(model))
     except KilnError:
         return
     if record.tree_digest == model.tree_digest:

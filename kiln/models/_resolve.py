@@ -40,6 +40,7 @@ from ._hub import hub_offline, hub_snapshot
 from ._hub_api import HubMetadata, hub_metadata_or_snapshot
 from ._refs import missing_directory_error, parse_model_ref
 from ._s3model import S3Listing, download_s3_model, list_s3_model
+from ._architecture import TensorSignature, local_signature
 from ._tree import MODEL_FILE_IGNORES, ModelFile, TreeFile, TreeListing, scan_tree
 from ._tree import tree_digest as _tree_digest  # the one digest of a file list (the Hub metadata path uses it too)
 
@@ -151,6 +152,9 @@ class ModelSource:
     record: ModelRecord | None = field(default=None, compare=False, repr=False)
     recorded_in: str | None = None
     s3: S3Listing | None = field(default=None, compare=False, repr=False)
+    # Every tensor's name, dtype and shape (:mod:`._architecture`); None: not known, and signature_note says why.
+    signature: TensorSignature | None = None
+    signature_note: str | None = None
 
     @property
     def config_path(self) -> Path:
@@ -184,6 +188,7 @@ class ModelSource:
             "commit": self.commit,
             "tree_digest": self.tree_digest,
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
+            "tensors": self.signature.to_json() if self.signature else None,
         }
 
 
@@ -259,7 +264,7 @@ def _locate_hub(ref: str, repo_id: str, revision: str | None) -> ModelLocation:
 
 
 def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> ModelSource:
-    """Locate (unless given a :class:`ModelLocation`) and hash a model: its files and tree digest."""
+    """Locate (unless given a :class:`ModelLocation`) and hash a model: its files, tree digest and tensor signature."""
     memo = memo or HashMemo(None)
     loc = ref if isinstance(ref, ModelLocation) else locate_model(ref)
     if loc.s3 is not None:
@@ -268,19 +273,34 @@ def resolve_model(ref: str | ModelLocation, memo: HashMemo | None = None) -> Mod
         r = loc.record
         return ModelSource(loc.ref, "hub", None, tuple(ModelFile(*f) for f in r.files), r.tree_digest,
                            repo_id=r.repo_id, revision=loc.revision or "main", commit=r.commit, record=r,
-                           recorded_in=loc.recorded_in)
+                           recorded_in=loc.recorded_in, **_recorded_signature(r, loc.recorded_in))
     assert loc.path is not None  # every other location has a directory
     if loc.metadata is not None:
         meta = loc.metadata
         return ModelSource(loc.ref, "hub", loc.path, meta.files, meta.tree_digest, repo_id=loc.repo_id,
-                           revision=loc.revision or "main", commit=meta.commit, files_local=False)
+                           revision=loc.revision or "main", commit=meta.commit, files_local=False,
+                           signature=meta.signature, signature_note=meta.signature_note)
     files = _hash_tree(loc.listing or scan_tree(loc.path), memo, trust_lfs_names=loc.kind == "hub")
+    signature = _signature(loc.path, files)
     if loc.kind == "local":
-        return ModelSource(loc.ref, "local", loc.path, tuple(files), _tree_digest(files))
+        return ModelSource(loc.ref, "local", loc.path, tuple(files), _tree_digest(files), **signature)
     return ModelSource(
         loc.ref, "hub", loc.path, tuple(files), _tree_digest(files),
-        repo_id=loc.repo_id, revision=loc.revision or "main", commit=loc.path.name,
+        repo_id=loc.repo_id, revision=loc.revision or "main", commit=loc.path.name, **signature,
     )
+
+
+def _signature(root: Path, files: list[ModelFile]) -> dict[str, Any]:
+    """ModelSource's signature fields for a model whose files are here (safetensors headers read)."""
+    signature, why = local_signature(root, [f.path for f in files])
+    return {"signature": signature, "signature_note": why}
+
+
+def _recorded_signature(record: ModelRecord, where: str | None) -> dict[str, Any]:
+    signature = TensorSignature.from_record(record.tensors)
+    why = None if signature else (f"its model record in {where} lists no tensors (written by an older Kiln, or the "
+                                  "model has no safetensors weights)")
+    return {"signature": signature, "signature_note": why}
 
 
 def _resolve_s3(loc: ModelLocation, memo: HashMemo) -> ModelSource:
@@ -292,12 +312,12 @@ def _resolve_s3(loc: ModelLocation, memo: HashMemo) -> ModelSource:
     if r is not None:
         return ModelSource(loc.ref, "s3", loc.s3_cache, tuple(ModelFile(*f) for f in r.files), r.tree_digest,
                            repo_id=r.repo_id, commit=r.commit, files_local=False, record=r,
-                           recorded_in=loc.recorded_in, s3=listing)
+                           recorded_in=loc.recorded_in, s3=listing, **_recorded_signature(r, loc.recorded_in))
     assert loc.path is not None
     files = _hash_tree(loc.listing or scan_tree(loc.path), memo, trust_lfs_names=False)
     _check_s3_files(listing, files, loc.path)
     return ModelSource(loc.ref, "s3", loc.path, tuple(files), _tree_digest(files), repo_id=listing.repo_id,
-                       commit=listing.commit, s3=listing)
+                       commit=listing.commit, s3=listing, **_signature(loc.path, files))
 
 
 def _check_s3_files(listing: S3Listing, files: list[ModelFile], path: Path) -> None:

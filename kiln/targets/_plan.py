@@ -2,8 +2,9 @@
 
 A build is a short chain of :class:`Step` s. Every step but the last computes a
 :class:`Stage` — an intermediate output stored as an entry of its own (SmoothQuant
-statistics, a converted TensorRT-LLM checkpoint), found again by its key so that other
-shapes and other machines reuse it. The last step computes the artifact a deployment looks
+statistics, a converted TensorRT-LLM checkpoint, the compiled engine of a weight-independent
+target), found again by its key so that other shapes, other machines and — for an engine
+keyed by its architecture — other models of that architecture reuse it. The last step computes the artifact a deployment looks
 up, keyed by the build key. The orchestrator (``kiln.compile``) runs each step in a worker
 subprocess; the target only says which worker, with which arguments, needing what.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..spec import KEY_SCHEMA, canonical_json
+from ..spec import KEY_SCHEMA, MODEL_DIGESTS, canonical_json
 
 __all__ = ["BUILD_LOG", "Stage", "Step"]
 
@@ -26,19 +27,26 @@ BUILD_LOG = "build.log"  # a worker's whole output, published with every step's 
 class Stage:
     """An intermediate build output with a key of its own.
 
-    Its key is sha256 over {key schema, stage name, target, its inputs, the model tree digest,
-    the toolchain that computes it}; its index entry lives beside the engines' (under the
-    model's directory) with ``"stage"`` in its spec, so engine lookups never match it, and
-    push, pull, ls and gc treat it like any artifact.
+    Its key is sha256 over {key schema, stage name, target, its inputs, the model's identity,
+    the toolchain that computes it}. The identity is ``{"tree_digest"}`` (the stage reads the
+    weights) or ``{"architecture_digest"}`` (the compiled engine of a weight-independent
+    target: every model of that architecture shares it). Its index entry lives under that
+    digest's directory with ``"stage"`` in its spec, so engine lookups never match it, and push,
+    pull, ls and gc treat it like any artifact.
     """
 
-    name: str  # "calibration", "checkpoint"
+    name: str  # "calibration", "checkpoint", "engine"
     target: str
     inputs: Mapping[str, Any]  # canonical-JSON-able (no floats)
-    model_tree: str
-    model_summary: Mapping[str, Any]
+    model_identity: Mapping[str, str]  # exactly one of MODEL_DIGESTS
+    model_summary: Mapping[str, Any]  # ref, repo_id, commit of the model the build resolved
     toolchain: Mapping[str, str]
     depends_on: tuple[str, ...] = field(default_factory=tuple)  # keys of stages this one consumes
+
+    def __post_init__(self) -> None:
+        if len(self.model_identity) != 1 or not set(self.model_identity) <= set(MODEL_DIGESTS):
+            raise ValueError(f"internal: stage {self.name} is identified by {sorted(self.model_identity)}, not one "
+                             f"of {', '.join(MODEL_DIGESTS)}")
 
     def key_inputs(self) -> dict[str, Any]:
         return {
@@ -46,7 +54,7 @@ class Stage:
             "stage": self.name,
             "target": self.target,
             "inputs": dict(self.inputs),
-            "model": {"tree_digest": self.model_tree},
+            "model": dict(self.model_identity),
             "toolchain": dict(sorted(self.toolchain.items())),
         }
 
@@ -56,7 +64,12 @@ class Stage:
 
     @property
     def model_hex(self) -> str:
-        return self.model_tree.split(":", 1)[1]
+        return next(iter(self.model_identity.values())).split(":", 1)[1]
+
+    def entry_model(self) -> dict[str, Any]:
+        """What the stage's entry and record say of its model: its identity, and where it was built from."""
+        summary = {k: v for k, v in self.model_summary.items() if k not in MODEL_DIGESTS}
+        return {**summary, **self.model_identity}
 
     def entry_spec(self) -> dict[str, Any]:
         return {"target": self.target, "stage": self.name, **self.inputs, "model": self.model_summary.get("ref")}
@@ -77,3 +90,6 @@ class Step:
     # True: the target's toolchain must really be installed (a --toolchain pin cannot stand in
     # for the compiler whose version labels the output).
     needs_toolchain: bool = True
+    # False: the step compiles nothing (it puts one model's weights beside a stored engine), so a
+    # build whose compiling steps were all found reports "compiled": false.
+    compiles: bool = True

@@ -27,7 +27,20 @@ from ._layouts import RAW, Layout
 from ._plan import Stage, Step
 
 
-__all__ = ["Target", "TargetOption", "ResolvedSpec", "LmiFacts", "BuildInputs", "StoredStep", "model_dims"]
+__all__ = ["Target", "TargetOption", "ResolvedSpec", "LmiFacts", "BuildInputs", "StoredStep", "model_dims",
+           "PROVENANCE_CONFIG_FIELDS"]
+
+# config.json fields that say where the file came from, not what the model computes: no loader
+# builds anything from them, so an architecture digest leaves them out for every target. Read
+# in transformers 5.24.0 (the loader torch-aoti exports and transformers-neuronx configs use):
+PROVENANCE_CONFIG_FIELDS: Mapping[str, str] = {
+    "_name_or_path": "where the config was loaded from; from_pretrained overwrites it with the path it was given "
+                     "(modeling_utils.py: config.name_or_path = pretrained_model_name_or_path)",
+    "_commit_hash": "the Hub commit it was downloaded at; PretrainedConfig.__init__ pops it "
+                    "(configuration_utils.py: kwargs.pop(\"_commit_hash\"))",
+    "transformers_version": "the transformers release that wrote the file; read only by GenerationConfig and the "
+                            "Trainer, never by model code (the release that builds the engine is in the toolchain)",
+}
 
 
 class BuildInputs(Protocol):
@@ -39,7 +52,12 @@ class BuildInputs(Protocol):
     @property
     def model(self) -> Any: ...  # .path, .ref, .tree_digest of the resolved model
 
+    @property
+    def shape(self) -> dict[str, Any]: ...  # the spec's keyed fields (BuildSpec.shape_json)
+
     def model_summary(self) -> dict[str, Any]: ...
+
+    def engine_identity(self) -> dict[str, str]: ...  # what the compiled engine is keyed by (architecture or weights)
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,13 @@ class Target:
     lmi: LmiFacts = field(default_factory=LmiFacts)
     layouts: tuple[str, ...] = ()  # deployment layouts besides raw (see plan_layout)
     loads_in_process: bool = False  # kiln.load_engine can run its engines in this process
+    # True: the compiled engine does not depend on weight values (they are loaded at run time),
+    # so it is keyed by the model's architecture digest and every fine-tune of that
+    # architecture reuses it; the weights are the artifact's own part (kiln.models._architecture).
+    weight_independent: bool = False
+    # config.json fields this target's engine provably does not compute with (name -> why),
+    # left out of the architecture digest; PROVENANCE_CONFIG_FIELDS for every target.
+    config_fields_without_compute: Mapping[str, str] = field(default_factory=lambda: dict(PROVENANCE_CONFIG_FIELDS))
 
     # ---------------------------------------------------------------- toolchain
     @property
@@ -224,17 +249,41 @@ class Target:
     # ---------------------------------------------------------------- building
     def stage_plan(self, res: BuildInputs) -> tuple[Stage, ...]:
         """The intermediate stages a build of ``res`` stores (and reuses), in order."""
-        return ()
+        return (self.engine_stage(res),) if self.weight_independent else ()
+
+    def engine_stage(self, res: BuildInputs) -> Stage:
+        """A weight-independent target's compiled engine as a build stage, keyed by the model's
+        architecture (its tree digest where it has no architecture digest) and everything else
+        the build key holds: shape, quantization, keyed options, toolchain."""
+        inputs = {k: v for k, v in res.shape.items() if k != "target"}
+        toolchain = {k: str(v) for k, v in res.toolchain.items()}
+        return Stage("engine", self.name, inputs, res.engine_identity(), res.model_summary(), toolchain)
 
     def build_steps(self, res: BuildInputs, *, calib_file: Path | None = None) -> tuple[Step, ...]:
         """Every step of a build of ``res``; the last one produces the artifact.
 
-        Raises a KilnError for inputs the build cannot use, before any step runs.
+        A weight-independent target builds in two steps: ``engine`` compiles (a stored stage
+        that every model of the architecture shares), ``weights`` puts this model's weights and
+        files beside it (:meth:`weights_argv`), compiling nothing. Raises a KilnError for inputs
+        the build cannot use, before any step runs.
         """
+        if self.weight_independent:
+            return (
+                Step("engine", f"{self.name} compile", lambda out, _inputs: self.worker_argv(res, out, engine_only=True),
+                     stage=self.engine_stage(res)),
+                Step("weights", f"{self.name} weights", lambda out, inputs: self.weights_argv(res, out, inputs["engine"]),
+                     inputs=("engine",), compiles=False),
+            )
         return (Step("compile", f"{self.name} compile", lambda out, _inputs: self.worker_argv(res, out)),)
 
-    def worker_argv(self, res: BuildInputs, out_dir: Path) -> list[str]:
-        """Arguments after ``python`` for the worker that compiles ``res`` into ``out_dir``."""
+    def weights_argv(self, res: BuildInputs, out_dir: Path, engine_dir: Path) -> list[str]:
+        """A weight-independent target: the worker that completes the stored engine in ``engine_dir`` with
+        ``res``'s model (weights, config, tokenizer) into ``out_dir``."""
+        raise NotImplementedError(f"{self.name} declares weight independence but has no weights step")
+
+    def worker_argv(self, res: BuildInputs, out_dir: Path, *, engine_only: bool = False) -> list[str]:
+        """Arguments after ``python`` for the worker that compiles ``res`` into ``out_dir``
+        (``engine_only``: a weight-independent target's engine stage, without the model's files)."""
         raise ToolchainError(
             f"building {self.name} engines is not implemented in this version of Kiln; "
             "lookups of engines built elsewhere work."

@@ -153,11 +153,41 @@ def test_wrong_shapes_are_refused_naming_the_field(mutation: Any, problem: str) 
 
 STAGE_BAD = [
     (_set("spec.stage", ""), "spec.stage is ''"),
-    (_set("spec.n_positions", 128), "spec.n_positions belongs to engines"),
+    (_set("spec.n_positions", 128), "spec holds n_positions but no 'batch_size'"),
+    (_set("model.architecture_digest", "sha256:x"), "model.architecture_digest is 'sha256:x'"),
     (_set("spec.tp_degree", "2"), "spec.tp_degree is '2'"),
     (_set("spec.calibration", {"key": "x"}), "spec.calibration is {'key': 'x'}"),
     (_set("spec.calibration", 0.5), "spec.calibration is 0.5"),
 ]
+
+
+def _engine_stage() -> dict:
+    """A weight-independent target's compiled engine: a stage with a whole shape, filed by architecture."""
+    doc = copy.deepcopy(STAGE)
+    doc["spec"].update(stage="engine", n_positions=64, batch_size=1, tp_degree=1)
+    doc["model"] = {"architecture_digest": "sha256:" + "a" * 64, "ref": "base", "repo_id": None, "commit": None}
+    return doc
+
+
+def test_an_engine_stage_is_filed_under_its_architecture() -> None:
+    entry = IndexEntry.from_json(_engine_stage())
+    assert entry.model_hex == "a" * 64 and entry.spec["n_positions"] == 64
+
+
+ENGINE_STAGE_BAD = [
+    (_set("model.tree_digest", "sha256:" + "b" * 64), "model of an engine stage holds a tree_digest"),
+    (_set("model.architecture_digest", None), "model.architecture_digest is None"),
+    (_set("spec.n_positions", 1 << 40), "spec.n_positions is 1099511627776"),
+    (_set("spec.batch_size", 0), "spec.batch_size is 0"),
+]
+
+
+@pytest.mark.parametrize("mutation, problem", ENGINE_STAGE_BAD, ids=[p for _, p in ENGINE_STAGE_BAD])
+def test_wrong_engine_stages_are_refused(mutation: Any, problem: str) -> None:
+    doc = _engine_stage()
+    mutation(doc)
+    with pytest.raises(UnsafeManifestError, match="^" + problem.replace("(", r"\(").replace("[", r"\[")):
+        IndexEntry.from_json(doc)
 
 
 @pytest.mark.parametrize("mutation, problem", STAGE_BAD, ids=[p for _, p in STAGE_BAD])

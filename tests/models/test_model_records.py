@@ -58,12 +58,26 @@ def a_record(**over: object) -> ModelRecord:
 # --------------------------------------------------------------------------- format
 
 
+def test_a_record_keeps_the_tensor_signature_and_a_v1_record_is_read_without_one() -> None:
+    sig = {"scheme": "kiln.tensors/v1", "digest": "sha256:" + "e" * 64, "count": 21}
+    r = a_record(tensors=sig)
+    assert ModelRecord.parse(r.to_bytes()).tensors == sig
+    doc = json.loads(r.to_bytes())
+    doc["schema"] = "kiln.model-record/v1"  # what the previous Kiln wrote: no tensors field
+    del doc["tensors"]
+    assert ModelRecord.parse(json.dumps(doc).encode()).tensors is None
+    doc["tensors"] = {"scheme": "kiln.tensors/v1", "digest": "md5:abc", "count": 1}
+    with pytest.raises(UnsafeManifestError, match="tensors"):
+        ModelRecord.parse(json.dumps(doc).encode())
+
+
 def test_a_record_round_trips_and_its_digest_is_the_models_tree_digest() -> None:
     r = a_record()
     again = ModelRecord.parse(r.to_bytes())
     assert again == r
     doc = json.loads(r.to_bytes())
-    assert doc["schema"] == "kiln.model-record/v1" and doc["commit"] == COMMIT_A and doc["revision"] == "main"
+    assert doc["schema"] == "kiln.model-record/v2" and doc["commit"] == COMMIT_A and doc["revision"] == "main"
+    assert doc["tensors"] is None  # none given: not known
     assert {f["path"] for f in doc["files"]} == set(model_files())
     assert doc["config"] == model_files()["config.json"].decode()
     # One definition of the tree digest: the record's equals the model tree's.

@@ -4,11 +4,13 @@ The one home of the Neuron backend:
 
 ``__init__``  the Target (light: validation against instance types, LMI facts, build step)
 ``worker``    ``python -m kiln.targets.neuron.worker``: transformers-neuronx compile (needs the SDK)
+``assemble``  ``python -m kiln.targets.neuron.assemble``: the weights step (engine stage + model files, no SDK)
 ``layouts``   ``lmi`` (LMI NeuronX model directory) and ``neuron-cache`` deployment layouts
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -17,6 +19,7 @@ from ...errors import ValidationError
 from ...manifests import IndexEntry, Manifest
 from ...spec import BuildSpec
 from .._layouts import Layout
+from .._plan import Step
 from ..base import BuildInputs, LmiFacts, ResolvedSpec, Target, TargetOption
 from ..instances import NEURON_CORES as INSTANCE_CORES
 from ..instances import normalize_instance_type
@@ -81,7 +84,15 @@ class NeuronTarget(Target):
                 f"in {', '.join(map(str, valid))}."
             )
 
-    def worker_argv(self, res: BuildInputs, out_dir: Path) -> list[str]:
+    def weights_argv(self, res: BuildInputs, out_dir: Path, engine_dir: Path) -> list[str]:
+        return ["-m", "kiln.targets.neuron.assemble", "--engine-dir", str(engine_dir), "--model-dir",
+                str(res.model.path), "--out-dir", str(out_dir)]
+
+    def build_steps(self, res: BuildInputs, *, calib_file: Path | None = None) -> tuple[Step, ...]:
+        engine, weights = super().build_steps(res, calib_file=calib_file)
+        return engine, dataclasses.replace(weights, needs_toolchain=False)  # file copies: no Neuron SDK
+
+    def worker_argv(self, res: BuildInputs, out_dir: Path, *, engine_only: bool = False) -> list[str]:
         spec = res.spec
         argv = [
             "-m", "kiln.targets.neuron.worker",
@@ -93,7 +104,7 @@ class NeuronTarget(Target):
                              ("optlevel", "--optlevel")):
             if spec.option(option):
                 argv += [flag, str(spec.option(option))]
-        return argv
+        return argv + (["--engine-only"] if engine_only else [])
 
     def resources(self, res: BuildInputs, memory_bytes: int) -> dict[str, Any]:
         return {"num_cpus": 1, "resources": {"neuron_cores": res.spec.tp_degree}, "memory": memory_bytes}
@@ -137,6 +148,11 @@ NEURON = NeuronTarget(
         },
     ),
     layouts=LAYOUTS,
+    # transformers-neuronx compiles graphs from the config and the tensors' shapes; the weights are
+    # loaded into them at load time (optimum-neuron keys its compile cache on the architecture, not the
+    # weights, for that reason). Only the provenance fields of config.json are left out of the
+    # architecture digest: which other fields its graphs read has not been checked field by field.
+    weight_independent=True,
     install_hint=(
         "Neuron builds run where the Neuron SDK is installed: an Inferentia2/Trainium instance, or any "
         "x86_64 host for compile-only builds. The SDK is served from AWS's package index, not PyPI: "

@@ -2,7 +2,7 @@
 
     python -m kiln.targets.neuron.worker --model-dir D --out-dir O --batch-size B \\
         --n-positions N --tp-degree T --amp f16 [--context-length-estimate 512,1024] \\
-        [--gqa shard-over-heads] [--optlevel 2]
+        [--gqa shard-over-heads] [--optlevel 2] [--engine-only]
 
 Written against transformers-neuronx's documented API (the Neuron SDK is not installable
 from PyPI, so this runs only where the SDK is: an Inferentia2/Trainium instance, or an x86_64
@@ -20,7 +20,8 @@ the artifact also records the persistent-cache module of every graph
 
 Artifact layout written into --out-dir::
 
-    model/        the HF model files the runtime loads weights from (config, tokenizer, weights)
+    model/        the HF model files the runtime loads weights from (config, tokenizer, weights);
+                  left out with --engine-only (a Kiln build: kiln.targets.neuron.assemble adds them)
     compiled/     model.save() output (*.neff) and VERSION (the neuronx-cc version)
     neuron-graphs.json   compiler version, flags, and for each NEFF its cache module name
     engine.json   what was built (shape, amp, options)
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--context-length-estimate", default=None)
     p.add_argument("--gqa", default=None)
     p.add_argument("--optlevel", default=None, choices=["1", "2", "3"])
+    p.add_argument("--engine-only", action="store_true",
+                   help="leave model/ out: the compiled graphs are a stage every model of the architecture shares")
     return p
 
 
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         compiled = out / "compiled"
         model.save(str(compiled))
         (compiled / "VERSION").write_text(compiler_version + "\n")
-        copy_model_files(args.model_dir, out / "model")
+        if not args.engine_only:  # a Kiln build adds model/ in its weights step (kiln.targets.neuron.assemble)
+            copy_model_files(args.model_dir, out / "model")
         version, modules = cache_modules(cache, compiled)
         (out / "neuron-graphs.json").write_text(json.dumps({
             "compiler_version": version or compiler_version,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...spec import BuildSpec
-from ..base import BuildInputs, ResolvedSpec, Target, TargetOption
+from ..base import PROVENANCE_CONFIG_FIELDS, BuildInputs, ResolvedSpec, Target, TargetOption
 from ..hardware import cpu_class, cuda_class
 from ._facts import SUPPORTED_ARCHITECTURES
 
@@ -35,7 +35,7 @@ class TorchAotiTarget(Target):
             return ResolvedSpec(resolved.spec.replace(options=opts), resolved.notes)
         return resolved
 
-    def worker_argv(self, res: BuildInputs, out_dir: Path) -> list[str]:
+    def worker_argv(self, res: BuildInputs, out_dir: Path, *, engine_only: bool = False) -> list[str]:
         spec = res.spec
         return [
             "-m", "kiln.targets.torch_aoti.worker",
@@ -45,7 +45,11 @@ class TorchAotiTarget(Target):
             "--n-positions", str(spec.n_positions),
             "--dtype", str(spec.dtype),
             "--device", _device(spec),
-        ]
+        ] + (["--engine-only"] if engine_only else [])
+
+    def weights_argv(self, res: BuildInputs, out_dir: Path, engine_dir: Path) -> list[str]:
+        return ["-m", "kiln.targets.torch_aoti.worker", "--model-dir", str(res.model.path), "--out-dir", str(out_dir),
+                "--weights-for", str(engine_dir)]
 
     def resources(self, res: BuildInputs, memory_bytes: int) -> dict[str, Any]:
         if _device(res.spec) == "cuda":
@@ -75,4 +79,18 @@ TORCH_AOTI = TorchAotiTarget(
     options=(TargetOption("device", "where the engine runs: cpu or cuda", choices=("cpu", "cuda")),),
     install_hint="pip install 'kiln-engines[torch]' (install torch first from the wheel for your platform)",
     loads_in_process=True,
+    # Weights are not in the package (aot_inductor.package_constants_in_so=False, export.py): they are
+    # loaded at run time, and an engine compiled for one model gives another model's eager tokens
+    # exactly when that model has the same architecture (measured; tests/compile/test_finetune_reuse.py).
+    weight_independent=True,
+    # Read in transformers 5.24.0, models/{llama,mistral,mixtral}/modeling_*.py and utils/generic.py,
+    # against the wrapper in export.py, which passes use_cache=True and its StaticCache explicitly:
+    config_fields_without_compute={
+        **PROVENANCE_CONFIG_FIELDS,
+        "bos_token_id": "read by generation only; no modeling code of a supported architecture reads it",
+        "eos_token_id": "read by generation only (Kiln's engine.json takes each model's own, from its artifact)",
+        "pad_token_id": "becomes nn.Embedding's padding_idx, which changes gradients, never the forward lookup",
+        "use_cache": "a default for the forward's use_cache argument (merge_with_config_defaults), which Kiln's "
+                     "wrapper always passes",
+    },
 )

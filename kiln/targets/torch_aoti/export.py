@@ -61,7 +61,8 @@ from ._facts import (
 )
 from .runtime import DTYPES, load_package, tensor_dtype_name
 
-__all__ = ["INDUCTOR_CONFIGS", "UnsupportedArchitectureError", "check_architecture", "export_engine"]
+__all__ = ["INDUCTOR_CONFIGS", "MODEL_FIELDS", "UnsupportedArchitectureError", "check_architecture", "export_engine",
+           "write_weights"]
 
 _MOE_ARCHITECTURES = ("MixtralForCausalLM",)
 
@@ -191,6 +192,28 @@ def _eos_ids(generation_config: Any, config: Any) -> list[int]:
     return []
 
 
+def _load_model(model_dir: Path, dtype: str, dev: torch.device, gguf_file: str | None,
+                log: Callable[[str], Any]) -> tuple[Any, Any, str, dict[str, Any]]:
+    """(config, model, architecture, from_pretrained kwargs) of the causal LM in ``model_dir``, in eval mode."""
+    load_kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    t0 = time.perf_counter()
+    config = AutoConfig.from_pretrained(model_dir, **load_kwargs)
+    architecture = _architecture(config)
+    check_architecture(architecture)
+    log(f"stage: load model={model_dir} arch={architecture} dtype={dtype} device={dev}")
+    model_kwargs: dict[str, Any] = dict(load_kwargs, dtype=DTYPES[dtype], attn_implementation="sdpa")
+    if architecture in _MOE_ARCHITECTURES:
+        # batched_mm lowers to plain aten ops (index, bmm): the package then needs no
+        # Python-registered custom op at load time (grouped_mm's CPU fallback is one).
+        model_kwargs["experts_implementation"] = "batched_mm"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs)
+    model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    log(f"load done in {time.perf_counter() - t0:.1f}s")
+    return config, model, architecture, model_kwargs
+
+
 def export_engine(
     model_dir: Path,
     out_dir: Path,
@@ -200,6 +223,7 @@ def export_engine(
     dtype: str,
     device: str = "cpu",
     gguf_file: str | None = None,
+    engine_only: bool = False,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Export + AOT-compile the causal LM in ``model_dir`` into ``out_dir``; return its metadata.
@@ -209,6 +233,10 @@ def export_engine(
     or "cuda[:i]"). ``model_dir`` is a Hugging Face model directory; a directory holding a
     single ``.gguf`` file and no config.json is loaded from GGUF (or name it with
     ``gguf_file``). Progress lines go to ``log``.
+
+    ``engine_only``: write only what does not depend on the weight values — engine.pt2 and
+    engine.json without the model's own fields (:data:`MODEL_FIELDS`) — the build stage every
+    model of this architecture shares; :func:`write_weights` completes it for one model.
 
     Raises :class:`UnsupportedArchitectureError` (a ValueError) for an architecture not in
     :data:`SUPPORTED_ARCHITECTURES`, before loading any weights, and ValueError for bad shapes
@@ -232,30 +260,16 @@ def export_engine(
 
     if gguf_file is None:
         gguf_file = _find_gguf(model_dir)
-    load_kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-
     t0 = time.perf_counter()
-    config = AutoConfig.from_pretrained(model_dir, **load_kwargs)
-    architecture = _architecture(config)
-    check_architecture(architecture)
+    config = AutoConfig.from_pretrained(model_dir, **({"gguf_file": gguf_file} if gguf_file else {}))
+    check_architecture(_architecture(config))
     max_pos = getattr(config, "max_position_embeddings", None)
     if max_pos is not None and n_positions > int(max_pos):
         raise ValueError(
             f"n_positions={n_positions} exceeds the model's max_position_embeddings={max_pos}; "
             f"build with n_positions <= {max_pos}"
         )
-
-    log(f"stage: load model={model_dir} arch={architecture} dtype={dtype} device={dev}")
-    model_kwargs: dict[str, Any] = dict(load_kwargs, dtype=torch_dtype, attn_implementation="sdpa")
-    if architecture in _MOE_ARCHITECTURES:
-        # batched_mm lowers to plain aten ops (index, bmm): the package then needs no
-        # Python-registered custom op at load time (grouped_mm's CPU fallback is one).
-        model_kwargs["experts_implementation"] = "batched_mm"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs)
-    model.to(dev)
-    model.eval()
-    model.requires_grad_(False)
-    log(f"load done in {time.perf_counter() - t0:.1f}s")
+    config, model, architecture, model_kwargs = _load_model(model_dir, dtype, dev, gguf_file, log)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapper = _StaticCacheLM(model, batch_size, n_positions, dev).eval()
@@ -295,14 +309,12 @@ def export_engine(
     # Split the runner's constants into weights (from the model; shape-independent) and
     # runtime buffers (our KV cache; created zero-filled at load).
     t3 = time.perf_counter()
-    log("stage: weights")
     runner = load_package(package_path, dev, -1)
     constant_names = sorted(runner.get_constant_fqns())
     # Platform, CPU ISA or CUDA arch the kernels were built for (part of the toolchain).
     aoti_metadata = {str(k): str(v) for k, v in sorted(runner.get_metadata().items())}
     del runner
-    state: dict[str, torch.Tensor] = dict(wrapper.named_parameters(remove_duplicate=False))
-    state.update(wrapper.named_buffers(remove_duplicate=False))
+    state = _model_state(wrapper)
     for name, value in exported.constants.items():
         if isinstance(value, torch.Tensor):
             state.setdefault(name, value)
@@ -324,23 +336,6 @@ def export_engine(
                 f"AOTI package expects constant {name!r}, which is neither a model weight nor a "
                 "KV-cache buffer; this model needs support in kiln's torch-aoti target"
             )
-    save_deterministic(weights, out_dir / WEIGHTS_FILE)
-    log(f"weights done in {time.perf_counter() - t3:.1f}s")
-
-    for fname in _COPIED_FILES:
-        src = model_dir / fname
-        if src.is_file():
-            shutil.copyfile(src, out_dir / fname)
-    if gguf_file:
-        # A GGUF directory has no HF config/tokenizer files: write them from what was loaded.
-        from transformers import AutoTokenizer
-
-        if not (out_dir / "config.json").exists():
-            config.save_pretrained(out_dir)
-        if model.generation_config is not None and not (out_dir / "generation_config.json").exists():
-            model.generation_config.save_pretrained(out_dir)
-        if not (out_dir / "tokenizer.json").exists():
-            AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_file).save_pretrained(out_dir)
 
     text_config = model.config.get_text_config()
     metadata: dict[str, Any] = {
@@ -356,26 +351,119 @@ def export_engine(
         "num_hidden_layers": int(text_config.num_hidden_layers),
         "sliding_window": getattr(text_config, "sliding_window", None),
         "experts_implementation": model_kwargs.get("experts_implementation"),
-        "eos_token_id": _eos_ids(model.generation_config, config),
-        "pad_token_id": getattr(model.generation_config, "pad_token_id", None),
         "inputs": [
             {"name": "input_ids", "dtype": "int64", "shape": [batch_size, "seq"]},
             {"name": "cache_position", "dtype": "int64", "shape": ["seq"]},
         ],
         "outputs": [{"name": "logits", "dtype": tensor_dtype_name(torch_dtype), "shape": [batch_size, "seq", "vocab_size"]}],
         "files": {"package": PACKAGE_FILE, "weights": WEIGHTS_FILE},
-        "weights": [
-            {"name": n, "shape": list(t.shape), "dtype": tensor_dtype_name(t.dtype)} for n, t in sorted(weights.items())
-        ],
+        "weights": _weight_list(weights),
         "runtime_buffers": runtime_buffers,
         "inductor_configs": dict(INDUCTOR_CONFIGS),
         "aoti_metadata": aoti_metadata,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
+    }
+    if not engine_only:
+        log("stage: weights")
+        save_deterministic(weights, out_dir / WEIGHTS_FILE)
+        _copy_model_files(model_dir, out_dir, config, model, gguf_file)
+        metadata.update(_model_fields(model, config, gguf_file))
+        log(f"weights done in {time.perf_counter() - t3:.1f}s")
+    _write_metadata(out_dir, metadata)
+    log(f"engine written in {time.perf_counter() - t0:.1f}s")
+    return metadata
+
+
+# --------------------------------------------------------------------------------------
+# weights: one model's part of an engine compiled for its architecture
+
+# What engine.json says of the model itself rather than of the compiled graph: written by
+# write_weights for each model (a fine-tune may stop on other tokens than its base model).
+MODEL_FIELDS = ("eos_token_id", "pad_token_id", "gguf_file")
+
+
+def write_weights(model_dir: Path, engine_dir: Path, out_dir: Path, *, gguf_file: str | None = None,
+                  log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Complete the shared engine in ``engine_dir`` (an ``engine_only`` export) with ``model_dir``'s
+    weights into ``out_dir``: the deployable engine directory of that model.
+
+    The model's tensors (names as the AOTI runner expects them, shapes, dtypes in the engine's
+    dtype) must be exactly the constants the engine was compiled against; anything else is an
+    error, never an engine loaded with weights it was not built for. Weights are loaded on the
+    CPU: casting is exact, and the same bytes serve a CUDA engine.
+    """
+    model_dir, engine_dir, out_dir = Path(model_dir), Path(engine_dir), Path(out_dir)
+    metadata = json.loads((engine_dir / METADATA_FILE).read_text())
+    if metadata.get("format") != ENGINE_FORMAT or metadata.get("format_version") != ENGINE_FORMAT_VERSION:
+        raise ValueError(f"{engine_dir / METADATA_FILE} is not a {ENGINE_FORMAT} v{ENGINE_FORMAT_VERSION} engine")
+    if gguf_file is None:
+        gguf_file = _find_gguf(model_dir)
+    t0 = time.perf_counter()
+    config, model, architecture, _kwargs = _load_model(model_dir, metadata["dtype"], torch.device("cpu"),
+                                                       gguf_file, log)
+    if architecture != metadata["architecture"]:
+        raise ValueError(f"the engine was compiled for {metadata['architecture']}, the model is {architecture}")
+    log("stage: weights")
+    state = {"model." + name: t for name, t in _model_state(model).items()}  # the wrapper holds it as .model
+    expected = {w["name"]: w for w in metadata["weights"]}
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"the engine expects {len(missing)} tensor(s) this model does not have, e.g. {missing[0]}")
+    weights = {name: state[name] for name in sorted(expected)}
+    differ = [w for w in _weight_list(weights) if w != expected[w["name"]]]
+    if differ:
+        raise ValueError(f"tensor {differ[0]['name']} of this model is {differ[0]['shape']} "
+                         f"{differ[0]['dtype']}, the engine expects {expected[differ[0]['name']]['shape']} "
+                         f"{expected[differ[0]['name']]['dtype']}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_deterministic(weights, out_dir / WEIGHTS_FILE)
+    shutil.copyfile(engine_dir / PACKAGE_FILE, out_dir / PACKAGE_FILE)
+    _copy_model_files(model_dir, out_dir, config, model, gguf_file)
+    metadata = {**{k: v for k, v in metadata.items() if k not in MODEL_FIELDS}, **_model_fields(model, config, gguf_file)}
+    _write_metadata(out_dir, metadata)
+    log(f"weights done in {time.perf_counter() - t0:.1f}s")
+    return metadata
+
+
+def _model_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by its qualified name (tied ones under each name)."""
+    state: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
+    state.update(module.named_buffers(remove_duplicate=False))
+    return state
+
+
+def _weight_list(weights: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    return [{"name": n, "shape": list(t.shape), "dtype": tensor_dtype_name(t.dtype)} for n, t in sorted(weights.items())]
+
+
+def _model_fields(model: Any, config: Any, gguf_file: str | None) -> dict[str, Any]:
+    return {
+        "eos_token_id": _eos_ids(model.generation_config, config),
+        "pad_token_id": getattr(model.generation_config, "pad_token_id", None),
         "gguf_file": gguf_file,
     }
+
+
+def _copy_model_files(model_dir: Path, out_dir: Path, config: Any, model: Any, gguf_file: str | None) -> None:
+    """config, generation config and tokenizer files beside the engine, so the directory is self-contained."""
+    for fname in _COPIED_FILES:
+        src = model_dir / fname
+        if src.is_file():
+            shutil.copyfile(src, out_dir / fname)
+    if gguf_file:
+        # A GGUF directory has no HF config/tokenizer files: write them from what was loaded.
+        from transformers import AutoTokenizer
+
+        if not (out_dir / "config.json").exists():
+            config.save_pretrained(out_dir)
+        if model.generation_config is not None and not (out_dir / "generation_config.json").exists():
+            model.generation_config.save_pretrained(out_dir)
+        if not (out_dir / "tokenizer.json").exists():
+            AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_file).save_pretrained(out_dir)
+
+
+def _write_metadata(out_dir: Path, metadata: dict[str, Any]) -> None:
     tmp_meta = out_dir / (METADATA_FILE + ".tmp")
     tmp_meta.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     os.replace(tmp_meta, out_dir / METADATA_FILE)
-    log(f"engine written in {time.perf_counter() - t0:.1f}s")
-    return metadata

@@ -53,13 +53,13 @@ def stage_plan(res: BuildInputs) -> tuple[Stage, ...]:
             "calibration", "trtllm",
             {"calib_set": spec.option("calib_set"), "calib_samples": int(spec.option("calib_samples") or 0),
              "calib_seq_len": int(spec.option("calib_seq_len") or 0)},
-            model.tree_digest, res.model_summary(), tc,
+            {"tree_digest": model.tree_digest}, res.model_summary(), tc,
         )
     ckpt = Stage(
         "checkpoint", "trtllm",
         {"dtype": spec.dtype, "tp_degree": spec.tp_degree, "quantization": spec.quant.to_json(),
          "calibration": calib.key if calib else None},
-        model.tree_digest, res.model_summary(), tc, depends_on=(calib.key,) if calib else (),
+        {"tree_digest": model.tree_digest}, res.model_summary(), tc, depends_on=(calib.key,) if calib else (),
     )
     return (calib, ckpt) if calib else (ckpt,)
 
