@@ -3,10 +3,13 @@
 The order matters for what users are promised:
 
 * A hit returns without compiling (a second `kiln build` of the same spec is a lookup).
+* A weight-independent target's engine is a stage keyed by the architecture: a fine-tune of a
+  stored architecture compiles nothing (``"compiled": false``, the engine it reused named).
 * A target says which steps a build needs (``Target.build_steps``); each intermediate step's
   output is a stored stage that other shapes and machines reuse (``kiln.compile.stages``).
-* A step that needs the real toolchain checks for it before it starts: pins may label a
-  lookup, never a compile. Where it is missing, the target says what to do
+* A step that needs the real toolchain checks for it before it computes (a stored stage needs
+  none: a fine-tune of an architecture whose Neuron engine is stored builds without the SDK):
+  pins may label a lookup, never a compile. Where it is missing, the target says what to do
   (``Target.missing_toolchain_error``: "install it", or for trtllm "the CPU stages are stored;
   finish on a GPU machine" with exit 3).
 * Eight builders of one key compile once: the first holds the key's single-flight lock while
@@ -16,6 +19,7 @@ The order matters for what users are promised:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,10 +112,12 @@ def build(
     stored: list[StoredStep] = []
     times: dict[str, float] = {}
     for step in stages:
-        if step.needs_toolchain:
-            require_real_toolchain(target, res, stored, str(store.root))
+        # The toolchain must be here only to compute a stage, not to use a stored one.
+        check = functools.partial(require_real_toolchain, target, res, list(stored), str(store.root)) \
+            if step.needs_toolchain else None
         t = time.monotonic()
-        outputs[step.name], reused = run_stage(store, step, outputs, remote=remote, on_stage=on_stage)
+        outputs[step.name], reused = run_stage(store, step, outputs, remote=remote, on_stage=on_stage,
+                                               before_compute=check)
         times[step.name] = time.monotonic() - t
         stored.append(StoredStep(step.name, outputs[step.name].key, outputs[step.name].files, reused))
         if reused and on_stage and step.compiles:

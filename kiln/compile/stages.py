@@ -33,13 +33,19 @@ def find_stage(store: Store, stage: Stage, remote: Remote | None = None) -> Inde
 
 
 def run_stage(store: Store, step: Step, inputs: Mapping[str, IndexEntry], *, remote: Remote | None = None,
-              on_stage: OnStage | None = None) -> tuple[IndexEntry, bool]:
-    """Find the step's stage output or compute it (single-flight); return (entry, reused)."""
+              on_stage: OnStage | None = None,
+              before_compute: Callable[[], None] | None = None) -> tuple[IndexEntry, bool]:
+    """Find the step's stage output or compute it (single-flight); return (entry, reused).
+
+    ``before_compute`` runs only when the output is not stored (it raises when this machine
+    cannot compute it: a stored engine serves a machine without the compiler)."""
     stage = step.stage
     assert stage is not None, "the last step is published by kiln.compile.build"
     found = find_stage(store, stage, remote)
     if found is not None:
         return found, True
+    if before_compute is not None:
+        before_compute()
     with store.single_flight(stage.key):
         found = find_stage(store, stage)
         if found is not None:

@@ -258,3 +258,93 @@ def test_real_neuron_compile(tmp_path: Path) -> None:  # pragma: no cover - need
     assert run_kiln("fetch", str(model), "--target", "neuron", "--n-positions", "64", "--tp-degree", "2",
                     "--instance-type", "ml.inf2.xlarge", "--layout", "neuron-cache", "--dest", str(dest)).returncode == 0
     assert list(dest.glob("neuronxcc-*/MODULE_*/model.neff"))
+
+
+# --------------------------------------------------------------------------- compile once per architecture
+
+
+def _same_architecture_models() -> None:
+    """A base model and its chat fine-tune: one config, one tensor signature, other weight bytes."""
+    hub = Path(os.environ["HF_HUB_CACHE"])
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": 4096,
+           "num_hidden_layers": 32, "vocab_size": 32000, **LLAMA2["7b"]}
+    for name, weights in (("base", b"base"), ("chat", b"chat")):
+        header = json.dumps({"w": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}).encode()
+        files = {"config.json": json.dumps(cfg).encode(), "tokenizer.json": b"{}",
+                 "model.safetensors": len(header).to_bytes(8, "little") + header + weights}
+        write_hf_cache_model(hub, f"acme/llama-{name}", files, commit=hashlib.sha1(name.encode()).hexdigest())
+
+
+NEURON_SPEC = ["--target", "neuron", "--n-positions", "1024", "--tp-degree", "2", "--instance-type", "ml.inf2.xlarge"]
+
+
+def _resolve(model: str, store: Store):  # type: ignore[no-untyped-def]
+    from kiln.spec import Field
+
+    fields = {"target": Field("neuron", "--target"), "n_positions": Field("1024", "--n-positions"),
+              "tp_degree": Field("2", "--tp-degree"), "option.instance_type": Field("ml.inf2.xlarge", "--instance-type"),
+              "model": Field(model, "MODEL")}
+    return compute_key(spec_from_sources(fields), store=store, toolchain=PINS)
+
+
+def test_a_finetune_shares_the_compiled_graphs_stage_and_has_its_own_artifact(store: Store) -> None:
+    from kiln.targets import get_target
+
+    _same_architecture_models()
+    base, chat = _resolve("acme/llama-base", store), _resolve("acme/llama-chat", store)
+    assert base.engine_key == chat.engine_key and base.engine_key is not None
+    assert base.key != chat.key and base.architecture_digest == chat.architecture_digest
+    engine, weights = get_target("neuron").build_steps(chat)
+    assert engine.stage is not None and engine.stage.key == chat.engine_key and engine.needs_toolchain
+    assert "--engine-only" in engine.argv(Path("/out"), {})
+    # The weights step copies files: no Neuron SDK needed, and nothing compiled.
+    assert not weights.needs_toolchain and not weights.compiles and weights.inputs == ("engine",)
+    assert weights.argv(Path("/out"), {"engine": Path("/e")})[:2] == ["-m", "kiln.targets.neuron.assemble"]
+
+
+def _stand_in_engine_stage(root: Path) -> Path:
+    """What `neuron.worker --engine-only` writes (compiled/, neuron-graphs.json): a stand-in, no compiler ran."""
+    (root / "no-model").mkdir()
+    art = _neuron_fixture_artifact(root, root / "no-model")
+    (art / "model").rmdir()
+    (art / "engine.json").write_text(json.dumps({"format": 1, "target": "neuron"}))
+    return art
+
+
+def test_a_finetune_of_a_stored_architecture_builds_without_the_sdk(store: Store, tmp_path: Path) -> None:
+    from kiln.manifests import make_record, utc_now
+    from kiln.targets import get_target
+
+    _same_architecture_models()
+    chat = _resolve("acme/llama-chat", store)
+    stage = get_target("neuron").engine_stage(_resolve("acme/llama-base", store))
+    record = make_record(key=stage.key, inputs=stage.key_inputs(), spec=stage.entry_spec(), model=stage.entry_model(),
+                         toolchain=stage.toolchain, started=utc_now(), duration_s=1.0, extra={"stage": "engine"})
+    store.publish(_stand_in_engine_stage(tmp_path), key=stage.key, spec=stage.entry_spec(), model=stage.entry_model(),
+                  toolchain=stage.toolchain, record=record)
+    r = run_kiln("build", "acme/llama-chat", *NEURON_SPEC, *PIN_ARGS, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["compiled"] is False and out["engine"] == {"key": stage.key, "reused": True}
+    assert out["key"] == chat.key
+    dest = tmp_path / "dest"
+    f = run_kiln("fetch", "acme/llama-chat", *NEURON_SPEC, *PIN_ARGS, "--dest", str(dest))
+    assert f.returncode == 0, f.stderr
+    assert {p.name for p in (dest / "compiled").iterdir()} == {f"{h}.neff" for h in NEFFS} | {"VERSION"}
+    snapshot = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--acme--llama-chat/snapshots/*"))
+    assert (dest / "model" / "model.safetensors").read_bytes() == (snapshot / "model.safetensors").read_bytes()
+    # The base model itself still needs the SDK for nothing either: its engine is the same stage.
+    b = run_kiln("build", "acme/llama-base", *NEURON_SPEC, *PIN_ARGS, "--json")
+    assert b.returncode == 0 and json.loads(b.stdout)["compiled"] is False, b.stderr
+
+
+def test_assemble_refuses_what_is_not_an_engine_only_stage(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    model = write_fake_model(tmp_path / "model")
+    full = _neuron_fixture_artifact(tmp_path / "full", model)  # still has model/: a full worker output
+    r = subprocess.run([sys.executable, "-m", "kiln.targets.neuron.assemble", "--engine-dir", str(full), "--model-dir",
+                        str(model), "--out-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode != 0 and "not an engine-only Neuron build" in r.stderr
+    assert not (tmp_path / "out").exists()
