@@ -91,7 +91,7 @@ def build_and_push(ctx: click.Context, spec: SpecRequest, res: api.Resolution, r
     if do_push:
         assert rem is not None
         with TransferBar("push") as bar:
-            pushed = api.push(store(ctx), rem, result.entry, progress=bar)
+            pushed = api.push_build(store(ctx), rem, result, progress=bar)
     return result, pushed
 
 
@@ -109,7 +109,7 @@ def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bo
             result = api.build(res, store=store(ctx), remote=remote(ctx), force=force)
             pushed = None
             if do_push:
-                pushed = api.push(store(ctx), remote(ctx, required=True), result.entry)  # type: ignore[arg-type]
+                pushed = api.push_build(store(ctx), remote(ctx, required=True), result)  # type: ignore[arg-type]
             report.append({"row": row.id, "status": "hit" if result.hit else "built", "key": result.entry.key,
                            "push": pushed.to_json() if pushed is not None else None})
         except IncompleteBuildError as e:

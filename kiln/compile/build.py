@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cache import Remote, Store
+from ..cache import Progress, PushResult, Remote, Store, push
+
 from ..core import Resolution, lookup, put
 from ..errors import ToolchainError
 from ..manifests import IndexEntry
@@ -34,7 +35,7 @@ from ..targets.base import StoredStep
 from .stages import compile_and_publish, run_stage
 from .worker import OnStage, WorkerResult
 
-__all__ = ["BuildResult", "build", "require_real_toolchain"]
+__all__ = ["BuildResult", "build", "push_build", "require_real_toolchain"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class BuildResult:
     # found (compiled for another model of the same architecture, or an earlier build) or compiled now.
     engine: StoredStep | None = None
     compiled: bool | None = None  # None: as ``not hit``; False: nothing was compiled (every compiling step reused)
+    # The stored stages this build used (found or computed): pushed with the artifact (push_build),
+    # so that another machine building another model of the architecture finds the engine.
+    stage_entries: tuple[IndexEntry, ...] = ()
 
     @property
     def did_compile(self) -> bool:
@@ -128,7 +132,16 @@ def build(
     result = _build_last(res, last, outputs, store=store, force=force, on_stage=on_stage, t0=t0, times=times)
     ran = [step for step, s in zip(stages, stored) if not s.reused] + ([last] if not result.hit else [])
     engine = next((s for s in stored if s.name == "engine"), None)
-    return dataclasses.replace(result, engine=engine, compiled=any(step.compiles for step in ran))
+    return dataclasses.replace(result, engine=engine, compiled=any(step.compiles for step in ran),
+                               stage_entries=tuple(outputs.values()))
+
+
+def push_build(store: Store, remote: Remote, result: BuildResult, progress: Progress | None = None) -> PushResult:
+    """Push a build's artifact and the stages it used (an engine stage first: the artifact does not
+    need it, but the next model of its architecture does); returns the artifact's push."""
+    for entry in result.stage_entries:
+        push(store, remote, entry)
+    return push(store, remote, result.entry, progress=progress)
 
 
 def _build_last(res: Resolution, step: Step, outputs: dict[str, IndexEntry], *, store: Store, force: bool,

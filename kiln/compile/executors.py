@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..cache import Remote, Store, open_remote, push as push_entry, remote_entry
+from ..cache import Remote, Store, open_remote, remote_entry
 from ..core import Resolution, resolve, spec_from_sources
 from ..errors import BuildError, IncompleteBuildError, KilnError, SpecError
 from ..spec import Field
 from ..targets import BUILD_LOG, get_target
-from .build import build
+from .build import BuildResult, build, push_build
 from .plan import PlannedRow
 
 __all__ = ["RowResult", "build_row", "run_local", "run_ray", "github_matrix", "settle_planned_hit"]
@@ -68,7 +68,7 @@ def _build_row(res: Resolution, *, store: Store, remote: Remote | None, push: bo
         out.log = _log_location(store, result.entry)
         out.source = result.source if result.hit else None
         if push and remote is not None:
-            _push(out, store, remote, result.entry)
+            _push(out, store, remote, result)
         return out
     except IncompleteBuildError as e:
         return RowResult(row, "incomplete", None, time.monotonic() - t0, error=str(e))
@@ -81,13 +81,14 @@ def _build_row(res: Resolution, *, store: Store, remote: Remote | None, push: bo
                          error=f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
 
 
-def _push(out: RowResult, store: Store, remote: Remote, entry: Any) -> None:
-    """Push one artifact and record what really happened (never raises for remote errors)."""
+def _push(out: RowResult, store: Store, remote: Remote, built: BuildResult) -> None:
+    """Push one artifact (and its stages) and record what really happened (never raises for remote errors)."""
+    entry = built.entry
     try:
         existed = remote_entry(remote, entry.model_hex, entry.key) is not None
         # Always run the push, even when the entry exists: it stats every blob and restores any
         # that a remote gc or a damaged bucket lost, so an announced artifact is complete.
-        result = push_entry(store, remote, entry)
+        result = push_build(store, remote, built)
     except KilnError as e:
         out.push_error = f"push to {remote.describe()} failed: {e}"
         return

@@ -229,3 +229,18 @@ def test_a_model_without_safetensors_is_keyed_by_its_weights_and_says_why(tmp_pa
     assert "model.safetensors" in engine["why"]
     text = run_kiln("key", str(model), *SPEC, "--explain", env={"KILN_HOME": str(tmp_path / "k")})
     assert "keyed by spec, toolchain and the tree digest" in text.stdout
+
+
+def test_another_machine_builds_a_finetune_from_the_engine_on_the_remote(built: dict[str, Any], tmp_path: Path) -> None:
+    """CI pushes the base model's build; a second builder (empty store) builds a fine-tune: nothing compiled."""
+    remote = tmp_path / "remote"
+    first = {"KILN_HOME": str(tmp_path / "ci-a")}
+    p = run_kiln("--remote", str(remote), "build", str(built["base"]), *SPEC, "--push", "--json", env=first, timeout=900)
+    assert p.returncode == 0, p.stderr
+    engine_key = json.loads(p.stdout)["engine"]["key"]
+    second = {"KILN_HOME": str(tmp_path / "ci-b")}
+    r = run_kiln("--remote", str(remote), "build", str(built["tune"]), *SPEC, "--push", "--json", env=second, timeout=900)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["compiled"] is False and out["engine"] == {"key": engine_key, "reused": True}
+    assert _generate(built["tune"], second) == _eager(built["tune"])
