@@ -262,7 +262,27 @@ def explain_miss(res: Resolution, *, store: Store, seen: list[IndexEntry], where
 
     ``local_keys``: which of ``seen`` are in the local store (None: all of them), so that an
     identical artifact that only the remote holds, and that was refused, gets advice that works.
+    Where the compiled engine of the model's architecture is stored, says that a build compiles nothing.
     """
+    return _nearest(res, store=store, seen=seen, where=where, limit=limit, local_keys=local_keys) \
+        + _stored_engine(res, store)
+
+
+def _stored_engine(res: Resolution, store: Store) -> list[str]:
+    """A weight-independent target's engine for this architecture, if the local store holds it."""
+    if not res.complete or res.architecture_digest is None:
+        return []
+    key = res.engine_key
+    entry = store.get_entry(res.architecture_digest.split(":", 1)[1], key) if key else None
+    if entry is None:
+        return []
+    return [f"The compiled engine for this architecture is stored ({entry.key[:12]}, built for "
+            f"{entry.model.get('ref') or 'another model'}): `kiln build` adds this model's weights to it without "
+            "compiling."]
+
+
+def _nearest(res: Resolution, *, store: Store, seen: list[IndexEntry], where: str, limit: int,
+             local_keys: set[str] | None) -> list[str]:
     want = res.shape
     scored = []
     for e in seen:

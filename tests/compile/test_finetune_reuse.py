@@ -244,3 +244,15 @@ def test_another_machine_builds_a_finetune_from_the_engine_on_the_remote(built: 
     out = json.loads(r.stdout)
     assert out["compiled"] is False and out["engine"] == {"key": engine_key, "reused": True}
     assert _generate(built["tune"], second) == _eager(built["tune"])
+
+
+def test_a_miss_says_the_architectures_engine_is_stored(built: dict[str, Any]) -> None:
+    model = make_tiny_model("llama", built["root"] / "unbuilt", seed=13)
+    r = run_kiln("lookup", str(model), *SPEC, env=built["env"])
+    assert r.returncode == 1
+    engine = built["base_build"]["engine"]["key"]
+    assert f"The compiled engine for this architecture is stored ({engine[:12]}" in r.stdout + r.stderr
+    other = shutil.copytree(model, built["root"] / "unbuilt-eps")
+    _edit_config(rms_norm_eps=1e-6)(other)  # an architecture no test here builds
+    r = run_kiln("lookup", str(other), *SPEC, env=built["env"])
+    assert r.returncode == 1 and "compiled engine for this architecture" not in r.stdout + r.stderr
