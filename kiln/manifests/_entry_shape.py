@@ -215,14 +215,17 @@ def check_entry(data: Any) -> dict[str, Any]:
     model = _mapping(data["model"], "model")
     spec = check_spec(data["spec"])
     # Every entry is filed under its model's tree digest, except the compiled engine of a
-    # weight-independent target (a build stage), filed under the architecture digest it is keyed by.
-    needed = "architecture_digest" if spec.get("stage") == "engine" else "tree_digest"
+    # weight-independent target (a build stage) keyed by an architecture digest, filed under that
+    # digest (one whose model has no architecture digest is keyed, and filed, by its tree digest).
+    engine_stage = spec.get("stage") == "engine"
+    needed = "architecture_digest" if engine_stage and "tree_digest" not in model else "tree_digest"
     for name in ("tree_digest", "architecture_digest"):
         digest = model.get(name)
         if (digest is not None or name == needed) and (not isinstance(digest, str) or not _DIGEST.match(digest)):
             raise _bad(f"model.{name}", f"is {_show(digest)}, not a sha256 digest (sha256:<64 hex>)")
-    if needed == "architecture_digest" and "tree_digest" in model:
-        raise _bad("model", "of an engine stage holds a tree_digest: it is keyed by the architecture alone")
+    if engine_stage and "tree_digest" in model and "architecture_digest" in model:
+        raise _bad("model", "of an engine stage holds both a tree_digest and an architecture_digest: it is keyed by "
+                            "one of them")
     model_out = {k: _optional_text(v, f"model.{_text(k, 'model field name', 128)}") for k, v in model.items()}
     created = data["created"]
     if not isinstance(created, str) or not _CREATED.match(created):

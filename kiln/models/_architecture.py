@@ -42,9 +42,19 @@ __all__ = ["SIGNATURE_SCHEME", "ARCHITECTURE_SCHEME", "TensorSignature", "weight
 
 SIGNATURE_SCHEME = "kiln.tensors/v1"
 ARCHITECTURE_SCHEME = "kiln.architecture/v1"
-# config.json fields that make transformers read *other* files as the config (configuration_utils:
-# get_configuration_file picks config.<version>.json by the installed version): not keyable from config.json.
-_OTHER_CONFIG_FILES = "configuration_files"
+# config.json fields that make transformers read other files than config.json and the weights the
+# signature covers (transformers 5.24: configuration_utils get_configuration_file picks
+# config.<version>.json by the installed version; modeling_utils loads the file transformers_weights names).
+_OTHER_FILES = {"configuration_files": "another config file instead, chosen by its own version",
+                "transformers_weights": "the weights file it names instead of model.safetensors"}
+_OUTPUT_HEAD = "lm_head.weight"
+
+
+def _may_tie(config: Mapping[str, Any]) -> bool:
+    """tie_word_embeddings set, or absent (then the model class's default, which may be true)."""
+    text = config.get("text_config")
+    values = [config.get("tie_word_embeddings")] + ([text.get("tie_word_embeddings")] if isinstance(text, dict) else [])
+    return any(v is not False for v in values)
 _FIX = "re-download the model, or fix the file"
 
 
@@ -54,16 +64,20 @@ class TensorSignature:
 
     digest: str
     tensors: int  # how many (shown by `kiln key --explain`)
+    # A tensor named lm_head.weight is among them: whether transformers ties it to the input
+    # embeddings then depends on the two tensors' *values* (architecture_or_why).
+    output_head: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"scheme": SIGNATURE_SCHEME, "digest": self.digest, "count": self.tensors}
+        return {"scheme": SIGNATURE_SCHEME, "digest": self.digest, "count": self.tensors,
+                "output_head": self.output_head}
 
     @classmethod
     def from_record(cls, data: Mapping[str, Any] | None) -> "TensorSignature | None":
         """The signature a model record keeps (None: it keeps none, or one of another scheme)."""
         if not data or data.get("scheme") != SIGNATURE_SCHEME:
             return None
-        return cls(str(data["digest"]), int(data["count"]))
+        return cls(str(data["digest"]), int(data["count"]), bool(data["output_head"]))
 
 
 def weight_files(names: Iterable[str], read_index: Any) -> tuple[list[str] | None, str | None]:
@@ -90,7 +104,8 @@ def signature_of(tables: Iterable[Mapping[str, TensorInfo]]) -> TensorSignature:
     """The signature of the tensors of every weight file (a name in two files counts twice: never merged)."""
     rows = sorted([name, dtype, list(shape)] for table in tables for name, (dtype, shape) in table.items())
     doc = json.dumps({"scheme": SIGNATURE_SCHEME, "tensors": rows}, separators=(",", ":"), ensure_ascii=False)
-    return TensorSignature("sha256:" + hashlib.sha256(doc.encode()).hexdigest(), len(rows))
+    head = any(name == _OUTPUT_HEAD or name.endswith("." + _OUTPUT_HEAD) for name, _dtype, _shape in rows)
+    return TensorSignature("sha256:" + hashlib.sha256(doc.encode()).hexdigest(), len(rows), head)
 
 
 def local_signature(root: Path, names: Iterable[str]) -> tuple[TensorSignature | None, str | None]:
@@ -127,11 +142,17 @@ def architecture_or_why(config: Mapping[str, Any], signature: TensorSignature | 
     """``(sha256:<architecture digest>, None)``, or ``(None, why the model has none)``."""
     if not config:
         return None, "the model has no config.json"
-    if _OTHER_CONFIG_FILES in config:
-        return None, (f"its config.json has {_OTHER_CONFIG_FILES}: transformers may read another config file "
-                      "instead, by its own version")
+    for field, what in _OTHER_FILES.items():
+        if field in config:
+            return None, f"its config.json has {field}: transformers may read {what}"
     if signature is None:
         return None, why or "its tensors are not known"
+    if signature.output_head and _may_tie(config):
+        # transformers 5.24 modeling_utils.py (tie_weights): with tie_word_embeddings, a checkpoint
+        # holding both lm_head.weight and the input embeddings is tied only where the two are equal
+        # in value, and a tied engine has one constant fewer: the values decide the graph.
+        return None, ("its config ties the output embeddings to the input ones and its weights hold lm_head.weight "
+                      "too, so whether they are tied depends on their values")
     doc = json.dumps({"scheme": ARCHITECTURE_SCHEME, "config": canonical_config(config, omitted),
                       "tensors": signature.digest}, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(doc.encode()).hexdigest(), None

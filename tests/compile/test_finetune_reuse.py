@@ -130,12 +130,16 @@ def test_each_artifact_stops_on_its_own_models_eos(built: dict[str, Any]) -> Non
 # --------------------------------------------------------------------------- what is another engine
 
 
-def _engine_key(model: Path, env: dict[str, str]) -> str:
+def _engine(model: Path, env: dict[str, str]) -> dict[str, Any]:
     r = run_kiln("key", str(model), *SPEC, "--explain", "--json", env=env)
     assert r.returncode == 0, r.stderr
-    parts = json.loads(r.stdout)["parts"]
-    assert parts["engine"]["keyed_by"] == ["spec", "toolchain", "model.architecture_digest"]
-    return parts["engine"]["key"]
+    return json.loads(r.stdout)["parts"]["engine"]
+
+
+def _engine_key(model: Path, env: dict[str, str]) -> str:
+    engine = _engine(model, env)
+    assert engine["keyed_by"] == ["spec", "toolchain", "model.architecture_digest"]
+    return engine["key"]
 
 
 def _edit_config(**changes: Any) -> Callable[[Path], None]:
@@ -191,7 +195,7 @@ def test_a_compute_changing_edit_is_another_engine(base_engine: tuple[Path, dict
     base, env, key = base_engine
     model = shutil.copytree(base, tmp_path / "m")
     COMPUTE_CHANGES[edit](model)
-    assert _engine_key(model, env) != key
+    assert _engine(model, env)["key"] != key
 
 
 @pytest.mark.parametrize("edit", list(SAME_COMPUTE))
@@ -229,6 +233,14 @@ def test_a_model_without_safetensors_is_keyed_by_its_weights_and_says_why(tmp_pa
     assert "model.safetensors" in engine["why"]
     text = run_kiln("key", str(model), *SPEC, "--explain", env={"KILN_HOME": str(tmp_path / "k")})
     assert "keyed by spec, toolchain and the tree digest" in text.stdout
+    # Its engine stage, filed under the tree digest, is a stage like any other: built, listed, verified.
+    env = {"KILN_HOME": str(tmp_path / "k")}
+    b = _build(model, env)
+    assert b["compiled"] is True and b["engine"]["key"] == engine["key"]
+    ls = run_kiln("ls", env=env)
+    assert ls.returncode == 0 and "WARNING" not in ls.stderr and "(engine)" in ls.stdout, ls.stderr
+    v = run_kiln("verify", env=env)
+    assert v.returncode == 0, v.stdout + v.stderr
 
 
 def test_another_machine_builds_a_finetune_from_the_engine_on_the_remote(built: dict[str, Any], tmp_path: Path) -> None:
@@ -256,3 +268,40 @@ def test_a_miss_says_the_architectures_engine_is_stored(built: dict[str, Any]) -
     _edit_config(rms_norm_eps=1e-6)(other)  # an architecture no test here builds
     r = run_kiln("lookup", str(other), *SPEC, env=built["env"])
     assert r.returncode == 1 and "compiled engine for this architecture" not in r.stdout + r.stderr
+
+
+def _with_output_head(model: Path, head: str) -> None:
+    """Add lm_head.weight to a tied model's file: a copy of the input embeddings, or other values."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(model / "model.safetensors")
+    embed = state["model.embed_tokens.weight"]
+    state["lm_head.weight"] = embed.clone() if head == "equal" else torch.randn(embed.shape, dtype=embed.dtype)
+    save_file(state, model / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_tying_that_depends_on_values_is_keyed_by_the_weights(tmp_path: Path) -> None:
+    """transformers ties lm_head to the embeddings only where their values are equal: two such
+    models with one signature may compile different graphs, so neither gets an architecture digest."""
+    env = {"KILN_HOME": str(tmp_path / "kiln")}
+    engines = []
+    for head in ("equal", "different"):
+        model = make_tiny_model("llama", tmp_path / head, seed=31, tie_word_embeddings=True)
+        _with_output_head(model, head)
+        engine = _engine(model, env)
+        assert engine["keyed_by"] == ["spec", "toolchain", "model.tree_digest"]
+        assert "lm_head.weight" in engine["why"]
+        engines.append(engine["key"])
+    assert engines[0] != engines[1]
+
+
+def test_tied_models_share_an_engine_and_answer_like_their_own_eager_models(tmp_path: Path) -> None:
+    env = {"KILN_HOME": str(tmp_path / "kiln")}
+    a = make_tiny_model("llama", tmp_path / "a", seed=32, tie_word_embeddings=True)  # saved without lm_head
+    b = make_tiny_model("llama", tmp_path / "b", seed=33, tie_word_embeddings=True)
+    built_a, built_b = _build(a, env), _build(b, env)
+    assert built_a["compiled"] is True
+    assert built_b["compiled"] is False and built_b["engine"]["key"] == built_a["engine"]["key"]
+    assert _eager(a) != _eager(b)
+    assert _generate(b, env) == _eager(b)

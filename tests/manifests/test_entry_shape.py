@@ -172,10 +172,14 @@ def _engine_stage() -> dict:
 def test_an_engine_stage_is_filed_under_its_architecture() -> None:
     entry = IndexEntry.from_json(_engine_stage())
     assert entry.model_hex == "a" * 64 and entry.spec["n_positions"] == 64
+    # A model without an architecture digest: its engine stage is keyed, and filed, by its weights.
+    doc = _engine_stage()
+    doc["model"] = {"tree_digest": "sha256:" + "b" * 64, "ref": "base", "repo_id": None, "commit": None}
+    assert IndexEntry.from_json(doc).model_hex == "b" * 64
 
 
 ENGINE_STAGE_BAD = [
-    (_set("model.tree_digest", "sha256:" + "b" * 64), "model of an engine stage holds a tree_digest"),
+    (_set("model.tree_digest", "sha256:" + "b" * 64), "model of an engine stage holds both a tree_digest"),
     (_set("model.architecture_digest", None), "model.architecture_digest is None"),
     (_set("spec.n_positions", 1 << 40), "spec.n_positions is 1099511627776"),
     (_set("spec.batch_size", 0), "spec.batch_size is 0"),

@@ -59,7 +59,7 @@ def a_record(**over: object) -> ModelRecord:
 
 
 def test_a_record_keeps_the_tensor_signature_and_a_v1_record_is_read_without_one() -> None:
-    sig = {"scheme": "kiln.tensors/v1", "digest": "sha256:" + "e" * 64, "count": 21}
+    sig = {"scheme": "kiln.tensors/v1", "digest": "sha256:" + "e" * 64, "count": 21, "output_head": True}
     r = a_record(tensors=sig)
     assert ModelRecord.parse(r.to_bytes()).tensors == sig
     doc = json.loads(r.to_bytes())

@@ -411,6 +411,15 @@ def write_weights(model_dir: Path, engine_dir: Path, out_dir: Path, *, gguf_file
     if missing:
         raise ValueError(f"the engine expects {len(missing)} tensor(s) this model does not have, e.g. {missing[0]}")
     weights = {name: state[name] for name in sorted(expected)}
+    # A tensor of this model that the engine has no constant for, and that is not one it does have
+    # under another name (tied weights share storage), would be silently dropped: refuse instead.
+    # (Parameters only: buffers such as rotary inv_freq are derived from the config, not loaded.)
+    used = {t.untyped_storage().data_ptr() for t in weights.values()}
+    params = {"model." + name: t for name, t in model.named_parameters(remove_duplicate=False)}
+    unused = sorted(n for n, t in params.items() if n not in expected and t.untyped_storage().data_ptr() not in used)
+    if unused:
+        raise ValueError(f"this model has {len(unused)} tensor(s) the engine was not compiled for, e.g. {unused[0]} "
+                         "(untied where the engine's model was tied?): it needs an engine of its own")
     differ = [w for w in _weight_list(weights) if w != expected[w["name"]]]
     if differ:
         raise ValueError(f"tensor {differ[0]['name']} of this model is {differ[0]['shape']} "
