@@ -18,7 +18,6 @@ The order matters for what users are promised:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from ..core import Resolution, lookup, put
 from ..errors import ToolchainError
 from ..manifests import IndexEntry
 from ..models import check_weight_files, fetch_model_files
-from ..targets import Step, Target, get_target
+from ..targets import ENGINE_STAGE, Step, Target, get_target
 from ..targets.base import StoredStep
 from .stages import compile_and_publish, run_stage
 from .worker import OnStage, WorkerResult
@@ -111,7 +110,33 @@ def build(
     fetch_model_files(res.model, store.memo)  # resolved from Hub metadata: the weights come now, checked
     check_weight_files(res.model)  # a corrupt or truncated weight file fails here, not in a worker minutes later
     target = get_target(res.spec.target)
-    *stages, last = target.build_steps(res, calib_file=calib_file)  # bad inputs fail here, before any work
+    steps = target.build_steps(res, calib_file=calib_file)  # bad inputs fail here, before any work
+    if not res.complete:
+        # No key without the toolchain (trtllm on a CPU machine): the stages this machine can run are
+        # stored, and the last step says what is missing (exit 3) before it would need the key.
+        return _run_steps(res, target, steps, store=store, remote=remote, force=force, on_stage=on_stage, t0=t0)
+    key = res.key
+
+    def waiting(holder: str) -> None:  # called only when another builder holds the key's lock
+        if on_stage:
+            on_stage(f"waiting for the build lock of {key[:12]}: {holder}")
+
+    # Single-flight on the build key for the whole build, stages included: a peer building the
+    # same artifact is waited for before anything is compiled. (Stage locks are taken inside it
+    # and never the other way round, so builders of different artifacts cannot deadlock.)
+    with store.single_flight(key).held(on_wait=waiting):
+        if not force:
+            found = lookup(res, store=store)  # a peer may have built it while we waited
+            if found.hit:
+                assert found.entry is not None
+                return BuildResult(found.entry, True, time.monotonic() - t0, waited_for_peer=True, source=found.source)
+        return _run_steps(res, target, steps, store=store, remote=remote, force=force, on_stage=on_stage, t0=t0)
+
+
+def _run_steps(res: Resolution, target: Target, steps: tuple[Step, ...], *, store: Store, remote: Remote | None,
+               force: bool, on_stage: OnStage | None, t0: float) -> BuildResult:
+    """Every step of a build (the caller holds the build key's lock): stages found or computed, then the artifact."""
+    *stages, last = steps
     outputs: dict[str, IndexEntry] = {}
     stored: list[StoredStep] = []
     times: dict[str, float] = {}
@@ -120,51 +145,44 @@ def build(
         check = functools.partial(require_real_toolchain, target, res, list(stored), str(store.root)) \
             if step.needs_toolchain else None
         t = time.monotonic()
-        outputs[step.name], reused = run_stage(store, step, outputs, remote=remote, on_stage=on_stage,
-                                               before_compute=check)
-        times[step.name] = time.monotonic() - t
+        # --force recompiles: a compiling stage is computed again, not found (conversions are reused).
+        outputs[step.name], reused, worker_times = run_stage(
+            store, step, outputs, remote=remote, on_stage=on_stage, before_compute=check,
+            recompute=force and step.compiles)
+        _add_times(times, {step.name: time.monotonic() - t, **worker_times})
         stored.append(StoredStep(step.name, outputs[step.name].key, outputs[step.name].files, reused))
         if reused and on_stage and step.compiles:
             on_stage(f"{step.name}: reusing {outputs[step.name].key[:12]}, compiled for "
                      f"{outputs[step.name].model.get('ref') or 'another model'}: nothing to compile")
     if last.needs_toolchain:
         require_real_toolchain(target, res, stored, str(store.root))
-    result = _build_last(res, last, outputs, store=store, force=force, on_stage=on_stage, t0=t0, times=times)
-    ran = [step for step, s in zip(stages, stored) if not s.reused] + ([last] if not result.hit else [])
-    engine = next((s for s in stored if s.name == "engine"), None)
-    return dataclasses.replace(result, engine=engine, compiled=any(step.compiles for step in ran),
-                               stage_entries=tuple(outputs.values()))
+
+    def publish(out: Path, result: WorkerResult, started: str) -> IndexEntry:
+        extra = {"stages_s": {k: round(v, 3) for k, v in result.stages.items()},
+                 **{name: entry.key for name, entry in outputs.items()}}
+        return put(res, out, store=store, duration_s=result.seconds, started=started, move=True, extra=extra)
+
+    entry, worker_times = compile_and_publish(store, res.key, last, outputs, publish=publish, on_stage=on_stage)
+    _add_times(times, worker_times)
+    ran = [step for step, s in zip(stages, stored) if not s.reused] + [last]
+    return BuildResult(entry, False, time.monotonic() - t0, times,
+                       engine=next((s for s in stored if s.name == ENGINE_STAGE), None),
+                       compiled=any(step.compiles for step in ran), stage_entries=tuple(outputs.values()))
+
+
+def _add_times(total: dict[str, float], more: dict[str, float]) -> None:
+    """Stage timings of several steps in one table: a name two workers share (imports, load) adds up."""
+    for name, seconds in more.items():
+        total[name] = total.get(name, 0.0) + seconds
 
 
 def push_build(store: Store, remote: Remote, result: BuildResult, progress: Progress | None = None) -> PushResult:
-    """Push a build's artifact and the stages it used (an engine stage first: the artifact does not
-    need it, but the next model of its architecture does); returns the artifact's push."""
+    """Push a build's artifact, then the compiled engine stage it holds (a weight-independent target):
+    the artifact is complete without it, but another machine building another model of the
+    architecture needs it to compile nothing. Conversion stages (a TensorRT-LLM checkpoint is the
+    whole converted model) are pushed only when asked (`kiln push --key`). Returns the artifact's push."""
+    pushed = push(store, remote, result.entry, progress=progress)
     for entry in result.stage_entries:
-        push(store, remote, entry)
-    return push(store, remote, result.entry, progress=progress)
-
-
-def _build_last(res: Resolution, step: Step, outputs: dict[str, IndexEntry], *, store: Store, force: bool,
-                on_stage: OnStage | None, t0: float, times: dict[str, float]) -> BuildResult:
-    """The step that produces the artifact: single-flight on the build key, published with put."""
-    key = res.key
-
-    def waiting(holder: str) -> None:  # called only when another builder holds the key's lock
-        if on_stage:
-            on_stage(f"waiting for the build lock of {key[:12]}: {holder}")
-
-    with store.single_flight(key).held(on_wait=waiting):
-        if not force:
-            found = lookup(res, store=store)  # a peer may have built it while we waited
-            if found.hit:
-                assert found.entry is not None
-                return BuildResult(found.entry, True, time.monotonic() - t0, times, waited_for_peer=True,
-                                   source=found.source)
-
-        def publish(out: Path, result: WorkerResult, started: str) -> IndexEntry:
-            extra = {"stages_s": {k: round(v, 3) for k, v in result.stages.items()},
-                     **{name: entry.key for name, entry in outputs.items()}}
-            return put(res, out, store=store, duration_s=result.seconds, started=started, move=True, extra=extra)
-
-        entry, stages = compile_and_publish(store, key, step, outputs, publish=publish, on_stage=on_stage)
-    return BuildResult(entry, False, time.monotonic() - t0, {**times, **stages})
+        if entry.spec.get("stage") == ENGINE_STAGE:
+            push(store, remote, entry)
+    return pushed

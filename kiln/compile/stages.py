@@ -33,23 +33,24 @@ def find_stage(store: Store, stage: Stage, remote: Remote | None = None) -> Inde
 
 
 def run_stage(store: Store, step: Step, inputs: Mapping[str, IndexEntry], *, remote: Remote | None = None,
-              on_stage: OnStage | None = None,
-              before_compute: Callable[[], None] | None = None) -> tuple[IndexEntry, bool]:
-    """Find the step's stage output or compute it (single-flight); return (entry, reused).
+              on_stage: OnStage | None = None, before_compute: Callable[[], None] | None = None,
+              recompute: bool = False) -> tuple[IndexEntry, bool, dict[str, float]]:
+    """Find the step's stage output or compute it (single-flight); return (entry, reused, worker timings).
 
     ``before_compute`` runs only when the output is not stored (it raises when this machine
-    cannot compute it: a stored engine serves a machine without the compiler)."""
+    cannot compute it: a stored engine serves a machine without the compiler). ``recompute``:
+    compute it even when stored (``kiln build --force``)."""
     stage = step.stage
     assert stage is not None, "the last step is published by kiln.compile.build"
-    found = find_stage(store, stage, remote)
+    found = None if recompute else find_stage(store, stage, remote)
     if found is not None:
-        return found, True
+        return found, True, {}
     if before_compute is not None:
         before_compute()
     with store.single_flight(stage.key):
-        found = find_stage(store, stage)
+        found = None if recompute else find_stage(store, stage)
         if found is not None:
-            return found, True
+            return found, True, {}
 
         def publish(out: Path, result: WorkerResult, started: str) -> IndexEntry:
             record = make_record(
@@ -60,8 +61,8 @@ def run_stage(store: Store, step: Step, inputs: Mapping[str, IndexEntry], *, rem
             return store.publish(out, key=stage.key, spec=stage.entry_spec(), model=stage.entry_model(),
                                  toolchain=stage.toolchain, record=record, move=True)
 
-        entry, _ = compile_and_publish(store, stage.key, step, inputs, publish=publish, on_stage=on_stage)
-        return entry, False
+        entry, timings = compile_and_publish(store, stage.key, step, inputs, publish=publish, on_stage=on_stage)
+        return entry, False, timings
 
 
 def compile_and_publish(
@@ -101,7 +102,10 @@ def compile_and_publish(
                 e.args = (str(e).replace(str(log), str(saved)),)
                 e.log_path = str(saved)
             raise
-        shutil.copyfile(log, out / BUILD_LOG)
+        with open(out / BUILD_LOG, "wb") as published, open(log, "rb") as worker_log:
+            for name in step.inputs:  # where the rest of the story is: each input's own build.log
+                published.write(f"# input {name}: stored entry {inputs[name].key} (its build.log has its log)\n".encode())
+            shutil.copyfileobj(worker_log, published)
         if on_stage:
             on_stage("publish")
         t_pub = time.monotonic()

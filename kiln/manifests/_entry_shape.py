@@ -217,7 +217,7 @@ def check_entry(data: Any) -> dict[str, Any]:
     # Every entry is filed under its model's tree digest, except the compiled engine of a
     # weight-independent target (a build stage) keyed by an architecture digest, filed under that
     # digest (one whose model has no architecture digest is keyed, and filed, by its tree digest).
-    engine_stage = spec.get("stage") == "engine"
+    engine_stage = spec.get("stage") == "engine"  # kiln.targets.ENGINE_STAGE (this layer cannot import it)
     needed = "architecture_digest" if engine_stage and "tree_digest" not in model else "tree_digest"
     for name in ("tree_digest", "architecture_digest"):
         digest = model.get(name)

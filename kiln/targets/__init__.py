@@ -17,7 +17,7 @@ from .._input import show
 from ..errors import SpecError
 from ._layouts import RAW, Layout
 from ._model_files import TOKENIZER_FILES
-from ._plan import BUILD_LOG, Stage, Step
+from ._plan import BUILD_LOG, ENGINE_STAGE, Stage, Step
 from .base import BuildInputs, LmiFacts, ResolvedSpec, Target, TargetOption
 from .neuron import NEURON
 from .torch_aoti import TORCH_AOTI
@@ -33,6 +33,7 @@ __all__ = [
     "LmiFacts",
     "ResolvedSpec",
     "Stage",
+    "ENGINE_STAGE",
     "Step",
     "Target",
     "TOKENIZER_FILES",

@@ -18,9 +18,10 @@ from typing import Any, Callable, Mapping
 
 from ..spec import KEY_SCHEMA, MODEL_DIGESTS, canonical_json
 
-__all__ = ["BUILD_LOG", "Stage", "Step"]
+__all__ = ["BUILD_LOG", "ENGINE_STAGE", "Stage", "Step"]
 
 BUILD_LOG = "build.log"  # a worker's whole output, published with every step's output
+ENGINE_STAGE = "engine"  # the compiled engine of a weight-independent target (kiln.manifests._entry_shape knows it too)
 
 
 @dataclass(frozen=True)

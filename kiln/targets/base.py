@@ -24,7 +24,7 @@ from ..errors import KilnError, SpecError, ToolchainError, ValidationError
 from ..spec import LIMITS, MAX_INT, BuildSpec
 from ..manifests import IndexEntry, Manifest
 from ._layouts import RAW, Layout
-from ._plan import Stage, Step
+from ._plan import ENGINE_STAGE, Stage, Step
 
 
 __all__ = ["Target", "TargetOption", "ResolvedSpec", "LmiFacts", "BuildInputs", "StoredStep", "model_dims",
@@ -257,7 +257,7 @@ class Target:
         the build key holds: shape, quantization, keyed options, toolchain."""
         inputs = {k: v for k, v in res.shape.items() if k != "target"}
         toolchain = {k: str(v) for k, v in res.toolchain.items()}
-        return Stage("engine", self.name, inputs, res.engine_identity(), res.model_summary(), toolchain)
+        return Stage(ENGINE_STAGE, self.name, inputs, res.engine_identity(), res.model_summary(), toolchain)
 
     def build_steps(self, res: BuildInputs, *, calib_file: Path | None = None) -> tuple[Step, ...]:
         """Every step of a build of ``res``; the last one produces the artifact.
@@ -269,10 +269,10 @@ class Target:
         """
         if self.weight_independent:
             return (
-                Step("engine", f"{self.name} compile", lambda out, _inputs: self.worker_argv(res, out, engine_only=True),
+                Step(ENGINE_STAGE, f"{self.name} compile", lambda out, _inputs: self.worker_argv(res, out, engine_only=True),
                      stage=self.engine_stage(res)),
-                Step("weights", f"{self.name} weights", lambda out, inputs: self.weights_argv(res, out, inputs["engine"]),
-                     inputs=("engine",), compiles=False),
+                Step("weights", f"{self.name} weights", lambda out, inputs: self.weights_argv(res, out, inputs[ENGINE_STAGE]),
+                     inputs=(ENGINE_STAGE,), compiles=False),
             )
         return (Step("compile", f"{self.name} compile", lambda out, _inputs: self.worker_argv(res, out)),)
 

@@ -54,7 +54,12 @@ def test_first_build_compiles_and_publishes_with_its_log(built: dict) -> None:
     files = _manifest_files(built["store"], run["key"])
     assert {"engine.pt2", "weights.safetensors", "engine.json", "build.log", "config.json"} <= set(files)
     log = Store(built["store"]).blob_path(files["build.log"]).read_text()
-    assert "stage: compile" in log
+    # The artifact's log is its weights step's; it names the engine stage, whose log has the compile.
+    engine = run["engine"]["key"]
+    assert f"# input engine: stored entry {engine}" in log.splitlines()[0]
+    stage_files = _manifest_files(built["store"], engine)
+    assert set(stage_files) == {"engine.pt2", "engine.json", "build.log"}
+    assert "stage: compile" in Store(built["store"]).blob_path(stage_files["build.log"]).read_text()
 
 
 def test_second_build_is_a_hit_without_compiling(built: dict) -> None:
@@ -154,7 +159,7 @@ def test_a_worker_that_writes_nothing_publishes_nothing(tmp_path: Path, store: S
     from kiln.targets.torch_aoti import TorchAotiTarget
 
     model = make_tiny_model("llama", tmp_path / "m", seed=5)
-    monkeypatch.setattr(TorchAotiTarget, "worker_argv", lambda self, res, out: ["-c", "pass"])
+    monkeypatch.setattr(TorchAotiTarget, "worker_argv", lambda self, res, out, **_kw: ["-c", "pass"])
     res = resolve(BuildSpec("torch-aoti", str(model), n_positions=32, dtype="fp32"), store=store)
     with pytest.raises(BuildError, match="wrote no files"):
         build(res, store=store)

@@ -305,3 +305,11 @@ def test_tied_models_share_an_engine_and_answer_like_their_own_eager_models(tmp_
     assert built_b["compiled"] is False and built_b["engine"]["key"] == built_a["engine"]["key"]
     assert _eager(a) != _eager(b)
     assert _generate(b, env) == _eager(b)
+
+
+def test_force_compiles_the_engine_again(built: dict[str, Any]) -> None:
+    r = run_kiln("build", str(built["tune"]), *SPEC, "--force", "--json", env=built["env"], timeout=900)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["compiled"] is True and out["engine"] == {"key": built["base_build"]["engine"]["key"], "reused": False}
+    assert _generate(built["tune"], built["env"]) == _eager(built["tune"])

@@ -83,7 +83,8 @@ def build_steps(res: BuildInputs, *, calib_file: Path | None = None) -> tuple[St
                     "--seq-len", str(calib.inputs["calib_seq_len"])]
             return argv + (["--calib-file", str(calib_file)] if calib_file else [])
 
-        steps.append(Step("calibration", "trtllm calibration", calib_argv, stage=calib, needs_toolchain=False))
+        steps.append(Step("calibration", "trtllm calibration", calib_argv, stage=calib, needs_toolchain=False,
+                          compiles=False))
 
     def convert_argv(out: Path, inputs: Mapping[str, Path]) -> list[str]:
         argv = ["-m", "kiln.targets.trtllm.worker", "convert", "--model-dir", str(model.path), "--out-dir", str(out),
@@ -100,7 +101,7 @@ def build_steps(res: BuildInputs, *, calib_file: Path | None = None) -> tuple[St
         return argv
 
     steps.append(Step("checkpoint", "trtllm checkpoint", convert_argv, stage=stages["checkpoint"],
-                      inputs=("calibration",) if calib else (), needs_toolchain=False))
+                      inputs=("calibration",) if calib else (), needs_toolchain=False, compiles=False))
 
     def engine_argv(out: Path, inputs: Mapping[str, Path]) -> list[str]:
         argv = ["-m", "kiln.targets.trtllm.engine_worker", "--checkpoint-dir", str(inputs["checkpoint"]),
