@@ -368,18 +368,22 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
 
 
 def _pull_model_record(store: Store, remote: Remote, entry: IndexEntry) -> None:
-    """Keep the remote's record of the artifact's model, if it has one and this store does not
-    (best effort: the artifact is complete without it; a later offline lookup by Hub id needs it)."""
+    """Keep the remote's record of the artifact's model, if it has one and this store does not (or
+    has one without the tensor signature): best effort, the artifact is complete without it; a later
+    offline lookup by Hub id needs it."""
     repo_id, commit = entry.model.get("repo_id"), entry.model.get("commit")
     if not isinstance(repo_id, str) or not isinstance(commit, str):
         return
-    if store.model_records.get(repo_id, commit, on_bad=lambda _m: None) is not None:
+    local = store.model_records.get(repo_id, commit, on_bad=lambda _m: None)
+    if local is not None and local.tensors is not None:
         return
     try:
         record = remote_model_record(remote, repo_id, commit)
     except KilnError:
         return
-    if record is not None and record.tree_digest == entry.model.get("tree_digest"):
+    # Kept where this store has none, or has one without the tensor signature the remote's holds.
+    if record is not None and record.tree_digest == entry.model.get("tree_digest") and \
+            (local is None or record.tensors is not None):
         store.model_records.keep(record, None)
 
 

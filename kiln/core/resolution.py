@@ -163,7 +163,8 @@ def resolve(
         spec = spec.replace(target=name)
     target = get_target(name)
     opener = remote if callable(remote) or remote is None else (lambda: remote)
-    location = locate_or_recall(spec.model, store=store, remote=opener, strict=strict_revision)
+    location = locate_or_recall(spec.model, store=store, remote=opener, strict=strict_revision,
+                                signature=target.weight_independent)
     config = location.config()
     model_dims(config, str(location.config_path))  # every field validation reads, checked naming the file
     resolved = target.validate(spec, config)

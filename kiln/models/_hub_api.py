@@ -224,15 +224,18 @@ def resolve_hub_metadata(repo_id: str, revision: str | None, read_config: Config
     return _from_listing(repo_id, commit, entries, read_config)
 
 
-def _from_listing(repo_id: str, commit: str, entries: list[HubEntry], read_config: ConfigReader) -> HubMetadata:
+def _from_listing(repo_id: str, commit: str, entries: list[HubEntry], read_config: ConfigReader,
+                  signature: bool = True) -> HubMetadata:
     counted = [e for e in entries if not ignored(e.path)]
     files = tuple(_model_file(repo_id, commit, e) for e in counted)
     if not files:
         raise ModelError(f"model {repo_id}@{commit} holds no model files on the Hub; is it the right repository?")
     path = snapshot_dir(repo_id, commit)
     config = read_config(path)
-    signature, note = _hub_signature(repo_id, commit, {e.path: e for e in counted}, path)
-    return HubMetadata(commit, files, tree_digest(files), config, path, signature, note)
+    if not signature:  # the target's engines hold their weights: no key needs the tensors
+        return HubMetadata(commit, files, tree_digest(files), config, path, None, "not read (not needed for this target)")
+    found, note = _hub_signature(repo_id, commit, {e.path: e for e in counted}, path)
+    return HubMetadata(commit, files, tree_digest(files), config, path, found, note)
 
 
 # --- The tensor signature from the weights' headers (ranged GETs; see the module docstring) ---
@@ -298,6 +301,10 @@ def _hub_tensors(repo_id: str, commit: str, entry: HubEntry) -> dict[str, Tensor
         return parse_header(raw, entry.size, where)
     except ModelError as e:
         raise _on_the_hub(e, repo_id, commit) from None
+    except _transport_errors() as e:
+        # Not the unreachable-Hub fallback (hub_metadata_or_snapshot): that downloads the whole snapshot.
+        raise ModelError(f"reading the safetensors header of weight file {where} failed ({type(e).__name__}: {e}); "
+                         f"{_hub_fix(repo_id, commit)}.") from None
 
 
 def _on_the_hub(e: ModelError, repo_id: str, commit: str) -> ModelError:
@@ -409,7 +416,8 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def hub_metadata_or_snapshot(repo_id: str, revision: str | None, read_config: ConfigReader) -> HubMetadata | Path:
+def hub_metadata_or_snapshot(repo_id: str, revision: str | None, read_config: ConfigReader,
+                             signature: bool = True) -> HubMetadata | Path:
     """Online resolution of a Hub id: from metadata, or the cached snapshot where it is complete.
 
     Where the Hub cannot be reached (or answers 5xx), the snapshot download's own fallback
@@ -420,7 +428,7 @@ def hub_metadata_or_snapshot(repo_id: str, revision: str | None, read_config: Co
     try:
         commit, entries = hub_listing(repo_id, revision)
         cached = _complete_in_cache(repo_id, commit, entries)
-        return cached if cached is not None else _from_listing(repo_id, commit, entries, read_config)
+        return cached if cached is not None else _from_listing(repo_id, commit, entries, read_config, signature)
     except ModelError:
         raise
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:  # GatedRepoError too: the Hub's answer stands

@@ -42,7 +42,7 @@ from ..manifests._model_record import MAX_RECORD_CONFIG_BYTES, ModelRecord, Revi
 from ._hub import SnapshotUnavailable
 from ._refs import parse_model_ref
 from ._resolve import ModelLocation, ModelSource, locate_model, s3_download_location
-from ._s3model import S3Listing, list_s3_model, read_s3_object, s3_sha256s
+from ._s3model import S3Listing, list_s3_model, read_s3_object, s3_sha256s, s3_signature
 
 __all__ = ["locate_or_recall", "locate_s3", "keep_model_record", "strict_revision_from_env", "RemoteOpener"]
 
@@ -76,6 +76,10 @@ def keep_model_record(store: Store, model: ModelSource) -> None:
         return  # a config that changed since it was hashed, a name no record can hold: nothing kept
     if record.tree_digest != model.tree_digest:
         return
+    if record.tensors is None:  # never replace a record that knows the tensors with one that does not
+        kept = store.model_records.get(model.repo_id, model.commit, on_bad=lambda _m: None)
+        if kept is not None and kept.tensors is not None and kept.tree_digest == record.tree_digest:
+            record = kept
     revision = model.revision or "main"
     pointer = None if is_commit(revision) else RevisionPointer(model.repo_id, revision, model.commit, now)
     store.model_records.keep(record, pointer)
@@ -117,10 +121,12 @@ def _record_from_checksums(listing: S3Listing) -> ModelRecord | None:
         if config.size > MAX_RECORD_CONFIG_BYTES:
             return None  # a lookup needs the config: download the model instead
         data = read_s3_object(listing, "config.json", sums["config.json"])
+    signature, _why = s3_signature(listing, sums)  # the headers by ranged GETs: what an architecture key needs
     try:
         return ModelRecord.make(ref=listing.uri, repo_id=listing.repo_id, revision="s3", commit=listing.commit,
                                 files=((o.rel, sums[o.rel], o.size) for o in listing.objects), resolved_at=utc_now(),
-                                config=data, etags=listing.etags)
+                                config=data, etags=listing.etags,
+                                tensors=signature.to_json() if signature is not None else None)
     except KilnError:
         return None  # a key no record can hold (not a safe relative path): download and hash instead
 
@@ -156,14 +162,15 @@ def locate_s3(ref: str, *, store: Store, remote: RemoteOpener | None) -> ModelLo
 
 
 def locate_or_recall(ref: str, *, store: Store, remote: RemoteOpener | None = None,
-                     strict: bool | None = None) -> ModelLocation:
+                     strict: bool | None = None, signature: bool = True) -> ModelLocation:
     """:func:`~kiln.models.locate_model`, or for a Hub id not here, the location its model record gives;
-    an s3:// model: :func:`locate_s3`."""
+    an s3:// model: :func:`locate_s3`. ``signature`` False: a Hub id resolved online from metadata
+    skips reading its weights' headers (the target's engines hold their weights)."""
     if isinstance(ref, str) and ref.strip().startswith("s3://"):
         parse_model_ref(ref)  # a malformed URI is a SpecError before any S3 call
         return locate_s3(ref, store=store, remote=remote)
     try:
-        return locate_model(ref)
+        return locate_model(ref, signature=signature)
     except SnapshotUnavailable as e:
         kind, repo_id, revision = parse_model_ref(ref)
         if kind != "hub" or repo_id is None:
@@ -195,7 +202,8 @@ def _recall(ref: str, repo_id: str, revision: str | None, *, store: Store, remot
     if is_commit(rev):  # exact: that commit's record or nothing
         record = store.model_records.get(repo_id, rev)
         if record is not None:
-            return _location(ref, record, rev, local_where, _exact_note(record, local_where))
+            record, where = _with_tensors(record, local_where, rem, store)
+            return _location(ref, record, rev, where, _exact_note(record, where))
         attempts.append(f"model records in {local_where} (no record of commit {rev[:12]})")
         if rem is not None:
             try:
@@ -214,7 +222,8 @@ def _recall(ref: str, repo_id: str, revision: str | None, *, store: Store, remot
     for p in store.model_records.pointers(repo_id, rev):
         record = store.model_records.get(repo_id, p.commit)
         if record is not None:
-            return _moved(ref, record, p, local_where, strict)
+            record, where = _with_tensors(record, local_where, rem, store)
+            return _moved(ref, record, p, where, strict)
     attempts.append(f"model records in {local_where} (none for {repo_id}@{rev})")
     if rem is None:
         attempts.append(_no_remote(remote_failed))
@@ -231,6 +240,22 @@ def _recall(ref: str, repo_id: str, revision: str | None, *, store: Store, remot
         raise _nothing(ref, repo_id, rev, attempts, cause) from None
     attempts.append(f"model records on {rem.describe()} (none for {repo_id}@{rev})")
     raise _nothing(ref, repo_id, rev, attempts, cause)
+
+
+def _with_tensors(record: ModelRecord, where: str, rem: Remote | None, store: Store) -> tuple[ModelRecord, str]:
+    """A local record without the tensor signature (an older Kiln's, or kept by a target that needs
+    none) is replaced by the remote's record of the same files where that one has it: without it an
+    architecture-keyed engine's key cannot be computed, and the lookup would miss."""
+    if record.tensors is not None or rem is None:
+        return record, where
+    try:
+        better = remote_model_record(rem, record.repo_id, record.commit, on_bad=lambda _m: None)
+    except RemoteError:
+        return record, where
+    if better is None or better.tensors is None or better.tree_digest != record.tree_digest:
+        return record, where
+    store.model_records.keep(better, None)
+    return better, rem.describe()
 
 
 def _exact_note(record: ModelRecord, where: str) -> str:

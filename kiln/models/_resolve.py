@@ -227,7 +227,7 @@ def _hash_tree(listing: TreeListing, memo: HashMemo, *, trust_lfs_names: bool) -
     return files
 
 
-def locate_model(ref: str) -> ModelLocation:
+def locate_model(ref: str, *, signature: bool = True) -> ModelLocation:
     """Find a model ref's directory (a Hub id: its snapshot, downloaded unless offline) and list
     its files, checked (:func:`~kiln.models._tree.scan_tree`); no hashing."""
     kind, where, revision = parse_model_ref(ref)
@@ -243,7 +243,7 @@ def locate_model(ref: str) -> ModelLocation:
             raise missing_directory_error(ref.strip())
         real = root.resolve()
         return ModelLocation(str(real), "local", real, listing=scan_tree(real))
-    return _locate_hub(ref, where, revision)
+    return _locate_hub(ref, where, revision, signature)
 
 
 def s3_download_location(ref: str, listing: S3Listing, cache: Path) -> ModelLocation:
@@ -253,11 +253,12 @@ def s3_download_location(ref: str, listing: S3Listing, cache: Path) -> ModelLoca
                          s3_cache=path)
 
 
-def _locate_hub(ref: str, repo_id: str, revision: str | None) -> ModelLocation:
+def _locate_hub(ref: str, repo_id: str, revision: str | None, signature: bool = True) -> ModelLocation:
     """A Hub id's location. Online, unless the cache holds its complete snapshot, the Hub's file
     metadata identifies it and only its small files are downloaded (:mod:`._hub_api`: same
     files, same digest as the snapshot); offline, the cached snapshot."""
-    found = hub_snapshot(repo_id, revision) if hub_offline() else hub_metadata_or_snapshot(repo_id, revision, read_config)
+    found = hub_snapshot(repo_id, revision) if hub_offline() else \
+        hub_metadata_or_snapshot(repo_id, revision, read_config, signature)
     if isinstance(found, HubMetadata):
         return ModelLocation(ref, "hub", found.path, repo_id=repo_id, revision=revision, metadata=found)
     return ModelLocation(ref, "hub", found, repo_id=repo_id, revision=revision, listing=scan_tree(found))
@@ -344,6 +345,7 @@ def fetch_model_files(model: ModelSource, memo: HashMemo | None = None) -> None:
             raise ModelError(f"the files of model {model.ref} in {show_path(model.path)} are not the ones its model "
                              f"record lists (tree digest {_tree_digest(files)}, recorded {model.tree_digest}); delete "
                              "that directory and run again.")
+        _check_signature(model, model.path, files)
         return
     assert model.repo_id is not None and model.commit is not None
     snapshot = hub_snapshot(model.repo_id, model.commit)
@@ -354,3 +356,17 @@ def fetch_model_files(model: ModelSource, memo: HashMemo | None = None) -> None:
             f"the Hub's metadata listed (tree digest {_tree_digest(files)}, expected {model.tree_digest}); delete that "
             "snapshot from the Hugging Face cache and run again."
         )
+    _check_signature(model, snapshot, files)
+
+
+def _check_signature(model: ModelSource, root: Path, files: list[ModelFile]) -> None:
+    """The downloaded weights' headers must give the signature the key was computed from (it came from
+    ranged header reads, or a record): the same bytes by tree digest, so only a lying source differs."""
+    if model.signature is None:
+        return
+    found, _why = local_signature(root, [f.path for f in files])
+    if found != model.signature:
+        raise ModelError(f"the weights downloaded for model {model.ref} ({show_path(root)}) have tensor signature "
+                         f"{found.digest[:19] if found else 'none'}…, not the {model.signature.digest[:19]}… the key was "
+                         "computed from (the source's headers or its model record lie); delete the download and run "
+                         "again, or check the source.")

@@ -37,6 +37,8 @@ from urllib.parse import urlparse
 from .._input import show, show_path
 from ..errors import KilnError, ModelError, SpecError
 from ..manifests._model_record import s3_listing_digest
+from ._architecture import TensorSignature, signature_of, weight_files
+from ._safetensors import INDEX_FILE, MAX_INDEX_BYTES, header_length, parse_header
 from ._tree import ignored
 
 __all__ = ["S3Object", "S3Listing", "parse_s3_uri", "list_s3_model", "download_s3_model", "is_s3_uri", "s3_sha256s",
@@ -199,6 +201,51 @@ def read_s3_object(listing: S3Listing, rel: str, sha256: str) -> bytes:
         raise ModelError(f"object s3://{listing.bucket}/{o.key} does not have the size and SHA-256 checksum S3 lists "
                          "for it; run again once nothing is writing to the bucket.")
     return data
+
+
+def _read_range(listing: S3Listing, o: S3Object, start: int, length: int) -> bytes:
+    """``length`` bytes of a listed object from ``start`` (of its listed ETag): a ranged GET, read bounded."""
+    remote = _client(listing.uri)
+
+    def get() -> bytes:
+        body = remote.client.get_object(Bucket=listing.bucket, Key=o.key, IfMatch='"' + o.etag + '"',
+                                        Range=f"bytes={start}-{start + length - 1}")["Body"]
+        return bytes(body.read(length + 1))  # one byte more: a server that ignored the Range is caught
+
+    try:
+        data = remote._call("download", o.key, get) if length > 0 else b""
+    except Exception as e:
+        raise _failure(listing.uri, "download", e, remote) from None
+    if len(data) != length:
+        raise ModelError(f"a ranged read of s3://{listing.bucket}/{o.key} returned {len(data)} bytes, not {length}; "
+                         "check the S3 endpoint (it must honour Range).")
+    return data
+
+
+def s3_signature(listing: S3Listing, sha256s: dict[str, str]) -> tuple[TensorSignature | None, str | None]:
+    """The tensor signature of an S3 model from its weights' safetensors headers (ranged GETs: the
+    8-byte length, then the header), without downloading it; (None, why) where there is none."""
+    by_rel = {o.rel: o for o in listing.objects}
+
+    def read_index() -> bytes:
+        index = by_rel[INDEX_FILE]
+        if index.size > MAX_INDEX_BYTES:
+            raise ModelError(f"{INDEX_FILE} of {listing.uri} is {index.size} bytes: not a shard index")
+        return read_s3_object(listing, INDEX_FILE, sha256s[INDEX_FILE])
+
+    try:
+        files, why = weight_files(by_rel, read_index)
+        if files is None:
+            return None, why
+        tables = []
+        for rel in files:
+            o = by_rel[rel]
+            where = f"s3://{listing.bucket}/{o.key}"
+            n = header_length(_read_range(listing, o, 0, 8), o.size, where)
+            tables.append(parse_header(_read_range(listing, o, 8, n), o.size, where))
+        return signature_of(tables), None
+    except ModelError as e:  # as for the same files on disk: no signature, and the why
+        return None, str(e)
 
 
 def _good(path: Path, size: int, sha256: str | None) -> bool:
