@@ -10,7 +10,7 @@ Measured in one run, on one machine, in one fresh store:
   (stored as the architecture's engine stage) and writes the base model's weights;
 * "fine-tune": ``kiln build TUNE`` with the same spec in that store — must report
   ``"compiled": false`` and the base build's engine key: only the weights step runs;
-* the fine-tune's engine then answers a prompt; its first greedy token is checked against eager
+* the fine-tune's engine then answers a prompt; its 8 greedy tokens are checked against eager
   transformers on the fine-tune's own weights (the script fails if they differ).
 
     .venv/bin/python scripts/bench_finetune.py [--n-positions 256] [--json]
@@ -38,12 +38,15 @@ import sys, json, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from kiln.targets.torch_aoti.runtime import load_engine
-d, model, prompt = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+d, model, prompt, n = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], 8
 ids = AutoTokenizer.from_pretrained(d)(prompt, return_tensors="pt")["input_ids"]
-engine = int(load_engine(d).generate(ids, 1, eos_token_id=[])[0, -1])
+engine = load_engine(d).generate(ids, n, eos_token_id=[])[0, ids.shape[1]:].tolist()
 lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-eager = int(lm.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)[0, -1])
-print(json.dumps({"engine": engine, "eager": eager}))
+out = ids
+with torch.no_grad():  # greedy by hand: generate() would stop at, or mask, the end-of-sequence token
+    for _ in range(n):
+        out = torch.cat([out, lm(out).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+print(json.dumps({"engine": engine, "eager": out[0, ids.shape[1]:].tolist()}))
 """
 
 
@@ -87,8 +90,10 @@ def bench(base: Path, work: Path, n_positions: int) -> dict[str, Any]:
                                        capture_output=True, text=True).stdout.strip().splitlines()[-1])
     if tokens["engine"] != tokens["eager"]:
         sys.exit(f"the fine-tune's engine answers {tokens['engine']}, its eager model {tokens['eager']}")
+    if tokens["engine"] == [tokens["engine"][0]] * len(tokens["engine"]):
+        print(f"note: the fine-tune repeats one token {tokens['engine']}: a weak check", file=sys.stderr)
     return {"base_build_s": base_s, "finetune_build_s": tune_s, "speedup": base_s / tune_s,
-            "engine_key": base_out["engine"]["key"], "first_token_matches_eager": True}
+            "engine_key": base_out["engine"]["key"], "tokens_match_eager": True}
 
 
 def main() -> None:
@@ -115,7 +120,7 @@ def main() -> None:
     print("| --- | --- |")
     print(f"| base model: compile + weights | {res['base_build_s']:.1f} |")
     print(f"| fine-tune: stored engine reused + its weights (`\"compiled\": false`) | {res['finetune_build_s']:.1f} |")
-    print(f"\nfine-tune build {res['speedup']:.1f}x faster; its first token equals its eager model's")
+    print(f"\nfine-tune build {res['speedup']:.1f}x faster; its 8 greedy tokens equal its eager model's")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import pytest
 
+from kiln.cache import Store
 from kiln.models._architecture import signature_of
 from kiln.models._safetensors import MAX_HEADER_BYTES
 
@@ -124,7 +125,9 @@ class StandInHub(http.server.ThreadingHTTPServer):
     besides *.safetensors and *.bin. ``ignore_range`` makes it answer every GET with the whole file
     (200, as a server without Range support does), written in pieces: ``answered`` records, for each
     file so answered, the bytes the socket took and whether the client hung up before the end.
-    ``range_status`` answers every Range request with that HTTP status instead.
+    ``range_status`` answers every Range request with that HTTP status instead. ``lie_in_ranges``
+    maps a file to other bytes (of the same size) that Range requests are answered from: a source
+    whose header reads say another header than the file it serves in full.
     """
 
     def __init__(self, files: dict[str, bytes]) -> None:
@@ -138,6 +141,7 @@ class StandInHub(http.server.ThreadingHTTPServer):
         self.next_link: str | None = None  # a Link rel="next" URL on every tree page (a hostile Hub's loop)
         self.ignore_range = False
         self.range_status: int | None = None
+        self.lie_in_ranges: dict[str, bytes] = {}
         self.answered: dict[str, tuple[int, bool]] = {}  # file → (bytes written, cut off) of a 200 answer
 
     @property
@@ -228,6 +232,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._whole(name, data, headers) if self.command == "GET" else self._send(200, data, headers)
         if self.server.range_status is not None:
             return self._send(self.server.range_status, b"server error", {"Content-Type": "text/plain"})
+        data = self.server.lie_in_ranges.get(name, data)
         m = _RANGE.match(asked)
         first = int(m.group(1)) if m else len(data)
         last = min(int(m.group(2) or len(data) - 1), len(data) - 1) if m else 0
@@ -597,3 +602,53 @@ def test_hub_unreachable_errors_are_known_without_httpx2(monkeypatch: pytest.Mon
     errors = _hub_api._transport_errors()
     assert OSError in errors  # requests' ConnectionError is an OSError
     assert all(isinstance(e, type) and issubclass(e, BaseException) for e in errors)
+
+
+TRTLLM = ["--target", "trtllm", "--n-positions", "64", "--toolchain", "tensorrt_llm=1,tensorrt=1,hardware=cuda-sm90"]
+
+
+def test_a_target_that_holds_its_weights_reads_no_header_and_keeps_a_records_signature(hub: StandInHub,
+                                                                                      tmp_path: Path) -> None:
+    """trtllm engines hold their weights: no key needs the signature, so no header is read, and the
+    record it keeps must not replace the one that knows the signature (a torch-aoti key needs it)."""
+    env = _env(hub, tmp_path / "hf")
+    aoti = _key(REPO_ID, env)  # torch-aoti: the headers are read, the record keeps the signature
+    store = Store(Path(os.environ["KILN_HOME"]))
+    kept = store.model_records.get(REPO_ID, COMMIT)
+    assert kept is not None and kept.tensors == expected_signature(TENSORS), kept
+    hub.requests.clear()
+    r = run_kiln("key", REPO_ID, *TRTLLM, "--explain", "--json", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["inputs"]["model"]["tree_digest"] == aoti["model"]["tree_digest"]
+    assert [q for q in hub.requests if q.file.startswith(f"/api/models/{REPO_ID}/tree/")]  # resolved online
+    assert not [q for q in hub.requests if q.range is not None], hub.requests  # no header read, of any file
+    after = store.model_records.get(REPO_ID, COMMIT)
+    assert after is not None and after.tensors == kept.tensors and after.tree_digest == kept.tree_digest, after
+    # Offline, the weights never downloaded: the kept record still gives torch-aoti its key.
+    again = run_kiln("key", REPO_ID, *AOTI, "--json", env=_env(hub, tmp_path / "hf", offline=True))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["key"] == aoti["key"]
+
+
+def test_header_reads_that_lie_fail_the_build_in_one_line_and_publish_nothing(hub: StandInHub,
+                                                                             tmp_path: Path) -> None:
+    """The key came from the ranged header reads; the weights the build downloads must have the same
+    signature, or the engine would be filed under another architecture's key."""
+    real = hub.files["model.safetensors"]
+    renamed = {("model.norx.weight" if k == "model.norm.weight" else k): v for k, v in TENSORS.items()}
+    lie = safetensors_file(renamed)
+    assert len(lie) == len(real) and lie[:8] == real[:8] and lie != real  # a valid header: only a name differs
+    hub.lie_in_ranges["model.safetensors"] = lie
+    remote = tmp_path / "remote"
+    r = run_kiln("--remote", str(remote), "build", REPO_ID, *AOTI, "--push", env=_env(hub, tmp_path / "hf"),
+                 timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    [line] = [x for x in r.stderr.strip().splitlines() if x.startswith("kiln: error:")]
+    assert "tensor signature" in line, line
+    assert expected_signature(TENSORS)["digest"][:19] in line and expected_signature(renamed)["digest"][:19] in line
+    # The key's signature came from ranged reads; the build then downloaded the file whole (the check is after it).
+    reads = _weight_requests(hub)
+    assert {q.range for q in reads if _repo_file(q) == "model.safetensors"} >= {"bytes=0-7", None}, hub.requests
+    store = Store(Path(os.environ["KILN_HOME"]))
+    assert not list(store.iter_entries())
+    assert not [p for p in remote.rglob("*") if p.is_file()]

@@ -22,6 +22,7 @@ from kiln.errors import ModelError, ModelNotFoundError, UnsafeManifestError
 from kiln.manifests._model_record import MAX_RECORD_CONFIG_BYTES, ModelRecord, RevisionPointer, model_tree_digest
 from kiln.models._tree import ModelFile, tree_digest
 from tests.conftest import LLAMA_CONFIG, run_kiln, write_hf_cache_model
+from tests.models.test_hub_metadata import TENSORS, expected_signature, safetensors_file
 from tests.remote.conftest import moto_server, s3_view, S3View  # noqa: F401  (fixtures)
 
 REPO = "acme/tiny"
@@ -168,9 +169,9 @@ def test_a_damaged_local_record_is_ignored_with_a_warning(store: Store, caplog: 
     assert store.model_records.get(REPO, COMMIT_A) is not None
 
 
-def _publish_and_push(tmp_path: Path, url: str) -> str:
+def _publish_and_push(tmp_path: Path, url: str, files: dict[str, bytes] | None = None) -> str:
     """The CI side: a Hub model in the HF cache, an artifact of it in the store, pushed; returns its key."""
-    write_hf_cache_model(hub_cache(), REPO, model_files(), commit=COMMIT_A)
+    write_hf_cache_model(hub_cache(), REPO, files or model_files(), commit=COMMIT_A)
     src = tmp_path / "artifact"
     src.mkdir()
     (src / "engine.bin").write_bytes(b"engine")
@@ -252,3 +253,63 @@ def test_a_remote_record_that_does_not_match_its_files_is_refused_clearly(
     assert r.returncode == 2, r.stderr
     assert "does not match its own files" in r.stderr and "refusing it" in r.stderr
     assert "No model record resolves it either" in r.stderr and "Traceback" not in r.stderr
+
+
+def signed_model_files() -> dict[str, bytes]:
+    """A model with an architecture digest: real safetensors weights (their header gives the tensor
+    signature) and a config that does not tie lm_head to the embeddings (a tie would leave it none)."""
+    return {
+        "config.json": json.dumps({**LLAMA_CONFIG, "tie_word_embeddings": False}, indent=1).encode(),
+        "model.safetensors": safetensors_file(TENSORS),
+        "tokenizer.json": b'{"version": "1.0"}',
+    }
+
+
+@pytest.mark.parametrize("ref", [f"{REPO}@{COMMIT_A}", REPO], ids=["pinned-commit", "branch-pointer"])
+def test_a_local_record_without_the_signature_yields_to_the_remotes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ref: str) -> None:
+    """A record an older Kiln kept (no tensors): offline, the torch-aoti key would be keyed by the tree
+    digest, not the architecture digest the build machine used, and every lookup would miss."""
+    url = str(tmp_path / "remote")
+    key = _publish_and_push(tmp_path, url, signed_model_files())  # the build machine, which had the files
+    rem = open_remote(url)
+    assert rem is not None
+    pushed = remote_model_record(rem, REPO, COMMIT_A)
+    assert pushed is not None and pushed.tensors == expected_signature(TENSORS)
+    fresh = _fresh_machine(tmp_path, monkeypatch)  # no HF cache; HF_HUB_OFFLINE=1 (tests.conftest)
+    old = ModelRecord.make(ref=REPO, repo_id=REPO, revision="main", commit=COMMIT_A, files=pushed.files,
+                           resolved_at=pushed.resolved_at, config=pushed.config, tensors=None)
+    fresh.model_records.put(old)
+    fresh.model_records.put_pointer(RevisionPointer(REPO, "main", COMMIT_A, pushed.resolved_at))
+    assert fresh.model_records.get(REPO, COMMIT_A) == old
+    r = run_kiln("--remote", url, "key", ref, *SPEC, "--explain", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["key"] == key
+    assert "model.architecture_digest" in out["parts"]["engine"]["keyed_by"], out["parts"]
+    assert [n for n in out["notes"] if rem.describe() in n and COMMIT_A[:12] in n], out["notes"]  # the remote's record
+    hit = run_kiln("--remote", url, "lookup", ref, *SPEC, "--json")
+    assert hit.returncode == 0 and json.loads(hit.stdout)["entry"]["key"] == key, hit.stdout + hit.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="kiln bug: ModelRecords.put (kiln/cache/_model_records.py) never replaces an "
+                                       "intact record, so _with_tensors' keep of the remote's record is a no-op")
+def test_the_local_record_without_the_signature_is_upgraded_from_the_remotes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept locally, the remote's record lets the next resolution need no remote (the module's promise)."""
+    url = str(tmp_path / "remote")
+    key = _publish_and_push(tmp_path, url, signed_model_files())
+    rem = open_remote(url)
+    assert rem is not None
+    pushed = remote_model_record(rem, REPO, COMMIT_A)
+    assert pushed is not None
+    fresh = _fresh_machine(tmp_path, monkeypatch)
+    fresh.model_records.put(ModelRecord.make(ref=REPO, repo_id=REPO, revision="main", commit=COMMIT_A,
+                                             files=pushed.files, resolved_at=pushed.resolved_at, config=pushed.config))
+    r = run_kiln("--remote", url, "key", f"{REPO}@{COMMIT_A}", *SPEC)
+    assert r.returncode == 0 and r.stdout.strip() == key, r.stdout + r.stderr
+    kept = fresh.model_records.get(REPO, COMMIT_A)
+    assert kept is not None and kept.tensors == expected_signature(TENSORS)
+    # Without the remote now: the kept record gives the same key.
+    again = run_kiln("key", f"{REPO}@{COMMIT_A}", *SPEC)
+    assert again.returncode == 0 and again.stdout.strip() == key, again.stdout + again.stderr

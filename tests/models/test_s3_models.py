@@ -24,7 +24,9 @@ from kiln.cache import Store, open_remote
 from kiln.errors import UnsafeManifestError
 from kiln.manifests._model_record import ModelRecord, s3_listing_digest
 from kiln.models import fetch_model_files
-from tests.conftest import run_kiln, write_fake_model
+from kiln.models._s3model import list_s3_model
+from tests.conftest import LLAMA_CONFIG, run_kiln, write_fake_model
+from tests.models.test_hub_metadata import TENSORS, expected_signature, safetensors_file
 from tests.remote.conftest import MotoServer, aws_env, moto_server, new_bucket, s3_client  # noqa: F401  (fixtures)
 
 PINS = ["--toolchain", "torch=2.0.0", "--toolchain", "transformers=5.0.0", "--toolchain", "hardware=cpu-test"]
@@ -201,3 +203,36 @@ def test_s3_sha256_checksums_identify_a_model_without_downloading_it(
     (model / "tokenizer.json").write_bytes(b'{"version": "2.0"}')
     assert _key(uri) == _key(str(model))
     assert (next(store.s3_models_dir.rglob("model.safetensors"))).read_bytes() == (model / "model.safetensors").read_bytes()
+
+
+def _explain(ref: str) -> dict:
+    r = run_kiln("key", ref, *AOTI, "--explain", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def test_an_s3_model_identified_by_checksums_keys_by_its_architecture_as_a_directory_does(
+        moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+    """Identified by S3's checksums, the weights are never downloaded: their safetensors headers are
+    read by ranged GETs, or the torch-aoti engine would be keyed by the tree digest, not the
+    architecture digest the same files in a directory give (another key: every lookup would miss)."""
+    aws_env(monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint)
+    client = s3_client(moto_server.endpoint)
+    bucket = new_bucket(client)
+    model = write_fake_model(tmp_path / "local-model", config={**LLAMA_CONFIG, "tie_word_embeddings": False})
+    (model / "model.safetensors").write_bytes(safetensors_file(TENSORS))  # real weights: a header to read
+    for f in sorted(model.iterdir()):
+        client.put_object(Bucket=bucket, Key="m/" + f.name, Body=f.read_bytes(), ChecksumAlgorithm="SHA256")
+    uri = f"s3://{bucket}/m/"
+    from_s3, from_dir = _explain(uri), _explain(str(model))
+    assert "model.architecture_digest" in from_dir["parts"]["engine"]["keyed_by"], from_dir["parts"]
+    assert "model.architecture_digest" in from_s3["parts"]["engine"]["keyed_by"], from_s3["parts"]
+    assert from_s3["inputs"]["model"] == from_dir["inputs"]["model"]
+    assert from_s3["key"] == from_dir["key"]
+    assert [n for n in from_s3["notes"] if "S3's SHA-256 checksums" in n], from_s3["notes"]
+    store = Store(Path(os.environ["KILN_HOME"]))
+    assert not [p for p in store.s3_models_dir.rglob("*") if p.is_file() and p.suffix != ".lock"]  # nothing downloaded
+    listing = list_s3_model(uri)
+    record = store.model_records.get(listing.repo_id, listing.commit)  # kept: the next lookup reads nothing
+    assert record is not None and record.tensors == expected_signature(TENSORS), record
