@@ -149,9 +149,14 @@ class ModelRecordFiles:
         return out
 
     def put(self, record: ModelRecord) -> None:
-        """Keep ``record`` (unless an intact one of that commit is here already)."""
+        """Keep ``record``, unless an intact one of that commit is here already — except that one
+        without the tensor signature yields to one of the same files with it (an older Kiln's record,
+        or one kept by a target that needs no signature: an architecture key needs it)."""
         path = self._path(record_key(record.repo_id, record.commit))
-        if self.get(record.repo_id, record.commit, on_bad=lambda _m: None) is None:
+        kept = self.get(record.repo_id, record.commit, on_bad=lambda _m: None)
+        upgrade = kept is not None and kept.tensors is None and record.tensors is not None \
+            and kept.tree_digest == record.tree_digest
+        if kept is None or upgrade:
             atomic_write_bytes(path, record.to_bytes(), store_root=self.store_root)
 
     def put_pointer(self, pointer: RevisionPointer) -> None:

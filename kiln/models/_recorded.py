@@ -138,15 +138,20 @@ def locate_s3(ref: str, *, store: Store, remote: RemoteOpener | None) -> ModelLo
     repo_id, commit = listing.repo_id, listing.commit
     where = f"the local store ({show_path(store.root)})"
     record = store.model_records.get(repo_id, commit)
-    if record is None and remote is not None:
+    if (record is None or record.tensors is None) and remote is not None:  # none here, or an older Kiln's
         try:
             rem = remote()
-            record = remote_model_record(rem, repo_id, commit) if rem is not None else None
+            theirs = remote_model_record(rem, repo_id, commit) if rem is not None else None
         except KilnError:
-            record = None  # an unreachable remote: the model is downloaded and hashed instead
-        if record is not None:
+            theirs = None  # an unreachable remote: the model is downloaded and hashed instead
+        if theirs is not None and (record is None or theirs.tensors is not None):
             assert rem is not None
-            where = rem.describe()
+            record, where = theirs, rem.describe()
+            store.model_records.keep(record, None)
+    if record is not None and record.tensors is None:  # an older Kiln's: S3's checksums may give the signature
+        fuller = _record_from_checksums(listing)
+        if fuller is not None and fuller.tensors is not None and fuller.tree_digest == record.tree_digest:
+            record, where = fuller, "S3's SHA-256 checksums of its objects"
             store.model_records.keep(record, None)
     if record is None:
         record = _record_from_checksums(listing)
@@ -230,7 +235,9 @@ def _recall(ref: str, repo_id: str, revision: str | None, *, store: Store, remot
         raise _nothing(ref, repo_id, rev, attempts, cause)
     try:
         for p in remote_revision_pointers(rem, repo_id, rev):
-            record = store.model_records.get(repo_id, p.commit) or remote_model_record(rem, repo_id, p.commit)
+            local = store.model_records.get(repo_id, p.commit)
+            record = local if local is not None and local.tensors is not None else \
+                remote_model_record(rem, repo_id, p.commit) or local
             if record is not None:
                 location = _moved(ref, record, p, rem.describe(), strict)
                 store.model_records.keep(record, p)

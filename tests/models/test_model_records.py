@@ -292,8 +292,6 @@ def test_a_local_record_without_the_signature_yields_to_the_remotes(
     assert hit.returncode == 0 and json.loads(hit.stdout)["entry"]["key"] == key, hit.stdout + hit.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="kiln bug: ModelRecords.put (kiln/cache/_model_records.py) never replaces an "
-                                       "intact record, so _with_tensors' keep of the remote's record is a no-op")
 def test_the_local_record_without_the_signature_is_upgraded_from_the_remotes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Kept locally, the remote's record lets the next resolution need no remote (the module's promise)."""
