@@ -29,7 +29,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "GcPlan", "PullResult", "PushResult", "Remote", "RemoteGcPlan", "Store", "VerifyReport",
         "open_remote", "pull", "push", "read_remote_artifact", "remote_entries", "remote_gc"
     ),
-    "kiln.compile": ("BuildResult", "build", "push_build"),
+    "kiln.compile": ("BuildResult", "build", "plan_build", "push_build"),
     "kiln.compile.executors": ("RowResult", "github_matrix", "run_local", "run_ray"),
     "kiln.compile.matrix": ("MatrixRow", "load_matrix"),
     "kiln.compile.plan": ("PlannedRow", "plan_rows", "shared_errors"),
@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
         remote_entries,
         remote_gc,
     )
-    from .compile import BuildResult, build, push_build
+    from .compile import BuildResult, build, plan_build, push_build
     from .compile.executors import RowResult, github_matrix, run_local, run_ray
     from .compile.matrix import MatrixRow, load_matrix
     from .compile.plan import PlannedRow, plan_rows, shared_errors
@@ -120,7 +120,7 @@ __all__ = [
     "KeyLookup", "lookup_key", "fetch_by_key",
     "IndexEntry", "Manifest",
     # building
-    "BuildResult", "build", "push_build",
+    "BuildResult", "build", "plan_build", "push_build",
     # loading in-process
     "LoadedEngine", "load_engine", "load_engine_by_key",
     # store and remotes

@@ -51,6 +51,7 @@ class SpecRequest:
     model: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)  # spec field -> raw flag value (set ones only)
     instance_type: str | None = None
+    consumer: str | None = None  # --consumer NAME[:VERSION]
     options: tuple[str, ...] = ()  # NAME=VALUE
     from_env: bool = False
     serving_properties: Path | None = None
@@ -67,6 +68,7 @@ class SpecRequest:
         """The spec flags set on the command line other than MODEL and --toolchain."""
         out = [SPEC_FLAGS[k] for k in self.values]
         out += ["--instance-type"] if self.instance_type else []
+        out += ["--consumer"] if self.consumer else []
         out += ["--option"] if self.options else []
         out += ["--from-env"] if self.from_env else []
         out += ["--serving-properties"] if self.serving_properties else []
@@ -81,6 +83,8 @@ class SpecRequest:
             flags[name] = Field(value, SPEC_FLAGS[name])
         if self.instance_type:
             flags["option.instance_type"] = Field(self.instance_type, "--instance-type")
+        if self.consumer:
+            flags["option.consumer"] = Field(self.consumer.strip().lower(), "--consumer")
         for item in self.options:
             name, sep, value = item.partition("=")
             if not sep:
@@ -103,6 +107,9 @@ _OPTIONS = [
     click.option("--per-channel", is_flag=True, default=None, help="SmoothQuant per-channel weight scales."),
     click.option("--int8-kv-cache", is_flag=True, default=None, help="INT8 KV cache (trtllm)."),
     click.option("--instance-type", help="Instance type, e.g. ml.inf2.24xlarge (validation, hardware class, tp=max)."),
+    click.option("--consumer", metavar="NAME:VERSION",
+                 help="Who will load the engine, e.g. lmi-neuronx:0.29.0 (neuron): Kiln compiles exactly as it would "
+                      "[LMI configuration: OPTION_KILN_CONSUMER]."),
     click.option("--option", "-o", "target_options", multiple=True, metavar="NAME=VALUE", help="Target option, e.g. gqa_strategy=shard-over-heads."),
     click.option("--from-env", is_flag=True,
                  help="Read SageMaker LMI OPTION_* / HF_MODEL_ID environment variables. OPTION_KILN_TARGET names the "
@@ -115,7 +122,7 @@ _OPTIONS = [
                       "a branch or tag (it may have moved) instead of using its newest recorded commit "
                       "[env: KILN_STRICT_REVISION=1]."),
 ]
-_PARAMS = ("model", *SPEC_FLAGS, "instance_type", "target_options", "from_env", "serving_properties", "calib_file",
+_PARAMS = ("model", *SPEC_FLAGS, "instance_type", "consumer", "target_options", "from_env", "serving_properties", "calib_file",
            "toolchain_pins", "strict_revision")
 
 
@@ -134,6 +141,7 @@ def _spec_decorator(options: list[Callable[..., Any]]) -> Callable[[Callable[...
                 model=raw["model"],
                 values={k: raw[k] for k in SPEC_FLAGS if raw[k] is not None},
                 instance_type=raw["instance_type"] or None,
+                consumer=raw["consumer"] or None,
                 options=tuple(raw["target_options"] or ()),
                 from_env=bool(raw["from_env"]),
                 serving_properties=raw["serving_properties"],

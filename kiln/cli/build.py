@@ -22,16 +22,21 @@ __all__ = ["build", "generate", "presets"]
 @click.option("--force", is_flag=True, help="Build even if the store already has the artifact.")
 @click.option("--push", "do_push", is_flag=True, help="Also publish the artifact to the remote (--remote / KILN_REMOTE).")
 @click.option("--preset", metavar="NAME", help="Build every row of a preset (`kiln presets`); MODEL replaces its models.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (key, steps, the exact vendor invocation) and build nothing.")
 @remote_option
 @json_option
 @click.pass_context
-def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, preset: str | None, as_json: bool) -> None:
+def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, preset: str | None, dry_run: bool,
+          as_json: bool) -> None:
     """Build the engine for a spec (a local or remote hit returns at once) and publish it.
 
     Progress goes to stderr, the result to stdout (with --json too). Exit 3: the stages this
     machine can run are stored and the last needs another machine (the --json document, status
     "incomplete", lists the stored stage keys and the commands that finish the build).
     """
+    if dry_run:
+        _dry_run(ctx, spec, as_json=as_json)
+        return
     rem = remote(ctx, required=do_push)
     if preset:
         _build_preset(ctx, preset, spec, force=force, do_push=do_push, as_json=as_json)
@@ -70,6 +75,26 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
         click.echo("stages    " + ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items() if v >= 0.05))
 
 
+def _dry_run(ctx: click.Context, spec: SpecRequest, *, as_json: bool) -> None:
+    plan = api.plan_build(resolve_request(store(ctx), spec), store=store(ctx))
+    if as_json:
+        print_json(plan)
+        return
+    import json
+
+    click.echo(f"key       {plan['key'] or '(not computable: the toolchain is not known here)'}")
+    for step in plan["steps"]:  # type: ignore[attr-defined]
+        stage = step.get("stage")
+        where = f"  stage {stage['key'][:12]}{' (stored)' if stage['stored'] else ''}" if stage and stage["key"] else ""
+        click.echo(f"step      {step['name']}: {step['what']}{where}")
+        if "invocation" in step:
+            click.echo("          " + json.dumps(step["invocation"], sort_keys=True))
+        else:
+            click.echo("          " + " ".join(step["argv"]))
+    for note in plan["notes"]:  # type: ignore[attr-defined]
+        click.echo(f"note      {note}")
+
+
 def build_and_push(ctx: click.Context, spec: SpecRequest, res: api.Resolution, rem: api.Remote | None, *,
                    do_push: bool, as_json: bool, force: bool = False,
                    reporter: StageReporter | None = None) -> tuple[api.BuildResult, api.PushResult | None]:
@@ -97,10 +122,11 @@ def build_and_push(ctx: click.Context, spec: SpecRequest, res: api.Resolution, r
 
 def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bool, do_push: bool, as_json: bool) -> None:
     """Build every row of a preset, skipping hits; one row's failure does not stop the others."""
-    stray = spec.given_flags()
+    stray = [f for f in spec.given_flags() if f != "--consumer"]
     if stray:
-        raise click.UsageError(f"--preset sets the spec of every row; drop {', '.join(stray)} (only MODEL and --toolchain apply).")
-    rows = api.load_preset(name, model=spec.model)
+        raise click.UsageError(f"--preset sets the spec of every row; drop {', '.join(stray)} (only MODEL, --consumer "
+                               "and --toolchain apply).")
+    rows = api.load_preset(name, model=spec.model, consumer=spec.consumer)
     pins = api.parse_toolchain_pins(spec.toolchain_pins)
     report = []
     for row in rows:

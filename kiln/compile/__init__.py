@@ -10,7 +10,7 @@
 Nothing here knows a target by name: what differs between backends is asked of the Target.
 """
 
-from .build import BuildResult, build, push_build
+from .build import BuildResult, build, plan_build, push_build
 from .worker import BUILD_LOG
 
-__all__ = ["BUILD_LOG", "BuildResult", "build", "push_build"]
+__all__ = ["BUILD_LOG", "BuildResult", "build", "plan_build", "push_build"]

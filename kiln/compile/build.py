@@ -34,7 +34,7 @@ from ..targets.base import StoredStep
 from .stages import compile_and_publish, run_stage
 from .worker import OnStage, WorkerResult
 
-__all__ = ["BuildResult", "build", "push_build", "require_real_toolchain"]
+__all__ = ["BuildResult", "build", "plan_build", "push_build", "require_real_toolchain"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class BuildResult:
 
 def require_real_toolchain(target: Target, res: Resolution, stored: list[StoredStep], where: str) -> None:
     """A compile must run with the toolchain its key names: pins may not stand in for it."""
-    detected = target.detect_toolchain(res.spec)
+    detected = target.installed_toolchain(res.spec)
     missing = [c for c, v in detected.items() if v is None]
     if missing:
         raise target.missing_toolchain_error(res, missing, stored, where)
@@ -88,6 +88,14 @@ def require_real_toolchain(target: Target, res: Resolution, stored: list[StoredS
             + ", ".join(f"{c} (pinned {res.toolchain[c]}, installed {detected[c]})" for c in pinned_off)
             + "; a build is keyed by the toolchain that really compiles it: drop the pin."
         )
+    # A consumer's image ships its own SDK: graphs compiled with another would not be the ones it loads.
+    image_off = [c for c, origin in res.toolchain_origin.items()
+                 if origin not in ("pinned", "detected") and res.toolchain[c] != detected[c]]
+    if image_off:
+        raise ToolchainError(
+            f"the consumer's image ships a different toolchain than this machine has: "
+            + ", ".join(f"{c} {res.toolchain[c]} ({res.toolchain_origin[c]}; installed {detected[c]})" for c in image_off)
+            + "; build where exactly that SDK is installed (the image itself, or a host with those versions).")
 
 
 def build(
@@ -174,6 +182,31 @@ def _add_times(total: dict[str, float], more: dict[str, float]) -> None:
     """Stage timings of several steps in one table: a name two workers share (imports, load) adds up."""
     for name, seconds in more.items():
         total[name] = total.get(name, 0.0) + seconds
+
+
+def plan_build(res: Resolution, *, store: Store) -> dict[str, object]:
+    """What `kiln build` would do, without doing it (``kiln build --dry-run``): the key, each step
+    with its stored stage (if found in the local store) and its exact vendor invocation where the
+    target says one (neuron: the consumer's class, kwargs and NeuronConfig, and env), else its
+    worker command line (OUT stands for its build directory)."""
+    target = get_target(res.spec.target)
+    steps = []
+    for step in target.build_steps(res):
+        entry = {"name": step.name, "what": step.what, "compiles": step.compiles,
+                 "needs_toolchain": step.needs_toolchain}
+        if step.stage is not None:
+            stored = store.get_entry(step.stage.model_hex, step.stage.key) if res.complete else None
+            entry["stage"] = {"name": step.stage.name, "key": step.stage.key if res.complete else None,
+                              "stored": stored is not None}
+        invocation = target.step_invocation(res, step.name)
+        if invocation is not None:
+            entry["invocation"] = invocation
+        else:
+            entry["argv"] = ["python", *step.argv(Path("OUT"), {name: Path(name.upper()) for name in step.inputs})]
+        steps.append(entry)
+    return {"key": res.key if res.complete else None, "spec": res.entry_spec(), "model": res.model_summary(),
+            "toolchain": dict(res.toolchain), "toolchain_origin": dict(res.toolchain_origin), "steps": steps,
+            "notes": list(res.notes)}
 
 
 def push_build(store: Store, remote: Remote, result: BuildResult, progress: Progress | None = None) -> PushResult:

@@ -21,9 +21,10 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from .._input import show
 from ..cache import Remote, Store, pull, remote_entries, remote_entry
-from ..errors import CorruptBlobError, NotFoundError, RemoteError, SpecError, UnsafeManifestError
+from ..errors import CorruptBlobError, KilnError, NotFoundError, RemoteError, SpecError, UnsafeManifestError
 from ..manifests import IndexEntry, Manifest, spec_differences, toolchain_differences
 from ..presets import PRESETS, load_preset
+from ..targets import get_target
 from ..targets.instances import instance_devices
 from .progress import current_progress
 from .resolution import Resolution
@@ -354,10 +355,16 @@ def explain_presets(res: Resolution, limit: int = 3) -> list[str]:
         if target != res.spec.target:
             continue
         scored = []
-        for row in load_preset(preset):
+        # Rows for the same consumer, resolved as this spec was (defaults filled, LMI values normalised).
+        t = get_target(res.spec.target)
+        config = res.model.config()
+        for row in load_preset(preset, consumer=res.spec.option("consumer")):
             if row.model not in names:
                 continue
-            have = spec_from_fields(row.fields()).shape_json(res.key_options)
+            try:
+                have = t.validate(spec_from_fields(row.fields()), config).spec.shape_json(res.key_options)
+            except KilnError:
+                continue  # a row this consumer would not load: nothing to suggest
             diffs = spec_differences(res.shape, have)
             scored.append((len(diffs), row.id, diffs))
         if scored:

@@ -166,7 +166,15 @@ def spec_from_sources(
     )
     merged = {**cfg.fields, **flags}
     given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))
-    return SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given)
+    spec = spec_from_fields(merged)
+    choices = TARGETS[spec.target].consumers
+    if choices and spec.option("consumer") is None:
+        # LMI's defaults (n_positions, batching, the SDK its image ships) differ by release: guessing
+        # would build graphs the container cannot load.
+        raise SpecError(
+            f"an LMI configuration of a {spec.target} engine must name its consumer: the LMI release decides how "
+            f"the engine is compiled. Pass --consumer (or set OPTION_KILN_CONSUMER) to one of {', '.join(choices)}.")
+    return SpecSource(spec, cfg.ignored, cfg.notes, given)
 
 
 def parse_toolchain_pins(pins: Iterable[str]) -> dict[str, str]:

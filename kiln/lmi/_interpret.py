@@ -46,7 +46,7 @@ _USED_BY_ALL = {
     "option.batch_size", "option.dtype", "option.quantize", "option.smoothquant_alpha",
     "option.smoothquant_per_token", "option.smoothquant_per_channel", "option.int8_kv_cache",
     "option.kv_cache_quant_algo", "option.max_input_len", "option.max_output_len", "option.max_seq_len",
-    "option.instance_type", "option.kiln_target",
+    "option.instance_type", "option.kiln_target", "option.kiln_consumer",
 }
 _USED = _USED_BY_ALL | {name for t in TARGETS.values() for name in t.lmi.properties}
 
@@ -258,6 +258,9 @@ def interpret(
             fields[mine[prop_name]] = Field(p.value, p.source)
         else:
             ignored.append((p.source, p.value))
+    consumer = norm.get("option.kiln_consumer")
+    if consumer is not None and consumer.value:
+        fields["option.consumer"] = Field(consumer.value.strip().lower(), consumer.source)
     if instance_type and target and get_target(target).has_option("instance_type"):
         fields["option.instance_type"] = Field(instance_type, "--instance-type")
     return LmiConfig(fields, tuple(ignored), tuple(notes))

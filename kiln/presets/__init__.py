@@ -48,15 +48,23 @@ class PresetRow:
     batch_size: int
     tp_degree: int
     dtype: str
+    # Who loads the row's engine (``--consumer``): JumpStart deploys these rows with an LMI NeuronX
+    # image whose release the preset does not say, so it is the caller's choice; None: the plain library.
+    consumer: str | None = None
 
     def fields(self) -> dict[str, Field]:
         src = f"preset {self.preset} row {self.id}"
-        return {
+        fields = {
             "model": Field(self.model, src), "target": Field(self.target, src),
             "n_positions": Field(self.n_positions, src), "batch_size": Field(self.batch_size, src),
             "tp_degree": Field(self.tp_degree, src), "dtype": Field(self.dtype, src),
             "option.instance_type": Field(self.instance_type, src),
         }
+        if self.consumer:
+            fields["option.consumer"] = Field(self.consumer, "--consumer")
+            if self.consumer.startswith("lmi-"):
+                fields["option.rolling_batch"] = Field("auto", src)  # as lmi_env() starts the container
+        return fields
 
     def lmi_env(self) -> dict[str, str]:
         """The row as an LMI NeuronX container's environment would say it."""
@@ -68,6 +76,7 @@ class PresetRow:
             "OPTION_MAX_ROLLING_BATCH_SIZE": str(self.batch_size),
             "OPTION_TENSOR_PARALLEL_DEGREE": str(self.tp_degree),
             "OPTION_DTYPE": self.dtype,
+            **({"OPTION_KILN_CONSUMER": self.consumer} if self.consumer else {}),
         }
 
     def serving_properties(self) -> str:
@@ -81,14 +90,16 @@ class PresetRow:
             f"option.max_rolling_batch_size={self.batch_size}\n"
             f"option.tensor_parallel_degree={self.tp_degree}\n"
             f"option.dtype={self.dtype}\n"
+            + (f"option.kiln_consumer={self.consumer}\n" if self.consumer else "")
         )
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def load_preset(name: str, model: str | None = None) -> list[PresetRow]:
-    """The rows of a preset; ``model`` replaces the preset's models (rows then deduplicated)."""
+def load_preset(name: str, model: str | None = None, consumer: str | None = None) -> list[PresetRow]:
+    """The rows of a preset; ``model`` replaces the preset's models (rows then deduplicated); ``consumer``
+    names who loads them (``lmi-neuronx:0.29.0``; None: the plain library)."""
     if name not in PRESETS:
         raise SpecError(f"preset {name!r} is not known; `kiln presets` lists them ({', '.join(PRESETS)}).")
     filename, target, _ = PRESETS[name]
@@ -113,6 +124,7 @@ def load_preset(name: str, model: str | None = None) -> list[PresetRow]:
                 batch_size=int(line["max_rolling_batch_size"]),
                 tp_degree=int(line["tensor_parallel_degree"]),
                 dtype=line["dtype"].strip(),
+                consumer=consumer,
             )
             if row.id not in seen:
                 seen.add(row.id)

@@ -212,6 +212,9 @@ class Target:
     # so it is keyed by the model's architecture digest and every fine-tune of that
     # architecture reuses it; the weights are the artifact's own part (kiln.models._architecture).
     weight_independent: bool = False
+    # Consumers (NAME[:VERSION]) whose loaders this target compiles for (the spec's `consumer` option,
+    # `--consumer`); a spec read from LMI configuration must name one (LMI's defaults differ by release).
+    consumers: tuple[str, ...] = ()
     # config.json fields this target's engine provably does not compute with (name -> why),
     # left out of the architecture digest; PROVENANCE_CONFIG_FIELDS for every target.
     config_fields_without_compute: Mapping[str, str] = field(default_factory=lambda: dict(PROVENANCE_CONFIG_FIELDS))
@@ -243,8 +246,20 @@ class Target:
         found["hardware"] = self.hardware(spec)
         return found
 
+    def installed_toolchain(self, spec: BuildSpec) -> dict[str, str | None]:
+        """What is really installed here (a compile must run with the toolchain its key names)."""
+        return self.detect_toolchain(spec)
+
+    def toolchain_source(self, spec: BuildSpec) -> str:
+        """Where ``detect_toolchain``'s versions come from (``kiln key --explain``): this machine, or a consumer's image."""
+        return "detected"
+
+    def step_invocation(self, res: BuildInputs, step: str) -> dict[str, Any] | None:
+        """The exact vendor call of a build step (``kiln build --dry-run``); None: its worker argv says it all."""
+        return None
+
     def missing_toolchain(self, spec: BuildSpec) -> list[str]:
-        return [c for c, v in self.detect_toolchain(spec).items() if v is None]
+        return [c for c, v in self.installed_toolchain(spec).items() if v is None]
 
     # ---------------------------------------------------------------- building
     def stage_plan(self, res: BuildInputs) -> tuple[Stage, ...]:

@@ -75,9 +75,11 @@ NEURON_ENV = {
     "OPTION_ROLLING_BATCH": "auto",
     "OPTION_DTYPE": "fp16",
     "OPTION_TRUST_REMOTE_CODE": "true",
+    "OPTION_KILN_CONSUMER": "lmi-neuronx:0.29.0",
 }
 NEURON_PROPS = """\
 engine=Python
+option.kiln_consumer=lmi-neuronx:0.29.0
 option.model_id=meta-llama/Llama-2-7b-hf
 option.entryPoint=djl_python.transformers_neuronx
 option.n_positions=4096
@@ -101,12 +103,22 @@ def test_three_sources_one_spec(tmp_path: Path) -> None:
         "tp_degree": Field("8", "--tp-degree"),
         "batch_size": Field("4", "--batch-size"),
         "dtype": Field("float16", "--dtype"),
+        "option.consumer": Field("lmi-neuronx:0.29.0", "--consumer"),
+        "option.rolling_batch": Field("auto", "--option rolling_batch"),
     }
     from_flags = spec_from_sources(flags)
     assert from_env.spec == from_file.spec == from_flags.spec
     assert from_env.spec.target == "neuron" and from_env.spec.batch_size == 4
+    assert from_env.spec.option("consumer") == "lmi-neuronx:0.29.0" and from_env.spec.option("rolling_batch") == "auto"
     ignored = {src.split(" ")[0] for src, _ in from_file.ignored}
-    assert {"engine", "option.trust_remote_code", "option.rolling_batch", "option.entryPoint"} <= ignored
+    assert {"engine", "option.trust_remote_code", "option.entryPoint"} <= ignored
+    assert "option.rolling_batch" not in ignored  # it decides how LMI NeuronX batches: keyed
+
+
+def test_an_lmi_neuron_configuration_must_name_its_consumer(tmp_path: Path) -> None:
+    env = {k: v for k, v in NEURON_ENV.items() if k != "OPTION_KILN_CONSUMER"}
+    with pytest.raises(SpecError, match=r"must name its consumer.*lmi-neuronx:0\.29\.0.*transformers-neuronx"):
+        spec_from_sources({}, from_env=True, env=env)
 
 
 def test_file_beats_env_and_flags_beat_both(tmp_path: Path) -> None:
@@ -163,7 +175,8 @@ def test_values_kiln_cannot_honour(text: str, message: str) -> None:
 
 def test_tp_max_resolves_with_instance_type(tmp_path: Path) -> None:
     p = tmp_path / "serving.properties"
-    p.write_text("option.model_id=m\noption.rolling_batch=tnx\noption.tensor_parallel_degree=max\n")
+    p.write_text("option.model_id=m\noption.rolling_batch=tnx\noption.tensor_parallel_degree=max\n"
+                 "option.kiln_consumer=lmi-neuronx:0.29.0\n")
     src = spec_from_sources({"option.instance_type": Field("ml.inf2.24xlarge", "--instance-type")}, serving_properties=p, env={})
     assert src.spec.tp_degree == 12
     assert any("max resolved to 12" in n for n in src.notes)

@@ -11,6 +11,7 @@ The one home of the Neuron backend:
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,7 +24,9 @@ from .._plan import Step
 from ..base import BuildInputs, LmiFacts, ResolvedSpec, Target, TargetOption
 from ..instances import NEURON_CORES as INSTANCE_CORES
 from ..instances import normalize_instance_type
-from ._facts import MODEL_CLASSES
+from ..base import model_dims
+from ._facts import MODEL_CLASSES, UNSUPPORTED
+from .consumers import CONSUMERS, DEFAULT_CONSUMER, NeuronConsumer, get_consumer
 from .layouts import LAYOUTS, plan_neuron_layout
 
 __all__ = ["NEURON", "NeuronTarget"]
@@ -38,8 +41,49 @@ class NeuronTarget(Target):
         family = normalize_instance_type(instance).split(".")[0]
         return "neuron-" + ("trn1" if family.startswith("trn1") else family)
 
+    def consumer(self, spec: BuildSpec) -> NeuronConsumer:
+        return get_consumer(spec.option("consumer") or DEFAULT_CONSUMER)
+
+    def detect_toolchain(self, spec: BuildSpec) -> dict[str, str | None]:
+        """An LMI consumer's image ships its own SDK: that is the toolchain (no pins needed to look up)."""
+        found = super().detect_toolchain(spec)
+        return {**found, **self.consumer(spec).toolchain}
+
+    def installed_toolchain(self, spec: BuildSpec) -> dict[str, str | None]:
+        return super().detect_toolchain(spec)
+
+    def toolchain_source(self, spec: BuildSpec) -> str:
+        consumer = self.consumer(spec)
+        return f"{consumer.ref} image" if consumer.toolchain else "detected"
+
     def validate(self, spec: BuildSpec, config: Mapping[str, Any]) -> ResolvedSpec:
+        consumer = self.consumer(spec)  # an unknown one fails first, naming the choices
+        notes: list[str] = []
+        changes: dict[str, Any] = {}
+        if spec.option("consumer") is None:
+            notes.append(f"consumer: {DEFAULT_CONSUMER} (a plain user of the library; pass --consumer "
+                         "lmi-neuronx:RELEASE for graphs an LMI NeuronX container loads)")
+        if consumer.is_lmi:
+            if spec.n_positions is None:
+                n = consumer.default_n_positions
+                if n is None:  # 0.30 smart default: min(max_position_embeddings, 4096)
+                    n = min(int(model_dims(config)["max_positions"] or 4096), 4096)
+                changes["n_positions"] = n
+                notes.append(f"n_positions: {consumer.ref}'s default ({n})")
+            options = dict(spec.options)
+            options["rolling_batch"] = consumer.rolling_batch(spec.option("rolling_batch"), spec.batch_size)
+            changes["options"] = tuple(sorted(options.items()))
+        else:
+            for name in ("rolling_batch", "rolling_batch_strategy"):
+                if spec.option(name) is not None:
+                    raise ValidationError(f"option {name} is LMI's; the {consumer.ref} consumer has no rolling batch "
+                                          "(pass --consumer lmi-neuronx:RELEASE, or drop it).")
+        spec = spec.replace(**changes) if changes else spec
+        if spec.option("consumer") is None:
+            spec = spec.replace(options=tuple(sorted({**dict(spec.options), "consumer": DEFAULT_CONSUMER}.items())))
         resolved = super().validate(spec, config)
+        resolved = ResolvedSpec(resolved.spec, tuple(notes) + resolved.notes)
+        self.invocation(resolved.spec, config)  # a configuration the consumer would not load fails here
         instance = spec.option("instance_type")
         if instance:
             name = normalize_instance_type(instance)
@@ -68,6 +112,21 @@ class NeuronTarget(Target):
                 )
         return resolved
 
+    def invocation(self, spec: BuildSpec, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The exact transformers-neuronx call the consumer makes for ``spec`` (``kiln build --dry-run`` shows it)."""
+        dims = model_dims(config)
+        arch = str(dims["architecture"])
+        cle = spec.option("context_length_estimate")
+        return self.consumer(spec).invocation(
+            architecture=arch, model_type=str(config.get("model_type") or ""), batch_size=spec.batch_size,
+            tp_degree=spec.tp_degree, n_positions=int(spec.n_positions or 0), dtype=str(spec.dtype),
+            rolling_batch=spec.option("rolling_batch") or "disable", strategy=spec.option("rolling_batch_strategy"),
+            context_length_estimate=[int(x) for x in cle.split(",")] if cle else None,
+            gqa=spec.option("gqa_strategy"), optlevel=spec.option("optlevel"), class_path=MODEL_CLASSES[arch])
+
+    def step_invocation(self, res: BuildInputs, step: str) -> dict[str, Any] | None:
+        return self.invocation(res.spec, res.model.config()) if step == "engine" else None
+
     def _check_tp(self, tp: int, dims: Mapping[str, Any]) -> None:
         """transformers-neuronx pads attention heads up to a multiple of tp_degree (how JumpStart
         runs Llama-2-7B's 32 heads at tp 12), so for multi-head attention any tp that fits the
@@ -93,17 +152,9 @@ class NeuronTarget(Target):
         return engine, dataclasses.replace(weights, needs_toolchain=False)  # file copies: no Neuron SDK
 
     def worker_argv(self, res: BuildInputs, out_dir: Path, *, engine_only: bool = False) -> list[str]:
-        spec = res.spec
-        argv = [
-            "-m", "kiln.targets.neuron.worker",
-            "--model-dir", str(res.model.path), "--out-dir", str(out_dir),
-            "--batch-size", str(spec.batch_size), "--n-positions", str(spec.n_positions),
-            "--tp-degree", str(spec.tp_degree), "--amp", AMP[spec.dtype],
-        ]
-        for option, flag in (("context_length_estimate", "--context-length-estimate"), ("gqa_strategy", "--gqa"),
-                             ("optlevel", "--optlevel")):
-            if spec.option(option):
-                argv += [flag, str(spec.option(option))]
+        invocation = self.invocation(res.spec, res.model.config())
+        argv = ["-m", "kiln.targets.neuron.worker", "--model-dir", str(res.model.path), "--out-dir", str(out_dir),
+                "--invocation", json.dumps(invocation, sort_keys=True)]
         return argv + (["--engine-only"] if engine_only else [])
 
     def resources(self, res: BuildInputs, memory_bytes: int) -> dict[str, Any]:
@@ -114,37 +165,42 @@ class NeuronTarget(Target):
         return plan_neuron_layout(layout, entry, manifest, read_blob, container)
 
 
-# Kiln dtype -> transformers-neuronx `amp`.
-AMP = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
-
-
 NEURON = NeuronTarget(
     name="neuron",
     aliases=("neuronx", "tnx", "inferentia"),
     description="transformers-neuronx compiled graphs (NEFF) for Inferentia2 / Trainium",
-    packages={"neuronx-cc": "neuronx-cc", "transformers-neuronx": "transformers-neuronx"},
+    packages={"neuronx-cc": "neuronx-cc", "transformers-neuronx": "transformers-neuronx", "torch-neuronx": "torch-neuronx"},
     dtypes=("fp16", "bf16", "fp32"),
     default_dtype="fp16",
     architectures=tuple(MODEL_CLASSES),
-    unsupported={"MixtralForCausalLM": "transformers-neuronx has no Mixtral (MoE) model class"},
+    unsupported=UNSUPPORTED,
     options=(
         TargetOption("instance_type", "Inferentia2/Trainium instance type (chooses the hardware class)", in_key=False),
         TargetOption("gqa_strategy", "GQA sharding strategy", choices=("shard-over-heads", "shard-over-batch", "replicated-heads", "all-gather-heads")),
         TargetOption("context_length_estimate", "context encoding buckets, e.g. 1024 or 512,1024"),
         TargetOption("optlevel", "neuronx-cc optimisation level", choices=("1", "2", "3")),
+        TargetOption("consumer", "who loads the graphs (they must be compiled exactly as it would): "
+                     + ", ".join(CONSUMERS), choices=tuple(CONSUMERS)),
+        TargetOption("rolling_batch", "LMI's option.rolling_batch (tnx or disable; auto as the consumer resolves it)",
+                     choices=("tnx", "disable", "auto")),
+        TargetOption("rolling_batch_strategy", "LMI's option.rolling_batch_strategy",
+                     choices=("continuous_batching", "naive_rolling_batch")),
     ),
+    consumers=tuple(CONSUMERS),
     # LMI NeuronX (djl-serving 0.28/0.29: djl_python.transformers_neuronx, properties_manager/tnx_properties.py).
     lmi=LmiFacts(
         entry_point_words=("transformers_neuronx", "neuron"),
         rolling_batch_names=("tnx",),
         serving_features=("tnx",),
         default_max_rolling_batch=32,
-        default_n_positions=128,
+        default_n_positions=None,  # per consumer release (128 up to 0.29; 0.30: min(max_position_embeddings, 4096))
         properties={
             "option.group_query_attention": "option.gqa_strategy",
             "option.context_length_estimate": "option.context_length_estimate",
             "option.neuron_optimize_level": "option.optlevel",
             "option.instance_type": "option.instance_type",
+            "option.rolling_batch": "option.rolling_batch",
+            "option.rolling_batch_strategy": "option.rolling_batch_strategy",
         },
     ),
     layouts=LAYOUTS,

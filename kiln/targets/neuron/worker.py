@@ -1,17 +1,16 @@
 """Worker process for the ``neuron`` target: compile one model with transformers-neuronx.
 
-    python -m kiln.targets.neuron.worker --model-dir D --out-dir O --batch-size B \\
-        --n-positions N --tp-degree T --amp f16 [--context-length-estimate 512,1024] \\
-        [--gqa shard-over-heads] [--optlevel 2] [--engine-only]
+    python -m kiln.targets.neuron.worker --model-dir D --out-dir O --invocation JSON [--engine-only]
 
-Written against transformers-neuronx's documented API (the Neuron SDK is not installable
-from PyPI, so this runs only where the SDK is: an Inferentia2/Trainium instance, or an x86_64
-host with neuronx-cc for compile-only builds)::
+It makes exactly the call the consumer makes (``--invocation``, planned by
+:mod:`kiln.targets.neuron.consumers`: class, kwargs, NeuronConfig fields, NEURON_CC_FLAGS), written
+against transformers-neuronx's API (the Neuron SDK is not installable from PyPI, so this runs only
+where the SDK is; ``to_neuron()`` initialises the runtime and loads weights onto NeuronCores, so the
+build host needs at least tp_degree NeuronCores)::
 
-    model = LlamaForSampling.from_pretrained(dir, batch_size=, tp_degree=, n_positions=, amp=,
-                                             context_length_estimate=, neuron_config=NeuronConfig(...))
+    model = <class>.from_pretrained(dir, **kwargs, neuron_config=NeuronConfig(**fields))
     model.to_neuron()      # compiles every graph with neuronx-cc
-    model.save(out)        # one <hash>.neff per graph
+    model.save(out)        # one <sha256(HLO)[:20]>.neff per graph
 
 The worker points ``NEURON_COMPILE_CACHE_URL`` at a private directory during the compile, so
 the artifact also records the persistent-cache module of every graph
@@ -50,21 +49,27 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kiln.targets.neuron.worker")
     p.add_argument("--model-dir", required=True, type=Path)
     p.add_argument("--out-dir", required=True, type=Path)
-    p.add_argument("--batch-size", required=True, type=int)
-    p.add_argument("--n-positions", required=True, type=int)
-    p.add_argument("--tp-degree", required=True, type=int)
-    p.add_argument("--amp", required=True, choices=["f32", "f16", "bf16"])
-    p.add_argument("--context-length-estimate", default=None)
-    p.add_argument("--gqa", default=None)
-    p.add_argument("--optlevel", default=None, choices=["1", "2", "3"])
+    p.add_argument("--invocation", required=True,
+                   help='the consumer\'s exact call, JSON: {"class", "kwargs" (neuron_config as a dict), "env"}')
     p.add_argument("--engine-only", action="store_true",
                    help="leave model/ out: the compiled graphs are a stage every model of the architecture shares")
     return p
 
 
-def _load_class(architecture: str):  # type: ignore[no-untyped-def]
-    module, _, name = MODEL_CLASSES[architecture].rpartition(".")
+def _import(dotted: str):  # type: ignore[no-untyped-def]
+    module, _, name = dotted.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def _neuron_config(fields: dict):  # type: ignore[no-untyped-def]
+    """A fresh NeuronConfig of exactly these fields (continuous_batching as its ContinuousBatchingConfig)."""
+    from transformers_neuronx import NeuronConfig
+    from transformers_neuronx.config import ContinuousBatchingConfig
+
+    fields = dict(fields)
+    if "continuous_batching" in fields:
+        fields["continuous_batching"] = ContinuousBatchingConfig(**fields["continuous_batching"])
+    return NeuronConfig(**fields)
 
 
 def copy_model_files(model_dir: Path, dest: Path) -> None:
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_SPEC
     try:
         compiler_version = importlib.metadata.version("neuronx-cc")
-        from transformers_neuronx import NeuronConfig
+        import transformers_neuronx  # noqa: F401 - present, or say so
     except (importlib.metadata.PackageNotFoundError, ImportError) as e:
         print(f"the Neuron SDK is not installed here ({e}); install neuronx-cc and transformers-neuronx "
               "from AWS's package index on an Inferentia2/Trainium instance or an x86_64 build host",
@@ -110,19 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 
     out: Path = args.out_dir
     cache = out.parent / "neuron-cache-capture"
+    invocation = json.loads(args.invocation)
     os.environ["NEURON_COMPILE_CACHE_URL"] = str(cache)
-    flags = os.environ.get("NEURON_CC_FLAGS", "")
-    if args.optlevel:
-        flags = f"{flags} -O{args.optlevel}".strip()
-        os.environ["NEURON_CC_FLAGS"] = flags
-    neuron_config = NeuronConfig(group_query_attention=args.gqa) if args.gqa else NeuronConfig()
-    kwargs = dict(batch_size=args.batch_size, tp_degree=args.tp_degree, n_positions=args.n_positions,
-                  amp=args.amp, neuron_config=neuron_config)
-    if args.context_length_estimate:
-        kwargs["context_length_estimate"] = [int(x) for x in args.context_length_estimate.split(",")]
+    # Exactly the consumer's flags: the build host's own NEURON_CC_FLAGS would change the graphs' names.
+    flags = invocation["env"].get("NEURON_CC_FLAGS", "")
+    os.environ["NEURON_CC_FLAGS"] = flags
+    kwargs = dict(invocation["kwargs"])
     try:
-        _stage("load", f"arch={arch} {kwargs}")
-        model = _load_class(arch).from_pretrained(str(args.model_dir), **kwargs)
+        kwargs["neuron_config"] = _neuron_config(kwargs.get("neuron_config") or {})
+        _stage("load", f"arch={arch} {invocation['class']} {invocation['kwargs']}")
+        model = _import(invocation["class"]).from_pretrained(str(args.model_dir), **kwargs)
         _stage("compile", "(neuronx-cc)")
         model.to_neuron()
         _stage("save")
@@ -138,10 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             "modules": modules,
         }, indent=1, sort_keys=True))
         (out / "engine.json").write_text(json.dumps({
-            "format": 1, "target": "neuron", "architecture": arch, "batch_size": args.batch_size,
-            "n_positions": args.n_positions, "tp_degree": args.tp_degree, "amp": args.amp,
-            "context_length_estimate": args.context_length_estimate, "gqa": args.gqa,
-            "optlevel": args.optlevel, "neuronx_cc": compiler_version,
+            "format": 2, "target": "neuron", "architecture": arch, "invocation": invocation,
+            "neuronx_cc": compiler_version,
         }, indent=1, sort_keys=True))
     except Exception as e:  # the parent stores this log with the failed build
         import traceback

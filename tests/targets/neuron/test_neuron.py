@@ -21,8 +21,11 @@ from kiln.presets import load_preset
 
 from ...conftest import run_kiln, write_fake_model, write_hf_cache_model
 
-PINS = {"neuronx-cc": "2.15.128.0+56dc5a86", "transformers-neuronx": "0.12.313"}
-PIN_ARGS = ["--toolchain", "neuronx-cc=2.15.128.0+56dc5a86,transformers-neuronx=0.12.313"]
+PINS = {"neuronx-cc": "2.15.128.0+56dc5a86", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.0"}
+PIN_ARGS = ["--toolchain", "neuronx-cc=2.15.128.0+56dc5a86,transformers-neuronx=0.12.313,torch-neuronx=2.1.2.2.3.0"]
+# An LMI NeuronX container of this release loads the graphs (its image's SDK is the toolchain: no pins).
+CONSUMER = "lmi-neuronx:0.29.0"
+CONSUMER_ARGS = ["--consumer", CONSUMER, "--option", "rolling_batch=auto"]
 LLAMA2 = {
     "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32},
     "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40},
@@ -51,7 +54,7 @@ def llama2_cache() -> None:
 
 
 def test_every_preset_row_parses_validates_and_keys(llama2_cache: None, store: Store, tmp_path: Path) -> None:
-    rows = load_preset("jumpstart-llama2-neuron")
+    rows = load_preset("jumpstart-llama2-neuron", consumer=CONSUMER)
     assert len(rows) == 34  # 17 published configurations x (base, chat)
     keys: dict[str, str] = {}
     for row in rows:
@@ -102,8 +105,11 @@ def test_tensor_parallel_degree_against_the_instance_and_heads(llama2_cache: Non
     check(str(gqa), tp_degree="4", instance_type="ml.inf2.24xlarge")
     mixtral = write_fake_model(tmp_path / "mixtral", config={"architectures": ["MixtralForCausalLM"], "num_attention_heads": 32,
                                                              "num_key_value_heads": 8, "max_position_embeddings": 4096})
-    with pytest.raises(ValidationError, match=r"MixtralForCausalLM is not supported by neuron yet: transformers-neuronx has no Mixtral"):
-        check(str(mixtral))
+    check(str(mixtral))  # transformers-neuronx's MixtralForSampling (LMI maps mixtral to it from 0.27)
+    neox = write_fake_model(tmp_path / "neox", config={"architectures": ["GPTNeoXForCausalLM"], "num_attention_heads": 32,
+                                                      "max_position_embeddings": 2048})
+    with pytest.raises(ValidationError, match=r"GPTNeoXForCausalLM is not supported by neuron yet: .*has no save\(\)"):
+        check(str(neox))
 
 
 def test_build_without_the_sdk_fails_fast_saying_where_builds_run(llama2_cache: None) -> None:
@@ -137,7 +143,7 @@ def _neuron_fixture_artifact(root: Path, model_dir: Path) -> Path:
 ROW_ENV = {  # a JumpStart row as an LMI NeuronX container is started with it
     "HF_MODEL_ID": "meta-llama/Llama-2-7b-hf", "OPTION_ENTRYPOINT": "djl_python.transformers_neuronx",
     "OPTION_ROLLING_BATCH": "auto", "OPTION_N_POSITIONS": "4096", "OPTION_MAX_ROLLING_BATCH_SIZE": "4",
-    "OPTION_TENSOR_PARALLEL_DEGREE": "8", "OPTION_DTYPE": "fp16",
+    "OPTION_TENSOR_PARALLEL_DEGREE": "8", "OPTION_DTYPE": "fp16", "OPTION_KILN_CONSUMER": CONSUMER,
 }
 
 
@@ -146,8 +152,9 @@ def stored_neuron(llama2_cache: None, tmp_path: Path) -> dict:
     snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
     art = _neuron_fixture_artifact(tmp_path, snap)
     spec = ["--target", "neuron", "--n-positions", "4096", "--batch-size", "4", "--tp-degree", "8", "--dtype", "fp16",
-            "--instance-type", "ml.inf2.24xlarge", "--option", "gqa_strategy=shard-over-heads"]
-    r = run_kiln("store", "put", str(art), "meta-llama/Llama-2-7b-hf", *spec, *PIN_ARGS, "--json")
+            "--instance-type", "ml.inf2.24xlarge", "--option", "gqa_strategy=shard-over-heads", *CONSUMER_ARGS]
+    # No pins: the consumer's image names the SDK (the toolchain in the key).
+    r = run_kiln("store", "put", str(art), "meta-llama/Llama-2-7b-hf", *spec, "--json")
     assert r.returncode == 0, r.stderr
     return {"art": art, "spec": spec, "key": json.loads(r.stdout)["key"]}
 
@@ -170,7 +177,7 @@ def test_lmi_layout_has_what_the_container_reads(stored_neuron: dict, tmp_path: 
     assert json.loads(r.stdout)["env"] == {"OPTION_MODEL_ID": "/opt/ml/model", "OPTION_COMPILED_GRAPH_PATH": "/opt/ml/model/compiled"}
     # The written file round-trips through Kiln's own parser to the same key.
     again = run_kiln("lookup", "meta-llama/Llama-2-7b-hf", "--serving-properties", str(dest / "serving.properties"),
-                     "--instance-type", "ml.inf2.24xlarge", *PIN_ARGS, "--json")
+                     "--instance-type", "ml.inf2.24xlarge", "--consumer", CONSUMER, "--json")
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads(again.stdout)["key"] == stored_neuron["key"]
 
@@ -197,14 +204,14 @@ def test_ensure_from_env_inside_an_lmi_container(stored_neuron: dict, tmp_path: 
     env.pop("OPTION_ENTRYPOINT")  # the target comes from SERVING_FEATURES / rolling batch inference
     env["OPTION_ROLLING_BATCH"] = "tnx"
     r = run_kiln("ensure", "--from-env", "--instance-type", "ml.inf2.24xlarge", "--option", "gqa_strategy=shard-over-heads",
-                 "--layout", "lmi", "--dest", str(dest), "--print-env", *PIN_ARGS, env=env)
+                 "--layout", "lmi", "--dest", str(dest), "--print-env", env=env)  # no pins: the image's SDK
     assert r.returncode == 0, r.stderr
     exports = dict(shlex.split(line)[1].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
     assert exports == {"OPTION_MODEL_ID": str(dest), "OPTION_COMPILED_GRAPH_PATH": f"{dest}/compiled"}
     assert (dest / "serving.properties").exists()
     # A non-matching environment is a miss that names the nearest stored entry and preset rows.
     miss = run_kiln("ensure", "--from-env", "--instance-type", "ml.inf2.24xlarge",
-                    "--dest", str(tmp_path / "other"), *PIN_ARGS, env=dict(env, OPTION_TENSOR_PARALLEL_DEGREE="12"))
+                    "--dest", str(tmp_path / "other"), env=dict(env, OPTION_TENSOR_PARALLEL_DEGREE="12"))
     assert miss.returncode == 1
     assert "tp_degree: want 12, have 8" in miss.stdout
     assert "nearest rows of preset jumpstart-llama2-neuron" in miss.stdout
@@ -214,9 +221,11 @@ def test_ensure_from_env_inside_an_lmi_container(stored_neuron: dict, tmp_path: 
 def test_a_preset_row_environment_is_a_hit_once_built(llama2_cache: None, tmp_path: Path) -> None:
     snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
     art = _neuron_fixture_artifact(tmp_path, snap)
-    row = next(r for r in load_preset("jumpstart-llama2-neuron") if r.id == "llama-2-7b-hf/inf2.24xlarge/4096x4/tp8")
+    row = next(r for r in load_preset("jumpstart-llama2-neuron", consumer=CONSUMER)
+               if r.id == "llama-2-7b-hf/inf2.24xlarge/4096x4/tp8")
     flags = ["--target", "neuron", "--n-positions", str(row.n_positions), "--batch-size", str(row.batch_size),
-             "--tp-degree", str(row.tp_degree), "--dtype", row.dtype, "--instance-type", row.instance_type]
+             "--tp-degree", str(row.tp_degree), "--dtype", row.dtype, "--instance-type", row.instance_type,
+             *CONSUMER_ARGS]
     assert run_kiln("lookup", "--from-env", "--instance-type", row.instance_type, *PIN_ARGS, env=row.lmi_env()).returncode == 1
     assert run_kiln("store", "put", str(art), row.model, *flags, *PIN_ARGS).returncode == 0
     hit = run_kiln("lookup", "--from-env", "--instance-type", row.instance_type, *PIN_ARGS, env=row.lmi_env())
@@ -348,3 +357,72 @@ def test_assemble_refuses_what_is_not_an_engine_only_stage(tmp_path: Path) -> No
                         str(model), "--out-dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode != 0 and "not an engine-only Neuron build" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- consumers (issue 14)
+
+LMI_ROW = ["meta-llama/Llama-2-7b-hf", "--target", "neuron", "--n-positions", "4096", "--batch-size", "4",
+           "--tp-degree", "8", "--dtype", "fp16", "--instance-type", "ml.inf2.24xlarge"]
+
+
+def _plan(*args: str, env: dict | None = None) -> dict:
+    r = run_kiln("build", *args, "--dry-run", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_an_lmi_consumer_names_the_toolchain_so_a_lookup_needs_no_pins(llama2_cache: None) -> None:
+    r = run_kiln("key", *LMI_ROW, "--consumer", CONSUMER, "--explain", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["inputs"]["toolchain"]["neuronx-cc"] == "2.14.227.0"  # djl-serving v0.29.0 pytorch-inf2.Dockerfile
+    assert out["inputs"]["toolchain"]["torch-neuronx"] == "2.1.2.2.2.0"
+    assert out["toolchain_origin"]["transformers-neuronx"] == f"{CONSUMER} image"
+    assert out["inputs"]["spec"]["options"]["consumer"] == CONSUMER
+
+
+def test_the_dry_run_shows_the_consumers_exact_call_whatever_the_build_host_sets(llama2_cache: None) -> None:
+    plan = _plan(*LMI_ROW, *CONSUMER_ARGS, env={"NEURON_CC_FLAGS": "-O3 --enable-fast-loading"})
+    engine = plan["steps"][0]
+    assert engine["name"] == "engine" and engine["stage"]["stored"] is False
+    assert engine["invocation"]["env"] == {"NEURON_CC_FLAGS": "--logfile /tmp/compile.log --temp-dir=/tmp"}
+    kwargs = engine["invocation"]["kwargs"]
+    assert kwargs["n_positions"] == [4096] and kwargs["batch_size"] == 4  # continuous batching: a list
+    assert kwargs["neuron_config"] == {"continuous_batching": {"batch_size_for_shared_caches": 4}}
+    # The worker is given exactly that call.
+    from kiln.targets import get_target
+
+    res = compute_key(spec_from_sources({k: v for k, v in _row_fields().items()}), store=Store())
+    argv = get_target("neuron").worker_argv(res, Path("/out"), engine_only=True)
+    assert json.loads(argv[argv.index("--invocation") + 1]) == engine["invocation"]
+
+
+def _row_fields() -> dict:
+    from kiln.spec import Field
+
+    values = dict(zip(["target", "n_positions", "batch_size", "tp_degree", "dtype"], LMI_ROW[2::2]))
+    fields = {k.lstrip("-").replace("-", "_"): Field(v, k) for k, v in zip(LMI_ROW[1::2], LMI_ROW[2::2])}
+    fields = {("option.instance_type" if k == "instance_type" else k): f for k, f in fields.items()}
+    fields["model"] = Field(LMI_ROW[0], "MODEL")
+    fields["option.consumer"] = Field(CONSUMER, "--consumer")
+    fields["option.rolling_batch"] = Field("auto", "--option rolling_batch")
+    assert values["target"] == "neuron"
+    return fields
+
+
+@pytest.mark.parametrize("change", [["--consumer", "lmi-neuronx:0.30.0"], ["--option", "rolling_batch=disable"],
+                                    ["--option", "rolling_batch_strategy=naive_rolling_batch"]])
+def test_what_changes_the_consumers_graphs_changes_the_key(llama2_cache: None, change: list[str]) -> None:
+    base = _plan(*LMI_ROW, *CONSUMER_ARGS)
+    args = [a for a in CONSUMER_ARGS if not (change[0] == "--consumer" and a in ("--consumer", CONSUMER))]
+    other = _plan(*LMI_ROW, *args, *change)
+    assert other["key"] != base["key"]
+    assert other["steps"][0]["invocation"] != base["steps"][0]["invocation"]
+
+
+def test_a_consumer_that_would_not_load_the_graphs_is_refused_before_work(llama2_cache: None) -> None:
+    r = run_kiln("build", *[a if a != "4" else "16" for a in LMI_ROW], "--consumer", "lmi-neuronx:0.30.0",
+                 "--option", "rolling_batch=auto", "--dry-run")
+    assert r.returncode == 2 and "through vLLM" in r.stderr and "Traceback" not in r.stderr
+    r = run_kiln("build", *LMI_ROW, "--consumer", "lmi-neuronx:9.9.9", "--dry-run")
+    assert r.returncode == 2 and "lmi-neuronx:0.29.0" in r.stderr and "Traceback" not in r.stderr
