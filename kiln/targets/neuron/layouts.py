@@ -22,13 +22,34 @@ __all__ = ["LAYOUTS", "plan_neuron_layout"]
 LAYOUTS = ("lmi", "neuron-cache")
 
 
-def _lmi_props(entry: IndexEntry, container_dir: str) -> dict[str, Any]:
+def _batching(entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes]) -> tuple[str, str | None]:
+    """(option.rolling_batch, option.rolling_batch_strategy) as the graphs were compiled: named, never ``auto``
+    (an LMI release resolves auto by its own rules, which may pick another backend or strategy)."""
+    opts = entry.spec.get("options") or {}
+    rolling = str(opts.get("rolling_batch") or "tnx")
+    if rolling == "disable":
+        return rolling, None
+    meta = next((f for f in manifest.files if f.path == "engine.json"), None)
+    invocation: Any = None
+    if meta is not None:
+        try:
+            invocation = json.loads(read_blob(meta.digest)).get("invocation")
+        except (ValueError, AttributeError):
+            invocation = None
+    if isinstance(invocation, dict):
+        config = (invocation.get("kwargs") or {}).get("neuron_config") or {}
+        return "tnx", "continuous_batching" if "continuous_batching" in config else "naive_rolling_batch"
+    return "tnx", opts.get("rolling_batch_strategy")
+
+
+def _lmi_props(entry: IndexEntry, container_dir: str, batching: tuple[str, str | None]) -> dict[str, Any]:
     s = entry.spec
     opts = s.get("options") or {}
     return {
         "engine": "Python",
         "option.entryPoint": "djl_python.transformers_neuronx",
-        "option.rolling_batch": "auto",
+        "option.rolling_batch": batching[0],
+        "option.rolling_batch_strategy": batching[1],
         "option.max_rolling_batch_size": s["batch_size"],
         "option.n_positions": s["n_positions"],
         "option.tensor_parallel_degree": s["tp_degree"],
@@ -70,7 +91,7 @@ def plan_neuron_layout(layout: str, entry: IndexEntry, manifest: Manifest, read_
                        container: str) -> Layout:
     if layout == "lmi":
         files = strip_prefix(manifest.files, "model/") + strip_prefix(manifest.files, "compiled/", "compiled/")
-        props = _lmi_props(entry, container)
+        props = _lmi_props(entry, container, _batching(entry, manifest, read_blob))
         return Layout(files, {"serving.properties": serving_properties(props)},
                       {"OPTION_MODEL_ID": container, "OPTION_COMPILED_GRAPH_PATH": posixpath.join(container, "compiled")})
     return _neuron_cache(entry, manifest, read_blob, container)

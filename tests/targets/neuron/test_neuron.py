@@ -169,7 +169,7 @@ def test_lmi_layout_has_what_the_container_reads(stored_neuron: dict, tmp_path: 
                            + [f"compiled/{h}.neff" for h in NEFFS])
     props = dict(line.split("=", 1) for line in (dest / "serving.properties").read_text().splitlines() if not line.startswith("#"))
     assert props == {
-        "engine": "Python", "option.entryPoint": "djl_python.transformers_neuronx", "option.rolling_batch": "auto",
+        "engine": "Python", "option.entryPoint": "djl_python.transformers_neuronx", "option.rolling_batch": "tnx",
         "option.max_rolling_batch_size": "4", "option.n_positions": "4096", "option.tensor_parallel_degree": "8",
         "option.dtype": "fp16", "option.group_query_attention": "shard-over-heads",
         "option.compiled_graph_path": "/opt/ml/model/compiled",
@@ -426,3 +426,17 @@ def test_a_consumer_that_would_not_load_the_graphs_is_refused_before_work(llama2
     assert r.returncode == 2 and "through vLLM" in r.stderr and "Traceback" not in r.stderr
     r = run_kiln("build", *LMI_ROW, "--consumer", "lmi-neuronx:9.9.9", "--dry-run")
     assert r.returncode == 2 and "lmi-neuronx:0.29.0" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_lmi_layout_names_the_batching_the_graphs_were_compiled_for(llama2_cache: None, tmp_path: Path) -> None:
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    art = _neuron_fixture_artifact(tmp_path, snap)  # a stand-in for the worker's output: no compiler ran
+    invocation = _plan(*LMI_ROW, *CONSUMER_ARGS)["steps"][0]["invocation"]
+    (art / "engine.json").write_text(json.dumps({"format": 2, "target": "neuron", "invocation": invocation}))
+    assert run_kiln("store", "put", str(art), *LMI_ROW, *CONSUMER_ARGS).returncode == 0
+    dest = tmp_path / "lmi"
+    r = run_kiln("fetch", *LMI_ROW, *CONSUMER_ARGS, "--layout", "lmi", "--dest", str(dest))
+    assert r.returncode == 0, r.stderr
+    props = dict(line.split("=", 1) for line in (dest / "serving.properties").read_text().splitlines()
+                 if not line.startswith("#"))
+    assert props["option.rolling_batch"] == "tnx" and props["option.rolling_batch_strategy"] == "continuous_batching"
