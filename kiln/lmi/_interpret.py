@@ -48,7 +48,7 @@ _USED_BY_ALL = {
     "option.kv_cache_quant_algo", "option.max_input_len", "option.max_output_len", "option.max_seq_len",
     "option.instance_type", "option.kiln_target", "option.kiln_consumer",
 }
-_USED = _USED_BY_ALL | {name for t in TARGETS.values() for name in t.lmi.properties}
+_USED = _USED_BY_ALL | {name for t in TARGETS.values() for name in (*t.lmi.properties, *t.lmi.refused_properties)}
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,17 @@ def interpret(
             raise ConfigSourceError(f"{kvq.source}={kvq.value!r}: Kiln supports INT8 KV cache only; write INT8.")
         fields["int8_kv_cache"] = Field("true", kvq.source)
 
+    # Properties that would change the chosen target's graphs in ways Kiln does not build: refused.
+    refused = dict(facts.refused_properties) if facts is not None else {}
+    for prop_name in sorted({n for t in TARGETS.values() for n in t.lmi.refused_properties}):
+        p = norm.get(prop_name)
+        if p is None or not p.value.strip():
+            continue
+        if prop_name in refused:
+            raise ConfigSourceError(f"{p.source}={p.value!r} changes the graphs {target} compiles "
+                                    f"({refused[prop_name]}), and Kiln does not build that variant: remove it, or "
+                                    "compile in the container.")
+        ignored.append((p.source, p.value))  # another backend's: it cannot change this one's engine
     # Target options: only the ones the chosen target reads; the rest cannot change its engine.
     mine = dict(facts.properties) if facts is not None else {}
     for prop_name in sorted({n for t in TARGETS.values() for n in t.lmi.properties}):

@@ -89,6 +89,9 @@ class LmiFacts:
     default_max_output_len: int | None = None
     # LMI property -> Kiln spec field (``option.<target option>``) for this target.
     properties: Mapping[str, str] = field(default_factory=dict)
+    # LMI properties that change this target's compiled graphs but that Kiln does not build for:
+    # refused (property -> why), never reported as "ignored" (a hit would then fail at start-up).
+    refused_properties: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -301,3 +301,10 @@ def test_an_empty_property_is_an_error_not_the_default(line: str) -> None:
     props = parse_properties_text(f"option.rolling_batch=trtllm\n{line}\n")
     with pytest.raises(ConfigSourceError, match="is empty"):
         interpret(props)
+
+
+@pytest.mark.parametrize("prop", ["OPTION_FUSE_QKV", "OPTION_ON_DEVICE_EMBEDDING", "OPTION_MODEL_LOADER",
+                                  "OPTION_ENABLE_SATURATE_INFINITY"])
+def test_a_graph_shaping_neuron_property_is_refused_never_ignored(prop: str) -> None:
+    with pytest.raises(ConfigSourceError, match=f"{prop}=.*changes the graphs neuron compiles"):
+        spec_from_sources({}, from_env=True, env=dict(NEURON_ENV, **{prop: "true"}))

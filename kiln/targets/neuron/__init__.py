@@ -165,6 +165,24 @@ class NeuronTarget(Target):
         return plan_neuron_layout(layout, entry, manifest, read_blob, container)
 
 
+# LMI NeuronX properties that shape the compiled graphs (djl-serving model_loader.py get_neuron_config /
+# tnx_properties.py, 0.27.0 → 0.30.0-dlc) and that Kiln's consumer profiles do not build: each would turn
+# a Kiln hit into "Could not find a matching NEFF" at start-up, so it is refused, never ignored.
+_GRAPH_FIELD = "a NeuronConfig field of the loader"
+_REFUSED_LMI_PROPERTIES = {
+    **{f"option.{name}": _GRAPH_FIELD for name in (
+        "fuse_qkv", "fuse_mlp", "fused_rmsnorm_qkv", "qkv_tiling", "weight_tiling", "attention_layout",
+        "collectives_layout", "cache_layout", "all_reduce_dtype", "cast_logits_dtype", "on_device_embedding",
+        "on_device_embedding_config", "on_device_generation", "shard_over_sequence", "sequence_parallel")},
+    "option.enable_mixed_precision_accumulation": "appended to NEURON_CC_FLAGS (tnx_properties.py)",
+    "option.enable_saturate_infinity": "appended to NEURON_CC_FLAGS (tnx_properties.py)",
+    "option.speculative_draft_model": "enable_speculative_decoder adds the draft's graphs",
+    "option.speculative_length": "enable_speculative_decoder(speculative_length)",
+    "option.load_split_model": "the loader's split-model path builds the model another way",
+    "option.model_loader": "optimum or vllm build other graphs than transformers-neuronx's",
+    "option.load_in_8bit": "quantization (QuantizationConfig s8) in the NeuronConfig",
+}
+
 NEURON = NeuronTarget(
     name="neuron",
     aliases=("neuronx", "tnx", "inferentia"),
@@ -202,6 +220,7 @@ NEURON = NeuronTarget(
             "option.rolling_batch": "option.rolling_batch",
             "option.rolling_batch_strategy": "option.rolling_batch_strategy",
         },
+        refused_properties=_REFUSED_LMI_PROPERTIES,
     ),
     layouts=LAYOUTS,
     # transformers-neuronx compiles graphs from the config and the tensors' shapes; the weights are
