@@ -61,7 +61,7 @@ MAX_TEXT = 1000  # characters of one model ref, dtype, instance type, option val
 # Top-level axis key -> the row field it fills.
 _AXES = {"models": "model", "targets": "target", "n_positions": "n_positions", "batch_sizes": "batch_size",
          "tp_degrees": "tp_degree", "dtypes": "dtype", "quantization": "quantization",
-         "instance_types": "instance_type"}
+         "instance_types": "instance_type", "consumers": "consumer"}
 _KEYS = (*_AXES, "options", "toolchain", "allow_unpinned_toolchain", "include", "exclude", "presets")
 _ROW_FIELDS = (*_AXES.values(), "options", "toolchain")
 _RULE_FIELDS = tuple(f for f in _ROW_FIELDS if f != "toolchain")
@@ -198,6 +198,10 @@ def _instance(value: Any, where: str) -> str | None:
     return None if value is None else _text(value, where, "an instance type such as ml.inf2.24xlarge")
 
 
+def _consumer(value: Any, where: str) -> str | None:
+    return None if value is None else _text(value, where, "a consumer such as lmi-neuronx:0.29.0").strip().lower()
+
+
 def _quant(value: Any, where: str) -> dict[str, Any]:
     """A quantization variant, normalised: {} for none; alpha as a float; flags only when true."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
@@ -276,7 +280,7 @@ def _versions(value: Any, where: str) -> dict[str, str]:
 _NORMALISE: dict[str, Callable[[Any, str], Any]] = {
     "model": _model, "target": _target, "n_positions": _int("n_positions"), "batch_size": _int("batch_size"),
     "tp_degree": _int("tp_degree"), "dtype": _dtype, "quantization": _quant, "instance_type": _instance,
-    "options": _options,
+    "consumer": _consumer, "options": _options,
 }
 
 
@@ -433,6 +437,8 @@ def _row(given: Mapping[str, Any], ctx: "_Context", src: str, row_pins: Mapping[
     # shares one options: block); a row's own options are its own and validated as written.
     shared = {k: v for k, v in ctx.options.items() if target.has_option(k)}
     values["options"] = {**shared, **(given.get("options") or {})}
+    if values.get("consumer"):  # who loads the row's engine: keyed as the spec's consumer option
+        values["options"]["consumer"] = values["consumer"]
     values["batch_size"] = values["batch_size"] or 1  # the spec's defaults, so "absent" and "1" are one row
     values["tp_degree"] = values["tp_degree"] or 1
     try:

@@ -440,3 +440,18 @@ def test_the_lmi_layout_names_the_batching_the_graphs_were_compiled_for(llama2_c
     props = dict(line.split("=", 1) for line in (dest / "serving.properties").read_text().splitlines()
                  if not line.startswith("#"))
     assert props["option.rolling_batch"] == "tnx" and props["option.rolling_batch_strategy"] == "continuous_batching"
+
+
+def test_matrix_rows_name_their_consumer_and_need_no_pins(llama2_cache: None, tmp_path: Path) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text("models: [meta-llama/Llama-2-7b-hf]\ntargets: [neuron]\nn_positions: [4096]\nbatch_sizes: [4]\n"
+                 "tp_degrees: [8]\ndtypes: [fp16]\ninstance_types: [ml.inf2.24xlarge]\n"
+                 "consumers: [lmi-neuronx:0.29.0, lmi-neuronx:0.30.0]\noptions: {rolling_batch: auto}\n")
+    r = run_kiln("matrix", "plan", str(m), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    keys = {row["row"].split("consumer=")[1].split("+")[0]: row["key"] for row in rows}
+    for consumer, key in keys.items():
+        direct = run_kiln("key", *LMI_ROW, "--consumer", consumer, "--option", "rolling_batch=auto")
+        assert direct.returncode == 0 and direct.stdout.strip() == key, direct.stderr
+    assert len(set(keys.values())) == 2
