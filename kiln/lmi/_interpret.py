@@ -14,7 +14,7 @@ from ..errors import ConfigSourceError
 from ..spec import Field, parse_bool, parse_positive_int
 from ..targets import TARGETS, get_target, normalize_target
 from ..targets.instances import unknown_instance_hint
-from ._read import Prop
+from ._read import GPU_ENV_FALLBACKS, Prop
 
 __all__ = ["LmiConfig", "interpret"]
 
@@ -151,6 +151,12 @@ def interpret(
         target = normalize_target(target, src or "--target")
         fields["target"] = Field(target, src or "--target")
         facts = get_target(target).lmi
+        if not facts.reads_gpu_env_fallbacks:
+            for k, p in list(norm.items()):
+                if p.source in GPU_ENV_FALLBACKS:
+                    del norm[k]
+                    ignored.append((p.source, p.value))
+                    notes.append(f"{p.source} ignored: only LMI's GPU image reads it, not {target}'s")
 
     def put(name: str, prop_name: str) -> Prop | None:
         p = norm.get(prop_name)
@@ -165,6 +171,11 @@ def interpret(
         fields["model"] = Field(f"{model.value}@{revision.value}", f"{model.source} + {revision.source}")
 
     put("dtype", "option.dtype")
+    if "dtype" in fields and facts is not None and facts.dtype_values is not None \
+            and str(fields["dtype"].value).strip() not in facts.dtype_values:
+        f = fields["dtype"]
+        raise ConfigSourceError(f"{f.source}={f.value!r} is not a dtype {target}'s LMI handler accepts; write one of "
+                                f"{', '.join(facts.dtype_values)}.")
     if "dtype" in fields:
         d = str(fields["dtype"].value).strip().lower()
         if d == "auto":
@@ -180,6 +191,9 @@ def interpret(
     put("n_positions", "option.n_positions")
     tp = norm.get("option.tensor_parallel_degree")
     if tp is not None and not tp_degree_given:  # a --tp-degree flag wins: its property needs no resolving
+        if facts is not None and not facts.tp_zero_means_one and tp.value.strip() in ("0", "-1"):
+            raise ConfigSourceError(f"{tp.source}={tp.value!r}: {target}'s LMI handler needs a tensor-parallel degree "
+                                    "of at least 1 (the NeuronCores to shard over); write the number, or max.")
         value, note = _tp_value(tp, instance_type, instance_cores)
         fields["tp_degree"] = Field(value, tp.source)
         if note:

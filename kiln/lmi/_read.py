@@ -127,6 +127,9 @@ _ENV_FALLBACKS = {
     "MAX_BATCH_SIZE": "option.max_rolling_batch_size",
     "HF_MODEL_QUANTIZE": "option.quantize",
 }
+# Of those, the ones only the CUDA image's entrypoint translates (TGI-style names): the NeuronX
+# image does not read them, so a target whose LmiFacts say so drops them.
+GPU_ENV_FALLBACKS = ("SM_NUM_GPUS", "MAX_BATCH_SIZE", "HF_MODEL_QUANTIZE")
 
 
 def properties_from_env(env: Mapping[str, str]) -> dict[str, Prop]:

@@ -92,6 +92,13 @@ class LmiFacts:
     # LMI properties that change this target's compiled graphs but that Kiln does not build for:
     # refused (property -> why), never reported as "ignored" (a hit would then fail at start-up).
     refused_properties: Mapping[str, str] = field(default_factory=dict)
+    # False: this backend's LMI image does not translate the GPU image's SM_NUM_GPUS, MAX_BATCH_SIZE,
+    # HF_MODEL_QUANTIZE into properties (kiln.lmi drops them, saying so).
+    reads_gpu_env_fallbacks: bool = True
+    # The option.dtype values this backend's LMI handler accepts as written (None: Kiln's aliases too).
+    dtype_values: tuple[str, ...] | None = None
+    # False: option.tensor_parallel_degree 0 or -1 is refused (this handler does not read it as 1).
+    tp_zero_means_one: bool = True
 
 
 @dataclass(frozen=True)

@@ -308,3 +308,19 @@ def test_an_empty_property_is_an_error_not_the_default(line: str) -> None:
 def test_a_graph_shaping_neuron_property_is_refused_never_ignored(prop: str) -> None:
     with pytest.raises(ConfigSourceError, match=f"{prop}=.*changes the graphs neuron compiles"):
         spec_from_sources({}, from_env=True, env=dict(NEURON_ENV, **{prop: "true"}))
+
+
+def test_gpu_image_fallback_variables_do_not_shape_a_neuron_spec() -> None:
+    env = {k: v for k, v in NEURON_ENV.items() if k not in ("OPTION_TENSOR_PARALLEL_DEGREE", "OPTION_MAX_ROLLING_BATCH_SIZE")}
+    src = spec_from_sources({}, from_env=True, env=dict(env, SM_NUM_GPUS="4", MAX_BATCH_SIZE="16"))
+    assert src.spec.tp_degree == 1 and src.spec.batch_size != 16
+    assert {"SM_NUM_GPUS", "MAX_BATCH_SIZE"} <= {s for s, _ in src.ignored}
+
+
+@pytest.mark.parametrize("var, value, message", [("OPTION_DTYPE", "float16", "not a dtype neuron's LMI handler accepts"),
+                                                 ("OPTION_DTYPE", "half", "write one of fp32, fp16, bf16"),
+                                                 ("OPTION_TENSOR_PARALLEL_DEGREE", "0", "at least 1"),
+                                                 ("OPTION_TENSOR_PARALLEL_DEGREE", "-1", "at least 1")])
+def test_lmi_neuronx_value_rules(var: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigSourceError, match=message):
+        spec_from_sources({}, from_env=True, env=dict(NEURON_ENV, **{var: value}))

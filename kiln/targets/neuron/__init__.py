@@ -221,6 +221,9 @@ NEURON = NeuronTarget(
             "option.rolling_batch_strategy": "option.rolling_batch_strategy",
         },
         refused_properties=_REFUSED_LMI_PROPERTIES,
+        reads_gpu_env_fallbacks=False,  # pytorch-inf2.Dockerfile's entrypoint has no TGI-style translation
+        dtype_values=("fp32", "fp16", "bf16"),  # tnx_properties.py Dtype enum (every release 0.26 → 0.30)
+        tp_zero_means_one=False,
     ),
     layouts=LAYOUTS,
     # transformers-neuronx compiles graphs from the config and the tensors' shapes; the weights are
