@@ -148,6 +148,12 @@ class NeuronTarget(Target):
                 str(res.model.path), "--out-dir", str(out_dir)]
 
     def build_steps(self, res: BuildInputs, *, calib_file: Path | None = None) -> tuple[Step, ...]:
+        if not any(f.path.endswith(".safetensors") for f in res.model.files):
+            # The artifact's model/ would hold no weights the runtime reads (and LMI 0.27+ loads .bin
+            # checkpoints another way: save_pretrained_split, ML load path).
+            raise ValidationError(f"model {res.model.ref} has no .safetensors weights: Neuron artifacts carry the "
+                                  "safetensors files the runtime loads; convert the checkpoint (save_pretrained with "
+                                  "safe_serialization=True) and build again.")
         engine, weights = super().build_steps(res, calib_file=calib_file)
         return engine, dataclasses.replace(weights, needs_toolchain=False)  # file copies: no Neuron SDK
 

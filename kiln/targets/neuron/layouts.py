@@ -2,9 +2,10 @@
 
 ``lmi``           a model directory a SageMaker LMI NeuronX container loads without compiling:
                   HF model files + ``compiled/`` NEFFs + ``serving.properties``
-``neuron-cache``  the Neuron persistent compile cache:
+``neuron-cache``  the Neuron persistent compile cache for consumers that point
+                  ``NEURON_COMPILE_CACHE_URL`` at it: the MODULE directories the compiler wrote, verbatim
+                  (``neuron-cache/`` of the artifact); artifacts of an older worker get
                   ``neuronxcc-<version>/MODULE_<graph>+<flags>/{model.neff,model.done,compile_flags.json}``
-                  for consumers that point ``NEURON_COMPILE_CACHE_URL`` at it
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def _lmi_props(entry: IndexEntry, container_dir: str, batching: tuple[str, str |
 
 
 def _neuron_cache(entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes], container: str) -> Layout:
+    captured = strip_prefix(manifest.files, "neuron-cache/")
+    if captured:  # what the compiler wrote, verbatim (artifacts since the worker captures it)
+        return Layout(captured, {}, {"NEURON_COMPILE_CACHE_URL": container})
     by_path = {f.path: f for f in manifest.files}
     graphs_entry = by_path.get("neuron-graphs.json")
     if graphs_entry is None:

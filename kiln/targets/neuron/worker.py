@@ -23,6 +23,7 @@ Artifact layout written into --out-dir::
                   left out with --engine-only (a Kiln build: kiln.targets.neuron.assemble adds them)
     compiled/     model.save() output (*.neff) and VERSION (the neuronx-cc version)
     neuron-graphs.json   compiler version, flags, and for each NEFF its cache module name
+    neuron-cache/ the captured persistent-cache MODULE directories, verbatim (every NEFF must have one)
     engine.json   what was built (shape, amp, options)
 """
 
@@ -72,6 +73,11 @@ def _neuron_config(fields: dict):  # type: ignore[no-untyped-def]
     return NeuronConfig(**fields)
 
 
+def _neuron_cores() -> int:
+    """NeuronCores on this host: 2 per /dev/neuron* device (Inferentia2, Trainium1; LNC=1 counts differ on trn2)."""
+    return 2 * len(list(Path("/dev").glob("neuron[0-9]*")))
+
+
 def copy_model_files(model_dir: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for p in sorted(model_dir.iterdir()):
@@ -80,7 +86,8 @@ def copy_model_files(model_dir: Path, dest: Path) -> None:
 
 
 def cache_modules(cache_root: Path, compiled: Path) -> tuple[str | None, list[dict[str, str]]]:
-    """Map every saved NEFF to the persistent-cache module that holds the same bytes."""
+    """Map every saved NEFF to the persistent-cache module that holds the same bytes; every one must have one
+    (ValueError naming the first that has not: the neuron-cache layout would miss it)."""
     by_digest = {}
     version = None
     for neff in cache_root.glob("neuronxcc-*/MODULE_*/model.neff"):
@@ -89,9 +96,19 @@ def cache_modules(cache_root: Path, compiled: Path) -> tuple[str | None, list[di
     modules = []
     for neff in sorted(compiled.glob("*.neff")):
         module = by_digest.get(hashlib.sha256(neff.read_bytes()).hexdigest())
-        if module:
-            modules.append({"neff": f"compiled/{neff.name}", "module": module})
+        if module is None:
+            raise ValueError(f"the saved graph {neff.name} has no module in the compile cache captured at {cache_root}: "
+                             "the neuron-cache layout could not serve it")
+        modules.append({"neff": f"compiled/{neff.name}", "module": module})
     return version, modules
+
+
+def copy_cache_modules(cache_root: Path, modules: list[dict[str, str]], dest: Path) -> None:
+    """The captured MODULE directories, verbatim (model.hlo_module.pb, compile_flags.json, model.done, …):
+    what the compiler wrote is what a consumer of the persistent cache reads."""
+    for m in modules:
+        for src in cache_root.glob(f"neuronxcc-*/{m['module']}"):
+            shutil.copytree(src, dest / src.parent.name / src.name, dirs_exist_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,8 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["neuron_config"] = _neuron_config(kwargs.get("neuron_config") or {})
         _stage("load", f"arch={arch} {invocation['class']} {invocation['kwargs']}")
         model = _import(invocation["class"]).from_pretrained(str(args.model_dir), **kwargs)
-        _stage("compile", "(neuronx-cc)")
-        model.to_neuron()
+        cores = _neuron_cores()
+        if hasattr(model, "cpu_compile") and cores == 0:
+            # transformers-neuronx 0.13+: compile without a Neuron device (the graphs are the same).
+            _stage("compile", "(neuronx-cc, cpu_compile: no Neuron device here)")
+            model.cpu_compile()
+        else:
+            tp = int(invocation["kwargs"].get("tp_degree", 1))
+            if cores < tp:
+                print(f"to_neuron() loads the weights onto {tp} NeuronCores, and this host has {cores}: build on an "
+                      f"Inferentia2/Trainium host with at least {tp} (transformers-neuronx here has no cpu_compile())",
+                      file=sys.stderr, flush=True)
+                return EXIT_NO_TOOLCHAIN
+            _stage("compile", "(neuronx-cc)")
+            model.to_neuron()
         _stage("save")
         compiled = out / "compiled"
         model.save(str(compiled))
@@ -134,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.engine_only:  # a Kiln build adds model/ in its weights step (kiln.targets.neuron.assemble)
             copy_model_files(args.model_dir, out / "model")
         version, modules = cache_modules(cache, compiled)
+        copy_cache_modules(cache, modules, out / "neuron-cache")
         (out / "neuron-graphs.json").write_text(json.dumps({
             "compiler_version": version or compiler_version,
             "flags": flags.split(),

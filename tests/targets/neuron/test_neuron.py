@@ -267,6 +267,27 @@ def test_real_neuron_compile(tmp_path: Path) -> None:  # pragma: no cover - need
     assert run_kiln("fetch", str(model), "--target", "neuron", "--n-positions", "64", "--tp-degree", "2",
                     "--instance-type", "ml.inf2.xlarge", "--layout", "neuron-cache", "--dest", str(dest)).returncode == 0
     assert list(dest.glob("neuronxcc-*/MODULE_*/model.neff"))
+    # The consumer's own call loads the saved graphs and compiles nothing: load(compiled) + to_neuron()
+    # raises "Could not find a matching NEFF" rather than compile, and the compile cache stays empty.
+    import subprocess
+    import sys
+
+    spec = ["--target", "neuron", "--n-positions", "64", "--tp-degree", "2", "--instance-type", "ml.inf2.xlarge"]
+    plan = json.loads(run_kiln("build", str(model), *spec, "--dry-run", "--json").stdout)
+    art = tmp_path / "art"
+    assert run_kiln("fetch", str(model), *spec, "--dest", str(art)).returncode == 0
+    load = ("import json, os, sys, importlib\n"
+            "inv = json.loads(sys.argv[1]); os.environ.update(inv['env'])\n"
+            "from transformers_neuronx import NeuronConfig\n"
+            "mod, _, name = inv['class'].rpartition('.'); cls = getattr(importlib.import_module(mod), name)\n"
+            "kw = dict(inv['kwargs']); kw['neuron_config'] = NeuronConfig(**kw['neuron_config'])\n"
+            "m = cls.from_pretrained(sys.argv[2], **kw); m.load(sys.argv[3]); m.to_neuron()\n")
+    cache = tmp_path / "fresh-cache"
+    done = subprocess.run([sys.executable, "-c", load, json.dumps(plan["steps"][0]["invocation"]), str(art / "model"),
+                           str(art / "compiled")], env={**os.environ, "NEURON_COMPILE_CACHE_URL": str(cache)},
+                          capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr
+    assert not list(cache.glob("neuronxcc-*/MODULE_*"))  # nothing was compiled
 
 
 # --------------------------------------------------------------------------- compile once per architecture
@@ -455,3 +476,44 @@ def test_matrix_rows_name_their_consumer_and_need_no_pins(llama2_cache: None, tm
         direct = run_kiln("key", *LMI_ROW, "--consumer", consumer, "--option", "rolling_batch=auto")
         assert direct.returncode == 0 and direct.stdout.strip() == key, direct.stderr
     assert len(set(keys.values())) == 2
+
+
+def test_the_neuron_cache_layout_serves_the_captured_modules_verbatim(llama2_cache: None, tmp_path: Path) -> None:
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    art = _neuron_fixture_artifact(tmp_path, snap)  # a stand-in for the worker's output: no compiler ran
+    module = art / "neuron-cache" / f"neuronxcc-{COMPILER}" / "MODULE_0a1b2c3d4e5f60718293+abcdef01"
+    module.mkdir(parents=True)
+    written = {"model.neff": b"neff-context" * 100, "model.hlo_module.pb": b"hlo", "compile_flags.json": b'["-O2"]',
+               "model.done": b""}
+    for name, data in written.items():
+        (module / name).write_bytes(data)
+    assert run_kiln("store", "put", str(art), *LMI_ROW, *CONSUMER_ARGS).returncode == 0
+    dest = tmp_path / "cache"
+    r = run_kiln("fetch", *LMI_ROW, *CONSUMER_ARGS, "--layout", "neuron-cache", "--dest", str(dest))
+    assert r.returncode == 0, r.stderr
+    got = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    assert got == {f"neuronxcc-{COMPILER}/{module.name}/{n}": d for n, d in written.items()}
+
+
+def test_a_saved_graph_the_cache_did_not_capture_fails_the_build(tmp_path: Path) -> None:
+    from kiln.targets.neuron.worker import cache_modules
+
+    cache, compiled = tmp_path / "cache", tmp_path / "compiled"
+    (cache / "neuronxcc-2.14.227.0" / "MODULE_1+a").mkdir(parents=True)
+    (cache / "neuronxcc-2.14.227.0" / "MODULE_1+a" / "model.neff").write_bytes(b"one")
+    compiled.mkdir()
+    (compiled / "aaaa.neff").write_bytes(b"one")
+    assert cache_modules(cache, compiled) == ("2.14.227.0", [{"neff": "compiled/aaaa.neff", "module": "MODULE_1+a"}])
+    (compiled / "bbbb.neff").write_bytes(b"two")
+    with pytest.raises(ValueError, match="bbbb.neff has no module"):
+        cache_modules(cache, compiled)
+
+
+def test_a_checkpoint_without_safetensors_is_refused_before_work(tmp_path: Path) -> None:
+    model = write_fake_model(tmp_path / "bin", config={"architectures": ["LlamaForCausalLM"], "num_attention_heads": 32,
+                                                      "max_position_embeddings": 4096})
+    for f in model.glob("*.safetensors"):
+        f.rename(f.with_name("pytorch_model.bin"))
+    r = run_kiln("build", str(model), "--target", "neuron", "--n-positions", "1024", "--tp-degree", "2",
+                 "--instance-type", "ml.inf2.xlarge", "--dry-run")
+    assert r.returncode == 2 and "has no .safetensors weights" in r.stderr and "Traceback" not in r.stderr
