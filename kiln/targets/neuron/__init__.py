@@ -82,7 +82,8 @@ class NeuronTarget(Target):
         if spec.option("consumer") is None:
             spec = spec.replace(options=tuple(sorted({**dict(spec.options), "consumer": DEFAULT_CONSUMER}.items())))
         resolved = super().validate(spec, config)
-        resolved = ResolvedSpec(resolved.spec, tuple(notes) + resolved.notes)
+        gqa = self.gqa_note(resolved.spec, config)
+        resolved = ResolvedSpec(resolved.spec, tuple(notes) + resolved.notes + ((gqa,) if gqa else ()))
         self.invocation(resolved.spec, config)  # a configuration the consumer would not load fails here
         instance = spec.option("instance_type")
         if instance:
@@ -128,20 +129,21 @@ class NeuronTarget(Target):
         return self.invocation(res.spec, res.model.config()) if step == "engine" else None
 
     def _check_tp(self, tp: int, dims: Mapping[str, Any]) -> None:
-        """transformers-neuronx pads attention heads up to a multiple of tp_degree (how JumpStart
-        runs Llama-2-7B's 32 heads at tp 12), so for multi-head attention any tp that fits the
-        instance works. With grouped-query attention, the KV heads must shard evenly over the
-        ranks or replicate evenly across them."""
-        heads, kv = dims["heads"], dims["kv_heads"]
-        if tp == 1 or heads is None or not kv or kv == heads:
-            return
-        if (kv % tp if tp <= kv else tp % kv) != 0:
-            valid = sorted({d for d in range(1, kv + 1) if kv % d == 0} | {kv * m for m in range(1, 5)})
-            raise ValidationError(
-                f"tp_degree={tp} does not fit the model's {kv} KV heads ({heads} attention heads, grouped-query "
-                f"attention): with gqa_strategy shard-over-heads each rank needs whole KV heads; use tp_degree "
-                f"in {', '.join(map(str, valid))}."
-            )
+        """transformers-neuronx pads attention heads up to a multiple of tp_degree (how JumpStart runs
+        Llama-2-7B's 32 heads at tp 12), and where grouped-query KV heads do not shard evenly it falls back
+        to another strategy with a warning, never an error (v0.9 → v0.13 ``gqa.py``/``base.py``: shard-over-batch
+        or all-gather-heads → shard-over-heads when their rule fails; shard-over-heads → replicated-heads when
+        n_kv_heads % tp != 0). The consumer compiles the same fallback, so nothing is refused here;
+        :meth:`gqa_note` says what it will do."""
+
+    def gqa_note(self, spec: BuildSpec, config: Mapping[str, Any]) -> str | None:
+        dims = model_dims(config)
+        heads, kv, tp = dims["heads"], dims["kv_heads"], spec.tp_degree
+        if tp == 1 or heads is None or not kv or kv == heads or kv % tp == 0:
+            return None
+        strategy = spec.option("gqa_strategy") or "shard-over-heads"
+        return (f"tp_degree={tp} does not divide the model's {kv} KV heads: transformers-neuronx replaces "
+                f"{strategy} by replicated-heads (with a warning), as the consumer's own load does")
 
     def weights_argv(self, res: BuildInputs, out_dir: Path, engine_dir: Path) -> list[str]:
         return ["-m", "kiln.targets.neuron.assemble", "--engine-dir", str(engine_dir), "--model-dir",
