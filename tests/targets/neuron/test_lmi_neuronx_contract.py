@@ -1,0 +1,674 @@
+"""Contract: for a JumpStart LMI NeuronX environment, Kiln's neuron plan is the call that LMI release makes.
+
+The expectations here are written from djl-serving's own source (deepjavalibrary/djl-serving), never from
+kiln/targets/neuron/consumers.py: `SOURCE` below is a table of per-release facts, each naming the file, the ref
+and the lines it comes from, and `lmi_call` walks them the way the container does (Java's LmiConfigRecommender,
+then the Python handler's set_configs, TNXModelLoader.set_neuron_config and get_model_specific_kwargs). Each
+release is read at its SageMaker DLC branch (the images are built from those; the tags v0.26.0, v0.28.0 and
+v0.29.0 sit on them, v0.27.0 does not).
+
+Abbreviations in citations (paths under deepjavalibrary/djl-serving):
+  H   engines/python/setup/djl_python/transformers_neuronx.py
+  ML  engines/python/setup/djl_python/neuron_utils/model_loader.py
+  NU  engines/python/setup/djl_python/neuron_utils/utils.py
+  SD  engines/python/setup/djl_python/neuron_utils/neuron_smart_default_utils.py
+  TP  engines/python/setup/djl_python/properties_manager/tnx_properties.py
+  PP  engines/python/setup/djl_python/properties_manager/properties.py
+  REC wlm/src/main/java/ai/djl/serving/wlm/LmiConfigRecommender.java
+  JSD wlm/src/main/java/ai/djl/serving/wlm/NeuronSmartDefaultUtils.java
+  MI  wlm/src/main/java/ai/djl/serving/wlm/ModelInfo.java
+  PM  engines/python/src/main/java/ai/djl/python/engine/PyModel.java
+  PE  engines/python/src/main/java/ai/djl/python/engine/PyEnv.java
+  DF  serving/docker/pytorch-inf2.Dockerfile
+
+Where Kiln's plan disagrees with the source, the case is xfail(strict=True) with the source that says otherwise:
+those are Kiln bugs to fix, not expectations to move. Model files are stand-ins (real Llama-2 configs, tiny
+safetensors bytes): a dry run reads only the config and the tensor header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.presets import PresetRow, load_preset
+
+from ...conftest import run_kiln, write_hf_cache_model
+
+# --------------------------------------------------------------------------------------------------------------
+# The models: Llama-2 7B/13B (+chat) configs as published (no "neuron" stanza: an HF checkpoint, and the config
+# Kiln's lmi layout ships unchanged), stand-in weight bytes.
+# --------------------------------------------------------------------------------------------------------------
+
+LLAMA2 = {
+    "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32},
+    "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40},
+}
+MAX_POSITION_EMBEDDINGS = 4096  # meta-llama/Llama-2-*-hf config.json
+
+
+def _stand_in_weights(tag: str) -> bytes:
+    """A tiny well-formed safetensors file, different per model (the header check reads it). A stand-in."""
+    header = json.dumps({"__metadata__": {"model": tag},
+                         "w": {"dtype": "U8", "shape": [len(tag)], "data_offsets": [0, len(tag)]}}).encode()
+    return len(header).to_bytes(8, "little") + header + tag.encode()
+
+
+@pytest.fixture
+def llama2_cache() -> None:
+    """Llama-2 7B/13B (+chat) in the offline HF cache: real configs, stand-in weight bytes."""
+    hub = Path(os.environ["HF_HUB_CACHE"])
+    for size, dims in LLAMA2.items():
+        for suffix in ("hf", "chat-hf"):
+            cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                   "max_position_embeddings": MAX_POSITION_EMBEDDINGS, "num_hidden_layers": 32, "vocab_size": 32000,
+                   **dims}
+            files = {"config.json": json.dumps(cfg).encode(), "model.safetensors": _stand_in_weights(f"{size}-{suffix}"),
+                     "tokenizer.json": b"{}"}
+            write_hf_cache_model(hub, f"meta-llama/Llama-2-{size}-{suffix}", files,
+                                 commit=hashlib.sha1(f"{size}{suffix}".encode()).hexdigest())
+
+
+# NeuronCores per instance: 2 NeuronCore-v2 per Inferentia2 chip; inf2.xlarge and inf2.8xlarge have 1 chip,
+# inf2.24xlarge 6, inf2.48xlarge 12 (AWS "Amazon EC2 Inf2 Instances" specifications).
+NEURON_CORES = {"ml.inf2.xlarge": 2, "ml.inf2.8xlarge": 2, "ml.inf2.24xlarge": 12, "ml.inf2.48xlarge": 24}
+
+# --------------------------------------------------------------------------------------------------------------
+# The source table: what each LMI NeuronX release does, with where it says so.
+# --------------------------------------------------------------------------------------------------------------
+
+IMAGE_CC_FLAGS = "--logfile /tmp/compile.log --temp-dir=/tmp"
+AUTO_CLASS = "transformers_neuronx.NeuronAutoModelForCausalLM"
+LLAMA_CLASS = "transformers_neuronx.llama.model.LlamaForSampling"
+
+
+@dataclass(frozen=True)
+class LmiRelease:
+    version: str
+    ref: str
+    cc_flags: str  # the image's ENV NEURON_CC_FLAGS
+    rec: str  # which LmiConfigRecommender rolling-batch rule runs: none | 0.27 | 0.28 | 0.30
+    py_rolling: tuple[str, ...]  # TNX_SUPPORTED_ROLLING_BATCH_TYPES (anything else but disable becomes auto)
+    loader: str  # which H.set_model_loader_class rule: 0.26 | 0.27 | 0.28
+    model_class: str  # what TNXModelLoader calls for a safetensors llama checkpoint without a "neuron" stanza
+    cb: str  # when ContinuousBatchingConfig is made: rolling | strategy | strategy+batch>1|vllm
+    strategy: str  # H.set_configs default rolling_batch_strategy: none | llama | llama+batch>1
+    cle_default: str  # CB context_length_estimate default: n | buckets
+    user_cle_must_be_n: bool  # a user context_length_estimate != [n] raises under CB (no cache_layout)
+    default_n_positions: str  # 128 | smart (min(max_position_embeddings, 4096))
+    saturate_infinity: bool  # TP has enable_saturate_infinity
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+SOURCE = {r.version: r for r in (
+    LmiRelease(
+        "0.26.0", "0.26.0-dlc (1635512c; tag v0.26.0 b909f121 has the same H/ML/TP/PP)", IMAGE_CC_FLAGS, rec="none",
+        py_rolling=("auto",), loader="0.26", model_class=LLAMA_CLASS, cb="rolling", strategy="none", cle_default="n",
+        user_cle_must_be_n=True, default_n_positions="128", saturate_infinity=False,
+        sources={
+            "cc_flags": "DF@0.26.0-dlc L52 (v0.26.0 L51)",
+            "rec": "no LmiConfigRecommender.java at v0.26.0; PP@v0.26.0 L49 rolling_batch default disable",
+            "py_rolling": "TP@v0.26.0 L48, L90-100",
+            "loader": "H@v0.26.0 L29, L44-55 (llama uses optimum-neuron unless rolling batch is on)",
+            "model_class": "ML@v0.26.0 L68-76, L86-89, L181-188 (explicit <Arch>ForSampling)",
+            "batch_size": "H@v0.26.0 L59-61 (rolling batch: batch_size = max_rolling_batch_size)",
+            "cb": "ML@v0.26.0 L108-113 (any rolling batch, every model type)",
+            "kwargs": "ML@v0.26.0 L125-151 (n_positions [n], context_length_estimate [n], != [n] raises)",
+            "dtype": "TP@v0.26.0 L31-34, L55, L144-147 (amp = Dtype name; default fp16)",
+            "n_positions": "TP@v0.26.0 L56 (default 128)",
+        }),
+    LmiRelease(
+        "0.27.0", "0.27.0-dlc (049a929b)", IMAGE_CC_FLAGS, rec="0.27", py_rolling=("auto",), loader="0.27",
+        model_class=AUTO_CLASS, cb="strategy", strategy="llama", cle_default="n", user_cle_must_be_n=True,
+        default_n_positions="128", saturate_infinity=True,
+        sources={
+            "cc_flags": "DF@0.27.0-dlc L54",
+            "rec": "REC@0.27.0-dlc L72-93 (auto + SERVING_FEATURES vllm,lmi-dist -> llama: lmi-dist), L95-114 "
+                   "(lmi-dist -> engine MPI); DF@0.27.0-dlc L55 SERVING_FEATURES=vllm,lmi-dist,tnx; PE@0.27.0-dlc "
+                   "L340-351 (MPI workers = GPUs / tp = 0 on inf2) and PM@0.27.0-dlc L199-215 (then no worker)",
+            "py_rolling": "TP@0.27.0-dlc L77, L137-147",
+            "loader": "H@0.27.0-dlc L31-32, L48-77 (llama + rolling batch -> optimum-neuron; model_loader=tnx wins); "
+                      "TP@0.27.0-dlc L231-250 (context_length_estimate etc. set model_loader=tnx)",
+            "model_class": "ML@0.27.0-dlc set_neuron_model (safetensors, no 'neuron' -> NeuronAutoModelForCausalLM)",
+            "strategy": "H@0.27.0-dlc L90-94",
+            "cb": "ML@0.27.0-dlc L120-123, L172-183",
+        }),
+    LmiRelease(
+        "0.28.0", "0.28.0-dlc (7805e155)", IMAGE_CC_FLAGS, rec="0.28", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
+        loader="0.28", model_class=AUTO_CLASS, cb="strategy+batch>1|vllm", strategy="llama+batch>1", cle_default="n",
+        user_cle_must_be_n=True, default_n_positions="128", saturate_infinity=True,
+        sources={
+            "cc_flags": "DF@0.28.0-dlc L54",
+            "rec": "REC@0.28.0-dlc L81-113 (absent -> disable (ef2a8c46), auto -> tnx), L119-129 (lmi-dist -> MPI)",
+            "py_rolling": "TP@0.28.0-dlc L79-82, L146-156",
+            "loader": "H@0.28.0-dlc L50, L72-92 (TNXModelLoader unless model_loader says otherwise)",
+            "model_class": "ML@0.28.0-dlc L257-263, L318-346 (NeuronAutoModelForCausalLM.from_pretrained)",
+            "strategy": "H@0.28.0-dlc L105-111",
+            "cb": "ML@0.28.0-dlc L152-164 (... and max_rolling_batch_size > 1, or rolling_batch == vllm)",
+            "kwargs": "ML@0.28.0-dlc L200-237",
+            "vllm": "H@0.28.0-dlc load_model: rolling_batch=vllm -> TNXModelLoader.load_unwrapped_model() "
+                    "(the same kwargs, compiled by to_neuron) handed to vLLM as preloaded_model",
+        }),
+    LmiRelease(
+        "0.29.0", "0.29.0-dlc (58eb48b6)", IMAGE_CC_FLAGS, rec="0.28", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
+        loader="0.28", model_class=AUTO_CLASS, cb="strategy+batch>1|vllm", strategy="llama+batch>1", cle_default="n",
+        user_cle_must_be_n=False, default_n_positions="128", saturate_infinity=True,
+        sources={
+            "cc_flags": "DF@0.29.0-dlc L54",
+            "rec": "REC@0.29.0-dlc L95-130 (absent -> disable, auto -> tnx), L132-136 (lmi-dist -> MPI)",
+            "strategy": "H@0.29.0-dlc L107-113",
+            "cb": "ML@0.29.0-dlc L157-169",
+            "kwargs": "ML@0.29.0-dlc L205-243 (a user value != [n] raises only with cache_layout BSH)",
+            "vllm": "H@0.29.0-dlc L177-184 (rolling_batch=vllm -> load_unwrapped_model())",
+        }),
+    LmiRelease(
+        "0.30.0", "0.30.0-dlc (fefd40ec)", IMAGE_CC_FLAGS, rec="0.30", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
+        loader="0.28", model_class=AUTO_CLASS, cb="strategy", strategy="llama+batch>1", cle_default="buckets",
+        user_cle_must_be_n=False, default_n_positions="smart", saturate_infinity=True,
+        sources={
+            "cc_flags": "DF@0.30.0-dlc L57",
+            "rec": "REC@0.30.0-dlc L36-45 (smart defaults before tp), L47-82 (absent -> auto; auto -> vllm if "
+                   "max_rolling_batch_size >= 12 else tnx)",
+            "strategy": "H@0.30.0-dlc L170-176",
+            "cb": "ML@0.30.0-dlc L162-183",
+            "kwargs": "ML@0.30.0-dlc L223-267; NU@0.30.0-dlc L49 (INITIAL_BUCKET_SIZE 1024), L100-119",
+            "on_device_embedding": "SD@0.30.0-dlc L82-85 (set only when config.json has a 'neuron' stanza or when "
+                                   "partitioning); H@0.30.0-dlc L155-163 (is_partition False when serving)",
+            "n_positions": "TP@0.30.0-dlc L90 (None); JSD@0.30.0-dlc applySmartDefaults / SD@0.30.0-dlc L72-80 "
+                           "(min(max_position_embeddings, 4096))",
+            "vllm": "H@0.30.0-dlc load_model (rolling_batch=vllm -> load_unwrapped_model())",
+        }),
+)}
+RELEASES = tuple(SOURCE)
+
+# Facts every release shares.
+COMMON_SOURCES = {
+    "option_env": "MI@0.29.0-dlc L834-845: OPTION_X -> option.x (the key lower-cased, the value as written)",
+    "dtype": "TP Dtype{f32='fp32', f16='fp16', bf16='bf16'}, dtype default f16, set_amp_value amp = dtype.name "
+             "(TP@0.29.0-dlc L32-35, L90, L219-222; the same at every release): only fp32|fp16|bf16 as written",
+    "tp": "PM@0.29.0-dlc L126-131 ('max' -> the NeuronCores, else Integer.parseInt); MI@0.29.0-dlc L1046-1066 "
+          "(NeuronCores / tp == 0 -> 'Neuron devices are not enough'); no tp validator in TP or PP",
+    "batch_size": "TP@0.29.0-dlc L159-170 validate_batch_size: batch_size > 1 with rolling batch raises; "
+                  "PP@0.29.0-dlc L56 batch_size default 1 (used as is when rolling batch is disabled)",
+    "cc_appends": "TP@0.29.0-dlc L119-138: neuron_optimize_level -> ' -ON', enable_mixed_precision_accumulation "
+                  "and enable_saturate_infinity append their flag whenever the option is given (even false)",
+    "gqa": "ML@0.29.0-dlc set_neuron_config: group_query_attention passed when set",
+    "mpi": "PE getMpiWorkers = GPUs / tp (0 on inf2) -> PM 'GPU devices are not enough' (lmi-dist/trtllm run MPI)",
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The release does not compile this configuration with transformers-neuronx; `words`: one names why."""
+
+    why: str
+    words: tuple[str, ...]
+
+
+def build_context_length_estimates(n: int) -> list[int]:
+    """NU@0.30.0-dlc L100-119, as written there."""
+    if n <= 128:
+        return [n]
+    estimates, bucket = [128], 1024
+    while n > bucket:
+        estimates.append(bucket)
+        bucket *= 2
+    return estimates + [n]
+
+
+# Options lmi_call models; anything else in a case is a test-writing mistake, not a silent default.
+_MODELLED = {"model_id", "entrypoint", "rolling_batch", "n_positions", "max_rolling_batch_size", "tensor_parallel_degree",
+             "dtype", "batch_size", "context_length_estimate", "neuron_optimize_level", "model_loader",
+             "enable_mixed_precision_accumulation", "enable_saturate_infinity", "group_query_attention"}
+
+
+def _named(value: str) -> tuple[str, ...]:
+    """How an error names a bad value: quoted, or after '=' (never a bare substring such as '0')."""
+    return (f"'{value}'", f"={value}")
+
+
+def lmi_call(rel: LmiRelease, env: Mapping[str, str], cores: int) -> dict[str, Any] | Refusal:
+    """The transformers-neuronx call a Llama-2 checkpoint gets from LMI NeuronX `rel` started with `env`."""
+    opt = {k[len("OPTION_"):].lower(): v for k, v in env.items() if k.startswith("OPTION_") and v}
+    if "HF_MODEL_ID" in env:
+        opt.setdefault("model_id", env["HF_MODEL_ID"])
+    unknown = set(opt) - _MODELLED - {"kiln_consumer"}
+    assert not unknown, f"lmi_call does not model {unknown}"
+
+    # Java: LmiConfigRecommender's rolling batch (SOURCE[*].sources["rec"]).
+    rb = opt.get("rolling_batch")
+    if rel.rec == "none":
+        rb = rb or "disable"
+    elif rel.rec == "0.27":
+        if rb in (None, "auto"):
+            return Refusal("REC maps llama to lmi-dist under SERVING_FEATURES=vllm,lmi-dist,tnx (engine MPI, no worker "
+                           "on inf2); at the v0.27.0 tag auto stays auto and llama goes to optimum-neuron",
+                           ("optimum", "lmi-dist", "MPI"))
+    elif rel.rec == "0.28":
+        rb = rb or "disable"
+        rb = "tnx" if rb == "auto" else rb
+    else:  # 0.30
+        rb = rb or "auto"
+        if rb == "auto":
+            rb = "vllm" if int(opt.get("max_rolling_batch_size", "1")) >= 12 else "tnx"
+    if rel.rec != "none" and rb in ("lmi-dist", "trtllm"):
+        return Refusal(f"rolling_batch={rb} runs MPI, which has no workers on inf2", (rb, "MPI"))
+
+    # Java: tensor parallel degree (COMMON_SOURCES["tp"]).
+    tp_text = opt["tensor_parallel_degree"]
+    try:
+        tp = cores if tp_text == "max" else int(tp_text)
+    except ValueError:
+        return Refusal(f"tensor_parallel_degree={tp_text!r} is not an integer (Integer.parseInt)", _named(tp_text))
+    if tp <= 0:
+        return Refusal(f"tensor_parallel_degree={tp} is no shard count transformers-neuronx can compile", _named(tp_text))
+    if cores // tp == 0:
+        return Refusal(f"tp {tp} > {cores} NeuronCores", _named(str(tp)))
+
+    # Python: TransformerNeuronXProperties.
+    if rb != "disable" and rb not in rel.py_rolling:
+        rb = "auto"
+    dtype = opt.get("dtype", "fp16")
+    if dtype not in ("fp32", "fp16", "bf16"):
+        return Refusal(f"dtype {dtype!r} is not a Dtype value", _named(dtype))
+    amp = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}[dtype]
+    if "n_positions" in opt:
+        n = int(opt["n_positions"])
+    else:
+        n = 128 if rel.default_n_positions == "128" else min(MAX_POSITION_EMBEDDINGS, 4096)
+    # REC setRollingBatchSize (0.28+): absent -> 32 for tnx, 256 for vllm; PP default 32 before.
+    mrbs = int(opt.get("max_rolling_batch_size", "256" if rb == "vllm" and rel.rec in ("0.28", "0.30") else "32"))
+    batch_size = int(opt.get("batch_size", "1"))
+    if batch_size > 1 and rb != "disable":
+        return Refusal("batch_size > 1 with rolling batch: dynamic and rolling batching cannot both be on",
+                       ("batch_size", "batch size"))
+    if rb != "disable":
+        batch_size = mrbs
+    user_cle = [int(x) for x in opt["context_length_estimate"].split(",")] if "context_length_estimate" in opt else None
+    model_loader = opt.get("model_loader")
+    if rel.loader == "0.27" and model_loader is None and user_cle is not None:
+        model_loader = "tnx"  # TP@0.27.0-dlc L231-250
+
+    # Python: H.set_model_loader_class.
+    if rel.loader == "0.26" and rb == "disable":
+        return Refusal("llama without rolling batch loads through optimum-neuron", ("optimum",))
+    if rel.loader == "0.27" and model_loader != "tnx" and (model_loader == "optimum" or rb != "disable"):
+        return Refusal("llama with rolling batch loads through optimum-neuron", ("optimum",))
+    if rel.loader == "0.28" and model_loader in ("optimum", "vllm"):
+        return Refusal(f"model_loader={model_loader} loads without TNXModelLoader", (model_loader,))
+
+    # Python: strategy and continuous batching.
+    if rel.strategy == "llama":
+        strategy_cb = rb != "disable"
+    elif rel.strategy == "llama+batch>1":
+        strategy_cb = rb != "disable" and mrbs > 1
+    else:
+        strategy_cb = False
+    if rel.cb == "rolling":
+        cb = rb != "disable"
+    elif rel.cb == "strategy":
+        cb = strategy_cb
+    else:
+        cb = (strategy_cb and mrbs > 1) or rb == "vllm"
+
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "amp": amp, "tp_degree": tp, "n_positions": n}
+    if user_cle is not None:
+        kwargs["context_length_estimate"] = user_cle
+    neuron_config: dict[str, Any] = {}
+    if cb:
+        kwargs["n_positions"] = [n]
+        neuron_config["continuous_batching"] = {"batch_size_for_shared_caches": mrbs}
+        if user_cle is None:
+            kwargs["context_length_estimate"] = [n] if rel.cle_default == "n" else build_context_length_estimates(n)
+        elif user_cle != [n] and rel.user_cle_must_be_n:
+            return Refusal(f"context_length_estimate {user_cle} must equal [n_positions] under continuous batching",
+                           ("context_length_estimate",))
+    if "group_query_attention" in opt:
+        neuron_config["group_query_attention"] = opt["group_query_attention"]
+    kwargs["neuron_config"] = neuron_config
+
+    flags = rel.cc_flags
+    if "neuron_optimize_level" in opt:
+        flags += f" -O{int(opt['neuron_optimize_level'])}"
+    if "enable_mixed_precision_accumulation" in opt:
+        flags += " --enable-mixed-precision-accumulation"
+    if "enable_saturate_infinity" in opt and rel.saturate_infinity:
+        flags += " --enable-saturate-infinity"
+    return {"class": rel.model_class, "kwargs": kwargs, "env": {"NEURON_CC_FLAGS": flags}}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running Kiln.
+# --------------------------------------------------------------------------------------------------------------
+
+ROWS = load_preset("jumpstart-llama2-neuron")
+
+
+def _plan(env: Mapping[str, str], *args: str) -> tuple[int, str, dict[str, Any] | None]:
+    r = run_kiln("build", *args, "--dry-run", "--json", env=dict(env))
+    assert "Traceback" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout) if r.returncode == 0 else None
+    return r.returncode, r.stderr.strip(), doc
+
+
+def _engine_invocation(doc: dict[str, Any]) -> dict[str, Any]:
+    step = doc["steps"][0]
+    assert step["name"] == "engine", doc["steps"]
+    return step["invocation"]
+
+
+def _check(expected: dict[str, Any] | Refusal, env: Mapping[str, str], *args: str) -> None:
+    rc, err, doc = _plan(env, *args)
+    if isinstance(expected, Refusal):
+        assert rc == 2, f"expected a refusal ({expected.why}); Kiln planned {doc and _engine_invocation(doc)}"
+        assert "\n" not in err and err.startswith("kiln: error: "), err
+        assert any(w in err for w in expected.words), (expected.why, expected.words, err)
+        return
+    assert rc == 0, err
+    got = _engine_invocation(doc)
+    # Field by field first, so a failure names the field; then the whole call (nothing extra either).
+    assert got["class"] == expected["class"]
+    assert got["env"] == expected["env"], "NEURON_CC_FLAGS"
+    for name, value in expected["kwargs"].items():
+        assert name in got["kwargs"], f"kwarg {name} missing"
+        assert got["kwargs"][name] == value and type(got["kwargs"][name]) is type(value), (name, got["kwargs"][name], value)
+    assert got == expected
+
+
+def _row_args(row: PresetRow, release: str) -> list[str]:
+    return ["--from-env", "--consumer", f"lmi-neuronx:{release}", "--instance-type", row.instance_type]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Known disagreements (Kiln bugs, each with the source that says otherwise).
+# --------------------------------------------------------------------------------------------------------------
+
+ON_DEVICE_EMBEDDING = (
+    "kiln: lmi-neuronx:0.30.0 plans neuron_config on_device_embedding=True, but the 0.30 loader sets it only when "
+    "config.json has a 'neuron' stanza or when partitioning (neuron_smart_default_utils.py@0.30.0-dlc L82-85, "
+    "transformers_neuronx.py@0.30.0-dlc L155-163 is_partition=False when serving); a Llama-2 checkpoint and Kiln's "
+    "lmi layout (the HF config.json unchanged) have none, so the container compiles without it and Kiln's graphs "
+    "are not the ones it loads")
+
+
+def _row_disagreement(release: str) -> str | None:
+    return ON_DEVICE_EMBEDDING if release == "0.30.0" else None
+
+
+def _row_cases() -> list[Any]:
+    cases = []
+    for row in ROWS:
+        for release in RELEASES:
+            reason = _row_disagreement(release)
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            cases.append(pytest.param(row, release, marks=marks, id=f"{row.id}@{release}"))
+    return cases
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The source table itself: a few hand-computed calls, so a slip in lmi_call cannot hide behind Kiln agreeing.
+# --------------------------------------------------------------------------------------------------------------
+
+ROW_ENV_7B_4096x4_TP8 = {
+    "HF_MODEL_ID": "meta-llama/Llama-2-7b-hf", "OPTION_ENTRYPOINT": "djl_python.transformers_neuronx",
+    "OPTION_ROLLING_BATCH": "auto", "OPTION_N_POSITIONS": "4096", "OPTION_MAX_ROLLING_BATCH_SIZE": "4",
+    "OPTION_TENSOR_PARALLEL_DEGREE": "8", "OPTION_DTYPE": "fp16",
+}
+
+
+def test_the_source_table_gives_the_hand_read_calls() -> None:
+    flags = {"NEURON_CC_FLAGS": "--logfile /tmp/compile.log --temp-dir=/tmp"}
+    cb4 = {"continuous_batching": {"batch_size_for_shared_caches": 4}}
+    env = ROW_ENV_7B_4096x4_TP8
+    # 0.26: explicit class, CB for any rolling batch, estimates [n] (ML@v0.26.0 L108-151).
+    assert lmi_call(SOURCE["0.26.0"], env, 12) == {"class": LLAMA_CLASS, "env": flags, "kwargs": {
+        "batch_size": 4, "amp": "f16", "tp_degree": 8, "n_positions": [4096], "context_length_estimate": [4096],
+        "neuron_config": cb4}}
+    # 0.26 at max_rolling_batch_size 1 is still continuous batching (no batch>1 clause until 0.28).
+    one = dict(env, OPTION_MAX_ROLLING_BATCH_SIZE="1", OPTION_N_POSITIONS="1024", OPTION_TENSOR_PARALLEL_DEGREE="2")
+    assert lmi_call(SOURCE["0.26.0"], one, 2)["kwargs"] == {  # type: ignore[index]
+        "batch_size": 1, "amp": "f16", "tp_degree": 2, "n_positions": [1024], "context_length_estimate": [1024],
+        "neuron_config": {"continuous_batching": {"batch_size_for_shared_caches": 1}}}
+    # 0.27: llama with rolling batch never reaches TNXModelLoader.
+    assert isinstance(lmi_call(SOURCE["0.27.0"], env, 12), Refusal)
+    # 0.29: NeuronAuto, CB only above batch 1.
+    assert lmi_call(SOURCE["0.29.0"], env, 12) == {"class": AUTO_CLASS, "env": flags, "kwargs": {
+        "batch_size": 4, "amp": "f16", "tp_degree": 8, "n_positions": [4096], "context_length_estimate": [4096],
+        "neuron_config": cb4}}
+    assert lmi_call(SOURCE["0.29.0"], one, 2) == {"class": AUTO_CLASS, "env": flags, "kwargs": {
+        "batch_size": 1, "amp": "f16", "tp_degree": 2, "n_positions": 1024, "neuron_config": {}}}
+    # 0.30: bucketed estimates; 2048 -> [128, 1024, 2048]; 4096 -> [128, 1024, 2048, 4096].
+    assert build_context_length_estimates(4096) == [128, 1024, 2048, 4096]
+    assert build_context_length_estimates(2048) == [128, 1024, 2048]
+    assert build_context_length_estimates(1024) == [128, 1024]
+    assert build_context_length_estimates(100) == [100]
+    assert lmi_call(SOURCE["0.30.0"], dict(env, OPTION_N_POSITIONS="2048"), 12)["kwargs"][  # type: ignore[index]
+        "context_length_estimate"] == [128, 1024, 2048]
+    # Every fact cites where it comes from.
+    for rel in SOURCE.values():
+        assert rel.sources and all("@" in s or "no " in s for s in rel.sources.values()), rel.version
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Every JumpStart row x every release.
+# --------------------------------------------------------------------------------------------------------------
+
+def test_every_row_is_planned() -> None:
+    assert len(ROWS) == 34 and {r.instance_type for r in ROWS} <= set(NEURON_CORES)
+
+
+@pytest.mark.parametrize(("row", "release"), _row_cases())
+def test_a_jumpstart_row_plans_the_releases_own_call(llama2_cache: None, row: PresetRow, release: str) -> None:
+    env = row.lmi_env()
+    assert env["OPTION_ROLLING_BATCH"] == "auto"  # as JumpStart starts the container
+    expected = lmi_call(SOURCE[release], env, NEURON_CORES[row.instance_type])
+    _check(expected, env, *_row_args(row, release))
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.model.endswith("-7b-hf")], ids=lambda r: r.id)
+def test_0_30_rows_differ_only_in_on_device_embedding(llama2_cache: None, row: PresetRow) -> None:
+    """The 0.30 row cases xfail on one known field; this pins that nothing else in them is wrong."""
+    env = row.lmi_env()
+    expected = lmi_call(SOURCE["0.30.0"], env, NEURON_CORES[row.instance_type])
+    assert isinstance(expected, dict)
+    rc, err, doc = _plan(env, *_row_args(row, "0.30.0"))
+    assert rc == 0, err
+    got = _engine_invocation(doc)
+    got["kwargs"]["neuron_config"].pop("on_device_embedding", None)
+    assert got == expected
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_consumer_from_the_environment_plans_the_same(llama2_cache: None, release: str) -> None:
+    row = next(r for r in ROWS if r.id.endswith("4096x4/tp8"))
+    env = row.lmi_env()
+    by_flag = _plan(env, *_row_args(row, release))
+    by_env = _plan(dict(env, OPTION_KILN_CONSUMER=f"lmi-neuronx:{release}"),
+                   "--from-env", "--instance-type", row.instance_type)
+    assert by_flag[0] == by_env[0]
+    if by_flag[2] is not None:
+        assert _engine_invocation(by_flag[2]) == _engine_invocation(by_env[2])  # type: ignore[arg-type]
+        assert by_flag[2]["key"] == by_env[2]["key"]  # type: ignore[index]
+
+
+def test_an_lmi_configuration_without_a_consumer_lists_the_choices(llama2_cache: None) -> None:
+    row = ROWS[0]
+    rc, err, _ = _plan(row.lmi_env(), "--from-env", "--instance-type", row.instance_type)
+    assert rc == 2 and "\n" not in err
+    for choice in [f"lmi-neuronx:{v}" for v in RELEASES] + ["transformers-neuronx"]:
+        assert choice in err, (choice, err)
+    rc, err, _ = _plan(row.lmi_env(), "--from-env", "--consumer", "lmi-neuronx:0.31.0", "--instance-type", row.instance_type)
+    assert rc == 2 and "lmi-neuronx:0.31.0" in err and "lmi-neuronx:0.30.0" in err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configurations around the rows: (release, changes to the 7B 4096x4 tp8 row on ml.inf2.24xlarge, Kiln bug or None).
+# --------------------------------------------------------------------------------------------------------------
+
+_DEL = ""  # an empty OPTION_ value is no option (MI@0.29.0-dlc L831-833 skips empty values)
+
+BATCH_WHEN_DISABLED = (
+    "kiln: with rolling batch disabled Kiln compiles batch_size=max_rolling_batch_size (4); the loader keeps "
+    "batch_size = option.batch_size (default 1) and ignores max_rolling_batch_size (transformers_neuronx.py@{ref} "
+    "set_configs: batch_size = max_rolling_batch_size only if rolling_batch != disable; properties.py@{ref} "
+    "batch_size: int = 1)")
+VLLM_IS_TNX = (
+    "kiln: refuses rolling_batch=vllm as not served by transformers-neuronx, but with model_loader unset the handler "
+    "loads it with TNXModelLoader.load_unwrapped_model() (the same kwargs, continuous batching on, to_neuron()) and "
+    "hands that model to vLLM as preloaded_model (transformers_neuronx.py@{ref} load_model, model_loader.py@{ref} "
+    "can_use_continuous_batching)")
+MODEL_LOADER_TNX = (
+    "kiln: refuses option.model_loader=tnx, which selects exactly TNXModelLoader (transformers_neuronx.py@{ref} "
+    "set_model_loader_class: model_loader == 'tnx' -> TNXModelLoader)")
+FLAG_SWITCH = (
+    "kiln: refuses {opt}; the handler appends {flag} to the image's NEURON_CC_FLAGS whenever the option is given "
+    "(tnx_properties.py@{ref} field validator, no check of the value) and compiles with transformers-neuronx")
+BATCH_SIZE_WITH_ROLLING = (
+    "kiln: accepts OPTION_BATCH_SIZE=4 with rolling batch on (and compiles batch 4); LMI refuses it: "
+    "tnx_properties.py@{ref} validate_batch_size raises 'Dynamic batching and rolling batch cannot be enabled at "
+    "the same time'")
+CLE_MUST_BE_N = (
+    "kiln: accepts context_length_estimate=1024,4096 under continuous batching; model_loader.py@{where} raises "
+    "RuntimeError unless it equals [n_positions] (the cache_layout exception arrives in 0.29)")
+ABSENT_ROLLING_0_27 = (
+    "kiln: plans a static TNX compile when OPTION_ROLLING_BATCH is absent, as if absent meant disable; at 0.27 "
+    "absent means auto (LmiConfigRecommender.java@0.27.0-dlc L81), which the 0.27.0-dlc image turns into lmi-dist "
+    "on the MPI engine (L87-88, L104-106; no MPI worker on inf2) and the v0.27.0 tag sends to optimum-neuron "
+    "(transformers_neuronx.py@v0.27.0 optimum_not_supported)")
+
+AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
+    # rolling_batch=disable: a static TNX compile (llama), batch_size from option.batch_size.
+    ("0.26.0", {"OPTION_ROLLING_BATCH": "disable"}, None),
+    ("0.27.0", {"OPTION_ROLLING_BATCH": "disable"}, BATCH_WHEN_DISABLED.format(ref="0.27.0-dlc")),
+    ("0.28.0", {"OPTION_ROLLING_BATCH": "disable"}, BATCH_WHEN_DISABLED.format(ref="0.28.0-dlc")),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": "disable"}, BATCH_WHEN_DISABLED.format(ref="0.29.0-dlc")),
+    ("0.30.0", {"OPTION_ROLLING_BATCH": "disable"},
+     BATCH_WHEN_DISABLED.format(ref="0.30.0-dlc") + "; and " + ON_DEVICE_EMBEDDING),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": "disable", "OPTION_BATCH_SIZE": "2"}, None),
+    # rolling_batch absent: REC's default per release.
+    ("0.26.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
+    ("0.27.0", {"OPTION_ROLLING_BATCH": _DEL}, ABSENT_ROLLING_0_27),
+    ("0.28.0", {"OPTION_ROLLING_BATCH": _DEL}, BATCH_WHEN_DISABLED.format(ref="0.28.0-dlc")),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": _DEL}, BATCH_WHEN_DISABLED.format(ref="0.29.0-dlc")),
+    ("0.30.0", {"OPTION_ROLLING_BATCH": _DEL}, ON_DEVICE_EMBEDDING),
+    # rolling_batch written out.
+    ("0.26.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),  # coerced to auto (TP@v0.26.0 L90-100)
+    ("0.27.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),  # coerced to auto -> optimum-neuron
+    ("0.28.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),
+    ("0.28.0", {"OPTION_ROLLING_BATCH": "vllm"}, VLLM_IS_TNX.format(ref="0.28.0-dlc")),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": "vllm"}, VLLM_IS_TNX.format(ref="0.29.0-dlc")),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
+    ("0.30.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
+    # 0.30's auto goes to vLLM from max_rolling_batch_size 12 -- still compiled by TNXModelLoader.
+    ("0.29.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, None),
+    ("0.30.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, VLLM_IS_TNX.format(ref="0.30.0-dlc")),
+    ("0.29.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, None),  # REC setRollingBatchSize: 32 for tnx
+    # model_loader.
+    ("0.27.0", {"OPTION_ROLLING_BATCH": "tnx", "OPTION_MODEL_LOADER": "tnx"}, MODEL_LOADER_TNX.format(ref="0.27.0-dlc")),
+    ("0.29.0", {"OPTION_MODEL_LOADER": "tnx"}, MODEL_LOADER_TNX.format(ref="0.29.0-dlc")),
+    ("0.29.0", {"OPTION_MODEL_LOADER": "optimum"}, None),
+    # n_positions and dtype defaults.
+    ("0.26.0", {"OPTION_N_POSITIONS": _DEL}, None),
+    ("0.29.0", {"OPTION_N_POSITIONS": _DEL}, None),
+    ("0.30.0", {"OPTION_N_POSITIONS": _DEL}, ON_DEVICE_EMBEDDING),
+    ("0.29.0", {"OPTION_DTYPE": _DEL}, None),
+    ("0.29.0", {"OPTION_DTYPE": "bf16"}, None),
+    ("0.29.0", {"OPTION_DTYPE": "fp32"}, None),
+    ("0.26.0", {"OPTION_DTYPE": "bf16"}, None),
+    # context_length_estimate under continuous batching.
+    ("0.26.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, CLE_MUST_BE_N.format(where="v0.26.0 L143-150")),
+    ("0.28.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, CLE_MUST_BE_N.format(where="0.28.0-dlc L224-236")),
+    ("0.29.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, None),
+    ("0.29.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "4096"}, None),
+    # batch_size next to rolling batch.
+    ("0.28.0", {"OPTION_BATCH_SIZE": "4"}, BATCH_SIZE_WITH_ROLLING.format(ref="0.28.0-dlc")),
+    ("0.29.0", {"OPTION_BATCH_SIZE": "4"}, BATCH_SIZE_WITH_ROLLING.format(ref="0.29.0-dlc")),
+    ("0.26.0", {"OPTION_BATCH_SIZE": "4"}, BATCH_SIZE_WITH_ROLLING.format(ref="v0.26.0")),
+    # Compiler flags and NeuronConfig fields.
+    ("0.29.0", {"OPTION_NEURON_OPTIMIZE_LEVEL": "2"}, None),
+    ("0.29.0", {"OPTION_ENABLE_MIXED_PRECISION_ACCUMULATION": "true"},
+     FLAG_SWITCH.format(opt="enable_mixed_precision_accumulation", flag="--enable-mixed-precision-accumulation",
+                        ref="0.29.0-dlc")),
+    ("0.29.0", {"OPTION_ENABLE_SATURATE_INFINITY": "false"},
+     FLAG_SWITCH.format(opt="enable_saturate_infinity=false", flag="--enable-saturate-infinity", ref="0.29.0-dlc")),
+    ("0.29.0", {"OPTION_GROUP_QUERY_ATTENTION": "shard-over-heads"}, None),
+    # tensor_parallel_degree.
+    ("0.29.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "max"}, None),  # PM: the instance's NeuronCores (12)
+    ("0.29.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "24"}, None),  # MI: 12 cores / 24 == 0
+]
+
+
+def _around_cases() -> list[Any]:
+    out = []
+    for release, changes, bug in AROUND_ROWS:
+        marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
+        cid = f"{release}:" + ",".join(f"{k[len('OPTION_'):].lower()}={v or 'absent'}" for k, v in changes.items())
+        out.append(pytest.param(release, changes, marks=marks, id=cid))
+    return out
+
+
+@pytest.mark.parametrize(("release", "changes"), _around_cases())
+def test_configurations_around_the_rows(llama2_cache: None, release: str, changes: dict[str, str]) -> None:
+    env = {k: v for k, v in {**ROW_ENV_7B_4096x4_TP8, **changes}.items() if v}
+    expected = lmi_call(SOURCE[release], env, NEURON_CORES["ml.inf2.24xlarge"])
+    _check(expected, env, "--from-env", "--consumer", f"lmi-neuronx:{release}", "--instance-type", "ml.inf2.24xlarge")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Values LMI NeuronX refuses: Kiln must not build an engine for a container that would not start.
+# --------------------------------------------------------------------------------------------------------------
+
+# The releases whose handler reaches these values with the row environment (0.27 refuses the row first).
+_VALUE_RELEASES = ("0.26.0", "0.28.0", "0.29.0", "0.30.0")
+REFUSED_VALUES = [
+    # dtype: only the Dtype values as written (TP class Dtype; MI keeps the value's case).
+    ("OPTION_DTYPE", "float16"), ("OPTION_DTYPE", "bfloat16"), ("OPTION_DTYPE", "float32"), ("OPTION_DTYPE", "FP16"),
+    ("OPTION_DTYPE", "auto"), ("OPTION_DTYPE", "int8"),
+    # tensor_parallel_degree: Integer.parseInt in PM, and a degree transformers-neuronx can shard over.
+    ("OPTION_TENSOR_PARALLEL_DEGREE", "0"), ("OPTION_TENSOR_PARALLEL_DEGREE", "-1"),
+    ("OPTION_TENSOR_PARALLEL_DEGREE", "2.5"), ("OPTION_TENSOR_PARALLEL_DEGREE", "eight"),
+]
+
+
+@pytest.mark.parametrize("release", _VALUE_RELEASES)
+@pytest.mark.parametrize(("name", "value"), REFUSED_VALUES, ids=[f"{n[7:].lower()}={v}" for n, v in REFUSED_VALUES])
+def test_values_lmi_neuronx_refuses_are_refused(llama2_cache: None, release: str, name: str, value: str) -> None:
+    env = dict(ROW_ENV_7B_4096x4_TP8, **{name: value})
+    expected = lmi_call(SOURCE[release], env, NEURON_CORES["ml.inf2.24xlarge"])
+    assert isinstance(expected, Refusal), expected  # the source table says LMI refuses it
+    _check(expected, env, "--from-env", "--consumer", f"lmi-neuronx:{release}", "--instance-type", "ml.inf2.24xlarge")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The plain library: CLI flags, --consumer transformers-neuronx.
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r.model.endswith("-hf") and "chat" not in r.model], ids=lambda r: r.id)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_the_transformers_neuronx_consumer_from_cli_flags(llama2_cache: None, row: PresetRow, dtype: str) -> None:
+    """The library's own call (aws-neuron/transformers-neuronx @1ade6d7, main): LlamaForSampling(config, *,
+    n_positions, batch_size, amp, tp_degree, context_length_estimate=None, neuron_config=None) in
+    src/transformers_neuronx/llama/model.py L32-34, reached through from_pretrained. Kiln passes an int n_positions
+    (the library derives its buckets), no context_length_estimate, a fresh NeuronConfig per model and no continuous
+    batching (that is LMI's choice); NEURON_CC_FLAGS is empty because no image sets it and compiler.py L89-91
+    get_compiler_flags reads only the environment."""
+    args = [row.model, "--target", "neuron", "--n-positions", str(row.n_positions), "--batch-size", str(row.batch_size),
+            "--tp-degree", str(row.tp_degree), "--dtype", dtype, "--instance-type", row.instance_type,
+            "--consumer", "transformers-neuronx"]
+    rc, err, doc = _plan({}, *args)
+    assert rc == 0, err
+    assert _engine_invocation(doc) == {  # type: ignore[arg-type]
+        "class": LLAMA_CLASS,
+        "kwargs": {"batch_size": row.batch_size, "amp": {"fp16": "f16", "bf16": "bf16", "fp32": "f32"}[dtype],
+                   "tp_degree": row.tp_degree, "n_positions": row.n_positions, "neuron_config": {}},
+        "env": {"NEURON_CC_FLAGS": ""},
+    }
+    assert type(_engine_invocation(doc)["kwargs"]["n_positions"]) is int  # type: ignore[arg-type]
