@@ -214,6 +214,9 @@ def interpret(
         fields["batch_size"] = Field(default, f"LMI default max_rolling_batch_size for {target}")
         notes.append(f"batch_size {default}: LMI's default max_rolling_batch_size for {target}")
 
+    if facts is not None and facts.static_batch_option:
+        fields[f"option.{facts.static_batch_option}"] = Field(bs.value, bs.source) if bs is not None \
+            else Field("1", "LMI default option.batch_size")
     if facts is not None and facts.n_positions_from_seq_len and "n_positions" not in fields:
         msl = norm.get("option.max_seq_len")
         if msl is not None:

@@ -99,6 +99,9 @@ class LmiFacts:
     dtype_values: tuple[str, ...] | None = None
     # False: option.tensor_parallel_degree 0 or -1 is refused (this handler does not read it as 1).
     tp_zero_means_one: bool = True
+    # A target option that receives LMI's option.batch_size as written (LMI's default 1 when absent), for a
+    # target whose consumer decides between it and max_rolling_batch_size (neuron: by its rolling batch).
+    static_batch_option: str | None = None
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,11 @@ def test_three_sources_one_spec(tmp_path: Path) -> None:
         "option.rolling_batch": Field("auto", "--option rolling_batch"),
     }
     from_flags = spec_from_sources(flags)
-    assert from_env.spec == from_file.spec == from_flags.spec
+    # LMI's option.batch_size rides along (default 1) for the consumer to choose by its rolling batch.
+    assert from_env.spec.option("static_batch_size") == from_file.spec.option("static_batch_size") == "1"
+    lmi = [x.spec.replace(options=tuple(o for o in x.spec.options if o[0] != "static_batch_size"))
+           for x in (from_env, from_file)]
+    assert lmi[0] == lmi[1] == from_flags.spec
     assert from_env.spec.target == "neuron" and from_env.spec.batch_size == 4
     assert from_env.spec.option("consumer") == "lmi-neuronx:0.29.0" and from_env.spec.option("rolling_batch") == "auto"
     ignored = {src.split(" ")[0] for src, _ in from_file.ignored}

@@ -71,9 +71,24 @@ class NeuronTarget(Target):
                 changes["n_positions"] = n
                 notes.append(f"n_positions: {consumer.ref}'s default ({n})")
             options = dict(spec.options)
-            options["rolling_batch"] = consumer.rolling_batch(spec.option("rolling_batch"), spec.batch_size)
+            rolling = options["rolling_batch"] = consumer.rolling_batch(spec.option("rolling_batch"), spec.batch_size)
+            static = options.pop("static_batch_size", None)  # LMI's option.batch_size (only from LMI configuration)
+            if static is not None:
+                static_n = int(static) if static.isdigit() else 0
+                if static_n < 1:
+                    raise ValidationError(f"option.batch_size={static!r} must be a positive integer.")
+                if rolling != "disable" and static_n > 1:
+                    raise ValidationError(f"option.batch_size={static} with rolling batch on: {consumer.ref} refuses it "
+                                          "(tnx_properties.py validate_batch_size: dynamic batching and rolling batch "
+                                          "cannot be enabled at the same time); drop option.batch_size.")
+                if rolling == "disable" and static_n != spec.batch_size:
+                    changes["batch_size"] = static_n
+                    notes.append(f"batch_size {static_n}: rolling batch is disabled, so {consumer.ref} compiles "
+                                 "option.batch_size (max_rolling_batch_size is not read)")
             changes["options"] = tuple(sorted(options.items()))
         else:
+            if spec.option("static_batch_size") is not None:
+                changes["options"] = tuple((k, v) for k, v in spec.options if k != "static_batch_size")
             for name in ("rolling_batch", "rolling_batch_strategy"):
                 if spec.option(name) is not None:
                     raise ValidationError(f"option {name} is LMI's; the {consumer.ref} consumer has no rolling batch "
@@ -211,6 +226,8 @@ NEURON = NeuronTarget(
                      choices=("tnx", "disable", "auto")),
         TargetOption("rolling_batch_strategy", "LMI's option.rolling_batch_strategy",
                      choices=("continuous_batching", "naive_rolling_batch")),
+        TargetOption("static_batch_size", "LMI's option.batch_size: the batch when rolling batch is disabled "
+                     "(read from LMI configuration; it decides batch_size, which is keyed)", in_key=False),
     ),
     consumers=tuple(CONSUMERS),
     # LMI NeuronX (djl-serving 0.28/0.29: djl_python.transformers_neuronx, properties_manager/tnx_properties.py).
@@ -232,6 +249,7 @@ NEURON = NeuronTarget(
         reads_gpu_env_fallbacks=False,  # pytorch-inf2.Dockerfile's entrypoint has no TGI-style translation
         dtype_values=("fp32", "fp16", "bf16"),  # tnx_properties.py Dtype enum (every release 0.26 → 0.30)
         tp_zero_means_one=False,
+        static_batch_option="static_batch_size",
     ),
     layouts=LAYOUTS,
     # transformers-neuronx compiles graphs from the config and the tensors' shapes; the weights are

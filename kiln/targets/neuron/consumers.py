@@ -70,8 +70,9 @@ class NeuronConsumer:
     cb_every_architecture: bool = False  # 0.26: continuous batching for every model type
     cb_needs_batch_above_one: bool = True  # 0.28+: max_rolling_batch_size > 1 (0.27: any)
     cle_buckets: bool = False  # 0.30: the default context_length_estimate under CB is a bucket list
-    on_device_embedding: bool = False  # 0.30: set when LMI loads precompiled graphs
     vllm_from_batch: int | None = None  # 0.30: rolling_batch=auto goes to vLLM from this max_rolling_batch_size
+    auto_refused: str | None = None  # why rolling_batch=auto (or absent, where absent means auto) is not tnx here
+    cb_cle_must_be_n: bool = False  # ML raises unless context_length_estimate == [n_positions] under CB
     optimum_for_rolling_llama: bool = False  # 0.27: llama/mistral with rolling batch go through optimum-neuron
     optimum_for_static_llama: bool = False  # 0.26: llama without rolling batch goes through optimum-neuron
     mixtral: bool = True  # 0.26's loader has no mixtral entry (ML MODEL_TYPE_TO_CLS_LOADER)
@@ -89,6 +90,9 @@ class NeuronConsumer:
     def rolling_batch(self, written: str | None, batch_size: int) -> str:
         """The effective option.rolling_batch: ``tnx`` or ``disable`` (ValidationError where LMI would not use tnx)."""
         value = (written or self.absent_rolling_batch).strip().lower()
+        if value == "auto" and self.auto_refused:
+            raise ValidationError(f"{self.ref}: rolling_batch=auto{' (absent: auto)' if not written else ''} "
+                                  f"{self.auto_refused}; set option.rolling_batch=tnx (or disable).")
         if value == "auto":
             if self.vllm_from_batch is not None and batch_size >= self.vllm_from_batch:
                 raise ValidationError(
@@ -128,6 +132,10 @@ class NeuronConsumer:
         neuron_config: dict[str, Any] = {}
         if continuous:
             kwargs["n_positions"] = [n_positions]  # ML get_model_specific_kwargs: a list under CB
+            if self.cb_cle_must_be_n and context_length_estimate not in (None, [n_positions]):
+                raise ValidationError(f"{self.ref} refuses context_length_estimate={context_length_estimate} with "
+                                      f"continuous batching: it must be [{n_positions}] (ML get_model_specific_kwargs); "
+                                      "drop it, or use lmi-neuronx:0.29.0 or later.")
             if context_length_estimate is None:
                 context_length_estimate = context_length_buckets(n_positions) if self.cle_buckets else [n_positions]
             neuron_config["continuous_batching"] = {"batch_size_for_shared_caches": batch_size}
@@ -137,8 +145,6 @@ class NeuronConsumer:
             kwargs["context_length_estimate"] = context_length_estimate
         if gqa:
             neuron_config["group_query_attention"] = gqa
-        if self.on_device_embedding:
-            neuron_config["on_device_embedding"] = True
         kwargs["neuron_config"] = neuron_config
         flags = self.neuron_cc_flags or ""
         if optlevel:
@@ -167,22 +173,25 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
     _lmi("0.26.0", {"neuronx-cc": "2.12.54.0", "transformers-neuronx": "0.9.474", "torch-neuronx": "1.13.1.1.13.0"},
          "djl-serving v0.26.0: DF (SDK 2.16.0), ML L108-151 (CB for every model with rolling batch), H L44-55, TP L51-67",
          default_n_positions=128, model_class="explicit", cb_every_architecture=True, cb_needs_batch_above_one=False,
-         optimum_for_static_llama=True, mixtral=False, absent_rolling_batch="disable"),
+         optimum_for_static_llama=True, mixtral=False, absent_rolling_batch="disable", cb_cle_must_be_n=True),
     _lmi("0.27.0", {"neuronx-cc": "2.13.68.0", "transformers-neuronx": "0.10.0.360", "torch-neuronx": "2.1.2.2.1.0"},
          "djl-serving 0.27.0-dlc (049a929b): DF (SDK 2.18.1), ML L115-164, H set_configs, TP L74-97",
          default_n_positions=128, cb_needs_batch_above_one=False, optimum_for_rolling_llama=True,
-         absent_rolling_batch="disable"),
+         absent_rolling_batch="auto", cb_cle_must_be_n=True,
+         auto_refused="goes to lmi-dist on the MPI engine in 0.27.0-dlc's recommender (REC L81-106; the image sets "
+                      "SERVING_FEATURES=vllm,lmi-dist,tnx), which starts no worker on Inferentia"),
     _lmi("0.28.0", {"neuronx-cc": "2.13.72.0", "transformers-neuronx": "0.10.0.360", "torch-neuronx": "2.1.2.2.1.0"},
          "djl-serving v0.28.0 / 0.28.0-dlc: DF (SDK 2.18.2), ML L147-193, REC (0.28.0-dlc ef2a8c46: absent "
-         "rolling_batch is disable, auto is tnx)", default_n_positions=128, absent_rolling_batch="disable"),
+         "rolling_batch is disable, auto is tnx)", default_n_positions=128, absent_rolling_batch="disable",
+         cb_cle_must_be_n=True),
     _lmi("0.29.0", {"neuronx-cc": "2.14.227.0", "transformers-neuronx": "0.11.351", "torch-neuronx": "2.1.2.2.2.0"},
          "djl-serving v0.29.0: DF (SDK 2.19.1), ML get_model_specific_kwargs, REC", default_n_positions=128,
          absent_rolling_batch="disable"),
     _lmi("0.30.0", {"neuronx-cc": "2.15.141.0", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.1"},
-         "djl-serving 0.30.0-dlc (fefd40ec): DF (SDK 2.20.1), ML + NU build_context_length_estimates, neuron smart "
-         "defaults (cae55ee1: on_device_embedding for precompiled models), REC (auto: vllm from "
-         "max_rolling_batch_size 12)", default_n_positions=None, cle_buckets=True, on_device_embedding=True,
-         vllm_from_batch=12, absent_rolling_batch="auto"),
+         "djl-serving 0.30.0-dlc (fefd40ec): DF (SDK 2.20.1), ML + NU build_context_length_estimates, REC (auto: vllm "
+         "from max_rolling_batch_size 12). on_device_embedding is set only for a config.json with a \"neuron\" "
+         "stanza or a partition (neuron_smart_default_utils.py L82-85), which Kiln's layouts do not write",
+         default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto"),
     NeuronConsumer("transformers-neuronx", "", source="the library's own API (README: <Arch>ForSampling.from_pretrained)"),
 )}
 DEFAULT_CONSUMER = "transformers-neuronx"  # a spec written with CLI flags (LMI sources must name one)

@@ -399,7 +399,7 @@ ON_DEVICE_EMBEDDING = (
 
 
 def _row_disagreement(release: str) -> str | None:
-    return ON_DEVICE_EMBEDDING if release == "0.30.0" else None
+    return None  # ON_DEVICE_EMBEDDING was fixed in kiln/targets/neuron/consumers.py (0.30 profile)
 
 
 def _row_cases() -> list[Any]:
@@ -546,18 +546,18 @@ ABSENT_ROLLING_0_27 = (
 AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     # rolling_batch=disable: a static TNX compile (llama), batch_size from option.batch_size.
     ("0.26.0", {"OPTION_ROLLING_BATCH": "disable"}, None),
-    ("0.27.0", {"OPTION_ROLLING_BATCH": "disable"}, BATCH_WHEN_DISABLED.format(ref="0.27.0-dlc")),
-    ("0.28.0", {"OPTION_ROLLING_BATCH": "disable"}, BATCH_WHEN_DISABLED.format(ref="0.28.0-dlc")),
-    ("0.29.0", {"OPTION_ROLLING_BATCH": "disable"}, BATCH_WHEN_DISABLED.format(ref="0.29.0-dlc")),
+    ("0.27.0", {"OPTION_ROLLING_BATCH": "disable"}, None),
+    ("0.28.0", {"OPTION_ROLLING_BATCH": "disable"}, None),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": "disable"}, None),
     ("0.30.0", {"OPTION_ROLLING_BATCH": "disable"},
-     BATCH_WHEN_DISABLED.format(ref="0.30.0-dlc") + "; and " + ON_DEVICE_EMBEDDING),
+     None),
     ("0.29.0", {"OPTION_ROLLING_BATCH": "disable", "OPTION_BATCH_SIZE": "2"}, None),
     # rolling_batch absent: REC's default per release.
     ("0.26.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
-    ("0.27.0", {"OPTION_ROLLING_BATCH": _DEL}, ABSENT_ROLLING_0_27),
-    ("0.28.0", {"OPTION_ROLLING_BATCH": _DEL}, BATCH_WHEN_DISABLED.format(ref="0.28.0-dlc")),
-    ("0.29.0", {"OPTION_ROLLING_BATCH": _DEL}, BATCH_WHEN_DISABLED.format(ref="0.29.0-dlc")),
-    ("0.30.0", {"OPTION_ROLLING_BATCH": _DEL}, ON_DEVICE_EMBEDDING),
+    ("0.27.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
+    ("0.28.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
+    ("0.30.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
     # rolling_batch written out.
     ("0.26.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),  # coerced to auto (TP@v0.26.0 L90-100)
     ("0.27.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),  # coerced to auto -> optimum-neuron
@@ -578,20 +578,20 @@ AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     # n_positions and dtype defaults.
     ("0.26.0", {"OPTION_N_POSITIONS": _DEL}, None),
     ("0.29.0", {"OPTION_N_POSITIONS": _DEL}, None),
-    ("0.30.0", {"OPTION_N_POSITIONS": _DEL}, ON_DEVICE_EMBEDDING),
+    ("0.30.0", {"OPTION_N_POSITIONS": _DEL}, None),
     ("0.29.0", {"OPTION_DTYPE": _DEL}, None),
     ("0.29.0", {"OPTION_DTYPE": "bf16"}, None),
     ("0.29.0", {"OPTION_DTYPE": "fp32"}, None),
     ("0.26.0", {"OPTION_DTYPE": "bf16"}, None),
     # context_length_estimate under continuous batching.
-    ("0.26.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, CLE_MUST_BE_N.format(where="v0.26.0 L143-150")),
-    ("0.28.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, CLE_MUST_BE_N.format(where="0.28.0-dlc L224-236")),
+    ("0.26.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, None),
+    ("0.28.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, None),
     ("0.29.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, None),
     ("0.29.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "4096"}, None),
     # batch_size next to rolling batch.
-    ("0.28.0", {"OPTION_BATCH_SIZE": "4"}, BATCH_SIZE_WITH_ROLLING.format(ref="0.28.0-dlc")),
-    ("0.29.0", {"OPTION_BATCH_SIZE": "4"}, BATCH_SIZE_WITH_ROLLING.format(ref="0.29.0-dlc")),
-    ("0.26.0", {"OPTION_BATCH_SIZE": "4"}, BATCH_SIZE_WITH_ROLLING.format(ref="v0.26.0")),
+    ("0.28.0", {"OPTION_BATCH_SIZE": "4"}, None),
+    ("0.29.0", {"OPTION_BATCH_SIZE": "4"}, None),
+    ("0.26.0", {"OPTION_BATCH_SIZE": "4"}, None),
     # Compiler flags and NeuronConfig fields.
     ("0.29.0", {"OPTION_NEURON_OPTIMIZE_LEVEL": "2"}, None),
     ("0.29.0", {"OPTION_ENABLE_MIXED_PRECISION_ACCUMULATION": "true"},
