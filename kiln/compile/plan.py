@@ -21,7 +21,7 @@ from ..cache import Remote, remote_entries, remote_entry
 from ..core import Resolution, lookup, matches, resolve, spec_from_sources
 from ..errors import KilnError, ToolchainError
 from ..manifests import IndexEntry
-from ..targets import get_target
+from ..targets import ENGINE_STAGE, get_target
 from .matrix import MatrixRow
 
 __all__ = ["PlannedRow", "plan_rows", "memory_estimate", "shared_errors", "open_toolchain_error"]
@@ -88,7 +88,9 @@ def plan_rows(rows: Iterable[MatrixRow], *, store: Any, remote: Any = None, pins
             entry = _remote_match(res, remote)
             if entry is not None:
                 p.status, p.key, p.source, p.entry = "hit", entry.key, "remote", entry
-        p.stages = [{"stage": s.name, "key": s.key} for s in target.stage_plan(res)]
+        # An engine stage is keyed by the row's whole toolchain: no key while part of it is unknown.
+        p.stages = [{"stage": s.name, "key": s.key} for s in target.stage_plan(res)
+                    if res.complete or s.name != ENGINE_STAGE]
         planned.append(p)
     return planned
 

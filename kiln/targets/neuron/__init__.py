@@ -132,6 +132,10 @@ class NeuronTarget(Target):
         """The exact transformers-neuronx call the consumer makes for ``spec`` (``kiln build --dry-run`` shows it)."""
         dims = model_dims(config)
         arch = str(dims["architecture"])
+        if arch not in MODEL_CLASSES:
+            raise ValidationError(f"the model's config.json names no architecture transformers-neuronx has a class for "
+                                  f"({arch}); a Neuron build needs a Hugging Face config.json naming one of "
+                                  f"{', '.join(MODEL_CLASSES)}.")
         cle = spec.option("context_length_estimate")
         return self.consumer(spec).invocation(
             architecture=arch, model_type=str(config.get("model_type") or ""), batch_size=spec.batch_size,
