@@ -20,11 +20,10 @@ from ...errors import ValidationError
 from ...manifests import IndexEntry, Manifest
 from ...spec import BuildSpec
 from .._layouts import Layout
-from .._plan import Step
-from ..base import BuildInputs, LmiFacts, ResolvedSpec, Target, TargetOption
+from .._plan import ENGINE_STAGE, Step
+from ..base import BuildInputs, LmiFacts, ResolvedSpec, Target, TargetOption, model_dims
 from ..instances import NEURON_CORES as INSTANCE_CORES
 from ..instances import normalize_instance_type
-from ..base import model_dims
 from ._facts import MODEL_CLASSES, UNSUPPORTED
 from .consumers import CONSUMERS, DEFAULT_CONSUMER, NeuronConsumer, get_consumer
 from .layouts import LAYOUTS, plan_neuron_layout
@@ -145,7 +144,7 @@ class NeuronTarget(Target):
             gqa=spec.option("gqa_strategy"), optlevel=spec.option("optlevel"), class_path=MODEL_CLASSES[arch])
 
     def step_invocation(self, res: BuildInputs, step: str) -> dict[str, Any] | None:
-        return self.invocation(res.spec, res.model.config()) if step == "engine" else None
+        return self.invocation(res.spec, res.model.config()) if step == ENGINE_STAGE else None
 
     def _check_tp(self, tp: int, dims: Mapping[str, Any]) -> None:
         """transformers-neuronx pads attention heads up to a multiple of tp_degree (how JumpStart runs
