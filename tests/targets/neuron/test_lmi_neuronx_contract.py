@@ -28,52 +28,25 @@ safetensors bytes): a dry run reads only the config and the tensor header.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kiln.presets import PresetRow, load_preset
 
-from ...conftest import run_kiln, write_hf_cache_model
+from ...conftest import run_kiln
+from .conftest import MAX_POSITION_EMBEDDINGS
 
 # --------------------------------------------------------------------------------------------------------------
 # The models: Llama-2 7B/13B (+chat) configs as published (no "neuron" stanza: an HF checkpoint, and the config
 # Kiln's lmi layout ships unchanged), stand-in weight bytes.
 # --------------------------------------------------------------------------------------------------------------
 
-LLAMA2 = {
-    "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32},
-    "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40},
-}
-MAX_POSITION_EMBEDDINGS = 4096  # meta-llama/Llama-2-*-hf config.json
 
 
-def _stand_in_weights(tag: str) -> bytes:
-    """A tiny well-formed safetensors file, different per model (the header check reads it). A stand-in."""
-    header = json.dumps({"__metadata__": {"model": tag},
-                         "w": {"dtype": "U8", "shape": [len(tag)], "data_offsets": [0, len(tag)]}}).encode()
-    return len(header).to_bytes(8, "little") + header + tag.encode()
-
-
-@pytest.fixture
-def llama2_cache() -> None:
-    """Llama-2 7B/13B (+chat) in the offline HF cache: real configs, stand-in weight bytes."""
-    hub = Path(os.environ["HF_HUB_CACHE"])
-    for size, dims in LLAMA2.items():
-        for suffix in ("hf", "chat-hf"):
-            cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                   "max_position_embeddings": MAX_POSITION_EMBEDDINGS, "num_hidden_layers": 32, "vocab_size": 32000,
-                   **dims}
-            files = {"config.json": json.dumps(cfg).encode(), "model.safetensors": _stand_in_weights(f"{size}-{suffix}"),
-                     "tokenizer.json": b"{}"}
-            write_hf_cache_model(hub, f"meta-llama/Llama-2-{size}-{suffix}", files,
-                                 commit=hashlib.sha1(f"{size}{suffix}".encode()).hexdigest())
 
 
 # NeuronCores per instance: 2 NeuronCore-v2 per Inferentia2 chip; inf2.xlarge and inf2.8xlarge have 1 chip,

@@ -20,37 +20,15 @@ from kiln.errors import ValidationError
 from kiln.presets import load_preset
 
 from ...conftest import run_kiln, write_fake_model, write_hf_cache_model
+from .conftest import LLAMA2
 
 PINS = {"neuronx-cc": "2.15.128.0+56dc5a86", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.0"}
 PIN_ARGS = ["--toolchain", "neuronx-cc=2.15.128.0+56dc5a86,transformers-neuronx=0.12.313,torch-neuronx=2.1.2.2.3.0"]
 # An LMI NeuronX container of this release loads the graphs (its image's SDK is the toolchain: no pins).
 CONSUMER = "lmi-neuronx:0.29.0"
 CONSUMER_ARGS = ["--consumer", CONSUMER, "--option", "rolling_batch=auto"]
-LLAMA2 = {
-    "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32},
-    "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40},
-}
 
 
-def _stand_in_weights(tag: str) -> bytes:
-    """A tiny well-formed safetensors file, different per model (the header check reads it)."""
-    header = json.dumps({"__metadata__": {"model": tag},
-                         "w": {"dtype": "U8", "shape": [len(tag)], "data_offsets": [0, len(tag)]}}).encode()
-    return len(header).to_bytes(8, "little") + header + tag.encode()
-
-
-@pytest.fixture
-def llama2_cache() -> None:
-    """Llama-2 7B/13B (+chat) in the offline HF cache: real configs, stand-in weight bytes."""
-    hub = Path(os.environ["HF_HUB_CACHE"])
-    for size, dims in LLAMA2.items():
-        for suffix in ("hf", "chat-hf"):
-            cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": 4096,
-                   "num_hidden_layers": 32, "vocab_size": 32000, **dims}
-            files = {"config.json": json.dumps(cfg).encode(), "model.safetensors": _stand_in_weights(f"{size}-{suffix}"),
-                     "tokenizer.json": b"{}"}
-            commit = hashlib.sha1(f"{size}{suffix}".encode()).hexdigest()
-            write_hf_cache_model(hub, f"meta-llama/Llama-2-{size}-{suffix}", files, commit=commit)
 
 
 def test_every_preset_row_parses_validates_and_keys(llama2_cache: None, store: Store, tmp_path: Path) -> None:
