@@ -136,5 +136,8 @@ def test_ray_executor_builds_the_same_keys_into_a_remote(tiny_matrix: dict, tmp_
     data = json.loads(r.stdout)
     assert {row["row"]: row["key"] for row in data["rows"]} == tiny_matrix["keys"]
     assert all(row["status"] == "built" and row["pushed"] for row in data["rows"])
-    listed = run_kiln("--remote", str(remote), "ls", "--remote", "--json", env=env)
-    assert sorted(e["key"] for e in json.loads(listed.stdout)) == sorted(tiny_matrix["keys"].values())
+    listed = json.loads(run_kiln("--remote", str(remote), "ls", "--remote", "--json", env=env).stdout)
+    assert sorted(e["key"] for e in listed if "stage" not in e["spec"]) == sorted(tiny_matrix["keys"].values())
+    # Each row's compiled engine stage is pushed with it (another machine's fine-tune reuses it).
+    stages = [e for e in listed if "stage" in e["spec"]]
+    assert len(stages) == len(tiny_matrix["keys"]) and all(e["spec"]["stage"] == "engine" for e in stages)
