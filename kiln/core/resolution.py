@@ -184,7 +184,7 @@ def resolve(
         if comp in pins:
             chain[comp], origin[comp] = pins[comp], "pinned"
         elif detected.get(comp) is not None:
-            chain[comp], origin[comp] = detected[comp], target.toolchain_source(resolved.spec)
+            chain[comp], origin[comp] = detected[comp], target.toolchain_source(resolved.spec, comp)
         else:
             chain[comp], origin[comp] = None, "unknown"
     warnings = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -147,7 +148,7 @@ def spec_from_sources(
     environment, as in DJL Serving).
     """
     if not from_env and serving_properties is None:
-        return SpecSource(spec_from_fields(flags), given=frozenset(flags))
+        return _with_detected_consumer(SpecSource(spec_from_fields(flags), given=frozenset(flags)))
     env_map = os.environ if env is None else env
     props = {}
     if from_env:
@@ -166,7 +167,8 @@ def spec_from_sources(
     )
     merged = {**cfg.fields, **flags}
     given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))
-    spec = spec_from_fields(merged)
+    source = _with_detected_consumer(SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given))
+    spec = source.spec
     choices = TARGETS[spec.target].consumers
     if choices and spec.option("consumer") is None:
         # LMI's defaults (n_positions, batching, the SDK its image ships) differ by release: guessing
@@ -174,7 +176,23 @@ def spec_from_sources(
         raise SpecError(
             f"an LMI configuration of a {spec.target} engine must name its consumer: the LMI release decides how "
             f"the engine is compiled. Pass --consumer (or set OPTION_KILN_CONSUMER) to one of {', '.join(choices)}.")
-    return SpecSource(spec, cfg.ignored, cfg.notes, given)
+    return source
+
+
+def _with_detected_consumer(source: SpecSource) -> SpecSource:
+    """A spec that names no consumer, read inside one of its target's consumers (an LMI NeuronX image),
+    is for that consumer: what this container loads."""
+    spec = source.spec
+    target = TARGETS[spec.target]
+    if not target.consumers or spec.option("consumer") is not None:
+        return source
+    detected = target.detect_consumer()
+    if detected is None:
+        return source
+    options = tuple(sorted({**dict(spec.options), "consumer": detected[0]}.items()))
+    return dataclasses.replace(source, spec=spec.replace(options=options),
+                               notes=source.notes + (f"consumer: {detected[0]}, detected from {detected[1]}",),
+                               given=source.given | {"option.consumer"})
 
 
 def parse_toolchain_pins(pins: Iterable[str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ Rules shared by every LMI backend live here; what differs per backend is each ta
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -14,7 +15,7 @@ from ..errors import ConfigSourceError
 from ..spec import Field, parse_bool, parse_positive_int
 from ..targets import TARGETS, get_target, normalize_target
 from ..targets.instances import unknown_instance_hint
-from ._read import GPU_ENV_FALLBACKS, Prop
+from ._read import ENV_PREFIX, GPU_ENV_FALLBACKS, Prop
 
 __all__ = ["LmiConfig", "interpret"]
 
@@ -137,7 +138,7 @@ def interpret(
             # `option.n_positions=` in a file must not quietly mean LMI's default. (Empty OPTION_*
             # variables never get here: the environment reader skips them, as DJL Serving does.)
             raise ConfigSourceError(f"{p.source} is empty; give it a value, or remove the line for the default.")
-        if k not in _USED:
+        if k not in _USED and not k.startswith(ENV_PREFIX):
             ignored.append((p.source, p.value))
 
     src = None
@@ -286,6 +287,13 @@ def interpret(
             fields[mine[prop_name]] = Field(p.value, p.source)
         else:
             ignored.append((p.source, p.value))
+    # The process environment a backend compiles under (NEURON_*): the target keys or refuses each.
+    environment = {k[len(ENV_PREFIX):]: p.value for k, p in norm.items() if k.startswith(ENV_PREFIX)}
+    if environment and facts is not None and facts.environment_option:
+        fields[f"option.{facts.environment_option}"] = Field(json.dumps(environment, sort_keys=True),
+                                                             "the NEURON_* environment")
+    else:
+        ignored.extend((norm[ENV_PREFIX + name].source, value) for name, value in sorted(environment.items()))
     consumer = norm.get("option.kiln_consumer")
     if consumer is not None and consumer.value:
         fields["option.consumer"] = Field(consumer.value.strip().lower(), consumer.source)

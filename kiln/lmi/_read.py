@@ -130,6 +130,11 @@ _ENV_FALLBACKS = {
 # Of those, the ones only the CUDA image's entrypoint translates (TGI-style names): the NeuronX
 # image does not read them, so a target whose LmiFacts say so drops them.
 GPU_ENV_FALLBACKS = ("SM_NUM_GPUS", "MAX_BATCH_SIZE", "HF_MODEL_QUANTIZE")
+# The consumer's own process environment that a backend reads while compiling (the Neuron compiler and
+# LMI NeuronX 0.31+ read NEURON_* variables): passed on as ``env:NAME`` properties, for the target to key
+# or refuse (LmiFacts.environment_option); every other target reports them as ignored.
+ENV_PASSTHROUGH_PREFIXES = ("NEURON_", "NEURONX_")
+ENV_PREFIX = "env:"
 
 
 def properties_from_env(env: Mapping[str, str]) -> dict[str, Prop]:
@@ -154,4 +159,7 @@ def properties_from_env(env: Mapping[str, str]) -> dict[str, Prop]:
         value = env.get(name)
         if value and value.strip() and prop not in props:
             props[prop] = Prop(value.strip(), name)
+    for name in sorted(env):
+        if name.startswith(ENV_PASSTHROUGH_PREFIXES) and env[name] is not None and name.isprintable():
+            props[ENV_PREFIX + name] = Prop(str(env[name]), name)  # empty is a value here: the process sees it
     return props

@@ -102,6 +102,9 @@ class LmiFacts:
     # A target option that receives LMI's option.batch_size as written (LMI's default 1 when absent), for a
     # target whose consumer decides between it and max_rolling_batch_size (neuron: by its rolling batch).
     static_batch_option: str | None = None
+    # A target option that receives the consumer's NEURON_* environment (JSON {name: value}, read with
+    # --from-env), for the target to key or refuse variable by variable (neuron: by its consumer release).
+    environment_option: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,11 @@ class Target:
         """The hardware class a build of ``spec`` would be tied to on this machine."""
         raise NotImplementedError
 
+    def detect_consumer(self) -> tuple[str, str] | None:
+        """``(consumer, where it was read)`` when Kiln runs inside one of this target's consumers (an LMI
+        image), so a spec that names none builds and looks up what this container loads."""
+        return None
+
     def detect_toolchain(self, spec: BuildSpec) -> dict[str, str | None]:
         """Versions from package metadata (no imports) and the hardware class; None = absent."""
         found: dict[str, str | None] = {}
@@ -263,8 +271,9 @@ class Target:
         """What is really installed here (a compile must run with the toolchain its key names)."""
         return self.detect_toolchain(spec)
 
-    def toolchain_source(self, spec: BuildSpec) -> str:
-        """Where ``detect_toolchain``'s versions come from (``kiln key --explain``): this machine, or a consumer's image."""
+    def toolchain_source(self, spec: BuildSpec, component: str) -> str:
+        """Where ``detect_toolchain``'s version of ``component`` comes from (``kiln key --explain``): this
+        machine, or a consumer's image."""
         return "detected"
 
     def step_invocation(self, res: BuildInputs, step: str) -> dict[str, Any] | None:

@@ -104,7 +104,7 @@ def test_toolchain_difference_is_a_miss_that_names_it(tmp_path: Path, fake_model
 def test_lookup_where_the_toolchain_is_not_installed(tmp_path: Path, fake_model: Path) -> None:
     spec = ["--target", "neuron", "--n-positions", "2048", "--tp-degree", "2", "--instance-type", "ml.inf2.xlarge"]
     pins = ["--toolchain", "neuronx-cc=2.15.128", "--toolchain", "transformers-neuronx=0.12.313", "--toolchain",
-            "torch-neuronx=2.1.2.2.3.0"]
+            "torch-neuronx=2.1.2.2.3.0,libneuronxla=2.0.4986.0"]
     # Without the SDK the key cannot be computed unpinned: a clear error, not a guess.
     no_pin = run_kiln("store", "put", str(_artifact(tmp_path)), str(fake_model), *spec)
     assert no_pin.returncode == 2 and "--toolchain neuronx-cc=VERSION" in no_pin.stderr
@@ -123,8 +123,8 @@ def test_lookup_where_the_toolchain_is_not_installed(tmp_path: Path, fake_model:
 def test_same_key_from_flags_env_and_properties(tmp_path: Path, fake_model: Path) -> None:
     flags = run_kiln("key", str(fake_model), "--target", "neuron", "--n-positions", "2048", "--tp-degree", "4",
                      "--batch-size", "4", "--dtype", "fp16", "--consumer", "lmi-neuronx:0.29.0", "--option", "rolling_batch=tnx",
-                     "--toolchain", "neuronx-cc=2.15,transformers-neuronx=0.12,torch-neuronx=2.1,hardware=neuron-inf2")
-    env = run_kiln("key", "--from-env", "--toolchain", "neuronx-cc=2.15,transformers-neuronx=0.12,torch-neuronx=2.1,hardware=neuron-inf2", env={
+                     "--toolchain", "neuronx-cc=2.15,transformers-neuronx=0.12,torch-neuronx=2.1,libneuronxla=2.0,hardware=neuron-inf2")
+    env = run_kiln("key", "--from-env", "--toolchain", "neuronx-cc=2.15,transformers-neuronx=0.12,torch-neuronx=2.1,libneuronxla=2.0,hardware=neuron-inf2", env={
         "HF_MODEL_ID": str(fake_model), "OPTION_ROLLING_BATCH": "tnx", "OPTION_N_POSITIONS": "2048",
         "OPTION_TENSOR_PARALLEL_DEGREE": "4", "OPTION_MAX_ROLLING_BATCH_SIZE": "4", "OPTION_DTYPE": "fp16",
         "OPTION_KILN_CONSUMER": "lmi-neuronx:0.29.0"})
@@ -132,7 +132,7 @@ def test_same_key_from_flags_env_and_properties(tmp_path: Path, fake_model: Path
     props.write_text(f"engine = Python\noption.model_id = {fake_model}\noption.entryPoint=djl_python.transformers_neuronx\n"
                      "option.n_positions=2048\noption.tensor_parallel_degree=4\noption.max_rolling_batch_size=4\noption.dtype=fp16\n"
                      "option.rolling_batch=tnx\noption.kiln_consumer=lmi-neuronx:0.29.0\n")
-    prop = run_kiln("key", "--serving-properties", str(props), "--toolchain", "neuronx-cc=2.15,transformers-neuronx=0.12,torch-neuronx=2.1,hardware=neuron-inf2")
+    prop = run_kiln("key", "--serving-properties", str(props), "--toolchain", "neuronx-cc=2.15,transformers-neuronx=0.12,torch-neuronx=2.1,libneuronxla=2.0,hardware=neuron-inf2")
     assert flags.returncode == env.returncode == prop.returncode == 0, flags.stderr + env.stderr + prop.stderr
     assert flags.stdout.strip() == env.stdout.strip() == prop.stdout.strip()
 
@@ -173,7 +173,7 @@ def test_key_explain_lists_inputs_and_ignored(tmp_path: Path, fake_model: Path) 
 def test_bad_input_is_a_clear_error_without_traceback(fake_model: Path, args: list[str], env: dict, message: str | None) -> None:
     # Pin the toolchains these machines lack, so validation (not the missing SDK) speaks.
     pins = {"trtllm": ["--toolchain", "tensorrt_llm=1,tensorrt=1,hardware=cuda-sm90"],
-            "neuron": ["--toolchain", "neuronx-cc=2,transformers-neuronx=1,torch-neuronx=1"]}.get(args[1], [])
+            "neuron": ["--toolchain", "neuronx-cc=2,transformers-neuronx=1,torch-neuronx=1,libneuronxla=2"]}.get(args[1], [])
     r = run_kiln("lookup", str(fake_model), *args, *pins, env=env)
     if message is None:  # tp=8 with 4 KV heads replicates them: valid
         assert r.returncode == 1, r.stderr

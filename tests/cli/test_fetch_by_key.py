@@ -42,7 +42,7 @@ from .test_json_schemas import check
 ENGINE_FILES = {"engine.pt2": b"compiled graph " * 100, "weights.safetensors": b"w" * 5000,
                 "tokenizer.json": b'{"version": "1.0"}', "config.json": json.dumps(LLAMA_CONFIG).encode()}
 NEURON = ["--target", "neuron", "--tp-degree", "2", "--n-positions", "64", "--dtype", "fp16",
-          "--toolchain=neuronx-cc=2.0.0", "--toolchain=transformers-neuronx=0.1.0", "--toolchain=torch-neuronx=2.1.0",
+          "--toolchain=neuronx-cc=2.0.0", "--toolchain=transformers-neuronx=0.1.0", "--toolchain=torch-neuronx=2.1.0", "--toolchain=libneuronxla=2.0.0",
           "--toolchain=hardware=inf2"]
 
 

@@ -131,7 +131,7 @@ def test_times_in_json_are_iso_8601(tmp_path: Path, fake_model: Path) -> None:
 
 
 def test_lookup_select_reports_the_chosen_engine_and_the_query_apart(tmp_path: Path, fake_model: Path) -> None:
-    pins = ["--toolchain", "neuronx-cc=2.15.128.0+56dc5a86,transformers-neuronx=0.12.313,torch-neuronx=2.1.2.2.3.0"]
+    pins = ["--toolchain", "neuronx-cc=2.15.128.0+56dc5a86,transformers-neuronx=0.12.313,torch-neuronx=2.1.2.2.3.0,libneuronxla=2.0.4986.0"]
     spec = ["--target", "neuron", "--n-positions", "256", "--tp-degree", "2", "--dtype", "fp16",
             "--instance-type", "ml.inf2.xlarge", *pins]
     put(fake_model, artifact_dir(tmp_path / "a", b"b1"), *spec, "--batch-size", "1")

@@ -40,7 +40,7 @@ from tests.remote.conftest import (
     write_tree,
 )
 
-NEURON_PINS = ["--toolchain=neuronx-cc=2.0.0", "--toolchain=transformers-neuronx=0.1.0", "--toolchain=torch-neuronx=2.1.0",
+NEURON_PINS = ["--toolchain=neuronx-cc=2.0.0", "--toolchain=transformers-neuronx=0.1.0", "--toolchain=torch-neuronx=2.1.0", "--toolchain=libneuronxla=2.0.0",
           "--toolchain=hardware=inf2"]
 ENGINE = ["--target", "neuron", "--tp-degree", "2", "--n-positions", "64", "--dtype", "fp16"]
 

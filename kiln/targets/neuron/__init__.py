@@ -10,6 +10,7 @@ The one home of the Neuron backend:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from ..base import BuildInputs, LmiFacts, ResolvedSpec, Target, TargetOption, mo
 from ..instances import NEURON_CORES as INSTANCE_CORES
 from ..instances import normalize_instance_type
 from ._facts import MODEL_CLASSES, UNSUPPORTED
-from .consumers import CONSUMERS, DEFAULT_CONSUMER, NeuronConsumer, get_consumer
+from .consumers import CONSUMERS, DEFAULT_CONSUMER, NeuronConsumer, detect_lmi_consumer, get_consumer, neuron_env_rule
 from .layouts import LAYOUTS, plan_neuron_layout
 
 __all__ = ["NEURON", "NeuronTarget"]
@@ -43,25 +44,41 @@ class NeuronTarget(Target):
     def consumer(self, spec: BuildSpec) -> NeuronConsumer:
         return get_consumer(spec.option("consumer") or DEFAULT_CONSUMER)
 
+    def detect_consumer(self) -> tuple[str, str] | None:
+        return detect_lmi_consumer()
+
     def detect_toolchain(self, spec: BuildSpec) -> dict[str, str | None]:
         """An LMI consumer's image ships its own SDK: that is the toolchain (no pins needed to look up)."""
         found = super().detect_toolchain(spec)
-        return {**found, **self.consumer(spec).toolchain}
+        consumer = self.consumer(spec)
+        unpinned = {k: v for k, v in consumer.sdk_defaults.items() if found.get(k) is None}  # installed wins
+        return {**found, **unpinned, **consumer.toolchain}
 
     def installed_toolchain(self, spec: BuildSpec) -> dict[str, str | None]:
         return super().detect_toolchain(spec)
 
-    def toolchain_source(self, spec: BuildSpec) -> str:
+    def toolchain_source(self, spec: BuildSpec, component: str) -> str:
         consumer = self.consumer(spec)
-        return f"{consumer.ref} image" if consumer.toolchain else "detected"
+        if component in consumer.toolchain:
+            return f"{consumer.ref} image"
+        if component in consumer.sdk_defaults and super().detect_toolchain(spec).get(component) is None:
+            return f"{consumer.ref}'s SDK release (the image does not pin it; installed, it wins)"
+        return "detected"
 
     def validate(self, spec: BuildSpec, config: Mapping[str, Any]) -> ResolvedSpec:
-        consumer = self.consumer(spec)  # an unknown one fails first, naming the choices
         notes: list[str] = []
-        changes: dict[str, Any] = {}
         if spec.option("consumer") is None:
-            notes.append(f"consumer: {DEFAULT_CONSUMER} (a plain user of the library; pass --consumer "
-                         "lmi-neuronx:RELEASE for graphs an LMI NeuronX container loads)")
+            detected = self.detect_consumer()
+            if detected is not None:
+                spec = spec.replace(options=tuple(sorted({**dict(spec.options), "consumer": detected[0]}.items())))
+                notes.append(f"consumer: {detected[0]}, detected from {detected[1]}")
+            else:
+                notes.append(f"consumer: {DEFAULT_CONSUMER} (a plain user of the library; pass --consumer "
+                             "lmi-neuronx:RELEASE for graphs an LMI NeuronX container loads)")
+        consumer = self.consumer(spec)  # an unknown one fails first, naming the choices
+        spec, env_notes = self._apply_environment(spec, consumer)
+        notes += env_notes
+        changes: dict[str, Any] = {}
         if consumer.is_lmi:
             if spec.n_positions is None:
                 n = consumer.default_n_positions
@@ -127,6 +144,31 @@ class NeuronTarget(Target):
                 )
         return resolved
 
+    def _apply_environment(self, spec: BuildSpec, consumer: NeuronConsumer) -> tuple[BuildSpec, list[str]]:
+        """The consumer's NEURON_* environment (``neuron_env``, from --from-env) as keyed options, or a refusal;
+        and a ``neuron_cc_flags`` equal to the consumer's own dropped (the same graphs, the same key)."""
+        options = dict(spec.options)
+        notes: list[str] = []
+        for name, value in sorted(json.loads(options.pop("neuron_env", None) or "{}").items()):
+            action, what = neuron_env_rule(name, consumer)
+            if action == "ignore":
+                notes.append(f"{name} ignored: {what}")
+            elif action == "refuse":
+                raise ValidationError(f"{name}={value!r} in the environment changes the graphs {consumer.ref} "
+                                      f"compiles ({what}), and Kiln does not build that variant: unset it, or "
+                                      "compile in the container.")
+            elif what == "neuron_cc_flags" and value.strip() == (consumer.neuron_cc_flags or ""):
+                notes.append(f"{name} is {consumer.ref}'s own: the graphs it names are the default ones")
+            elif what in options:
+                notes.append(f"{name} not used: option {what} is set, and the option wins (a property default)")
+            else:
+                options[what] = _context_length_from_env(name, value) if what == "context_length_estimate" else value
+                notes.append(f"{what} from {name} (as {consumer.ref} reads it)")
+        if options.get("neuron_cc_flags") is not None and \
+                options["neuron_cc_flags"].strip() == (consumer.neuron_cc_flags or ""):
+            del options["neuron_cc_flags"]  # the consumer's own flags: nothing to key
+        return spec.replace(options=tuple(sorted(options.items()))), notes
+
     def invocation(self, spec: BuildSpec, config: Mapping[str, Any]) -> dict[str, Any]:
         """The exact transformers-neuronx call the consumer makes for ``spec`` (``kiln build --dry-run`` shows it)."""
         dims = model_dims(config)
@@ -141,7 +183,8 @@ class NeuronTarget(Target):
             tp_degree=spec.tp_degree, n_positions=int(spec.n_positions or 0), dtype=str(spec.dtype),
             rolling_batch=spec.option("rolling_batch") or "disable", strategy=spec.option("rolling_batch_strategy"),
             context_length_estimate=[int(x) for x in cle.split(",")] if cle else None,
-            gqa=spec.option("gqa_strategy"), optlevel=spec.option("optlevel"), class_path=MODEL_CLASSES[arch])
+            gqa=spec.option("gqa_strategy"), optlevel=spec.option("optlevel"), class_path=MODEL_CLASSES[arch],
+            neuron_cc_flags=spec.option("neuron_cc_flags"))
 
     def step_invocation(self, res: BuildInputs, step: str) -> dict[str, Any] | None:
         return self.invocation(res.spec, res.model.config()) if step == ENGINE_STAGE else None
@@ -191,6 +234,20 @@ class NeuronTarget(Target):
         return plan_neuron_layout(layout, entry, manifest, read_blob, container)
 
 
+def _context_length_from_env(name: str, value: str) -> str:
+    """NEURON_CONTEXT_LENGTH_ESTIMATE as LMI reads it (tnx_properties.py@0.31.0-dlc: ``eval(value)`` into
+    List[int]), as the option's comma form; anything else is an error, as it is at LMI start-up."""
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        parsed = None
+    if not isinstance(parsed, (list, tuple)) or not parsed or \
+            not all(isinstance(x, int) and not isinstance(x, bool) for x in parsed):
+        raise ValidationError(f"{name}={value!r} is not a list of integers, which LMI NeuronX reads it as "
+                              "(eval into List[int]); write e.g. [1024, 2048].")
+    return ",".join(str(x) for x in parsed)
+
+
 # LMI NeuronX properties that shape the compiled graphs (djl-serving model_loader.py get_neuron_config /
 # tnx_properties.py, 0.27.0 → 0.30.0-dlc) and that Kiln's consumer profiles do not build: each would turn
 # a Kiln hit into "Could not find a matching NEFF" at start-up, so it is refused, never ignored.
@@ -213,7 +270,9 @@ NEURON = NeuronTarget(
     name="neuron",
     aliases=("neuronx", "tnx", "inferentia"),
     description="transformers-neuronx compiled graphs (NEFF) for Inferentia2 / Trainium",
-    packages={"neuronx-cc": "neuronx-cc", "transformers-neuronx": "transformers-neuronx", "torch-neuronx": "torch-neuronx"},
+    # libneuronxla serialises the HLO and drives the compile cache (its version is in every cached module's path).
+    packages={"neuronx-cc": "neuronx-cc", "transformers-neuronx": "transformers-neuronx", "torch-neuronx": "torch-neuronx",
+              "libneuronxla": "libneuronxla"},
     dtypes=("fp16", "bf16", "fp32"),
     default_dtype="fp16",
     architectures=tuple(MODEL_CLASSES),
@@ -229,6 +288,10 @@ NEURON = NeuronTarget(
                      choices=("tnx", "disable", "auto")),
         TargetOption("rolling_batch_strategy", "LMI's option.rolling_batch_strategy",
                      choices=("continuous_batching", "naive_rolling_batch")),
+        TargetOption("neuron_cc_flags", "NEURON_CC_FLAGS of the consumer's process (default: its image's; "
+                     "the plain library: none): the compiler's flags name the graphs"),
+        TargetOption("neuron_env", "the consumer's NEURON_* environment (from --from-env), keyed or refused "
+                     "variable by variable", in_key=False),
         TargetOption("static_batch_size", "LMI's option.batch_size: the batch when rolling batch is disabled "
                      "(read from LMI configuration; it decides batch_size, which is keyed)", in_key=False),
     ),
@@ -253,6 +316,7 @@ NEURON = NeuronTarget(
         dtype_values=("fp32", "fp16", "bf16"),  # tnx_properties.py Dtype enum (every release 0.26 → 0.30)
         tp_zero_means_one=False,
         static_batch_option="static_batch_size",
+        environment_option="neuron_env",
     ),
     layouts=LAYOUTS,
     # transformers-neuronx compiles graphs from the config and the tensors' shapes; the weights are

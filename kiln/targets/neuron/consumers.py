@@ -16,24 +16,33 @@ batches. Values come from djl-serving's source at the release named; each names 
 ``REC`` wlm/src/main/java/ai/djl/serving/wlm/LmiConfigRecommender.java
 ``DF``  serving/docker/pytorch-inf2.Dockerfile
 
-Releases: 0.26.0–0.29.0 from their tags; 0.30.0 from the ``0.30.0-dlc`` branch (commit fefd40ec,
-the source of the published ``djl-inference:0.30.0-neuronx-sdk2.20.1`` image; the mirror has no
-v0.30.0 tag). 0.31–0.34 kept the handler in source, but no NeuronX image of those releases is
-named anywhere in djl-serving's docs (they still point at 0.30.0), so they are not offered; the
-handler was removed before 0.35.0 (commit 1132e3ab). Releases that route a configuration through
-optimum-neuron or vLLM instead of transformers-neuronx (0.26/0.27 for some Llama setups, 0.30 with
-max_rolling_batch_size ≥ 12) are refused for it: Kiln's graphs would not be the ones loaded.
+Releases: 0.26.0–0.29.0 from their tags; 0.30.0–0.34.0 from the ``0.3x.0-dlc`` branches SageMaker's
+images are built from (0.30.0-dlc fefd40ec, 0.31.0-dlc 2389a1bb, 0.32.0-dlc 3d6ad832, 0.33.0-dlc 8b3b685b,
+0.34.0-dlc 63a6dcf3; the mirror has no v0.30+ tags). The handler was removed before 0.35.0 (commit 1132e3ab).
+From 0.31 ``TP`` reads NEURON_* environment variables as property defaults (:data:`LMI_NEURON_ENV`).
+
+libneuronxla is pinned by the image only from 0.32 (DF: libneuronxla==2.1.714.0). Before, pip resolved it
+from torch-neuronx's requirement, a range (torch-neuronx 2.1.2.2.2.0 requires libneuronxla>2.0.965,<3.0:
+aws-neuron-sdk issue #1012, where a later libneuronxla changed the cache's module names). Those profiles
+carry the libneuronxla of the SDK release the image ships (aws-neuron-sdk src/helperscripts/n2-manifest.json
+at that release) as ``sdk_defaults``: the key uses it where nothing is installed (CI, a laptop), and the
+installed version wins where one is (inside the container, on the build host), so a container whose pip
+resolved another libneuronxla looks up its own.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from ...errors import ValidationError
 
 __all__ = ["NeuronConsumer", "CONSUMERS", "DEFAULT_CONSUMER", "get_consumer", "consumer_names",
-           "context_length_buckets", "IMAGE_NEURON_CC_FLAGS"]
+           "context_length_buckets", "IMAGE_NEURON_CC_FLAGS", "LMI_NEURON_ENV", "detect_lmi_consumer",
+           "neuron_env_rule"]
 
 # DF at every release 0.26.0 → 0.34.0: ENV NEURON_CC_FLAGS="--logfile /tmp/compile.log --temp-dir=/tmp".
 IMAGE_NEURON_CC_FLAGS = "--logfile /tmp/compile.log --temp-dir=/tmp"
@@ -62,6 +71,7 @@ class NeuronConsumer:
     name: str  # "lmi-neuronx" or "transformers-neuronx"
     version: str  # the release ("" for the plain library: whatever is installed)
     toolchain: Mapping[str, str] = field(default_factory=dict)  # the image's SDK: keyed, so lookups need no pins
+    sdk_defaults: Mapping[str, str] = field(default_factory=dict)  # unpinned by the image: yield to the installed
     source: str = ""  # where the values come from
     neuron_cc_flags: str | None = None  # None: the plain library, the build host's NEURON_CC_FLAGS left out
     default_n_positions: int | None = None  # None: min(max_position_embeddings, 4096) (0.30 smart default)
@@ -77,6 +87,7 @@ class NeuronConsumer:
     optimum_for_static_llama: bool = False  # 0.26: llama without rolling batch goes through optimum-neuron
     mixtral: bool = True  # 0.26's loader has no mixtral entry (ML MODEL_TYPE_TO_CLS_LOADER)
     absent_rolling_batch: str = "disable"  # what an absent option.rolling_batch means (REC / PP)
+    reads_neuron_env: bool = False  # 0.31+: TP takes property defaults from NEURON_* variables (LMI_NEURON_ENV)
 
     @property
     def ref(self) -> str:
@@ -107,11 +118,15 @@ class NeuronConsumer:
 
     def invocation(self, *, architecture: str, model_type: str, batch_size: int, tp_degree: int, n_positions: int,
                    dtype: str, rolling_batch: str, strategy: str | None, context_length_estimate: list[int] | None,
-                   gqa: str | None, optlevel: str | None, class_path: str) -> dict[str, Any]:
-        """The exact call: ``{"class", "kwargs" (neuron_config as a dict of its fields), "env"}``."""
+                   gqa: str | None, optlevel: str | None, class_path: str,
+                   neuron_cc_flags: str | None = None) -> dict[str, Any]:
+        """The exact call: ``{"class", "kwargs" (neuron_config as a dict of its fields), "env"}``.
+
+        ``neuron_cc_flags``: the NEURON_CC_FLAGS the consumer's process has, where it is not the image's
+        (None: the image's own; the plain library: none)."""
         if not self.is_lmi:
             return self._library_call(class_path, batch_size, tp_degree, n_positions, dtype, context_length_estimate,
-                                      gqa, optlevel)
+                                      gqa, optlevel, neuron_cc_flags)
         rolling = rolling_batch != "disable"
         if rolling and self.optimum_for_rolling_llama and model_type in _CB_MODEL_TYPES:
             raise ValidationError(f"{self.ref} loads {model_type} with rolling batch through optimum-neuron (H "
@@ -146,15 +161,15 @@ class NeuronConsumer:
         if gqa:
             neuron_config["group_query_attention"] = gqa
         kwargs["neuron_config"] = neuron_config
-        flags = self.neuron_cc_flags or ""
+        flags = self.neuron_cc_flags if neuron_cc_flags is None else neuron_cc_flags
         if optlevel:
-            flags += f" -O{optlevel}"  # TP neuron_optimize_level validator appends it
+            flags = f"{flags} -O{optlevel}".strip()  # TP neuron_optimize_level validator appends it
         cls = "transformers_neuronx.NeuronAutoModelForCausalLM" if self.model_class == "auto" else class_path
         return {"class": cls, "kwargs": kwargs, "env": {"NEURON_CC_FLAGS": flags}}
 
     def _library_call(self, class_path: str, batch_size: int, tp_degree: int, n_positions: int, dtype: str,
                       context_length_estimate: list[int] | None, gqa: str | None,
-                      optlevel: str | None) -> dict[str, Any]:
+                      optlevel: str | None, neuron_cc_flags: str | None) -> dict[str, Any]:
         """The plain library, as its README calls it: ``<Arch>ForSampling.from_pretrained(dir, ...)``, a fresh
         NeuronConfig (transformers-neuronx's own default is shared between instances and changed in place)."""
         kwargs: dict[str, Any] = {"batch_size": batch_size, "tp_degree": tp_degree, "n_positions": n_positions,
@@ -162,39 +177,137 @@ class NeuronConsumer:
         if context_length_estimate is not None:
             kwargs["context_length_estimate"] = context_length_estimate
         kwargs["neuron_config"] = {"group_query_attention": gqa} if gqa else {}
-        return {"class": class_path, "kwargs": kwargs, "env": {"NEURON_CC_FLAGS": f"-O{optlevel}" if optlevel else ""}}
+        flags = f"{neuron_cc_flags or ''} {f'-O{optlevel}' if optlevel else ''}".strip()
+        return {"class": class_path, "kwargs": kwargs, "env": {"NEURON_CC_FLAGS": flags}}
 
 
 def _lmi(version: str, toolchain: dict[str, str], source: str, **facts: Any) -> NeuronConsumer:
-    return NeuronConsumer("lmi-neuronx", version, toolchain, source, IMAGE_NEURON_CC_FLAGS, **facts)
+    return NeuronConsumer("lmi-neuronx", version, toolchain, source=source, neuron_cc_flags=IMAGE_NEURON_CC_FLAGS,
+                          **facts)
+
+
+# n2-manifest.json (aws-neuron-sdk) at each SDK release: the libneuronxla paired with the image's
+# torch-neuronx (0.5.x is the torch 1.13 line, 2.0.x torch 2.1's).
+def _sdk_libneuronxla(version: str) -> dict[str, str]:
+    return {"libneuronxla": version}
 
 
 CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
     _lmi("0.26.0", {"neuronx-cc": "2.12.54.0", "transformers-neuronx": "0.9.474", "torch-neuronx": "1.13.1.1.13.0"},
          "djl-serving v0.26.0: DF (SDK 2.16.0), ML L108-151 (CB for every model with rolling batch), H L44-55, TP L51-67",
          default_n_positions=128, model_class="explicit", cb_every_architecture=True, cb_needs_batch_above_one=False,
-         optimum_for_static_llama=True, mixtral=False, absent_rolling_batch="disable", cb_cle_must_be_n=True),
+         optimum_for_static_llama=True, mixtral=False, absent_rolling_batch="disable", cb_cle_must_be_n=True,
+         sdk_defaults=_sdk_libneuronxla("0.5.669")),  # SDK 2.16.0 (n2-manifest.json@27461f50)
     _lmi("0.27.0", {"neuronx-cc": "2.13.68.0", "transformers-neuronx": "0.10.0.360", "torch-neuronx": "2.1.2.2.1.0"},
          "djl-serving 0.27.0-dlc (049a929b): DF (SDK 2.18.1), ML L115-164, H set_configs, TP L74-97",
          default_n_positions=128, cb_needs_batch_above_one=False, optimum_for_rolling_llama=True,
          absent_rolling_batch="auto", cb_cle_must_be_n=True,
+         sdk_defaults=_sdk_libneuronxla("2.0.965"),  # SDK 2.18.1 (n2-manifest.json@710a67a6)
          auto_refused="goes to lmi-dist on the MPI engine in 0.27.0-dlc's recommender (REC L81-106; the image sets "
                       "SERVING_FEATURES=vllm,lmi-dist,tnx), which starts no worker on Inferentia"),
     _lmi("0.28.0", {"neuronx-cc": "2.13.72.0", "transformers-neuronx": "0.10.0.360", "torch-neuronx": "2.1.2.2.1.0"},
          "djl-serving v0.28.0 / 0.28.0-dlc: DF (SDK 2.18.2), ML L147-193, REC (0.28.0-dlc ef2a8c46: absent "
          "rolling_batch is disable, auto is tnx)", default_n_positions=128, absent_rolling_batch="disable",
-         cb_cle_must_be_n=True),
+         cb_cle_must_be_n=True, sdk_defaults=_sdk_libneuronxla("2.0.965")),  # SDK 2.18.2 (n2-manifest.json@d4f19516)
     _lmi("0.29.0", {"neuronx-cc": "2.14.227.0", "transformers-neuronx": "0.11.351", "torch-neuronx": "2.1.2.2.2.0"},
          "djl-serving v0.29.0: DF (SDK 2.19.1), ML get_model_specific_kwargs, REC", default_n_positions=128,
-         absent_rolling_batch="disable"),
+         absent_rolling_batch="disable",
+         sdk_defaults=_sdk_libneuronxla("2.0.2335")),  # SDK 2.19.1 (n2-manifest.json@012c0181)
     _lmi("0.30.0", {"neuronx-cc": "2.15.141.0", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.1"},
          "djl-serving 0.30.0-dlc (fefd40ec): DF (SDK 2.20.1), ML + NU build_context_length_estimates, REC (auto: vllm "
          "from max_rolling_batch_size 12). on_device_embedding is set only for a config.json with a \"neuron\" "
          "stanza or a partition (neuron_smart_default_utils.py L82-85), which Kiln's layouts do not write",
-         default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto"),
+         default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
+         sdk_defaults=_sdk_libneuronxla("2.0.4986.0")),  # SDK 2.20.1 (n2-manifest.json@4e2e5309)
+    # 0.31: the 0.30 loader and SDK (DF ARGs unchanged); TP L84-168 now defaults properties from NEURON_* variables.
+    _lmi("0.31.0", {"neuronx-cc": "2.15.141.0", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.1"},
+         "djl-serving 0.31.0-dlc (2389a1bb): DF (SDK 2.20.1), ML TNXModelLoader as 0.30, TP get_env_or_default, REC "
+         "(auto: vllm from max_rolling_batch_size 12)",
+         default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
+         reads_neuron_env=True, sdk_defaults=_sdk_libneuronxla("2.0.4986.0")),  # SDK 2.20.1, as 0.30
+    *(_lmi(v, {"neuronx-cc": "2.16.372.0", "transformers-neuronx": "0.13.380", "torch-neuronx": "2.1.2.2.4.0",
+               "libneuronxla": "2.1.714.0"},
+           f"djl-serving {v}-dlc ({commit}): DF (SDK 2.21.1, libneuronxla pinned), ML TNXModelLoader as 0.30, TP "
+           f"get_env_or_default, REC (auto: vllm from max_rolling_batch_size 12{note})",
+           default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
+           reads_neuron_env=True)
+      for v, commit, note in (("0.32.0", "3d6ad832", ""), ("0.33.0", "8b3b685b", "; lmi-dist removed"),
+                              ("0.34.0", "63a6dcf3", "; lmi-dist removed"))),
     NeuronConsumer("transformers-neuronx", "", source="the library's own API (README: <Arch>ForSampling.from_pretrained)"),
 )}
 DEFAULT_CONSUMER = "transformers-neuronx"  # a spec written with CLI flags (LMI sources must name one)
+
+
+# The LMI NeuronX image writes "<release> inf2" here (DF at every release 0.26.0 → 0.34.0:
+# `echo "${djl_serving_version} inf2" > /opt/djl/bin/telemetry`; 0.26–0.29 write ${djl_version}, the same
+# number). KILN_LMI_TELEMETRY_FILE names another path (an image that moved it; tests).
+LMI_TELEMETRY_FILE = "/opt/djl/bin/telemetry"
+
+
+def detect_lmi_consumer() -> tuple[str, str] | None:
+    """``(consumer ref, where it was read)`` when Kiln runs inside an LMI NeuronX image, else None.
+
+    A release Kiln has no profile for is a ValidationError: building for a neighbour would compile
+    graphs that container cannot load."""
+    path = os.environ.get("KILN_LMI_TELEMETRY_FILE") or LMI_TELEMETRY_FILE
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")[:200]
+    except OSError:
+        return None
+    found = re.match(r"\s*v?(\d+\.\d+\.\d+)\S*\s+inf2\b", text)
+    if found is None:
+        return None  # another LMI image (the GPU one writes "<release> gpu"), or not LMI's file
+    ref = f"lmi-neuronx:{found.group(1)}"
+    if ref not in CONSUMERS:
+        raise ValidationError(f"this is an LMI NeuronX {found.group(1)} container ({path}), a release Kiln has no "
+                              f"profile for; Kiln builds for {', '.join(CONSUMERS)} (pass --consumer to build for "
+                              "another container than this one).")
+    return ref, f"{path} (an LMI NeuronX image)"
+
+
+# NEURON_* variables in a consumer's environment (read with --from-env). LMI NeuronX 0.31+ takes these
+# TransformerNeuronXProperties defaults from them (TP@0.31.0-dlc L84-168, get_env_or_default; unchanged
+# to 0.34.0-dlc): variable → the property. Earlier releases read none of them.
+LMI_NEURON_ENV = {
+    "NEURON_CONTEXT_LENGTH_ESTIMATE": "context_length_estimate",  # eval'd: a list literal
+    "NEURON_ON_DEVICE_EMBEDDING": "on_device_embedding",
+    "NEURON_ON_DEV_GENERATION": "on_device_generation",
+    "NEURON_SHARD_OVER_SEQUENCE": "shard_over_sequence",
+    "NEURON_COMPILATION_WORKER_COUNT": "compilation_worker_count",
+    "NEURON_SEQUENCE_PARALLEL": "sequence_parallel",
+    "NEURON_MULTI_NODE": "multi_node",
+    "NEURON_CC_PIPELINE_FACTOR": "neuron_cc_pipeline_factor",
+    "NEURON_QUANT": "neuron_quant",
+}
+# Variables that provably leave the compiled graphs alone: read by the runtime when loading, or paths.
+_RUNTIME_PREFIX = "NEURON_RT_"
+_PATH_VARIABLES = {
+    "NEURON_SDK_PATH": "the image's library path",
+    "NEURON_COMPILE_CACHE_URL": "where the persistent compile cache lives, not what is compiled",
+    "NEURON_COMPILED_ARTIFACTS": "NxDI's artifact path (set by the nxdi loader, which Kiln refuses)",
+}
+
+
+def neuron_env_rule(name: str, consumer: NeuronConsumer) -> tuple[str, str]:
+    """What a NEURON_* variable in the consumer's environment does to its graphs: ``("key", option)``
+    (Kiln builds it), ``("ignore", why)`` (provably not read when compiling) or ``("refuse", why)``."""
+    if name == "NEURON_CC_FLAGS":
+        return "key", "neuron_cc_flags"  # the compiler's flags enter the module names (libneuronxla cache)
+    if name in LMI_NEURON_ENV:
+        prop = LMI_NEURON_ENV[name]
+        if not consumer.reads_neuron_env:
+            return "ignore", f"{consumer.ref} does not read it (tnx_properties.py reads NEURON_* defaults from 0.31)"
+        if prop == "context_length_estimate":
+            return "key", "context_length_estimate"
+        if prop == "compilation_worker_count":
+            return "ignore", "how many compiles run at once (NeuronConfig.compilation_worker_count), not what they compile"
+        return "refuse", f"{consumer.ref} reads it as option.{prop}, which shapes the graphs"
+    if name.startswith(_RUNTIME_PREFIX):
+        return "ignore", "a Neuron runtime setting, read when loading, not when compiling"
+    if name in _PATH_VARIABLES:
+        return "ignore", _PATH_VARIABLES[name]
+    return "refuse", ("Kiln does not know that it leaves the compiled graphs unchanged (transformers-neuronx reads "
+                      "NEURON_INTERNAL_*, NEURON_VOCAB_PAD_DIVISOR, NEURON_PP_STAGES and others while building them)")
 
 
 def consumer_names() -> list[str]:

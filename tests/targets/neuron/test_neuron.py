@@ -22,8 +22,9 @@ from kiln.presets import load_preset
 from ...conftest import run_kiln, write_fake_model, write_hf_cache_model
 from .conftest import LLAMA2
 
-PINS = {"neuronx-cc": "2.15.128.0+56dc5a86", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.0"}
-PIN_ARGS = ["--toolchain", "neuronx-cc=2.15.128.0+56dc5a86,transformers-neuronx=0.12.313,torch-neuronx=2.1.2.2.3.0"]
+PINS = {"neuronx-cc": "2.15.128.0+56dc5a86", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.0",
+        "libneuronxla": "2.0.4986.0"}
+PIN_ARGS = ["--toolchain", "neuronx-cc=2.15.128.0+56dc5a86,transformers-neuronx=0.12.313,torch-neuronx=2.1.2.2.3.0,libneuronxla=2.0.4986.0"]
 # An LMI NeuronX container of this release loads the graphs (its image's SDK is the toolchain: no pins).
 CONSUMER = "lmi-neuronx:0.29.0"
 CONSUMER_ARGS = ["--consumer", CONSUMER, "--option", "rolling_batch=auto"]

@@ -1,0 +1,193 @@
+"""The consumer's environment: NEURON_* variables, the LMI NeuronX image Kiln runs in, the SDK it ships.
+
+An LMI NeuronX container compiles under its own environment: the compiler reads NEURON_CC_FLAGS (the flags
+name the cached modules), and from 0.31 the handler takes property defaults from NEURON_* variables
+(tnx_properties.py@0.31.0-dlc get_env_or_default). Read with --from-env, each variable is keyed (it changes
+the key and the planned call), refused (exit 2, naming it) or ignored because it provably does not change
+the graphs — never the same key as without it while changing them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ...conftest import run_kiln
+
+IMAGE_FLAGS = "--logfile /tmp/compile.log --temp-dir=/tmp"  # pytorch-inf2.Dockerfile ENV, 0.26.0 → 0.34.0
+ROW_ENV = {  # a JumpStart Llama-2-7B row on ml.inf2.24xlarge, as the container sees it
+    "HF_MODEL_ID": "meta-llama/Llama-2-7b-hf", "OPTION_ENTRYPOINT": "djl_python.transformers_neuronx",
+    "OPTION_ROLLING_BATCH": "auto", "OPTION_N_POSITIONS": "4096", "OPTION_MAX_ROLLING_BATCH_SIZE": "4",
+    "OPTION_TENSOR_PARALLEL_DEGREE": "8", "OPTION_DTYPE": "fp16",
+}
+INSTANCE = ["--instance-type", "ml.inf2.24xlarge"]
+
+
+def _plan(release: str | None, extra: dict[str, str], *args: str) -> tuple[int, str, dict | None]:
+    env = dict(ROW_ENV, **extra)
+    if release:
+        env["OPTION_KILN_CONSUMER"] = f"lmi-neuronx:{release}"
+    r = run_kiln("build", "--from-env", *INSTANCE, *args, "--dry-run", "--json", env=env)
+    return r.returncode, r.stderr, json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def _call(doc: dict) -> dict:
+    return doc["steps"][0]["invocation"]
+
+
+def _explain(release: str, extra: dict[str, str]) -> str:
+    r = run_kiln("key", "--from-env", *INSTANCE, "--explain",
+                 env=dict(ROW_ENV, OPTION_KILN_CONSUMER=f"lmi-neuronx:{release}", **extra))
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_context_length_estimate_from_the_environment_where_the_release_reads_it(llama2_cache: None) -> None:
+    variable = {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[1024, 4096]"}
+    for release in ("0.31.0", "0.34.0"):
+        rc, err, base = _plan(release, {})
+        rc2, err2, with_env = _plan(release, variable)
+        assert rc == 0 and rc2 == 0, err + err2
+        assert _call(with_env)["kwargs"]["context_length_estimate"] == [1024, 4096]
+        assert with_env["key"] != base["key"]
+        # option.context_length_estimate is the property; the variable is only its default.
+        rc3, err3, both = _plan(release, {**variable, "OPTION_CONTEXT_LENGTH_ESTIMATE": "2048,4096"})
+        assert rc3 == 0, err3
+        assert _call(both)["kwargs"]["context_length_estimate"] == [2048, 4096]
+    # 0.30 reads no NEURON_* defaults: the same graphs, the same key, and --explain says why.
+    rc, err, base = _plan("0.30.0", {})
+    rc2, err2, with_env = _plan("0.30.0", variable)
+    assert rc == 0 and rc2 == 0, err + err2
+    assert with_env["key"] == base["key"] and _call(with_env) == _call(base)
+    assert "NEURON_CONTEXT_LENGTH_ESTIMATE ignored: lmi-neuronx:0.30.0 does not read it" in _explain("0.30.0", variable)
+
+
+def test_a_context_length_estimate_lmi_cannot_read_is_an_error(llama2_cache: None) -> None:
+    rc, err, _ = _plan("0.31.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "1024"})
+    assert rc == 2 and "NEURON_CONTEXT_LENGTH_ESTIMATE='1024'" in err and "[1024, 2048]" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("NEURON_ON_DEVICE_EMBEDDING", "true"), ("NEURON_SHARD_OVER_SEQUENCE", "true"), ("NEURON_QUANT", "true"),
+    ("NEURON_SEQUENCE_PARALLEL", "true"), ("NEURON_ON_DEV_GENERATION", "true")])
+def test_graph_shaping_variables_kiln_does_not_build_are_refused(llama2_cache: None, variable: str,
+                                                                  value: str) -> None:
+    rc, err, _ = _plan("0.31.0", {variable: value})
+    assert rc == 2 and variable in err and "lmi-neuronx:0.31.0" in err and "Traceback" not in err
+    # 0.30's handler does not read them (nor does transformers-neuronx): provably the same graphs.
+    rc, err, doc = _plan("0.30.0", {variable: value})
+    assert rc == 0, err
+    assert doc["key"] == _plan("0.30.0", {})[2]["key"]  # type: ignore[index]
+
+
+def test_variables_transformers_neuronx_reads_or_kiln_does_not_know_are_refused(llama2_cache: None) -> None:
+    for variable in ("NEURON_INTERNAL_TRANSFORM_WEIGHT_LAYOUT", "NEURON_VOCAB_PAD_DIVISOR", "NEURONX_DUMP_TO",
+                     "NEURON_SOMETHING_NEW"):
+        rc, err, _ = _plan("0.29.0", {variable: "1"})
+        assert rc == 2 and variable in err and "Traceback" not in err, (variable, err)
+
+
+def test_runtime_variables_leave_the_key_alone(llama2_cache: None) -> None:
+    base = _plan("0.31.0", {})[2]
+    rc, err, doc = _plan("0.31.0", {"NEURON_RT_VISIBLE_CORES": "0-7", "NEURON_RT_LOG_LEVEL": "INFO",
+                                    "NEURON_COMPILATION_WORKER_COUNT": "4"})
+    assert rc == 0, err
+    assert doc["key"] == base["key"]  # type: ignore[index]
+
+
+def test_neuron_cc_flags_from_the_environment(llama2_cache: None) -> None:
+    base = _plan("0.30.0", {})[2]
+    assert _call(base)["env"] == {"NEURON_CC_FLAGS": IMAGE_FLAGS}  # type: ignore[index]
+    # The image's own value: the same graphs.
+    assert _plan("0.30.0", {"NEURON_CC_FLAGS": IMAGE_FLAGS})[2]["key"] == base["key"]  # type: ignore[index]
+    # Another value (a user's -e NEURON_CC_FLAGS=…) names other modules: keyed, and the worker compiles with it.
+    rc, err, other = _plan("0.30.0", {"NEURON_CC_FLAGS": "--logfile /tmp/compile.log --enable-fast-loading"})
+    assert rc == 0, err
+    assert _call(other)["env"] == {"NEURON_CC_FLAGS": "--logfile /tmp/compile.log --enable-fast-loading"}
+    assert other["key"] != base["key"]
+    # The same through the option, for a spec written with flags.
+    r = run_kiln("build", "meta-llama/Llama-2-7b-hf", "--target", "neuron", "--n-positions", "4096", "--batch-size",
+                 "4", "--tp-degree", "8", *INSTANCE, "--consumer", "lmi-neuronx:0.30.0", "--option",
+                 "rolling_batch=auto", "--option", "neuron_cc_flags=--logfile /tmp/compile.log --enable-fast-loading",
+                 "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["key"] == other["key"]
+
+
+def test_other_targets_report_neuron_variables_as_ignored(tmp_path: Path) -> None:
+    from ...conftest import write_fake_model
+
+    model = write_fake_model(tmp_path / "m")
+    env = {"OPTION_MODEL_ID": str(model), "OPTION_N_POSITIONS": "64", "OPTION_KILN_TARGET": "torch-aoti"}
+    base = run_kiln("key", "--from-env", env=env)
+    other = run_kiln("key", "--from-env", "--explain", env=dict(env, NEURON_CC_FLAGS="-O3"))
+    assert base.returncode == 0 and other.returncode == 0, base.stderr + other.stderr
+    assert other.stdout.split()[0] == base.stdout.split()[0]
+    assert "NEURON_CC_FLAGS=-O3" in other.stdout and "ignored" in other.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inside an LMI NeuronX image: the consumer is the container (pytorch-inf2.Dockerfile writes
+# "<release> inf2" to /opt/djl/bin/telemetry at every release 0.26.0 → 0.34.0). The file here is a stand-in.
+# ---------------------------------------------------------------------------------------------------------------
+
+def _in_image(tmp_path: Path, text: str) -> dict[str, str]:
+    marker = tmp_path / "telemetry"
+    marker.write_text(text)
+    return {"KILN_LMI_TELEMETRY_FILE": str(marker)}
+
+
+def test_inside_an_lmi_neuronx_image_the_consumer_is_detected(llama2_cache: None, tmp_path: Path) -> None:
+    image = _in_image(tmp_path, "0.30.0 inf2\n")
+    r = run_kiln("key", "--from-env", *INSTANCE, "--explain", "--json", env=dict(ROW_ENV, **image))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["inputs"]["spec"]["options"]["consumer"] == "lmi-neuronx:0.30.0"
+    assert any("detected from" in n for n in doc["notes"]), doc["notes"]
+    named = run_kiln("key", "--from-env", *INSTANCE, env=dict(ROW_ENV, OPTION_KILN_CONSUMER="lmi-neuronx:0.30.0"))
+    assert named.returncode == 0 and named.stdout.split()[0] == doc["key"]
+    # A spec written with flags in the container is for the container too; an explicit consumer wins.
+    flags = ["meta-llama/Llama-2-7b-hf", "--target", "neuron", "--n-positions", "4096", "--batch-size", "4",
+             "--tp-degree", "8", *INSTANCE]
+    r = run_kiln("key", *flags, "--explain", "--json", env=image)
+    assert r.returncode == 0 and json.loads(r.stdout)["inputs"]["spec"]["options"]["consumer"] == "lmi-neuronx:0.30.0"
+    r = run_kiln("key", *flags, "--consumer", "lmi-neuronx:0.29.0", "--explain", "--json", env=image)
+    assert r.returncode == 0 and json.loads(r.stdout)["inputs"]["spec"]["options"]["consumer"] == "lmi-neuronx:0.29.0"
+
+
+def test_an_image_of_a_release_without_a_profile_is_named(llama2_cache: None, tmp_path: Path) -> None:
+    r = run_kiln("key", "--from-env", *INSTANCE, env=dict(ROW_ENV, **_in_image(tmp_path, "0.25.0 inf2\n")))
+    assert r.returncode == 2 and "0.25.0" in r.stderr and "lmi-neuronx:0.34.0" in r.stderr
+    assert "Traceback" not in r.stderr
+    # LMI's GPU image is no NeuronX consumer: the configuration must still name one.
+    r = run_kiln("key", "--from-env", *INSTANCE, env=dict(ROW_ENV, **_in_image(tmp_path, "0.30.0 gpu\n")))
+    assert r.returncode == 2 and "must name its consumer" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The SDK in the key: what the image pins, and libneuronxla, which it pins only from 0.32.
+# ---------------------------------------------------------------------------------------------------------------
+
+def _toolchain(release: str, *args: str) -> tuple[dict, dict, str]:
+    r = run_kiln("key", "--from-env", *INSTANCE, *args, "--explain", "--json",
+                 env=dict(ROW_ENV, OPTION_KILN_CONSUMER=f"lmi-neuronx:{release}"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    return doc["inputs"]["toolchain"], doc["toolchain_origin"], doc["key"]
+
+
+def test_the_images_sdk_is_the_toolchain_libneuronxla_included(llama2_cache: None) -> None:
+    chain, origin, _ = _toolchain("0.32.0")
+    # pytorch-inf2.Dockerfile@0.32.0-dlc ARGs (SDK 2.21.1)
+    assert chain["neuronx-cc"] == "2.16.372.0" and chain["transformers-neuronx"] == "0.13.380"
+    assert chain["torch-neuronx"] == "2.1.2.2.4.0" and chain["libneuronxla"] == "2.1.714.0"
+    assert origin["libneuronxla"] == "lmi-neuronx:0.32.0 image"
+    chain, origin, key = _toolchain("0.30.0")
+    # Unpinned by the 0.30 image: SDK 2.20.1's (aws-neuron-sdk n2-manifest.json), said as such.
+    assert chain["libneuronxla"] == "2.0.4986.0" and "does not pin it" in origin["libneuronxla"]
+    pinned_chain, pinned_origin, pinned_key = _toolchain("0.30.0", "--toolchain", "libneuronxla=2.0.5000.0")
+    assert pinned_chain["libneuronxla"] == "2.0.5000.0" and pinned_origin["libneuronxla"] == "pinned"
+    assert pinned_key != key
