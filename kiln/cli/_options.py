@@ -205,7 +205,8 @@ def resolve_request(store: api.Store, request: SpecRequest) -> api.Resolution:
 def layout_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--layout`` (choices: every layout some target writes) and ``--container-dir``."""
     f = click.option("--container-dir", metavar="PATH",
-                     help="Where DEST will be seen by the consumer (e.g. /opt/ml/model), for paths written into the layout.")(f)
+                     help="Where DEST will be seen by the consumer, for paths written into the layout (default: DEST; "
+                          "/opt/ml/model for a Neuron --layout lmi made outside an LMI container).")(f)
     return click.option("--layout", type=click.Choice(list(api.layout_names())), default="raw",
                         show_default=True, help="Arrange the files for a consumer (see README).")(f)
 

@@ -218,7 +218,7 @@ def materialize_layout(
     store.check_destination(dest)  # before anything is read or written
     target = get_target(str(entry.spec.get("target")))
     plan = target.plan_layout(layout, entry, manifest, lambda d: store.read_blob(d, MAX_CONFIG_BYTES),
-                              container_dir or str(dest))
+                              container_dir or target.default_container_dir(layout, str(dest)))
     # Generated files are written into DEST from memory (no blob, so no write to the store).
     generated = {"sha256:" + hashlib.sha256(data).hexdigest(): data for data in plan.generated.values()}
     files = list(plan.files) + [FileEntry(rel, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))

@@ -341,6 +341,10 @@ class Target:
         return {"num_cpus": 1, "memory": memory_bytes}
 
     # ---------------------------------------------------------------- deployment
+    def default_container_dir(self, layout: str, dest: str) -> str:
+        """Where the consumer sees DEST when ``--container-dir`` is not given (paths written into the layout)."""
+        return dest
+
     def plan_layout(self, layout: str, entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes],
                     container: str) -> Layout:
         """The files (and consumer environment) of ``layout`` for one artifact of this target.

@@ -31,6 +31,8 @@ from .layouts import LAYOUTS, plan_neuron_layout
 
 __all__ = ["NEURON", "NeuronTarget"]
 
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker puts the model data an LMI container serves
+
 
 @dataclass(frozen=True)
 class NeuronTarget(Target):
@@ -228,6 +230,17 @@ class NeuronTarget(Target):
 
     def resources(self, res: BuildInputs, memory_bytes: int) -> dict[str, Any]:
         return {"num_cpus": 1, "resources": {"neuron_cores": res.spec.tp_degree}, "memory": memory_bytes}
+
+    def default_container_dir(self, layout: str, dest: str) -> str:
+        """``lmi``: SageMaker mounts the model directory at /opt/ml/model, and LMI reads compiled_graph_path as a
+        path in the container; inside an LMI NeuronX image DEST is that path already."""
+        if layout != "lmi":
+            return dest
+        try:
+            inside = self.detect_consumer() is not None
+        except ValidationError:
+            inside = True  # an LMI NeuronX image of a release Kiln has no profile for: still this container
+        return dest if inside else SAGEMAKER_MODEL_DIR
 
     def plan_consumer_layout(self, layout: str, entry: IndexEntry, manifest: Manifest,
                              read_blob: Callable[[str], bytes], container: str) -> Layout:

@@ -96,6 +96,9 @@ def plan_neuron_layout(layout: str, entry: IndexEntry, manifest: Manifest, read_
     if layout == "lmi":
         files = strip_prefix(manifest.files, "model/") + strip_prefix(manifest.files, "compiled/", "compiled/")
         props = _lmi_props(entry, container, _batching(entry, manifest, read_blob))
-        return Layout(files, {"serving.properties": serving_properties(props)},
-                      {"OPTION_MODEL_ID": container, "OPTION_COMPILED_GRAPH_PATH": posixpath.join(container, "compiled")})
+        env = {"OPTION_MODEL_ID": container, "OPTION_COMPILED_GRAPH_PATH": posixpath.join(container, "compiled")}
+        flags = (entry.spec.get("options") or {}).get("neuron_cc_flags")
+        if flags is not None:  # compiled under other flags than the image's: the container must have them too
+            env["NEURON_CC_FLAGS"] = str(flags)
+        return Layout(files, {"serving.properties": serving_properties(props)}, env)
     return _neuron_cache(entry, manifest, read_blob, container)

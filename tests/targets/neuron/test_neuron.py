@@ -181,7 +181,9 @@ def test_neuron_cache_layout(stored_neuron: dict, tmp_path: Path) -> None:
 
 def test_ensure_from_env_inside_an_lmi_container(stored_neuron: dict, tmp_path: Path) -> None:
     dest = tmp_path / "model"
-    env = dict(ROW_ENV, SERVING_FEATURES="vllm,lmi-dist,tnx")
+    telemetry = tmp_path / "telemetry"  # a stand-in for the image's /opt/djl/bin/telemetry
+    telemetry.write_text(f"{CONSUMER.split(':')[1]} inf2\n")
+    env = dict(ROW_ENV, SERVING_FEATURES="vllm,lmi-dist,tnx", KILN_LMI_TELEMETRY_FILE=str(telemetry))
     env.pop("OPTION_ENTRYPOINT")  # the target comes from SERVING_FEATURES / rolling batch inference
     env["OPTION_ROLLING_BATCH"] = "tnx"
     r = run_kiln("ensure", "--from-env", "--instance-type", "ml.inf2.24xlarge", "--option", "gqa_strategy=shard-over-heads",
@@ -190,6 +192,14 @@ def test_ensure_from_env_inside_an_lmi_container(stored_neuron: dict, tmp_path: 
     exports = dict(shlex.split(line)[1].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
     assert exports == {"OPTION_MODEL_ID": str(dest), "OPTION_COMPILED_GRAPH_PATH": f"{dest}/compiled"}
     assert (dest / "serving.properties").exists()
+    # Made on a host for a container (no LMI image here), the paths are where SageMaker mounts the model.
+    host_dest = tmp_path / "for-the-container"
+    env.pop("KILN_LMI_TELEMETRY_FILE")
+    r = run_kiln("ensure", "--from-env", "--instance-type", "ml.inf2.24xlarge", "--option", "gqa_strategy=shard-over-heads",
+                 "--layout", "lmi", "--dest", str(host_dest), "--print-env", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "option.compiled_graph_path=/opt/ml/model/compiled" in (host_dest / "serving.properties").read_text()
+    assert "export OPTION_MODEL_ID=/opt/ml/model" in r.stdout
     # A non-matching environment is a miss that names the nearest stored entry and preset rows.
     miss = run_kiln("ensure", "--from-env", "--instance-type", "ml.inf2.24xlarge",
                     "--dest", str(tmp_path / "other"), env=dict(env, OPTION_TENSOR_PARALLEL_DEGREE="12"))
@@ -498,3 +508,19 @@ def test_a_checkpoint_without_safetensors_is_refused_before_work(tmp_path: Path)
     r = run_kiln("build", str(model), "--target", "neuron", "--n-positions", "1024", "--tp-degree", "2",
                  "--instance-type", "ml.inf2.xlarge", "--dry-run")
     assert r.returncode == 2 and "has no .safetensors weights" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_graphs_compiled_under_other_flags_tell_the_container_to_use_them(llama2_cache: None, tmp_path: Path) -> None:
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    art = _neuron_fixture_artifact(tmp_path, snap)
+    flags = "--logfile /tmp/compile.log --enable-fast-loading"
+    spec = [*LMI_ROW[1:], *CONSUMER_ARGS, "--option", f"neuron_cc_flags={flags}"]
+    assert run_kiln("store", "put", str(art), LMI_ROW[0], *spec).returncode == 0
+    r = run_kiln("fetch", LMI_ROW[0], *spec, "--layout", "lmi", "--dest", str(tmp_path / "lmi"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["env"]["NEURON_CC_FLAGS"] == flags
+    # The image's own flags are no option at all: the same artifact as without.
+    same = run_kiln("key", LMI_ROW[0], *LMI_ROW[1:], *CONSUMER_ARGS, "--option",
+                    "neuron_cc_flags=--logfile /tmp/compile.log --temp-dir=/tmp")
+    plain = run_kiln("key", LMI_ROW[0], *LMI_ROW[1:], *CONSUMER_ARGS)
+    assert same.returncode == 0 and same.stdout == plain.stdout
