@@ -33,12 +33,12 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "kiln.compile.executors": ("RowResult", "github_matrix", "run_local", "run_ray"),
     "kiln.compile.matrix": ("MatrixRow", "load_matrix"),
     "kiln.compile.plan": ("PlannedRow", "plan_rows", "shared_errors"),
-    "kiln.core.artifacts": ("KeyLookup", "fetch_by_key", "lookup_key"),
+    "kiln.core.artifacts": ("KeyLookup", "entry_consumer", "fetch_by_key", "lookup_key"),
     "kiln.core": (
         "LoadedEngine", "LookupResult", "Query", "Resolution", "SpecSource", "compute_key", "fetch",
         "find_artifact", "list_artifacts", "load_engine", "load_engine_by_key", "lookup",
         "parse_toolchain_pins", "put", "reporting_transfers", "resolve", "select",
-        "spec_from_fields", "spec_from_sources"
+        "spec_from_fields", "spec_from_sources", "with_each_consumer", "lookup_any"
     ),
     "kiln.errors": ("KilnError",),
     "kiln.manifests": ("IndexEntry", "Manifest"),
@@ -88,8 +88,10 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
         select,
         spec_from_fields,
         spec_from_sources,
+        with_each_consumer,
+        lookup_any,
     )
-    from .core.artifacts import KeyLookup, fetch_by_key, lookup_key
+    from .core.artifacts import KeyLookup, entry_consumer, fetch_by_key, lookup_key
     from .errors import KilnError
     from .manifests import IndexEntry, Manifest
     from .presets import PRESETS, PresetRow, load_preset
@@ -114,10 +116,10 @@ __all__ = [
     "__version__",
     # specs and resolution
     "BuildSpec", "Field", "Quantization", "SpecSource", "Resolution", "spec_from_fields", "spec_from_sources",
-    "parse_toolchain_pins", "resolve", "compute_key", "normalize_dtype", "normalize_target", "file_digest",
+    "parse_toolchain_pins", "resolve", "compute_key", "with_each_consumer", "normalize_dtype", "normalize_target", "file_digest",
     # finding, fetching, publishing
-    "LookupResult", "lookup", "select", "fetch", "put", "Query", "list_artifacts", "find_artifact",
-    "KeyLookup", "lookup_key", "fetch_by_key",
+    "LookupResult", "lookup", "select", "lookup_any", "fetch", "put", "Query", "list_artifacts", "find_artifact",
+    "KeyLookup", "lookup_key", "fetch_by_key", "entry_consumer",
     "IndexEntry", "Manifest",
     # building
     "BuildResult", "build", "plan_build", "push_build",

@@ -180,6 +180,32 @@ def resolve_request(store: api.Store, request: SpecRequest) -> api.Resolution:
     """
     source = api.spec_from_sources(request.fields(), from_env=request.from_env,
                                    serving_properties=request.serving_properties)
+    return _resolve_source(store, request, source)
+
+
+def resolve_query(store: api.Store, request: SpecRequest) -> tuple[list[tuple[str, api.Resolution]], list[tuple[str, str]]]:
+    """For a lookup: like :func:`resolve_request`, but an LMI configuration that names no consumer is a query
+    over every consumer that reads it — ``([(consumer, resolution)], [(consumer, why it would not load it)])``.
+    A closed spec is one candidate."""
+    source = api.spec_from_sources(request.fields(), from_env=request.from_env,
+                                   serving_properties=request.serving_properties, open_consumer=True)
+    if "consumer" not in source.open_fields:
+        return [(str(source.spec.option("consumer")), _resolve_source(store, request, source))], []
+    candidates, refused = [], []
+    for consumer, closed in api.with_each_consumer(source):
+        try:
+            candidates.append((consumer, _resolve_source(store, request, closed)))
+        except api.KilnError as e:
+            if not isinstance(e, ValueError):  # not this consumer refusing the configuration (SpecError,
+                raise                          # ValidationError): the model, the store, a remote
+
+            refused.append((consumer, str(e)))
+    if not candidates:
+        raise api.KilnError("no consumer loads this configuration:\n" + "\n".join(f"  {c}: {why}" for c, why in refused))
+    return candidates, refused
+
+
+def _resolve_source(store: api.Store, request: SpecRequest, source: api.SpecSource) -> api.Resolution:
 
     def announce(path: Path, size: int) -> None:
         if size >= ANNOUNCE_HASH_BYTES:

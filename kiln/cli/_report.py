@@ -29,7 +29,9 @@ def _hit_line(result: api.LookupResult | api.KeyLookup) -> str:
     e = result.entry
     assert e is not None
     s = e.spec
-    return (f"hit ({result.source}) {e.key}  {s['target']} n_positions={s.get('n_positions')} "
+    consumer = api.entry_consumer(e)
+    return (f"hit ({result.source}) {e.key}  {s['target']}{f' for {consumer}' if consumer else ''} "
+            f"n_positions={s.get('n_positions')} "
             f"batch_size={s.get('batch_size')} tp={s.get('tp_degree')} dtype={s.get('dtype')}  {human_size(e.size)}  "
             f"built {age(e.created)} ago")
 

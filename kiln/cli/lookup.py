@@ -16,6 +16,7 @@ from ._options import (
     link_option,
     refuse_spec_with_key,
     remote_option,
+    resolve_query,
     resolve_request,
     spec_options,
 )
@@ -34,11 +35,18 @@ __all__ = ["lookup", "fetch"]
 @json_option
 @click.pass_context
 def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -> None:
-    """Find the artifact for a spec. Exit 0 on a hit, 1 on a miss (with the nearest entries), 2+ on errors."""
-    res = resolve_request(store(ctx), spec)
-    find = api.select if select else api.lookup
+    """Find the artifact for a spec. Exit 0 on a hit, 1 on a miss (with the nearest entries), 2+ on errors.
+
+    An LMI configuration (--from-env, --serving-properties) that names no consumer leaves it open here: every
+    consumer that would load it is looked for, and the hit says whose it is.
+    """
+    candidates, refused = resolve_query(store(ctx), spec)
     with TransferBar("pull"):
-        result = find(res, store=store(ctx), remote=remote(ctx))
+        if len(candidates) == 1 and not refused:
+            find = api.select if select else api.lookup
+            result = find(candidates[0][1], store=store(ctx), remote=remote(ctx))
+        else:  # an LMI configuration that names no consumer: each that would load it
+            result = api.lookup_any(candidates, refused, store=store(ctx), remote=remote(ctx), select_one=select)
     report_lookup(result, as_json)
     ctx.exit(0 if result.hit else 1)
 

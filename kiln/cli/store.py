@@ -30,6 +30,8 @@ __all__ = ["ls_cmd", "show", "verify", "store_group"]
 @click.option("--batch-size", type=int)
 @click.option("--tp-degree", type=int)
 @click.option("--dtype")
+@click.option("--consumer", metavar="NAME[:VERSION]",
+              help="Only artifacts built for this consumer (e.g. lmi-neuronx:0.30.0; a NAME alone: any release).")
 @toolchain_option
 @remote_flag_option("List the remote's artifacts instead of the local store's.")
 @click.option("--no-trunc", is_flag=True, help="Full keys and values, even on a terminal (never cut when piped).")
@@ -37,8 +39,8 @@ __all__ = ["ls_cmd", "show", "verify", "store_group"]
 @json_option
 @click.pass_context
 def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_positions: int | None,
-           batch_size: int | None, tp_degree: int | None, dtype: str | None, toolchain_pins: Sequence[str],
-           on_remote: str | None, no_trunc: bool, quiet: bool, as_json: bool) -> None:
+           batch_size: int | None, tp_degree: int | None, dtype: str | None, consumer: str | None,
+           toolchain_pins: Sequence[str], on_remote: str | None, no_trunc: bool, quiet: bool, as_json: bool) -> None:
     """List artifacts in the store or on the remote (filter by any field), newest first.
 
     On a terminal keys are shortened to 12 digits; piped, or with --no-trunc, every value is
@@ -49,7 +51,7 @@ def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_posi
         target=api.normalize_target(target, "--target") if target else None,
         n_positions=n_positions, batch_size=batch_size, tp_degree=tp_degree,
         dtype=api.normalize_dtype(dtype, "--dtype") if dtype else None,
-        toolchain=api.parse_toolchain_pins(toolchain_pins),
+        toolchain=api.parse_toolchain_pins(toolchain_pins), consumer=consumer,
     )
     st = store(ctx)
     if use_remote_flag(ctx, on_remote):
@@ -97,7 +99,8 @@ def _table(entries: list[api.IndexEntry], *, full: bool) -> None:
                  else f"tp{s['tp_degree']}" if "tp_degree" in s else "-")
         table.add_row(
             e.key if full else e.key[:12], str(e.model.get("repo_id") or e.model.get("ref")),
-            s["target"] + (f" ({s['stage']})" if "stage" in s else ""), shape, str(s.get("dtype", "-")),
+            s["target"] + (f" ({s['stage']})" if "stage" in s else "")
+            + (f" for {api.entry_consumer(e)}" if api.entry_consumer(e) else ""), shape, str(s.get("dtype", "-")),
             api.Quantization.from_json(s.get("quantization")).describe(), human_size(e.size), age(e.created),
         )
     console(no_trunc=full).print(table)

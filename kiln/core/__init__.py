@@ -6,11 +6,11 @@ names; everything here is importable by Kiln's own packages.
 """
 
 from .artifacts import Query, fetch, find_artifact, list_artifacts, materialize_layout, put
-from .find import Found, LookupResult, explain_miss, find_entry, first_verified, lookup, matches, select
+from .find import Found, LookupResult, explain_miss, find_entry, first_verified, lookup, lookup_any, matches, select
 from .load import LoadedEngine, load_engine, load_engine_by_key
 from .progress import current_progress, reporting_transfers
 from .resolution import Resolution, compute_key, resolve
-from .specs import SpecSource, parse_toolchain_pins, spec_from_fields, spec_from_sources
+from .specs import SpecSource, parse_toolchain_pins, spec_from_fields, spec_from_sources, with_each_consumer
 
 __all__ = [
     "Found",
@@ -19,6 +19,8 @@ __all__ = [
     "Query",
     "Resolution",
     "SpecSource",
+    "with_each_consumer",
+    "lookup_any",
     "compute_key",
     "current_progress",
     "explain_miss",

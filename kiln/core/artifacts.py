@@ -30,7 +30,7 @@ from ..targets import get_target
 from .find import LookupResult, ambiguous_key, find_by_key, key_prefix, lookup
 from .resolution import Resolution
 
-__all__ = ["put", "fetch", "fetch_by_key", "lookup_key", "KeyLookup", "materialize_layout", "Query", "list_artifacts",
+__all__ = ["put", "fetch", "fetch_by_key", "lookup_key", "KeyLookup", "materialize_layout", "Query", "list_artifacts", "entry_consumer", "consumer_matches",
            "find_artifact"]
 
 
@@ -250,16 +250,30 @@ class Query:
     tp_degree: int | None = None
     dtype: str | None = None
     toolchain: Mapping[str, str] = field(default_factory=dict)
+    consumer: str | None = None  # NAME[:VERSION] of the spec's consumer option (a NAME alone: any release)
 
     def matches(self, e: IndexEntry) -> bool:
         s = e.spec
         if self.ref is not None and self.ref not in (e.model.get("ref"), e.model.get("repo_id")):
+            return False
+        if self.consumer is not None and not consumer_matches(self.consumer, entry_consumer(e)):
             return False
         for name in ("target", "n_positions", "batch_size", "tp_degree", "dtype"):
             want = getattr(self, name)
             if want is not None and s.get(name) != want:
                 return False
         return all(e.toolchain.get(k) == v for k, v in self.toolchain.items())
+
+
+def entry_consumer(e: IndexEntry) -> str | None:
+    """The consumer an entry was built for (its spec's ``consumer`` option), if its target has consumers."""
+    value = (e.spec.get("options") or {}).get("consumer")
+    return str(value) if value is not None else None
+
+
+def consumer_matches(wanted: str, have: str | None) -> bool:
+    wanted = wanted.strip().lower()
+    return have is not None and (have == wanted or (":" not in wanted and have.split(":", 1)[0] == wanted))
 
 
 def list_artifacts(store: Store, query: Query | None = None) -> list[IndexEntry]:

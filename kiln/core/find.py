@@ -15,6 +15,7 @@ matching entries read) — and a prefix that names two artifacts there is an err
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
@@ -30,7 +31,8 @@ from .progress import current_progress
 from .resolution import Resolution
 from .specs import spec_from_fields
 
-__all__ = ["LookupResult", "Found", "first_verified", "find_entry", "find_by_key", "key_prefix", "ambiguous_key", "lookup", "select", "matches", "explain_miss"]
+__all__ = ["LookupResult", "Found", "first_verified", "find_entry", "find_by_key", "key_prefix", "ambiguous_key", "lookup",
+           "lookup_any", "select", "matches", "explain_miss"]
 
 LOCAL, REMOTE = "local", "remote"
 
@@ -250,6 +252,37 @@ def lookup(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
     where = f"{store.root}" + (f" and {remote.describe()}" if remote else "")
     explanation = explain_miss(res, store=store, seen=seen, where=where, local_keys=local_keys) + explain_presets(res)
     return LookupResult(res, None, None, tuple(explanation), found.damaged, notes + found.notes)
+
+
+def lookup_any(candidates: list[tuple[str, Resolution]], refused: list[tuple[str, str]], *, store: Store,
+               remote: Remote | None = None, select_one: bool = False) -> LookupResult:
+    """One lookup for a query whose consumer is open: each ``(consumer, resolution)`` in turn (newest release
+    first). The local store answers first (the newest hit of any consumer); only when none holds one is the
+    remote asked, candidate by candidate, so at most one artifact is pulled. ``refused``: the consumers that
+    would not load this configuration, with why (said on a miss)."""
+    find = select if select_one else lookup
+    tried = ", ".join(c for c, _ in candidates)
+    local = [(c, find(res, store=store, remote=None)) for c, res in candidates]
+    hits = sorted((r for _, r in local if r.hit), key=lambda r: r.entry.created, reverse=True)  # type: ignore[union-attr]
+    misses = [r for _, r in local]
+    if not hits and remote is not None:
+        misses = []
+        for _, res in candidates:
+            misses.append(find(res, store=store, remote=remote))
+            if misses[-1].hit:
+                hits = [misses[-1]]
+                break
+    if hits:
+        hit = hits[0]
+        consumer = (hit.entry.spec.get("options") or {}).get("consumer")  # type: ignore[union-attr]
+        note = (f"consumer open (the configuration names none): {consumer} holds it, of {tried}"
+                + (f" ({len(hits)} consumers' artifacts match; the newest chosen, name one to choose)" if len(hits) > 1 else ""))
+        return dataclasses.replace(hit, notes=(note,) + hit.notes)
+    first = misses[0]  # the newest release's explanation
+    lines = [f"consumer open (the configuration names none): none of {tried} has an artifact for it"]
+    lines += [f"  {c} would not load it: {why}" for c, why in refused]
+    return dataclasses.replace(first, explanation=tuple(lines) + first.explanation,
+                               damaged=tuple(dict.fromkeys(d for r in misses for d in r.damaged)))
 
 
 def _is_engine_of(res: Resolution, entry: IndexEntry) -> bool:

@@ -21,7 +21,7 @@ from ..spec import LIMITS, BuildSpec, Field, Quantization, normalize_dtype, pars
 from ..targets import TARGETS, normalize_target
 from ..targets.instances import instance_devices
 
-__all__ = ["SpecSource", "spec_from_fields", "spec_from_sources", "parse_toolchain_pins"]
+__all__ = ["SpecSource", "spec_from_fields", "spec_from_sources", "parse_toolchain_pins", "with_each_consumer"]
 
 
 _OPTION_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
@@ -133,6 +133,9 @@ class SpecSource:
     ignored: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
     given: frozenset[str] = frozenset()  # spec fields the user actually wrote (not defaults)
+    # Query fields left open (``{"consumer"}``: an LMI configuration that names none, read for a lookup):
+    # the caller tries each choice (:func:`with_each_consumer`).
+    open_fields: frozenset[str] = frozenset()
 
 
 def spec_from_sources(
@@ -141,11 +144,13 @@ def spec_from_sources(
     from_env: bool = False,
     env: Mapping[str, str] | None = None,
     serving_properties: Path | None = None,
+    open_consumer: bool = False,
 ) -> SpecSource:
     """Merge CLI flags with an LMI env and/or serving.properties into one spec.
 
     Precedence: explicit CLI flags > serving.properties > OPTION_* env (the file beats the
-    environment, as in DJL Serving).
+    environment, as in DJL Serving). An LMI configuration of a target with consumers must name one
+    (or run inside one); ``open_consumer`` (a lookup) leaves it open instead, in ``open_fields``.
     """
     if not from_env and serving_properties is None:
         return _with_detected_consumer(SpecSource(spec_from_fields(flags), given=frozenset(flags)))
@@ -169,7 +174,9 @@ def spec_from_sources(
     given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))
     source = _with_detected_consumer(SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given))
     spec = source.spec
-    choices = TARGETS[spec.target].consumers
+    choices = TARGETS[spec.target].lmi.consumers
+    if choices and spec.option("consumer") is None and open_consumer:
+        return dataclasses.replace(source, open_fields=frozenset({"consumer"}))
     if choices and spec.option("consumer") is None:
         # LMI's defaults (n_positions, batching, the SDK its image ships) differ by release: guessing
         # would build graphs the container cannot load.
@@ -177,6 +184,18 @@ def spec_from_sources(
             f"an LMI configuration of a {spec.target} engine must name its consumer: the LMI release decides how "
             f"the engine is compiled. Pass --consumer (or set OPTION_KILN_CONSUMER) to one of {', '.join(choices)}.")
     return source
+
+
+def with_each_consumer(source: SpecSource) -> list[tuple[str, SpecSource]]:
+    """One closed source per consumer of the target, newest release first (for an open consumer)."""
+    if "consumer" not in source.open_fields:
+        return [(str(source.spec.option("consumer")), source)]
+    out = []
+    for consumer in reversed(TARGETS[source.spec.target].lmi.consumers):
+        options = tuple(sorted({**dict(source.spec.options), "consumer": consumer}.items()))
+        out.append((consumer, dataclasses.replace(source, spec=source.spec.replace(options=options),
+                                                  open_fields=source.open_fields - {"consumer"})))
+    return out
 
 
 def _with_detected_consumer(source: SpecSource) -> SpecSource:

@@ -330,6 +330,7 @@ NEURON = NeuronTarget(
         tp_zero_means_one=False,
         static_batch_option="static_batch_size",
         environment_option="neuron_env",
+        consumers=tuple(ref for ref, c in CONSUMERS.items() if c.is_lmi),
     ),
     layouts=LAYOUTS,
     # transformers-neuronx compiles graphs from the config and the tensors' shapes; the weights are

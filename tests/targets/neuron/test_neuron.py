@@ -524,3 +524,34 @@ def test_graphs_compiled_under_other_flags_tell_the_container_to_use_them(llama2
                     "neuron_cc_flags=--logfile /tmp/compile.log --temp-dir=/tmp")
     plain = run_kiln("key", LMI_ROW[0], *LMI_ROW[1:], *CONSUMER_ARGS)
     assert same.returncode == 0 and same.stdout == plain.stdout
+
+
+def test_a_lookup_from_lmi_configuration_without_a_consumer_tries_each(llama2_cache: None, tmp_path: Path) -> None:
+    """build/key/ensure need the consumer; a lookup leaves it open and says whose artifact it found."""
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    art = _neuron_fixture_artifact(tmp_path, snap)
+    env = {k: v for k, v in ROW_ENV.items() if k != "OPTION_KILN_CONSUMER"}
+    lookup = ["lookup", "--from-env", "--instance-type", "ml.inf2.24xlarge"]
+    miss = run_kiln(*lookup, env=env)
+    assert miss.returncode == 1, miss.stderr
+    assert "consumer open" in miss.stdout and "lmi-neuronx:0.26.0" in miss.stdout
+    # 0.27 sends rolling_batch=auto to lmi-dist: said on the miss, as a consumer that would not load it.
+    assert "lmi-neuronx:0.27.0 would not load it" in miss.stdout
+    flags = [*LMI_ROW[1:], "--option", "rolling_batch=auto"]
+    assert run_kiln("store", "put", str(art), LMI_ROW[0], *flags, "--consumer", "lmi-neuronx:0.28.0").returncode == 0
+    hit = run_kiln(*lookup, "--json", env=env)
+    assert hit.returncode == 0, hit.stdout + hit.stderr
+    doc = json.loads(hit.stdout)
+    assert doc["spec"]["options"]["consumer"] == "lmi-neuronx:0.28.0"
+    assert any("lmi-neuronx:0.28.0 holds it" in n for n in doc["notes"])
+    text = run_kiln(*lookup, env=env)
+    assert text.returncode == 0 and "neuron for lmi-neuronx:0.28.0" in text.stdout
+    # Naming the consumer is still an exact lookup: another release misses.
+    assert run_kiln(*lookup, env=dict(env, OPTION_KILN_CONSUMER="lmi-neuronx:0.29.0")).returncode == 1
+    # ls filters by consumer and shows it.
+    ls = run_kiln("ls", "--consumer", "lmi-neuronx")
+    assert ls.returncode == 0 and "for lmi-neuronx:0.28.0" in ls.stdout
+    assert "no artifacts" in run_kiln("ls", "--consumer", "lmi-neuronx:0.30.0").stdout
+    # build and key still refuse to guess.
+    r = run_kiln("key", "--from-env", "--instance-type", "ml.inf2.24xlarge", env=env)
+    assert r.returncode == 2 and "must name its consumer" in r.stderr
