@@ -171,6 +171,14 @@ def spec_from_sources(
         tp_degree_given="tp_degree" in flags,  # --tp-degree wins over a tensor_parallel_degree=max
     )
     merged = {**cfg.fields, **flags}
+    unset_option = TARGETS[normalize_target(str(merged["target"].value), "target")].lmi.unset_option \
+        if "target" in merged else None
+    if unset_option and f"option.{unset_option}" in merged:  # a flag that gives a field: no longer left to LMI
+        left = [n for n in str(merged[f"option.{unset_option}"].value).split(",") if n not in flags]
+        if left:
+            merged[f"option.{unset_option}"] = Field(",".join(left), merged[f"option.{unset_option}"].source)
+        else:
+            del merged[f"option.{unset_option}"]
     given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))
     source = _with_detected_consumer(SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given))
     spec = source.spec

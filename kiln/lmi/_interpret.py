@@ -215,6 +215,13 @@ def interpret(
         fields["batch_size"] = Field(default, f"LMI default max_rolling_batch_size for {target}")
         notes.append(f"batch_size {default}: LMI's default max_rolling_batch_size for {target}")
 
+    if facts is not None and facts.unset_option:
+        # What the configuration leaves to the consumer's defaults, which differ by release (the target decides).
+        unset = [name for name, prop in (("tp_degree", "option.tensor_parallel_degree"),
+                                         ("batch_size", "option.max_rolling_batch_size"))
+                 if prop not in norm and not (name == "tp_degree" and tp_degree_given)]
+        if unset:
+            fields[f"option.{facts.unset_option}"] = Field(",".join(unset), "the LMI configuration")
     if facts is not None and facts.static_batch_option:
         fields[f"option.{facts.static_batch_option}"] = Field(bs.value, bs.source) if bs is not None \
             else Field("1", "LMI default option.batch_size")

@@ -105,6 +105,9 @@ class LmiFacts:
     # A target option that receives the consumer's NEURON_* environment (JSON {name: value}, read with
     # --from-env), for the target to key or refuse variable by variable (neuron: by its consumer release).
     environment_option: str | None = None
+    # A target option that receives which of tp_degree / batch_size the LMI configuration leaves to the
+    # consumer's defaults (comma-separated), for a target whose defaults differ by consumer release.
+    unset_option: str | None = None
     # The target's consumers that read LMI configuration: an LMI source names one of them (their
     # defaults differ by release), and a lookup that names none tries each.
     consumers: tuple[str, ...] = ()

@@ -89,7 +89,19 @@ class NeuronTarget(Target):
                 changes["n_positions"] = n
                 notes.append(f"n_positions: {consumer.ref}'s default ({n})")
             options = dict(spec.options)
-            rolling = options["rolling_batch"] = consumer.rolling_batch(spec.option("rolling_batch"), spec.batch_size)
+            unset = set((options.pop("lmi_unset", None) or "").split(",")) - {""}
+            if "tp_degree" in unset:
+                changes["tp_degree"] = consumer.absent_default("tp_degree")
+                notes.append(f"tp_degree {changes['tp_degree']}: {consumer.ref}'s default for an absent "
+                             "option.tensor_parallel_degree")
+            # LmiConfigRecommender picks the rolling batch from the written max_rolling_batch_size ("1" when
+            # absent) before it fills the default.
+            rolling = options["rolling_batch"] = consumer.rolling_batch(
+                spec.option("rolling_batch"), 1 if "batch_size" in unset else spec.batch_size)
+            if "batch_size" in unset and rolling != "disable":
+                changes["batch_size"] = consumer.absent_default("batch_size")
+                notes.append(f"batch_size {changes['batch_size']}: {consumer.ref}'s default for an absent "
+                             "option.max_rolling_batch_size")
             static = options.pop("static_batch_size", None)  # LMI's option.batch_size (only from LMI configuration)
             if static is not None:
                 static_n = int(static) if static.isdigit() else 0
@@ -105,8 +117,8 @@ class NeuronTarget(Target):
                                  "option.batch_size (max_rolling_batch_size is not read)")
             changes["options"] = tuple(sorted(options.items()))
         else:
-            if spec.option("static_batch_size") is not None:
-                changes["options"] = tuple((k, v) for k, v in spec.options if k != "static_batch_size")
+            if spec.option("static_batch_size") is not None or spec.option("lmi_unset") is not None:
+                changes["options"] = tuple((k, v) for k, v in spec.options if k not in ("static_batch_size", "lmi_unset"))
             for name in ("rolling_batch", "rolling_batch_strategy"):
                 if spec.option(name) is not None:
                     raise ValidationError(f"option {name} is LMI's; the {consumer.ref} consumer has no rolling batch "
@@ -152,7 +164,7 @@ class NeuronTarget(Target):
         options = dict(spec.options)
         notes: list[str] = []
         for name, value in sorted(json.loads(options.pop("neuron_env", None) or "{}").items()):
-            action, what = neuron_env_rule(name, consumer)
+            action, what = neuron_env_rule(name, value, consumer)
             if action == "ignore":
                 notes.append(f"{name} ignored: {what}")
             elif action == "refuse":
@@ -305,6 +317,8 @@ NEURON = NeuronTarget(
                      "the plain library: none): the compiler's flags name the graphs"),
         TargetOption("neuron_env", "the consumer's NEURON_* environment (from --from-env), keyed or refused "
                      "variable by variable", in_key=False),
+        TargetOption("lmi_unset", "which of tp_degree / batch_size the LMI configuration leaves to the consumer's "
+                     "defaults (they differ by release)", in_key=False),
         TargetOption("static_batch_size", "LMI's option.batch_size: the batch when rolling batch is disabled "
                      "(read from LMI configuration; it decides batch_size, which is keyed)", in_key=False),
     ),
@@ -330,6 +344,7 @@ NEURON = NeuronTarget(
         tp_zero_means_one=False,
         static_batch_option="static_batch_size",
         environment_option="neuron_env",
+        unset_option="lmi_unset",
         consumers=tuple(ref for ref, c in CONSUMERS.items() if c.is_lmi),
     ),
     layouts=LAYOUTS,

@@ -88,6 +88,12 @@ class NeuronConsumer:
     mixtral: bool = True  # 0.26's loader has no mixtral entry (ML MODEL_TYPE_TO_CLS_LOADER)
     absent_rolling_batch: str = "disable"  # what an absent option.rolling_batch means (REC / PP)
     reads_neuron_env: bool = False  # 0.31+: TP takes property defaults from NEURON_* variables (LMI_NEURON_ENV)
+    # What an absent option.tensor_parallel_degree becomes: "one" (PP tensor_parallel_degree = 1), "gpu-count"
+    # (REC writes CudaUtils.getGpuCount(): 0 on Inferentia), "heuristic" (JSD: a memory heuristic over the
+    # instance's NeuronCores, which Kiln does not reproduce).
+    absent_tp: str = "one"
+    # An absent option.max_rolling_batch_size with rolling batch on: "32" (PP / REC), or "heuristic" (JSD).
+    absent_max_rolling_batch: str = "32"
 
     @property
     def ref(self) -> str:
@@ -115,6 +121,23 @@ class NeuronConsumer:
             return value
         raise ValidationError(f"option.rolling_batch={written!r} is not one {self.ref} serves with transformers-neuronx; "
                               "use tnx, auto or disable.")
+
+    def absent_default(self, field: str) -> int:
+        """The value this release gives a field the LMI configuration leaves out (``tp_degree``, ``batch_size``
+        with rolling batch on); ValidationError where it is a value Kiln cannot know ahead of the instance."""
+        rule = self.absent_tp if field == "tp_degree" else self.absent_max_rolling_batch
+        prop = "option.tensor_parallel_degree" if field == "tp_degree" else "option.max_rolling_batch_size"
+        if rule == "one":
+            return 1
+        if rule == "32":
+            return 32
+        if rule == "gpu-count":
+            raise ValidationError(f"{self.ref} sets an absent {prop} to the number of CUDA GPUs (LmiConfigRecommender "
+                                  "setTensorParallelDegree), 0 on Inferentia, which transformers-neuronx cannot shard "
+                                  f"over; write {prop}.")
+        raise ValidationError(f"{self.ref} chooses an absent {prop} by a memory heuristic over the instance's "
+                              "NeuronCores at start-up (NeuronSmartDefaultUtils.java), which Kiln does not reproduce "
+                              f"ahead of time; write {prop} (JumpStart's configurations do).")
 
     def invocation(self, *, architecture: str, model_type: str, batch_size: int, tp_degree: int, n_positions: int,
                    dtype: str, rolling_batch: str, strategy: str | None, context_length_estimate: list[int] | None,
@@ -186,6 +209,11 @@ def _lmi(version: str, toolchain: dict[str, str], source: str, **facts: Any) -> 
                           **facts)
 
 
+# 0.30+: on an Inferentia host LmiConfigRecommender runs NeuronSmartDefaultUtils (JSD@0.30.0-dlc
+# applySmartDefaults → setHeuristicNeuronTPDegree / setHeuristicNeuronMaxRollingBatch) before its own defaults.
+_SMART_DEFAULTS: dict[str, Any] = {"absent_tp": "heuristic", "absent_max_rolling_batch": "heuristic"}
+
+
 # n2-manifest.json (aws-neuron-sdk) at each SDK release: the libneuronxla paired with the image's
 # torch-neuronx (0.5.x is the torch 1.13 line, 2.0.x torch 2.1's).
 def _sdk_libneuronxla(version: str) -> dict[str, str]:
@@ -203,12 +231,14 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
          default_n_positions=128, cb_needs_batch_above_one=False, optimum_for_rolling_llama=True,
          absent_rolling_batch="auto", cb_cle_must_be_n=True,
          sdk_defaults=_sdk_libneuronxla("2.0.965"),  # SDK 2.18.1 (n2-manifest.json@710a67a6)
+         absent_tp="gpu-count",  # REC@0.27.0-dlc setTensorParallelDegree: "max" → CudaUtils.getGpuCount()
          auto_refused="goes to lmi-dist on the MPI engine in 0.27.0-dlc's recommender (REC L81-106; the image sets "
                       "SERVING_FEATURES=vllm,lmi-dist,tnx), which starts no worker on Inferentia"),
     _lmi("0.28.0", {"neuronx-cc": "2.13.72.0", "transformers-neuronx": "0.10.0.360", "torch-neuronx": "2.1.2.2.1.0"},
          "djl-serving v0.28.0 / 0.28.0-dlc: DF (SDK 2.18.2), ML L147-193, REC (0.28.0-dlc ef2a8c46: absent "
          "rolling_batch is disable, auto is tnx)", default_n_positions=128, absent_rolling_batch="disable",
-         cb_cle_must_be_n=True, sdk_defaults=_sdk_libneuronxla("2.0.965")),  # SDK 2.18.2 (n2-manifest.json@d4f19516)
+         cb_cle_must_be_n=True, sdk_defaults=_sdk_libneuronxla("2.0.965"),  # SDK 2.18.2 (n2-manifest.json@d4f19516)
+         absent_tp="gpu-count"),  # REC@v0.28.0 setTensorParallelDegree: "max" → CudaUtils.getGpuCount()
     _lmi("0.29.0", {"neuronx-cc": "2.14.227.0", "transformers-neuronx": "0.11.351", "torch-neuronx": "2.1.2.2.2.0"},
          "djl-serving v0.29.0: DF (SDK 2.19.1), ML get_model_specific_kwargs, REC", default_n_positions=128,
          absent_rolling_batch="disable",
@@ -218,19 +248,21 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
          "from max_rolling_batch_size 12). on_device_embedding is set only for a config.json with a \"neuron\" "
          "stanza or a partition (neuron_smart_default_utils.py L82-85), which Kiln's layouts do not write",
          default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
-         sdk_defaults=_sdk_libneuronxla("2.0.4986.0")),  # SDK 2.20.1 (n2-manifest.json@4e2e5309)
+         sdk_defaults=_sdk_libneuronxla("2.0.4986.0"),  # SDK 2.20.1 (n2-manifest.json@4e2e5309)
+         **_SMART_DEFAULTS),
     # 0.31: the 0.30 loader and SDK (DF ARGs unchanged); TP L84-168 now defaults properties from NEURON_* variables.
     _lmi("0.31.0", {"neuronx-cc": "2.15.141.0", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.1"},
          "djl-serving 0.31.0-dlc (2389a1bb): DF (SDK 2.20.1), ML TNXModelLoader as 0.30, TP get_env_or_default, REC "
          "(auto: vllm from max_rolling_batch_size 12)",
          default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
-         reads_neuron_env=True, sdk_defaults=_sdk_libneuronxla("2.0.4986.0")),  # SDK 2.20.1, as 0.30
+         reads_neuron_env=True, sdk_defaults=_sdk_libneuronxla("2.0.4986.0"),  # SDK 2.20.1, as 0.30
+         **_SMART_DEFAULTS),
     *(_lmi(v, {"neuronx-cc": "2.16.372.0", "transformers-neuronx": "0.13.380", "torch-neuronx": "2.1.2.2.4.0",
                "libneuronxla": "2.1.714.0"},
            f"djl-serving {v}-dlc ({commit}): DF (SDK 2.21.1, libneuronxla pinned), ML TNXModelLoader as 0.30, TP "
            f"get_env_or_default, REC (auto: vllm from max_rolling_batch_size 12{note})",
            default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
-           reads_neuron_env=True)
+           reads_neuron_env=True, **_SMART_DEFAULTS)
       for v, commit, note in (("0.32.0", "3d6ad832", ""), ("0.33.0", "8b3b685b", "; lmi-dist removed"),
                               ("0.34.0", "63a6dcf3", "; lmi-dist removed"))),
     NeuronConsumer("transformers-neuronx", "", source="the library's own API (README: <Arch>ForSampling.from_pretrained)"),
@@ -288,7 +320,14 @@ _PATH_VARIABLES = {
 }
 
 
-def neuron_env_rule(name: str, consumer: NeuronConsumer) -> tuple[str, str]:
+# Of those, the ones TNXModelLoader (the loader Kiln builds for) reads, each only when truthy (ML@0.31.0-dlc
+# set_neuron_config: `if self.config.shard_over_sequence:` …); the others only TNXVllmModelLoader reads, which
+# the handler picks only for speculative decoding under vLLM (H@0.31.0-dlc set_model_loader_class), and
+# option.speculative_draft_model is refused.
+_TNX_LOADER_READS = {"on_device_embedding", "on_device_generation", "shard_over_sequence"}
+
+
+def neuron_env_rule(name: str, value: str, consumer: NeuronConsumer) -> tuple[str, str]:
     """What a NEURON_* variable in the consumer's environment does to its graphs: ``("key", option)``
     (Kiln builds it), ``("ignore", why)`` (provably not read when compiling) or ``("refuse", why)``."""
     if name == "NEURON_CC_FLAGS":
@@ -299,8 +338,13 @@ def neuron_env_rule(name: str, consumer: NeuronConsumer) -> tuple[str, str]:
             return "ignore", f"{consumer.ref} does not read it (tnx_properties.py reads NEURON_* defaults from 0.31)"
         if prop == "context_length_estimate":
             return "key", "context_length_estimate"
-        if prop == "compilation_worker_count":
-            return "ignore", "how many compiles run at once (NeuronConfig.compilation_worker_count), not what they compile"
+        if prop not in _TNX_LOADER_READS:
+            return "ignore", (f"{consumer.ref} reads it as {prop}, which only its speculative-decoding vLLM loader "
+                              "uses (TNXVllmModelLoader), not the loader of these graphs")
+        if value.strip().lower() != "true":
+            # TP get_env_or_default: "true" → True, "false" → False, anything else → None; the loader adds the
+            # field only when truthy.
+            return "ignore", f"{consumer.ref} reads {value!r} as not true, and adds {prop} only when it is"
         return "refuse", f"{consumer.ref} reads it as option.{prop}, which shapes the graphs"
     if name.startswith(_RUNTIME_PREFIX):
         return "ignore", "a Neuron runtime setting, read when loading, not when compiling"

@@ -71,12 +71,17 @@ def test_a_context_length_estimate_lmi_cannot_read_is_an_error(llama2_cache: Non
 
 
 @pytest.mark.parametrize(("variable", "value"), [
-    ("NEURON_ON_DEVICE_EMBEDDING", "true"), ("NEURON_SHARD_OVER_SEQUENCE", "true"), ("NEURON_QUANT", "true"),
-    ("NEURON_SEQUENCE_PARALLEL", "true"), ("NEURON_ON_DEV_GENERATION", "true")])
+    ("NEURON_ON_DEVICE_EMBEDDING", "true"), ("NEURON_SHARD_OVER_SEQUENCE", "True"), ("NEURON_ON_DEV_GENERATION", "true")])
 def test_graph_shaping_variables_kiln_does_not_build_are_refused(llama2_cache: None, variable: str,
                                                                   value: str) -> None:
     rc, err, _ = _plan("0.31.0", {variable: value})
     assert rc == 2 and variable in err and "lmi-neuronx:0.31.0" in err and "Traceback" not in err
+    # get_env_or_default reads anything but "true" as False or None, and the loader adds the field only when
+    # truthy (model_loader.py@0.31.0-dlc set_neuron_config): the same graphs as without it.
+    for falsy in ("false", "1", ""):
+        rc, err, doc = _plan("0.31.0", {variable: falsy})
+        assert rc == 0, (falsy, err)
+        assert doc["key"] == _plan("0.31.0", {})[2]["key"]  # type: ignore[index]
     # 0.30's handler does not read them (nor does transformers-neuronx): provably the same graphs.
     rc, err, doc = _plan("0.30.0", {variable: value})
     assert rc == 0, err
@@ -90,10 +95,13 @@ def test_variables_transformers_neuronx_reads_or_kiln_does_not_know_are_refused(
         assert rc == 2 and variable in err and "Traceback" not in err, (variable, err)
 
 
-def test_runtime_variables_leave_the_key_alone(llama2_cache: None) -> None:
+def test_runtime_variables_and_the_speculative_loaders_leave_the_key_alone(llama2_cache: None) -> None:
     base = _plan("0.31.0", {})[2]
+    # NEURON_QUANT, NEURON_SEQUENCE_PARALLEL, …: read only by TNXVllmModelLoader (model_loader.py@0.31.0-dlc),
+    # which serves speculative decoding under vLLM only; option.speculative_draft_model is refused.
     rc, err, doc = _plan("0.31.0", {"NEURON_RT_VISIBLE_CORES": "0-7", "NEURON_RT_LOG_LEVEL": "INFO",
-                                    "NEURON_COMPILATION_WORKER_COUNT": "4"})
+                                    "NEURON_COMPILATION_WORKER_COUNT": "4", "NEURON_QUANT": "true",
+                                    "NEURON_SEQUENCE_PARALLEL": "true", "NEURON_MULTI_NODE": "true"})
     assert rc == 0, err
     assert doc["key"] == base["key"]  # type: ignore[index]
 
