@@ -5,7 +5,10 @@ kiln/targets/neuron/consumers.py: `SOURCE` below is a table of per-release facts
 and the lines it comes from, and `lmi_call` walks them the way the container does (Java's LmiConfigRecommender,
 then the Python handler's set_configs, TNXModelLoader.set_neuron_config and get_model_specific_kwargs). Each
 release is read at its SageMaker DLC branch (the images are built from those; the tags v0.26.0, v0.28.0 and
-v0.29.0 sit on them, v0.27.0 does not).
+v0.29.0 sit on them, v0.27.0 does not; 0.30.0-0.34.0 have no tags). 0.34.0 is the last release with the
+transformers-neuronx handler (commit 1132e3ab removes it before 0.35.0). The container's environment counts too:
+NEURON_CC_FLAGS replaces the image's at every release, and from 0.31 TP takes property defaults from NEURON_*
+variables.
 
 Abbreviations in citations (paths under deepjavalibrary/djl-serving):
   H   engines/python/setup/djl_python/transformers_neuronx.py
@@ -28,7 +31,9 @@ safetensors bytes): a dry run reads only the config and the tensor header.
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +43,7 @@ import pytest
 from kiln.presets import PresetRow, load_preset
 
 from ...conftest import run_kiln
-from .conftest import MAX_POSITION_EMBEDDINGS
+from .conftest import LLAMA2, MAX_POSITION_EMBEDDINGS
 
 # --------------------------------------------------------------------------------------------------------------
 # The models: Llama-2 7B/13B (+chat) configs as published (no "neuron" stanza: an HF checkpoint, and the config
@@ -67,7 +72,7 @@ class LmiRelease:
     version: str
     ref: str
     cc_flags: str  # the image's ENV NEURON_CC_FLAGS
-    rec: str  # which LmiConfigRecommender rolling-batch rule runs: none | 0.27 | 0.28 | 0.30
+    rec: str  # which LmiConfigRecommender rolling-batch rule runs: none | 0.27 | 0.28 | 0.30 | 0.33
     py_rolling: tuple[str, ...]  # TNX_SUPPORTED_ROLLING_BATCH_TYPES (anything else but disable becomes auto)
     loader: str  # which H.set_model_loader_class rule: 0.26 | 0.27 | 0.28
     model_class: str  # what TNXModelLoader calls for a safetensors llama checkpoint without a "neuron" stanza
@@ -77,6 +82,10 @@ class LmiRelease:
     user_cle_must_be_n: bool  # a user context_length_estimate != [n] raises under CB (no cache_layout)
     default_n_positions: str  # 128 | smart (min(max_position_embeddings, 4096))
     saturate_infinity: bool  # TP has enable_saturate_infinity
+    toolchain: Mapping[str, str]  # DF ARGs: the pip pins of the SDK that compiles (libneuronxla pinned from 0.32)
+    reads_neuron_env: bool = False  # TP defaults properties from NEURON_* variables (get_env_or_default, 0.31+)
+    vllm_tnx_needs_draft: bool = False  # H.load_model: vllm + model_loader=tnx raises without a draft model (0.31+)
+    model_loaders: tuple[str, ...] = ("tnx", "optimum", "vllm")  # TP TnXModelLoaders values (nxdi from 0.32)
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -85,7 +94,9 @@ SOURCE = {r.version: r for r in (
         "0.26.0", "0.26.0-dlc (1635512c; tag v0.26.0 b909f121 has the same H/ML/TP/PP)", IMAGE_CC_FLAGS, rec="none",
         py_rolling=("auto",), loader="0.26", model_class=LLAMA_CLASS, cb="rolling", strategy="none", cle_default="n",
         user_cle_must_be_n=True, default_n_positions="128", saturate_infinity=False,
+        toolchain={"neuronx-cc": "2.12.54.0", "torch-neuronx": "1.13.1.1.13.0", "transformers-neuronx": "0.9.474"},
         sources={
+            "toolchain": "DF@0.26.0-dlc L16-20 (neuronsdk 2.16.0; the same ARGs at tag v0.26.0)",
             "cc_flags": "DF@0.26.0-dlc L52 (v0.26.0 L51)",
             "rec": "no LmiConfigRecommender.java at v0.26.0; PP@v0.26.0 L49 rolling_batch default disable",
             "py_rolling": "TP@v0.26.0 L48, L90-100",
@@ -101,7 +112,9 @@ SOURCE = {r.version: r for r in (
         "0.27.0", "0.27.0-dlc (049a929b)", IMAGE_CC_FLAGS, rec="0.27", py_rolling=("auto",), loader="0.27",
         model_class=AUTO_CLASS, cb="strategy", strategy="llama", cle_default="n", user_cle_must_be_n=True,
         default_n_positions="128", saturate_infinity=True,
+        toolchain={"neuronx-cc": "2.13.68.0", "torch-neuronx": "2.1.2.2.1.0", "transformers-neuronx": "0.10.0.360"},
         sources={
+            "toolchain": "DF@0.27.0-dlc L17-21 (neuronsdk 2.18.1)",
             "cc_flags": "DF@0.27.0-dlc L54",
             "rec": "REC@0.27.0-dlc L72-93 (auto + SERVING_FEATURES vllm,lmi-dist -> llama: lmi-dist), L95-114 "
                    "(lmi-dist -> engine MPI); DF@0.27.0-dlc L55 SERVING_FEATURES=vllm,lmi-dist,tnx; PE@0.27.0-dlc "
@@ -117,7 +130,9 @@ SOURCE = {r.version: r for r in (
         "0.28.0", "0.28.0-dlc (7805e155)", IMAGE_CC_FLAGS, rec="0.28", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
         loader="0.28", model_class=AUTO_CLASS, cb="strategy+batch>1|vllm", strategy="llama+batch>1", cle_default="n",
         user_cle_must_be_n=True, default_n_positions="128", saturate_infinity=True,
+        toolchain={"neuronx-cc": "2.13.72.0", "torch-neuronx": "2.1.2.2.1.0", "transformers-neuronx": "0.10.0.360"},
         sources={
+            "toolchain": "DF@0.28.0-dlc L17-21 (neuronsdk 2.18.2)",
             "cc_flags": "DF@0.28.0-dlc L54",
             "rec": "REC@0.28.0-dlc L81-113 (absent -> disable (ef2a8c46), auto -> tnx), L119-129 (lmi-dist -> MPI)",
             "py_rolling": "TP@0.28.0-dlc L79-82, L146-156",
@@ -133,7 +148,9 @@ SOURCE = {r.version: r for r in (
         "0.29.0", "0.29.0-dlc (58eb48b6)", IMAGE_CC_FLAGS, rec="0.28", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
         loader="0.28", model_class=AUTO_CLASS, cb="strategy+batch>1|vllm", strategy="llama+batch>1", cle_default="n",
         user_cle_must_be_n=False, default_n_positions="128", saturate_infinity=True,
+        toolchain={"neuronx-cc": "2.14.227.0", "torch-neuronx": "2.1.2.2.2.0", "transformers-neuronx": "0.11.351"},
         sources={
+            "toolchain": "DF@0.29.0-dlc L17-21 (neuronsdk 2.19.1)",
             "cc_flags": "DF@0.29.0-dlc L54",
             "rec": "REC@0.29.0-dlc L95-130 (absent -> disable, auto -> tnx), L132-136 (lmi-dist -> MPI)",
             "strategy": "H@0.29.0-dlc L107-113",
@@ -145,7 +162,9 @@ SOURCE = {r.version: r for r in (
         "0.30.0", "0.30.0-dlc (fefd40ec)", IMAGE_CC_FLAGS, rec="0.30", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
         loader="0.28", model_class=AUTO_CLASS, cb="strategy", strategy="llama+batch>1", cle_default="buckets",
         user_cle_must_be_n=False, default_n_positions="smart", saturate_infinity=True,
+        toolchain={"neuronx-cc": "2.15.141.0", "torch-neuronx": "2.1.2.2.3.1", "transformers-neuronx": "0.12.313"},
         sources={
+            "toolchain": "DF@0.30.0-dlc L18-22 (neuronsdk 2.20.1)",
             "cc_flags": "DF@0.30.0-dlc L57",
             "rec": "REC@0.30.0-dlc L36-45 (smart defaults before tp), L47-82 (absent -> auto; auto -> vllm if "
                    "max_rolling_batch_size >= 12 else tnx)",
@@ -156,7 +175,102 @@ SOURCE = {r.version: r for r in (
                                    "partitioning); H@0.30.0-dlc L155-163 (is_partition False when serving)",
             "n_positions": "TP@0.30.0-dlc L90 (None); JSD@0.30.0-dlc applySmartDefaults / SD@0.30.0-dlc L72-80 "
                            "(min(max_position_embeddings, 4096))",
+            "max_rolling_batch_size": "JSD@0.30.0-dlc L54-67, L289-303 (absent: a memory heuristic, run by REC "
+                                      "L40 after setRollingBatch L38 decided auto with '1'; REC L43 "
+                                      "setRollingBatchSize only if JSD set nothing) -- jsd_max_rolling_batch",
             "vllm": "H@0.30.0-dlc load_model (rolling_batch=vllm -> load_unwrapped_model())",
+        }),
+    # 0.31-0.34: TNXModelLoader (ML) is the 0.30 one at every branch (git diff 0.30.0-dlc 0.34.0-dlc adds only
+    # TNXVllmModelLoader, NxdiVllmModelLoader and imports); what changes is around it.
+    LmiRelease(
+        "0.31.0", "0.31.0-dlc (2389a1bb)", IMAGE_CC_FLAGS, rec="0.30", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
+        loader="0.28", model_class=AUTO_CLASS, cb="strategy", strategy="llama+batch>1", cle_default="buckets",
+        user_cle_must_be_n=False, default_n_positions="smart", saturate_infinity=True,
+        toolchain={"neuronx-cc": "2.15.141.0", "torch-neuronx": "2.1.2.2.3.1", "transformers-neuronx": "0.12.313"},
+        reads_neuron_env=True, vllm_tnx_needs_draft=True,
+        sources={
+            "toolchain": "DF@0.31.0-dlc L18-22 (neuronsdk 2.20.1, the 0.30 ARGs; libneuronxla not pinned)",
+            "cc_flags": "DF@0.31.0-dlc L57",
+            "rec": "REC@0.31.0-dlc L58-82 (absent -> auto; auto -> vllm if max_rolling_batch_size >= 12 else tnx, "
+                   "SERVING_FEATURES=vllm,lmi-dist,tnx at DF L58), L85-90 (lmi-dist -> MPI), L125-144 (absent "
+                   "max_rolling_batch_size: 256 for vllm, else 32); the only change from 0.30 is setPropertiesForLora",
+            "py_rolling": "TP@0.31.0-dlc L78-81, L198-208",
+            "loader": "H@0.31.0-dlc L66 (TNXModelLoader unless set), L111-146 (model_loader=tnx: TNXVllmModelLoader "
+                      "only with speculative_draft_model + vllm), L314-327 (vllm + model_loader=tnx without a draft "
+                      "model raises ValueError 'Preloaded tnx model is only supported for speculative decoding')",
+            "strategy": "H@0.31.0-dlc L177-183",
+            "cb": "ML@0.31.0-dlc L164-175",
+            "kwargs": "ML@0.31.0-dlc L225-269; NU@0.31.0-dlc L48, L99-118 (build_context_length_estimates as 0.30)",
+            "neuron_env": "TP@0.31.0-dlc L84-99 get_env_or_default (bool: 'true'/'false' any case, else None; list: "
+                          "eval), L113-115 context_length_estimate <- NEURON_CONTEXT_LENGTH_ESTIMATE (a default "
+                          "factory: option.context_length_estimate wins, and pydantic does not validate defaults), "
+                          "L142-168 on_device_embedding, on_device_generation, shard_over_sequence, "
+                          "compilation_worker_count, sequence_parallel, multi_node, neuron_cc_pipeline_factor, "
+                          "neuron_quant <- NEURON_*; ML@0.31.0-dlc L192-194 (shard_over_sequence), L216-218 "
+                          "(on_device_embedding), L219-222 (on_device_generation.keys(): True has none -> "
+                          "AttributeError); the last five reach only TNXVllmModelLoader (ML L776-889)",
+            "n_positions": "TP@0.31.0-dlc L108 (None); SD@0.31.0-dlc L72-80 (min(max_position_embeddings, 4096)); "
+                           "L83-85 on_device_embedding only with a 'neuron' stanza or when partitioning",
+            "vllm": "H@0.31.0-dlc L324-325 (rolling_batch=vllm, model_loader unset -> load_unwrapped_model())",
+        }),
+    LmiRelease(
+        "0.32.0", "0.32.0-dlc (3d6ad832)", IMAGE_CC_FLAGS, rec="0.30", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
+        loader="0.28", model_class=AUTO_CLASS, cb="strategy", strategy="llama+batch>1", cle_default="buckets",
+        user_cle_must_be_n=False, default_n_positions="smart", saturate_infinity=True,
+        toolchain={"neuronx-cc": "2.16.372.0", "torch-neuronx": "2.1.2.2.4.0", "transformers-neuronx": "0.13.380",
+                   "libneuronxla": "2.1.714.0"},
+        reads_neuron_env=True, vllm_tnx_needs_draft=True, model_loaders=("tnx", "optimum", "vllm", "nxdi"),
+        sources={
+            "toolchain": "DF@0.32.0-dlc L22-30 (neuronsdk 2.21.1; libneuronxla pinned, installed at L102)",
+            "cc_flags": "DF@0.32.0-dlc L65",
+            "rec": "REC@0.32.0-dlc L59-83 (as 0.31; SERVING_FEATURES=vllm,lmi-dist,tnx at DF L66), L86-91 "
+                   "(lmi-dist -> MPI); REC always writes option.rolling_batch for a text-generation config, so "
+                   "the Python defaults new in 0.32 (PP@0.32.0-dlc L51 rolling_batch=auto, SD@0.32.0-dlc L75-76 "
+                   "rolling_batch=auto when absent) are not reached by a Llama checkpoint",
+            "loader": "H@0.32.0-dlc L111-151 (model_loader=nxdi -> NxdiVllmModelLoader, L141-144), L316-331 "
+                      "(vllm + vllm|nxdi: loading deferred to vLLM; vllm + tnx without a draft raises); TP@0.32.0-dlc "
+                      "L55-59 (TnXModelLoaders gains nxdi)",
+            "strategy": "H@0.32.0-dlc L182-188",
+            "cb": "ML@0.32.0-dlc L166-177",
+            "kwargs": "ML@0.32.0-dlc L227-271; NU@0.32.0-dlc L99-118",
+            "neuron_env": "TP@0.32.0-dlc L85-100, L114-116, L143-169 (as 0.31); ML@0.32.0-dlc L194-196, L218-225",
+            "vllm": "H@0.32.0-dlc L328-329",
+        }),
+    LmiRelease(
+        "0.33.0", "0.33.0-dlc (8b3b685b)", IMAGE_CC_FLAGS, rec="0.33", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
+        loader="0.28", model_class=AUTO_CLASS, cb="strategy", strategy="llama+batch>1", cle_default="buckets",
+        user_cle_must_be_n=False, default_n_positions="smart", saturate_infinity=True,
+        toolchain={"neuronx-cc": "2.16.372.0", "torch-neuronx": "2.1.2.2.4.0", "transformers-neuronx": "0.13.380",
+                   "libneuronxla": "2.1.714.0"},
+        reads_neuron_env=True, vllm_tnx_needs_draft=True, model_loaders=("tnx", "optimum", "vllm", "nxdi"),
+        sources={
+            "toolchain": "DF@0.33.0-dlc L22-30 (the 0.32 ARGs)",
+            "cc_flags": "DF@0.33.0-dlc L65",
+            "rec": "REC@0.33.0-dlc L57-83: lmi-dist removed -- option.rolling_batch=lmi-dist is overridden to vllm "
+                   "(mpi_mode false, L58-64), auto -> vllm if max_rolling_batch_size >= 12 else tnx (L70-76); "
+                   "L85-90 MPI only for trtllm; L125-135 (absent max_rolling_batch_size: 256 for vllm); DF@0.33.0-dlc "
+                   "L66 SERVING_FEATURES=vllm,tnx",
+            "loader": "H@0.33.0-dlc (unchanged from 0.32.0-dlc)",
+            "kwargs": "ML@0.33.0-dlc (unchanged from 0.32.0-dlc: L227-271)",
+            "neuron_env": "TP@0.33.0-dlc (unchanged from 0.32.0-dlc)",
+            "vllm": "H@0.33.0-dlc L328-329: the vllm that lmi-dist becomes is compiled by load_unwrapped_model()",
+        }),
+    LmiRelease(
+        "0.34.0", "0.34.0-dlc (63a6dcf3)", IMAGE_CC_FLAGS, rec="0.33", py_rolling=("auto", "vllm", "lmi-dist", "tnx"),
+        loader="0.28", model_class=AUTO_CLASS, cb="strategy", strategy="llama+batch>1", cle_default="buckets",
+        user_cle_must_be_n=False, default_n_positions="smart", saturate_infinity=True,
+        toolchain={"neuronx-cc": "2.16.372.0", "torch-neuronx": "2.1.2.2.4.0", "transformers-neuronx": "0.13.380",
+                   "libneuronxla": "2.1.714.0"},
+        reads_neuron_env=True, vllm_tnx_needs_draft=True, model_loaders=("tnx", "optimum", "vllm", "nxdi"),
+        sources={
+            "toolchain": "DF@0.34.0-dlc L22-30 (the 0.32 ARGs)",
+            "cc_flags": "DF@0.34.0-dlc L65",
+            "rec": "REC@0.34.0-dlc L58-86 (as 0.33; a trtllm feature branch after vllm, L80-81, not reached with "
+                   "SERVING_FEATURES=vllm,tnx at DF L66); setPropertiesForStatefulSessions (L171-184) sets workers only",
+            "loader": "H@0.34.0-dlc (unchanged from 0.32.0-dlc); the last release with the handler: commit 1132e3ab "
+                      "removes it before 0.35.0",
+            "kwargs": "ML@0.34.0-dlc (unchanged from 0.32.0-dlc)",
+            "neuron_env": "TP@0.34.0-dlc (unchanged from 0.32.0-dlc)",
         }),
 )}
 RELEASES = tuple(SOURCE)
@@ -172,8 +286,18 @@ COMMON_SOURCES = {
                   "PP@0.29.0-dlc L56 batch_size default 1 (used as is when rolling batch is disabled)",
     "cc_appends": "TP@0.29.0-dlc L119-138: neuron_optimize_level -> ' -ON', enable_mixed_precision_accumulation "
                   "and enable_saturate_infinity append their flag whenever the option is given (even false)",
+    "cc_env": "DF ENV NEURON_CC_FLAGS is the image's default, which a container environment variable of the same "
+              "name replaces; TP's validators append to os.environ['NEURON_CC_FLAGS'] (TP@0.31.0-dlc L170-189) and "
+              "transformers-neuronx compiles with it (aws-neuron/transformers-neuronx@1ade6d7 "
+              "src/transformers_neuronx/compiler.py L89-91 get_compiler_flags)",
     "gqa": "ML@0.29.0-dlc set_neuron_config: group_query_attention passed when set",
     "mpi": "PE getMpiWorkers = GPUs / tp (0 on inf2) -> PM 'GPU devices are not enough' (lmi-dist/trtllm run MPI)",
+    "model_loader_vllm": "H@0.28.0-dlc L87-92 .. H@0.34.0-dlc L146-151: model_loader=vllm sets no loader class "
+                         "(TNXModelLoader stays, H L66), and only rolling_batch=vllm defers loading to vLLM "
+                         "(H@0.31.0-dlc L314-316); an invalid TnXModelLoaders value fails TP validation",
+    "vocab_pad": "aws-neuron/transformers-neuronx@1ade6d7 src/transformers_neuronx/decoder.py L355 (since 6f4c23f): "
+                 "the lm_head is padded to a multiple of int(NEURON_VOCAB_PAD_DIVISOR or tp_degree) -- read by the "
+                 "library itself, so at every release",
 }
 
 
@@ -186,7 +310,7 @@ class Refusal:
 
 
 def build_context_length_estimates(n: int) -> list[int]:
-    """NU@0.30.0-dlc L100-119, as written there."""
+    """NU@0.30.0-dlc L100-119, as written there (NU@0.31.0-dlc .. 0.34.0-dlc L99-118, unchanged)."""
     if n <= 128:
         return [n]
     estimates, bucket = [128], 1024
@@ -200,11 +324,46 @@ def build_context_length_estimates(n: int) -> list[int]:
 _MODELLED = {"model_id", "entrypoint", "rolling_batch", "n_positions", "max_rolling_batch_size", "tensor_parallel_degree",
              "dtype", "batch_size", "context_length_estimate", "neuron_optimize_level", "model_loader",
              "enable_mixed_precision_accumulation", "enable_saturate_infinity", "group_query_attention"}
+# NEURON_* variables lmi_call models: the image's compiler flags, and what TP@0.31.0-dlc L113-168 reads.
+_NEURON_MODELLED = {"NEURON_CC_FLAGS", "NEURON_CONTEXT_LENGTH_ESTIMATE", "NEURON_ON_DEVICE_EMBEDDING",
+                    "NEURON_ON_DEV_GENERATION", "NEURON_SHARD_OVER_SEQUENCE", "NEURON_COMPILATION_WORKER_COUNT",
+                    "NEURON_SEQUENCE_PARALLEL", "NEURON_MULTI_NODE", "NEURON_CC_PIPELINE_FACTOR", "NEURON_QUANT"}
 
 
 def _named(value: str) -> tuple[str, ...]:
     """How an error names a bad value: quoted, or after '=' (never a bare substring such as '0')."""
     return (f"'{value}'", f"={value}")
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
+    """TP@0.31.0-dlc L84-99 get_env_or_default(convert_type=bool): 'true'/'false' in any case, anything else None."""
+    value = env.get(name)
+    return None if value is None else {"true": True, "false": False}.get(value.lower())
+
+
+def jsd_max_rolling_batch(model_id: str, n: int, tp: int) -> int | None:
+    """JSD@0.30.0-dlc setHeuristicNeuronMaxRollingBatch (L289-303; JSD unchanged to 0.34.0-dlc), run by REC's
+    setHeuristicDefaults on a Neuron host -- after setRollingBatch, before setRollingBatchSize (REC@0.30.0-dlc
+    L38-43) -- for the config llama2_cache writes (LmiUtils@0.30.0-dlc L597-612 and L656-658 with its values; it
+    has no intermediate_size, which Gson leaves 0). None: the heuristic sets nothing (<= 0)."""
+    dims = LLAMA2[model_id.split("Llama-2-")[1].split("-")[0]]
+    hidden, heads, kv, layers, vocab, intermediate = (dims["hidden_size"], dims["num_attention_heads"],
+                                                      dims["num_key_value_heads"], 32, 32000, 0)
+    head_dim = heads * kv  # as written there
+    embeddings = vocab * hidden
+    per_layer = head_dim * hidden * kv * 3 + hidden * hidden + hidden * intermediate * 3 + 2 * hidden
+    params = embeddings + layers * per_layer + hidden + embeddings
+    model_gb = 2 * params / 1e9  # paramBytes 2 without option.quantize (L83-84)
+    seq_gb = n * hidden * layers * 2 * 0.95 / (1024.0 ** 3)  # L85-88
+    m = min(int((tp * 16.0 - model_gb * (1.0 + (tp * 2 - 2) / 100.0)) / seq_gb), 32)  # L206-211, L102-104
+    if m != 0 and (m & (m - 1)) == 0:  # getMaxPowerOf2, L183-193
+        power = m
+    else:
+        power = 1
+        while power < m:
+            power *= 2
+        power //= 2
+    return power if power > 0 else None
 
 
 def lmi_call(rel: LmiRelease, env: Mapping[str, str], cores: int) -> dict[str, Any] | Refusal:
@@ -213,6 +372,8 @@ def lmi_call(rel: LmiRelease, env: Mapping[str, str], cores: int) -> dict[str, A
     if "HF_MODEL_ID" in env:
         opt.setdefault("model_id", env["HF_MODEL_ID"])
     unknown = set(opt) - _MODELLED - {"kiln_consumer"}
+    assert not unknown, f"lmi_call does not model {unknown}"
+    unknown = {k for k in env if k.startswith("NEURON_")} - _NEURON_MODELLED
     assert not unknown, f"lmi_call does not model {unknown}"
 
     # Java: LmiConfigRecommender's rolling batch (SOURCE[*].sources["rec"]).
@@ -227,7 +388,9 @@ def lmi_call(rel: LmiRelease, env: Mapping[str, str], cores: int) -> dict[str, A
     elif rel.rec == "0.28":
         rb = rb or "disable"
         rb = "tnx" if rb == "auto" else rb
-    else:  # 0.30
+    else:  # 0.30, 0.33
+        if rel.rec == "0.33" and rb == "lmi-dist":
+            rb = "vllm"  # REC@0.33.0-dlc L58-64: lmi-dist removed, overridden to vllm (no MPI)
         rb = rb or "auto"
         if rb == "auto":
             rb = "vllm" if int(opt.get("max_rolling_batch_size", "1")) >= 12 else "tnx"
@@ -256,26 +419,46 @@ def lmi_call(rel: LmiRelease, env: Mapping[str, str], cores: int) -> dict[str, A
         n = int(opt["n_positions"])
     else:
         n = 128 if rel.default_n_positions == "128" else min(MAX_POSITION_EMBEDDINGS, 4096)
-    # REC setRollingBatchSize (0.28+): absent -> 32 for tnx, 256 for vllm; PP default 32 before.
-    mrbs = int(opt.get("max_rolling_batch_size", "256" if rb == "vllm" and rel.rec in ("0.28", "0.30") else "32"))
+    # An absent max_rolling_batch_size: from 0.30 JSD's heuristic first (after the rolling batch is decided), then
+    # REC setRollingBatchSize (0.28+): 32 for tnx, 256 for vllm; PP default 32 before.
+    mrbs_default = "256" if rb == "vllm" and rel.rec in ("0.28", "0.30", "0.33") else "32"
+    if rel.rec in ("0.30", "0.33"):
+        mrbs_default = str(jsd_max_rolling_batch(opt["model_id"], n, tp) or mrbs_default)
+    mrbs = int(opt.get("max_rolling_batch_size", mrbs_default))
     batch_size = int(opt.get("batch_size", "1"))
     if batch_size > 1 and rb != "disable":
         return Refusal("batch_size > 1 with rolling batch: dynamic and rolling batching cannot both be on",
                        ("batch_size", "batch size"))
     if rb != "disable":
         batch_size = mrbs
-    user_cle = [int(x) for x in opt["context_length_estimate"].split(",")] if "context_length_estimate" in opt else None
+    user_cle: list[int] | None = None
+    if "context_length_estimate" in opt:
+        user_cle = [int(x) for x in opt["context_length_estimate"].split(",")]
+    elif rel.reads_neuron_env and "NEURON_CONTEXT_LENGTH_ESTIMATE" in env:
+        # TP@0.31.0-dlc L113-115: eval() of the variable, an unvalidated default (the option, when given, wins).
+        user_cle = ast.literal_eval(env["NEURON_CONTEXT_LENGTH_ESTIMATE"])
+        assert isinstance(user_cle, list) and all(type(x) is int for x in user_cle), "lmi_call models list values only"
+    if rel.reads_neuron_env:
+        for name in ("NEURON_COMPILATION_WORKER_COUNT", "NEURON_CC_PIPELINE_FACTOR"):  # convert_type=int
+            if name in env and not env[name].strip().lstrip("+-").isdigit():
+                return Refusal(f"{name}={env[name]!r}: int() raises in TP's default factory", (name,))
     model_loader = opt.get("model_loader")
-    if rel.loader == "0.27" and model_loader is None and user_cle is not None:
+    if rel.loader == "0.27" and model_loader is None and "context_length_estimate" in opt:
         model_loader = "tnx"  # TP@0.27.0-dlc L231-250
 
-    # Python: H.set_model_loader_class.
+    # Python: H.set_model_loader_class and H.load_model.
     if rel.loader == "0.26" and rb == "disable":
         return Refusal("llama without rolling batch loads through optimum-neuron", ("optimum",))
     if rel.loader == "0.27" and model_loader != "tnx" and (model_loader == "optimum" or rb != "disable"):
         return Refusal("llama with rolling batch loads through optimum-neuron", ("optimum",))
-    if rel.loader == "0.28" and model_loader in ("optimum", "vllm"):
-        return Refusal(f"model_loader={model_loader} loads without TNXModelLoader", (model_loader,))
+    if rel.loader == "0.28":
+        if model_loader is not None and model_loader not in rel.model_loaders:
+            return Refusal(f"model_loader={model_loader} is no TnXModelLoaders value at {rel.version}", (model_loader,))
+        if model_loader in ("optimum", "nxdi") or (model_loader == "vllm" and rb == "vllm"):
+            return Refusal(f"model_loader={model_loader} loads without TNXModelLoader", (model_loader,))
+    if rel.vllm_tnx_needs_draft and rb == "vllm" and model_loader == "tnx":
+        return Refusal("rolling_batch=vllm with model_loader=tnx raises without a speculative draft model",
+                       ("model_loader", "tnx"))
 
     # Python: strategy and continuous batching.
     if rel.strategy == "llama":
@@ -291,6 +474,7 @@ def lmi_call(rel: LmiRelease, env: Mapping[str, str], cores: int) -> dict[str, A
     else:
         cb = (strategy_cb and mrbs > 1) or rb == "vllm"
 
+    # Python: TNXModelLoader.set_neuron_config and get_model_specific_kwargs.
     kwargs: dict[str, Any] = {"batch_size": batch_size, "amp": amp, "tp_degree": tp, "n_positions": n}
     if user_cle is not None:
         kwargs["context_length_estimate"] = user_cle
@@ -305,9 +489,17 @@ def lmi_call(rel: LmiRelease, env: Mapping[str, str], cores: int) -> dict[str, A
                            ("context_length_estimate",))
     if "group_query_attention" in opt:
         neuron_config["group_query_attention"] = opt["group_query_attention"]
+    if rel.reads_neuron_env:  # SOURCE[*].sources["neuron_env"]
+        if _env_bool(env, "NEURON_SHARD_OVER_SEQUENCE"):
+            neuron_config["shard_over_sequence"] = True
+        if _env_bool(env, "NEURON_ON_DEVICE_EMBEDDING"):
+            neuron_config["on_device_embedding"] = True
+        if _env_bool(env, "NEURON_ON_DEV_GENERATION"):
+            return Refusal("NEURON_ON_DEV_GENERATION=true makes on_device_generation True, and set_neuron_config "
+                           "calls .keys() on it (AttributeError)", ("NEURON_ON_DEV_GENERATION",))
     kwargs["neuron_config"] = neuron_config
 
-    flags = rel.cc_flags
+    flags = env.get("NEURON_CC_FLAGS", rel.cc_flags)  # COMMON_SOURCES["cc_env"]
     if "neuron_optimize_level" in opt:
         flags += f" -O{int(opt['neuron_optimize_level'])}"
     if "enable_mixed_precision_accumulation" in opt:
@@ -322,6 +514,14 @@ def lmi_call(rel: LmiRelease, env: Mapping[str, str], cores: int) -> dict[str, A
 # --------------------------------------------------------------------------------------------------------------
 
 ROWS = load_preset("jumpstart-llama2-neuron")
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_neuron_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kiln runs with os.environ plus a case's env: a NEURON_* variable of the developer's is no part of a case."""
+    for name in list(os.environ):
+        if name.startswith("NEURON_"):
+            monkeypatch.delenv(name)
 
 
 def _plan(env: Mapping[str, str], *args: str) -> tuple[int, str, dict[str, Any] | None]:
@@ -363,16 +563,9 @@ def _row_args(row: PresetRow, release: str) -> list[str]:
 # Known disagreements (Kiln bugs, each with the source that says otherwise).
 # --------------------------------------------------------------------------------------------------------------
 
-ON_DEVICE_EMBEDDING = (
-    "kiln: lmi-neuronx:0.30.0 plans neuron_config on_device_embedding=True, but the 0.30 loader sets it only when "
-    "config.json has a 'neuron' stanza or when partitioning (neuron_smart_default_utils.py@0.30.0-dlc L82-85, "
-    "transformers_neuronx.py@0.30.0-dlc L155-163 is_partition=False when serving); a Llama-2 checkpoint and Kiln's "
-    "lmi layout (the HF config.json unchanged) have none, so the container compiles without it and Kiln's graphs "
-    "are not the ones it loads")
-
-
 def _row_disagreement(release: str) -> str | None:
-    return None  # ON_DEVICE_EMBEDDING was fixed in kiln/targets/neuron/consumers.py (0.30 profile)
+    """A known Kiln bug every JumpStart row hits at `release` (an xfail reason), or None: none at present."""
+    return None
 
 
 def _row_cases() -> list[Any]:
@@ -424,9 +617,67 @@ def test_the_source_table_gives_the_hand_read_calls() -> None:
     assert build_context_length_estimates(100) == [100]
     assert lmi_call(SOURCE["0.30.0"], dict(env, OPTION_N_POSITIONS="2048"), 12)["kwargs"][  # type: ignore[index]
         "context_length_estimate"] == [128, 1024, 2048]
+    # 0.31+: NEURON_CONTEXT_LENGTH_ESTIMATE (eval'd) is context_length_estimate's default; the option wins.
+    def call(release: str, e: Mapping[str, str]) -> dict[str, Any]:
+        got = lmi_call(SOURCE[release], e, 12)
+        assert isinstance(got, dict), got
+        return got
+
+    cle_env = dict(env, NEURON_CONTEXT_LENGTH_ESTIMATE="[1024, 4096]")
+    assert call("0.31.0", cle_env) == {"class": AUTO_CLASS, "env": flags, "kwargs": {
+        "batch_size": 4, "amp": "f16", "tp_degree": 8, "n_positions": [4096], "context_length_estimate": [1024, 4096],
+        "neuron_config": cb4}}
+    assert call("0.30.0", cle_env) == call("0.30.0", env)  # 0.30 reads no NEURON_* variable
+    assert call("0.31.0", dict(cle_env, OPTION_CONTEXT_LENGTH_ESTIMATE="2048,4096"))["kwargs"][
+        "context_length_estimate"] == [2048, 4096]
+    assert call("0.34.0", dict(cle_env, OPTION_ROLLING_BATCH="disable"))["kwargs"] == {
+        "batch_size": 1, "amp": "f16", "tp_degree": 8, "n_positions": 4096, "context_length_estimate": [1024, 4096],
+        "neuron_config": {}}
+    # get_env_or_default(bool): 'true' in any case -> True, 'false' -> False, anything else -> None.
+    assert call("0.31.0", dict(env, NEURON_ON_DEVICE_EMBEDDING="True"))["kwargs"]["neuron_config"] == {
+        **cb4, "on_device_embedding": True}
+    assert call("0.32.0", dict(env, NEURON_SHARD_OVER_SEQUENCE="true"))["kwargs"]["neuron_config"] == {
+        **cb4, "shard_over_sequence": True}
+    assert call("0.31.0", dict(env, NEURON_ON_DEVICE_EMBEDDING="1")) == call("0.31.0", env)
+    assert call("0.31.0", dict(env, NEURON_ON_DEVICE_EMBEDDING="false")) == call("0.31.0", env)
+    assert isinstance(lmi_call(SOURCE["0.31.0"], dict(env, NEURON_ON_DEV_GENERATION="true"), 12), Refusal)
+    assert call("0.30.0", dict(env, NEURON_ON_DEV_GENERATION="true")) == call("0.30.0", env)
+    # NEURON_CC_FLAGS replaces the image's value (any release); the options append to it.
+    assert call("0.29.0", dict(env, NEURON_CC_FLAGS="--x", OPTION_NEURON_OPTIMIZE_LEVEL="2"))["env"] == {
+        "NEURON_CC_FLAGS": "--x -O2"}
+    # 0.31+: auto from max_rolling_batch_size 12 is vllm (load_unwrapped_model); with model_loader=tnx it raises.
+    big = dict(env, OPTION_MAX_ROLLING_BATCH_SIZE="16")
+    assert call("0.31.0", big)["kwargs"]["neuron_config"] == {"continuous_batching": {"batch_size_for_shared_caches": 16}}
+    assert isinstance(lmi_call(SOURCE["0.31.0"], dict(big, OPTION_MODEL_LOADER="tnx"), 12), Refusal)
+    assert call("0.30.0", dict(big, OPTION_MODEL_LOADER="tnx")) == call("0.30.0", big)
+    # model_loader=vllm keeps TNXModelLoader unless rolling_batch is vllm; nxdi is a loader from 0.32, invalid before.
+    assert call("0.31.0", dict(env, OPTION_MODEL_LOADER="vllm")) == call("0.31.0", env)
+    assert isinstance(lmi_call(SOURCE["0.31.0"], dict(big, OPTION_MODEL_LOADER="vllm"), 12), Refusal)
+    for release in ("0.31.0", "0.32.0"):
+        assert isinstance(lmi_call(SOURCE[release], dict(env, OPTION_MODEL_LOADER="nxdi"), 12), Refusal)
+    # 0.33: lmi-dist becomes vllm (no MPI); 0.32 refuses it. An absent max_rolling_batch_size is JSD's (32 at tp 8),
+    # and vLLM's 256 only where JSD sets nothing (tp 1 at n 4096).
+    lmi_dist = dict(env, OPTION_ROLLING_BATCH="lmi-dist")
+    assert isinstance(lmi_call(SOURCE["0.32.0"], lmi_dist, 12), Refusal)
+    assert call("0.33.0", lmi_dist) == call("0.33.0", dict(env, OPTION_ROLLING_BATCH="vllm"))
+    lmi_dist_absent = {k: v for k, v in lmi_dist.items() if k != "OPTION_MAX_ROLLING_BATCH_SIZE"}
+    assert call("0.34.0", lmi_dist_absent)["kwargs"]["batch_size"] == 32
+    assert lmi_call(SOURCE["0.34.0"], dict(lmi_dist_absent, OPTION_TENSOR_PARALLEL_DEGREE="1"), 2)[  # type: ignore[index]
+        "kwargs"]["batch_size"] == 256
+    # JSD's max_rolling_batch_size (0.30+): 7B at n 4096 -- 13.68e9 parameters by LmiUtils' count for this config
+    # (27.37 GB), 0.95 GB a sequence: tp 8 -> (128 - 31.20) / 0.95 = 101 -> 32 (the cap); tp 2 -> (32 - 27.92) / 0.95
+    # = 4 -> 4; tp 1 -> negative -> unset (REC's default); n 1024, tp 2 -> 4.09 / 0.2375 = 17 -> 16.
+    assert jsd_max_rolling_batch("meta-llama/Llama-2-7b-hf", 4096, 8) == 32
+    assert jsd_max_rolling_batch("meta-llama/Llama-2-7b-hf", 4096, 2) == 4
+    assert jsd_max_rolling_batch("meta-llama/Llama-2-7b-hf", 4096, 1) is None
+    assert jsd_max_rolling_batch("meta-llama/Llama-2-7b-hf", 1024, 2) == 16
+    absent = {k: v for k, v in one.items() if k != "OPTION_MAX_ROLLING_BATCH_SIZE"}
+    assert call("0.31.0", absent)["kwargs"]["batch_size"] == 16  # and auto was decided with "1": tnx
+    assert lmi_call(SOURCE["0.29.0"], absent, 2)["kwargs"]["batch_size"] == 32  # type: ignore[index]
     # Every fact cites where it comes from.
     for rel in SOURCE.values():
         assert rel.sources and all("@" in s or "no " in s for s in rel.sources.values()), rel.version
+        assert "toolchain" in rel.sources and rel.toolchain, rel.version
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -443,19 +694,6 @@ def test_a_jumpstart_row_plans_the_releases_own_call(llama2_cache: None, row: Pr
     assert env["OPTION_ROLLING_BATCH"] == "auto"  # as JumpStart starts the container
     expected = lmi_call(SOURCE[release], env, NEURON_CORES[row.instance_type])
     _check(expected, env, *_row_args(row, release))
-
-
-@pytest.mark.parametrize("row", [r for r in ROWS if r.model.endswith("-7b-hf")], ids=lambda r: r.id)
-def test_0_30_rows_differ_only_in_on_device_embedding(llama2_cache: None, row: PresetRow) -> None:
-    """The 0.30 row cases xfail on one known field; this pins that nothing else in them is wrong."""
-    env = row.lmi_env()
-    expected = lmi_call(SOURCE["0.30.0"], env, NEURON_CORES[row.instance_type])
-    assert isinstance(expected, dict)
-    rc, err, doc = _plan(env, *_row_args(row, "0.30.0"))
-    assert rc == 0, err
-    got = _engine_invocation(doc)
-    got["kwargs"]["neuron_config"].pop("on_device_embedding", None)
-    assert got == expected
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -475,10 +713,12 @@ def test_an_lmi_configuration_without_a_consumer_lists_the_choices(llama2_cache:
     row = ROWS[0]
     rc, err, _ = _plan(row.lmi_env(), "--from-env", "--instance-type", row.instance_type)
     assert rc == 2 and "\n" not in err
-    for choice in [f"lmi-neuronx:{v}" for v in RELEASES] + ["transformers-neuronx"]:
+    # Every release (the plain-library consumer is no choice here: it has no rolling batch, which LMI's env sets).
+    for choice in [f"lmi-neuronx:{v}" for v in RELEASES]:
         assert choice in err, (choice, err)
-    rc, err, _ = _plan(row.lmi_env(), "--from-env", "--consumer", "lmi-neuronx:0.31.0", "--instance-type", row.instance_type)
-    assert rc == 2 and "lmi-neuronx:0.31.0" in err and "lmi-neuronx:0.30.0" in err
+    # 0.35.0 has no transformers-neuronx handler (djl-serving commit 1132e3ab removed it): no such consumer.
+    rc, err, _ = _plan(row.lmi_env(), "--from-env", "--consumer", "lmi-neuronx:0.35.0", "--instance-type", row.instance_type)
+    assert rc == 2 and "lmi-neuronx:0.35.0" in err and f"lmi-neuronx:{RELEASES[-1]}" in err
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -515,6 +755,20 @@ ABSENT_ROLLING_0_27 = (
     "absent means auto (LmiConfigRecommender.java@0.27.0-dlc L81), which the 0.27.0-dlc image turns into lmi-dist "
     "on the MPI engine (L87-88, L104-106; no MPI worker on inf2) and the v0.27.0 tag sends to optimum-neuron "
     "(transformers_neuronx.py@v0.27.0 optimum_not_supported)")
+
+AUTO_BEFORE_BATCH_DEFAULT = (
+    "kiln: with OPTION_MAX_ROLLING_BATCH_SIZE absent refuses rolling_batch=auto as vLLM ('auto with "
+    "max_rolling_batch_size=32'), but LmiConfigRecommender.java@{ref} decides auto first, reading "
+    "option.max_rolling_batch_size with default \"1\" (< 12 -> tnx), and only afterwards sets the size "
+    "(setHeuristicDefaults -> NeuronSmartDefaultUtils.java setHeuristicNeuronMaxRollingBatch, then "
+    "setRollingBatchSize, in configure): the container compiles tnx with continuous batching at 32")
+LMI_DIST_IS_VLLM = (
+    "kiln: refuses option.rolling_batch=lmi-dist, but LmiConfigRecommender.java@{ref} setRollingBatch overrides "
+    "lmi-dist to vllm (mpi_mode false; 'lmi-dist has been removed in DJL Serving 0.33.0'), which the handler "
+    "compiles with TNXModelLoader.load_unwrapped_model() and hands to vLLM (transformers_neuronx.py@{ref} "
+    "load_model L328-329)")
+# A compiler-flag value other than the image's (--model-type is a neuronx-cc option).
+OTHER_CC_FLAGS = "--logfile /tmp/compile.log --temp-dir=/tmp --model-type=transformer"
 
 AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     # rolling_batch=disable: a static TNX compile (llama), batch_size from option.batch_size.
@@ -576,14 +830,75 @@ AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     # tensor_parallel_degree.
     ("0.29.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "max"}, None),  # PM: the instance's NeuronCores (12)
     ("0.29.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "24"}, None),  # MI: 12 cores / 24 == 0
+    # 0.31-0.34. rolling_batch absent: REC writes auto's resolution (tnx below max_rolling_batch_size 12) before
+    # Python runs, so 0.32's Python default (auto) is never what a Llama checkpoint gets.
+    ("0.31.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
+    ("0.32.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
+    ("0.33.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
+    ("0.34.0", {"OPTION_ROLLING_BATCH": _DEL}, None),
+    ("0.31.0", {"OPTION_ROLLING_BATCH": "disable"}, None),
+    ("0.34.0", {"OPTION_ROLLING_BATCH": "disable"}, None),
+    ("0.32.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),
+    # max_rolling_batch_size absent: auto is decided with REC's "1" (tnx), then JSD's heuristic sets the size (32).
+    ("0.30.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, AUTO_BEFORE_BATCH_DEFAULT.format(ref="0.30.0-dlc")),
+    ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, AUTO_BEFORE_BATCH_DEFAULT.format(ref="0.31.0-dlc")),
+    ("0.34.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, AUTO_BEFORE_BATCH_DEFAULT.format(ref="0.34.0-dlc")),
+    ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "11"}, None),
+    # From max_rolling_batch_size 12 auto is vllm, still compiled by TNXModelLoader.load_unwrapped_model().
+    ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "12"}, VLLM_IS_TNX.format(ref="0.31.0-dlc")),
+    ("0.32.0", {"OPTION_ROLLING_BATCH": _DEL, "OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, VLLM_IS_TNX.format(ref="0.32.0-dlc")),
+    ("0.34.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, VLLM_IS_TNX.format(ref="0.34.0-dlc")),
+    # lmi-dist: the MPI engine through 0.32; from 0.33 REC overrides it to vllm.
+    ("0.31.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
+    ("0.32.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
+    ("0.33.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, LMI_DIST_IS_VLLM.format(ref="0.33.0-dlc")),
+    ("0.34.0", {"OPTION_ROLLING_BATCH": "lmi-dist", "OPTION_MAX_ROLLING_BATCH_SIZE": _DEL},
+     LMI_DIST_IS_VLLM.format(ref="0.34.0-dlc")),
+    ("0.33.0", {"OPTION_ROLLING_BATCH": "trtllm"}, None),  # REC@0.33.0-dlc L85-90: still MPI
+    # model_loader.
+    ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16", "OPTION_MODEL_LOADER": "tnx"}, None),  # raises, no draft
+    ("0.34.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16", "OPTION_MODEL_LOADER": "vllm"}, None),  # vLLM loads it
+    ("0.31.0", {"OPTION_MODEL_LOADER": "tnx"}, MODEL_LOADER_TNX.format(ref="0.31.0-dlc")),
+    ("0.31.0", {"OPTION_MODEL_LOADER": "nxdi"}, None),  # no TnXModelLoaders value yet
+    ("0.32.0", {"OPTION_MODEL_LOADER": "nxdi"}, None),  # NxdiVllmModelLoader
+    ("0.34.0", {"OPTION_MODEL_LOADER": "optimum"}, None),
+    # Defaults, options and flags as at 0.30.
+    ("0.31.0", {"OPTION_N_POSITIONS": _DEL}, None),
+    ("0.34.0", {"OPTION_N_POSITIONS": _DEL}, None),
+    ("0.33.0", {"OPTION_DTYPE": "bf16"}, None),
+    ("0.31.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, None),
+    ("0.31.0", {"OPTION_BATCH_SIZE": "4"}, None),
+    ("0.34.0", {"OPTION_NEURON_OPTIMIZE_LEVEL": "2"}, None),
+    ("0.32.0", {"OPTION_GROUP_QUERY_ATTENTION": "shard-over-heads"}, None),
+    ("0.34.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "max"}, None),
+    ("0.34.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "24"}, None),
+    # NEURON_CONTEXT_LENGTH_ESTIMATE: context_length_estimate's default from 0.31 (the option wins); not read before.
+    ("0.29.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[1024, 4096]"}, None),
+    ("0.30.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[1024, 4096]"}, None),
+    ("0.31.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[1024, 4096]"}, None),
+    ("0.32.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[1024, 2048, 4096]"}, None),
+    ("0.33.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[4096]"}, None),
+    ("0.34.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[1024, 4096]"}, None),
+    ("0.34.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[1024, 4096]", "OPTION_ROLLING_BATCH": "disable"}, None),
+    ("0.31.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[1024, 4096]", "OPTION_CONTEXT_LENGTH_ESTIMATE": "2048,4096"}, None),
+    # NEURON_CC_FLAGS: the container's value replaces the image's at every release; options append to it.
+    ("0.29.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS}, None),
+    ("0.30.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS}, None),
+    ("0.31.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS}, None),
+    ("0.34.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS}, None),
+    ("0.31.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS, "OPTION_NEURON_OPTIMIZE_LEVEL": "2"}, None),
 ]
+
+
+def _case_name(name: str) -> str:
+    return name[len("OPTION_"):].lower() if name.startswith("OPTION_") else name
 
 
 def _around_cases() -> list[Any]:
     out = []
     for release, changes, bug in AROUND_ROWS:
         marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-        cid = f"{release}:" + ",".join(f"{k[len('OPTION_'):].lower()}={v or 'absent'}" for k, v in changes.items())
+        cid = f"{release}:" + ",".join(f"{_case_name(k)}={v.replace(' ', '') or 'absent'}" for k, v in changes.items())
         out.append(pytest.param(release, changes, marks=marks, id=cid))
     return out
 
@@ -596,11 +911,125 @@ def test_configurations_around_the_rows(llama2_cache: None, release: str, change
 
 
 # --------------------------------------------------------------------------------------------------------------
+# NEURON_* variables: a variable that shapes the graphs either gets its own key or is refused, never the same key.
+# --------------------------------------------------------------------------------------------------------------
+
+_ROW_ARGS_24XL = ("--instance-type", "ml.inf2.24xlarge")
+_SHAPING = [("NEURON_CONTEXT_LENGTH_ESTIMATE", "[1024, 4096]"), ("NEURON_ON_DEVICE_EMBEDDING", "true"),
+            ("NEURON_SHARD_OVER_SEQUENCE", "true"), ("NEURON_CC_FLAGS", OTHER_CC_FLAGS)]
+NO_EFFECT_REFUSED = (
+    "kiln: refuses {name}={value} as changing the graphs lmi-neuronx:{release} compiles, but {why}: the container "
+    "compiles the graphs of the plan without it")
+ODE_NOT_TRUE = ("get_env_or_default (tnx_properties.py@{ref} L84-99) makes it {what}, and set_neuron_config adds "
+                "on_device_embedding only when it is truthy (model_loader.py@{ref} L216-218)")
+VLLM_LOADER_ONLY = ("tnx_properties.py@{ref} L153-168 reads it into a property that only TNXVllmModelLoader uses "
+                    "(model_loader.py@{ref} L776-889), which set_model_loader_class picks only for model_loader=tnx "
+                    "with speculative_draft_model and rolling_batch=vllm (transformers_neuronx.py@{ref} L121-126)")
+NEURON_ENV_CASES: list[tuple[str, str, str, str | None]] = [
+    *((release, name, value, None) for release in RELEASES for name, value in _SHAPING),
+    ("0.32.0", "NEURON_ON_DEVICE_EMBEDDING", "TRUE", None),  # get_env_or_default lower-cases
+    ("0.31.0", "NEURON_ON_DEVICE_EMBEDDING", "false", NO_EFFECT_REFUSED.format(
+        name="NEURON_ON_DEVICE_EMBEDDING", value="false", release="0.31.0",
+        why=ODE_NOT_TRUE.format(ref="0.31.0-dlc", what="False"))),
+    ("0.31.0", "NEURON_ON_DEVICE_EMBEDDING", "1", NO_EFFECT_REFUSED.format(
+        name="NEURON_ON_DEVICE_EMBEDDING", value="1", release="0.31.0",
+        why=ODE_NOT_TRUE.format(ref="0.31.0-dlc", what="None (neither 'true' nor 'false')"))),
+    ("0.31.0", "NEURON_CONTEXT_LENGTH_ESTIMATE", "[128, 1024, 2048, 4096]", None),  # the default buckets for 4096
+    ("0.30.0", "NEURON_ON_DEV_GENERATION", "true", None),  # not read
+    ("0.33.0", "NEURON_ON_DEV_GENERATION", "true", None),  # True.keys(): the container does not start
+    ("0.31.0", "NEURON_QUANT", "true", NO_EFFECT_REFUSED.format(
+        name="NEURON_QUANT", value="true", release="0.31.0", why=VLLM_LOADER_ONLY.format(ref="0.31.0-dlc"))),
+    ("0.31.0", "NEURON_COMPILATION_WORKER_COUNT", "4", None),  # likewise only TNXVllmModelLoader's
+    *((release, "NEURON_CC_FLAGS", IMAGE_CC_FLAGS, None) for release in ("0.29.0", "0.30.0", "0.31.0", "0.34.0")),
+]
+
+
+def _neuron_env_cases() -> list[Any]:
+    return [pytest.param(r, n, v, marks=[pytest.mark.xfail(strict=True, reason=bug)] if bug else [],
+                         id=f"{r}:{n}={v.replace(' ', '')}") for r, n, v, bug in NEURON_ENV_CASES]
+
+
+@pytest.mark.parametrize(("release", "name", "value"), _neuron_env_cases())
+def test_a_neuron_variable_is_the_releases_call_or_refused(llama2_cache: None, release: str, name: str,
+                                                            value: str) -> None:
+    """Against the plan without the variable: where the release compiles the same call (it does not read the
+    variable, or reads it to no effect), Kiln plans the same call -- under the same key where the release reads no
+    NEURON_* variable at all (<= 0.30) or the value is the image's own NEURON_CC_FLAGS. Where the call changes,
+    Kiln plans exactly that call under another key, or refuses naming the variable. Where the container does not
+    start, Kiln refuses."""
+    rel, base_env = SOURCE[release], ROW_ENV_7B_4096x4_TP8
+    env = dict(base_env, **{name: value})
+    args = ("--from-env", "--consumer", f"lmi-neuronx:{release}", *_ROW_ARGS_24XL)
+    expected, unchanged = lmi_call(rel, env, 12), lmi_call(rel, base_env, 12)
+    if isinstance(expected, Refusal):
+        _check(expected, env, *args)
+        return
+    base, (rc, err, doc) = _plan(base_env, *args), _plan(env, *args)
+    assert base[0] == 0 and base[2] is not None, base[1]
+    if expected == unchanged:
+        assert rc == 0, err
+        assert _engine_invocation(doc) == _engine_invocation(base[2])  # type: ignore[arg-type]
+        if not rel.reads_neuron_env or name == "NEURON_CC_FLAGS":
+            assert doc["key"] == base[2]["key"]  # type: ignore[index]
+            assert _engine_invocation(doc) == expected  # type: ignore[arg-type]
+        return
+    if rc == 2:
+        assert "\n" not in err and err.startswith("kiln: error: ") and name in err, err
+        return
+    assert rc == 0, err
+    assert _engine_invocation(doc) == expected  # type: ignore[arg-type]
+    assert doc["key"] != base[2]["key"]  # type: ignore[index]
+    assert doc["steps"][0]["stage"]["key"] != base[2]["steps"][0]["stage"]["key"]  # type: ignore[index]
+
+
+VOCAB_PAD_IGNORED = (
+    "kiln: plans NEURON_VOCAB_PAD_DIVISOR=512 under the key of the plan without it; transformers-neuronx pads the "
+    "lm_head to a multiple of int(NEURON_VOCAB_PAD_DIVISOR or tp_degree) when it shards it "
+    "(aws-neuron/transformers-neuronx@1ade6d7 src/transformers_neuronx/decoder.py L355, since 6f4c23f): vocab 32000 "
+    "at tp 8 pads to 32256 instead of staying 32000 -- another lm_head graph and weights, at every LMI release")
+
+
+@pytest.mark.parametrize("release", [pytest.param(r, id=r) for r in ("0.26.0", "0.30.0", "0.31.0", "0.34.0")])
+def test_a_variable_transformers_neuronx_reads_gets_another_key_or_is_refused(llama2_cache: None, release: str) -> None:
+    """COMMON_SOURCES["vocab_pad"]: the library, not LMI, reads NEURON_VOCAB_PAD_DIVISOR -- in every image."""
+    base_env = ROW_ENV_7B_4096x4_TP8
+    assert isinstance(lmi_call(SOURCE[release], base_env, 12), dict)
+    assert -(-32000 // 512) * 512 == 32256 and 32000 % 8 == 0 and 32256 % 8 == 0  # a different, shardable pad
+    args = ("--from-env", "--consumer", f"lmi-neuronx:{release}", *_ROW_ARGS_24XL)
+    base, (rc, err, doc) = _plan(base_env, *args), _plan(dict(base_env, NEURON_VOCAB_PAD_DIVISOR="512"), *args)
+    assert base[0] == 0 and base[2] is not None, base[1]
+    if rc == 2:
+        assert "\n" not in err and "NEURON_VOCAB_PAD_DIVISOR" in err, err
+        return
+    assert rc == 0, err
+    assert doc["key"] != base[2]["key"], VOCAB_PAD_IGNORED  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The toolchain: the SDK the release's image compiles with (its Dockerfile's pins).
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_toolchain_is_the_images_sdk(llama2_cache: None, release: str) -> None:
+    rel = SOURCE[release]
+    env = next(e for e in (ROW_ENV_7B_4096x4_TP8, dict(ROW_ENV_7B_4096x4_TP8, OPTION_ROLLING_BATCH="disable"))
+               if isinstance(lmi_call(rel, e, 12), dict))
+    rc, err, doc = _plan(env, "--from-env", "--consumer", f"lmi-neuronx:{release}", *_ROW_ARGS_24XL)
+    assert rc == 0, err
+    toolchain, origin = doc["toolchain"], doc["toolchain_origin"]  # type: ignore[index]
+    assert {k: toolchain.get(k) for k in rel.toolchain} == dict(rel.toolchain)
+    # Exactly the Dockerfile's pins are said to be the image's; anything else (a package the image leaves to pip,
+    # such as libneuronxla before 0.32) must not claim to be.
+    image = origin["neuronx-cc"]
+    assert {k for k in toolchain if k != "hardware" and origin.get(k) == image} == set(rel.toolchain), origin
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Values LMI NeuronX refuses: Kiln must not build an engine for a container that would not start.
 # --------------------------------------------------------------------------------------------------------------
 
 # The releases whose handler reaches these values with the row environment (0.27 refuses the row first).
-_VALUE_RELEASES = ("0.26.0", "0.28.0", "0.29.0", "0.30.0")
+_VALUE_RELEASES = tuple(r for r in RELEASES if r != "0.27.0")
 REFUSED_VALUES = [
     # dtype: only the Dtype values as written (TP class Dtype; MI keeps the value's case).
     ("OPTION_DTYPE", "float16"), ("OPTION_DTYPE", "bfloat16"), ("OPTION_DTYPE", "float32"), ("OPTION_DTYPE", "FP16"),
