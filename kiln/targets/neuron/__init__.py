@@ -90,18 +90,23 @@ class NeuronTarget(Target):
                 notes.append(f"n_positions: {consumer.ref}'s default ({n})")
             options = dict(spec.options)
             unset = set((options.pop("lmi_unset", None) or "").split(",")) - {""}
-            if "tp_degree" in unset:
-                changes["tp_degree"] = consumer.absent_default("tp_degree")
-                notes.append(f"tp_degree {changes['tp_degree']}: {consumer.ref}'s default for an absent "
-                             "option.tensor_parallel_degree")
             # LmiConfigRecommender picks the rolling batch from the written max_rolling_batch_size ("1" when
-            # absent) before it fills the default.
+            # absent) before it fills the defaults.
             rolling = options["rolling_batch"] = consumer.rolling_batch(
                 spec.option("rolling_batch"), 1 if "batch_size" in unset else spec.batch_size)
-            if "batch_size" in unset and rolling != "disable":
-                changes["batch_size"] = consumer.absent_default("batch_size")
-                notes.append(f"batch_size {changes['batch_size']}: {consumer.ref}'s default for an absent "
-                             "option.max_rolling_batch_size")
+            if unset:
+                instance = spec.option("instance_type")
+                tp, batch = consumer.absent_defaults(
+                    unset, config=config, n_positions=int(changes.get("n_positions", spec.n_positions) or 0),
+                    cores=INSTANCE_CORES.get(normalize_instance_type(instance)) if instance else None,
+                    quantized=not spec.quant.is_none, tp_degree=spec.tp_degree, batch_size=spec.batch_size)
+                if "tp_degree" in unset:
+                    changes["tp_degree"] = tp
+                    notes.append(f"tp_degree {tp}: {consumer.ref}'s default for an absent option.tensor_parallel_degree")
+                if "batch_size" in unset and rolling != "disable":
+                    changes["batch_size"] = batch
+                    notes.append(f"batch_size {batch}: {consumer.ref}'s default for an absent "
+                                 "option.max_rolling_batch_size")
             static = options.pop("static_batch_size", None)  # LMI's option.batch_size (only from LMI configuration)
             if static is not None:
                 static_n = int(static) if static.isdigit() else 0

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...errors import ValidationError
+from .smart_defaults import smart_defaults
 
 __all__ = ["NeuronConsumer", "CONSUMERS", "DEFAULT_CONSUMER", "get_consumer", "consumer_names",
            "context_length_buckets", "IMAGE_NEURON_CC_FLAGS", "LMI_NEURON_ENV", "detect_lmi_consumer",
@@ -90,7 +91,7 @@ class NeuronConsumer:
     reads_neuron_env: bool = False  # 0.31+: TP takes property defaults from NEURON_* variables (LMI_NEURON_ENV)
     # What an absent option.tensor_parallel_degree becomes: "one" (PP tensor_parallel_degree = 1), "gpu-count"
     # (REC writes CudaUtils.getGpuCount(): 0 on Inferentia), "heuristic" (JSD: a memory heuristic over the
-    # instance's NeuronCores, which Kiln does not reproduce).
+    # instance's NeuronCores, reproduced in smart_defaults.py).
     absent_tp: str = "one"
     # An absent option.max_rolling_batch_size with rolling batch on: "32" (PP / REC), or "heuristic" (JSD).
     absent_max_rolling_batch: str = "32"
@@ -122,22 +123,30 @@ class NeuronConsumer:
         raise ValidationError(f"option.rolling_batch={written!r} is not one {self.ref} serves with transformers-neuronx; "
                               "use tnx, auto or disable.")
 
-    def absent_default(self, field: str) -> int:
-        """The value this release gives a field the LMI configuration leaves out (``tp_degree``, ``batch_size``
-        with rolling batch on); ValidationError where it is a value Kiln cannot know ahead of the instance."""
-        rule = self.absent_tp if field == "tp_degree" else self.absent_max_rolling_batch
-        prop = "option.tensor_parallel_degree" if field == "tp_degree" else "option.max_rolling_batch_size"
-        if rule == "one":
-            return 1
-        if rule == "32":
-            return 32
-        if rule == "gpu-count":
-            raise ValidationError(f"{self.ref} sets an absent {prop} to the number of CUDA GPUs (LmiConfigRecommender "
-                                  "setTensorParallelDegree), 0 on Inferentia, which transformers-neuronx cannot shard "
-                                  f"over; write {prop}.")
-        raise ValidationError(f"{self.ref} chooses an absent {prop} by a memory heuristic over the instance's "
-                              "NeuronCores at start-up (NeuronSmartDefaultUtils.java), which Kiln does not reproduce "
-                              f"ahead of time; write {prop} (JumpStart's configurations do).")
+    def absent_defaults(self, unset: set[str], *, config: Mapping[str, Any], n_positions: int, cores: int | None,
+                        quantized: bool, tp_degree: int, batch_size: int) -> tuple[int, int]:
+        """``(tp_degree, batch_size)`` once this release has filled what the LMI configuration left out
+        (``unset`` ⊆ {"tp_degree", "batch_size"}; the batch is max_rolling_batch_size). ValidationError where
+        the release's value cannot be known here: the GPU count of 0.27/0.28, or 0.30+'s heuristic without
+        the instance type (it reads the instance's NeuronCores)."""
+        tp = None if "tp_degree" in unset else tp_degree
+        batch = None if "batch_size" in unset else batch_size
+        if tp is None and self.absent_tp == "gpu-count":
+            raise ValidationError(f"{self.ref} sets an absent option.tensor_parallel_degree to the number of CUDA "
+                                  "GPUs (LmiConfigRecommender setTensorParallelDegree), 0 on Inferentia, which "
+                                  "transformers-neuronx cannot shard over; write option.tensor_parallel_degree.")
+        if (tp is None and self.absent_tp == "heuristic") or (batch is None and self.absent_max_rolling_batch == "heuristic"):
+            if cores is None:
+                raise ValidationError(f"{self.ref} chooses an absent option.tensor_parallel_degree / "
+                                      "max_rolling_batch_size from the instance's NeuronCores at start-up "
+                                      "(NeuronSmartDefaultUtils.java); pass --instance-type (or write both).")
+            try:
+                return smart_defaults(config, n_positions=n_positions, cores=cores, quantized=quantized,
+                                      tp_degree=tp, max_rolling_batch=batch)
+            except ValueError as e:
+                raise ValidationError(f"{self.ref}'s start-up defaults cannot be estimated for this model ({e}); "
+                                      "write option.tensor_parallel_degree and option.max_rolling_batch_size.") from None
+        return (1 if tp is None else tp), (32 if batch is None else batch)
 
     def invocation(self, *, architecture: str, model_type: str, batch_size: int, tp_degree: int, n_positions: int,
                    dtype: str, rolling_batch: str, strategy: str | None, context_length_estimate: list[int] | None,

@@ -12,8 +12,8 @@ import pytest
 from ...conftest import write_hf_cache_model
 
 LLAMA2 = {
-    "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32},
-    "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40},
+    "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 11008},
+    "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40, "intermediate_size": 13824},
 }
 MAX_POSITION_EMBEDDINGS = 4096  # meta-llama/Llama-2-*-hf config.json
 
