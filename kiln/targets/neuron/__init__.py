@@ -314,8 +314,9 @@ NEURON = NeuronTarget(
         TargetOption("optlevel", "neuronx-cc optimisation level", choices=("1", "2", "3")),
         TargetOption("consumer", "who loads the graphs (they must be compiled exactly as it would): "
                      + ", ".join(CONSUMERS), choices=tuple(CONSUMERS)),
-        TargetOption("rolling_batch", "LMI's option.rolling_batch (tnx or disable; auto as the consumer resolves it)",
-                     choices=("tnx", "disable", "auto")),
+        TargetOption("rolling_batch", "LMI's option.rolling_batch (tnx, disable, or vllm where the release hands "
+                     "transformers-neuronx graphs to vLLM; auto and lmi-dist as the consumer resolves them)",
+                     choices=("tnx", "disable", "vllm", "auto", "lmi-dist")),
         TargetOption("rolling_batch_strategy", "LMI's option.rolling_batch_strategy",
                      choices=("continuous_batching", "naive_rolling_batch")),
         TargetOption("neuron_cc_flags", "NEURON_CC_FLAGS of the consumer's process (default: its image's; "

@@ -89,6 +89,12 @@ class NeuronConsumer:
     mixtral: bool = True  # 0.26's loader has no mixtral entry (ML MODEL_TYPE_TO_CLS_LOADER)
     absent_rolling_batch: str = "disable"  # what an absent option.rolling_batch means (REC / PP)
     reads_neuron_env: bool = False  # 0.31+: TP takes property defaults from NEURON_* variables (LMI_NEURON_ENV)
+    # 0.28+: rolling_batch=vllm (model_loader unset) compiles with TNXModelLoader.load_unwrapped_model() — the
+    # same call — and hands the model to vLLM as preloaded_model (H load_model). None: vllm is not served.
+    # "always": continuous batching whatever the strategy (ML@v0.28.0/v0.29.0 can_use_continuous_batching
+    # `… or rolling_batch == "vllm"`); "strategy": as for tnx (ML@0.30.0-dlc onward).
+    vllm_preloads_tnx: str | None = None
+    lmi_dist_is_vllm: bool = False  # 0.33+: REC overrides rolling_batch=lmi-dist to vllm ("lmi-dist has been removed")
     # What an absent option.tensor_parallel_degree becomes: "one" (PP tensor_parallel_degree = 1), "gpu-count"
     # (REC writes CudaUtils.getGpuCount(): 0 on Inferentia), "heuristic" (JSD: a memory heuristic over the
     # instance's NeuronCores, reproduced in smart_defaults.py).
@@ -106,22 +112,28 @@ class NeuronConsumer:
 
     # ---------------------------------------------------------------- what the loader does
     def rolling_batch(self, written: str | None, batch_size: int) -> str:
-        """The effective option.rolling_batch: ``tnx`` or ``disable`` (ValidationError where LMI would not use tnx)."""
+        """The effective option.rolling_batch: ``tnx``, ``vllm`` (transformers-neuronx graphs handed to vLLM) or
+        ``disable``; ValidationError where LMI would not compile with transformers-neuronx."""
         value = (written or self.absent_rolling_batch).strip().lower()
+        if value == "lmi-dist" and self.lmi_dist_is_vllm:
+            value = "vllm"
         if value == "auto" and self.auto_refused:
             raise ValidationError(f"{self.ref}: rolling_batch=auto{' (absent: auto)' if not written else ''} "
                                   f"{self.auto_refused}; set option.rolling_batch=tnx (or disable).")
         if value == "auto":
             if self.vllm_from_batch is not None and batch_size >= self.vllm_from_batch:
-                raise ValidationError(
-                    f"{self.ref} serves rolling_batch=auto with max_rolling_batch_size={batch_size} through vLLM "
-                    f"(REC: auto goes to vllm from max_rolling_batch_size {self.vllm_from_batch}), not "
-                    "transformers-neuronx: Kiln's graphs would not be loaded; set option.rolling_batch=tnx.")
-            return "tnx"
+                value = "vllm"  # REC: auto goes to vllm from this max_rolling_batch_size
+            else:
+                return "tnx"
+        if value == "vllm":
+            if self.vllm_preloads_tnx is None:
+                raise ValidationError(f"option.rolling_batch=vllm: {self.ref} does not serve vLLM from "
+                                      "transformers-neuronx graphs; use tnx, auto or disable.")
+            return "vllm"
         if value in ("tnx", "disable"):
             return value
         raise ValidationError(f"option.rolling_batch={written!r} is not one {self.ref} serves with transformers-neuronx; "
-                              "use tnx, auto or disable.")
+                              "use tnx, vllm, auto or disable.")
 
     def absent_defaults(self, unset: set[str], *, config: Mapping[str, Any], n_positions: int, cores: int | None,
                         quantized: bool, tp_degree: int, batch_size: int) -> tuple[int, int]:
@@ -175,6 +187,7 @@ class NeuronConsumer:
                 else "naive_rolling_batch"
         continuous = rolling and strategy == "continuous_batching" and \
             (batch_size > 1 or not self.cb_needs_batch_above_one)
+        continuous = continuous or (rolling_batch == "vllm" and self.vllm_preloads_tnx == "always")
         kwargs: dict[str, Any] = {"batch_size": batch_size, "amp": _AMP[dtype], "tp_degree": tp_degree}
         neuron_config: dict[str, Any] = {}
         if continuous:
@@ -220,7 +233,8 @@ def _lmi(version: str, toolchain: dict[str, str], source: str, **facts: Any) -> 
 
 # 0.30+: on an Inferentia host LmiConfigRecommender runs NeuronSmartDefaultUtils (JSD@0.30.0-dlc
 # applySmartDefaults → setHeuristicNeuronTPDegree / setHeuristicNeuronMaxRollingBatch) before its own defaults.
-_SMART_DEFAULTS: dict[str, Any] = {"absent_tp": "heuristic", "absent_max_rolling_batch": "heuristic"}
+_SMART_DEFAULTS: dict[str, Any] = {"absent_tp": "heuristic", "absent_max_rolling_batch": "heuristic",
+                                   "vllm_preloads_tnx": "strategy"}
 
 
 # n2-manifest.json (aws-neuron-sdk) at each SDK release: the libneuronxla paired with the image's
@@ -247,10 +261,11 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
          "djl-serving v0.28.0 / 0.28.0-dlc: DF (SDK 2.18.2), ML L147-193, REC (0.28.0-dlc ef2a8c46: absent "
          "rolling_batch is disable, auto is tnx)", default_n_positions=128, absent_rolling_batch="disable",
          cb_cle_must_be_n=True, sdk_defaults=_sdk_libneuronxla("2.0.965"),  # SDK 2.18.2 (n2-manifest.json@d4f19516)
+         vllm_preloads_tnx="always",
          absent_tp="gpu-count"),  # REC@v0.28.0 setTensorParallelDegree: "max" → CudaUtils.getGpuCount()
     _lmi("0.29.0", {"neuronx-cc": "2.14.227.0", "transformers-neuronx": "0.11.351", "torch-neuronx": "2.1.2.2.2.0"},
          "djl-serving v0.29.0: DF (SDK 2.19.1), ML get_model_specific_kwargs, REC", default_n_positions=128,
-         absent_rolling_batch="disable",
+         absent_rolling_batch="disable", vllm_preloads_tnx="always",
          sdk_defaults=_sdk_libneuronxla("2.0.2335")),  # SDK 2.19.1 (n2-manifest.json@012c0181)
     _lmi("0.30.0", {"neuronx-cc": "2.15.141.0", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.1"},
          "djl-serving 0.30.0-dlc (fefd40ec): DF (SDK 2.20.1), ML + NU build_context_length_estimates, REC (auto: vllm "
@@ -271,7 +286,7 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
            f"djl-serving {v}-dlc ({commit}): DF (SDK 2.21.1, libneuronxla pinned), ML TNXModelLoader as 0.30, TP "
            f"get_env_or_default, REC (auto: vllm from max_rolling_batch_size 12{note})",
            default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
-           reads_neuron_env=True, **_SMART_DEFAULTS)
+           reads_neuron_env=True, **_SMART_DEFAULTS, lmi_dist_is_vllm=bool(note))
       for v, commit, note in (("0.32.0", "3d6ad832", ""), ("0.33.0", "8b3b685b", "; lmi-dist removed"),
                               ("0.34.0", "63a6dcf3", "; lmi-dist removed"))),
     NeuronConsumer("transformers-neuronx", "", source="the library's own API (README: <Arch>ForSampling.from_pretrained)"),

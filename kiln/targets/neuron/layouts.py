@@ -25,11 +25,13 @@ LAYOUTS = ("lmi", "neuron-cache")
 
 def _batching(entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], bytes]) -> tuple[str, str | None]:
     """(option.rolling_batch, option.rolling_batch_strategy) as the graphs were compiled: named, never ``auto``
-    (an LMI release resolves auto by its own rules, which may pick another backend or strategy)."""
+    (an LMI release resolves auto by its own rules, which may pick another backend or strategy). ``vllm``:
+    the release hands these transformers-neuronx graphs to vLLM (model_loader unset)."""
     opts = entry.spec.get("options") or {}
     rolling = str(opts.get("rolling_batch") or "tnx")
     if rolling == "disable":
         return rolling, None
+    rolling = "vllm" if rolling == "vllm" else "tnx"
     meta = next((f for f in manifest.files if f.path == "engine.json"), None)
     invocation: Any = None
     if meta is not None:
@@ -39,8 +41,8 @@ def _batching(entry: IndexEntry, manifest: Manifest, read_blob: Callable[[str], 
             invocation = None
     if isinstance(invocation, dict):
         config = (invocation.get("kwargs") or {}).get("neuron_config") or {}
-        return "tnx", "continuous_batching" if "continuous_batching" in config else "naive_rolling_batch"
-    return "tnx", opts.get("rolling_batch_strategy")
+        return rolling, "continuous_batching" if "continuous_batching" in config else "naive_rolling_batch"
+    return rolling, opts.get("rolling_batch_strategy")
 
 
 def _lmi_props(entry: IndexEntry, container_dir: str, batching: tuple[str, str | None]) -> dict[str, Any]:

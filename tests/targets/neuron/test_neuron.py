@@ -433,9 +433,10 @@ def test_what_changes_the_consumers_graphs_changes_the_key(llama2_cache: None, c
 
 
 def test_a_consumer_that_would_not_load_the_graphs_is_refused_before_work(llama2_cache: None) -> None:
-    r = run_kiln("build", *[a if a != "4" else "16" for a in LMI_ROW], "--consumer", "lmi-neuronx:0.30.0",
-                 "--option", "rolling_batch=auto", "--dry-run")
-    assert r.returncode == 2 and "through vLLM" in r.stderr and "Traceback" not in r.stderr
+    r = run_kiln("build", *LMI_ROW, "--consumer", "lmi-neuronx:0.27.0", "--option", "rolling_batch=auto", "--dry-run")
+    assert r.returncode == 2 and "lmi-dist" in r.stderr and "Traceback" not in r.stderr
+    r = run_kiln("build", *LMI_ROW, "--consumer", "lmi-neuronx:0.27.0", "--option", "rolling_batch=vllm", "--dry-run")
+    assert r.returncode == 2 and "does not serve vLLM" in r.stderr
     r = run_kiln("build", *LMI_ROW, "--consumer", "lmi-neuronx:9.9.9", "--dry-run")
     assert r.returncode == 2 and "lmi-neuronx:0.29.0" in r.stderr and "Traceback" not in r.stderr
 
@@ -555,3 +556,24 @@ def test_a_lookup_from_lmi_configuration_without_a_consumer_tries_each(llama2_ca
     # build and key still refuse to guess.
     r = run_kiln("key", "--from-env", "--instance-type", "ml.inf2.24xlarge", env=env)
     assert r.returncode == 2 and "must name its consumer" in r.stderr
+
+
+def test_auto_at_twelve_and_more_is_vllm_serving_the_same_graphs(llama2_cache: None, tmp_path: Path) -> None:
+    """0.30+: rolling_batch=auto with max_rolling_batch_size ≥ 12 is vllm (LmiConfigRecommender), which compiles
+    with TNXModelLoader.load_unwrapped_model() and hands the model to vLLM: the graphs of the tnx call, keyed
+    apart (the layout must say vllm), and the lmi layout names it."""
+    row16 = [a if a != "4" else "16" for a in LMI_ROW]
+    auto = _plan(*row16, "--consumer", "lmi-neuronx:0.30.0", "--option", "rolling_batch=auto")
+    tnx = _plan(*row16, "--consumer", "lmi-neuronx:0.30.0", "--option", "rolling_batch=tnx")
+    assert auto["steps"][0]["invocation"] == tnx["steps"][0]["invocation"]
+    assert auto["steps"][0]["invocation"]["kwargs"]["neuron_config"]["continuous_batching"] == \
+        {"batch_size_for_shared_caches": 16}
+    assert auto["key"] != tnx["key"]
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    spec = [*row16[1:], "--consumer", "lmi-neuronx:0.30.0", "--option", "rolling_batch=auto"]
+    assert run_kiln("store", "put", str(_neuron_fixture_artifact(tmp_path, snap)), row16[0], *spec).returncode == 0
+    dest = tmp_path / "lmi"
+    r = run_kiln("fetch", row16[0], *spec, "--layout", "lmi", "--dest", str(dest))
+    assert r.returncode == 0, r.stderr
+    props = (dest / "serving.properties").read_text()
+    assert "option.rolling_batch=vllm" in props, props
