@@ -309,11 +309,21 @@ def test_an_empty_property_is_an_error_not_the_default(line: str) -> None:
         interpret(props)
 
 
-@pytest.mark.parametrize("prop", ["OPTION_FUSE_QKV", "OPTION_ON_DEVICE_EMBEDDING", "OPTION_MODEL_LOADER",
-                                  "OPTION_ENABLE_SATURATE_INFINITY"])
+@pytest.mark.parametrize("prop", ["OPTION_FUSE_QKV", "OPTION_ON_DEVICE_EMBEDDING", "OPTION_SPECULATIVE_DRAFT_MODEL"])
 def test_a_graph_shaping_neuron_property_is_refused_never_ignored(prop: str) -> None:
     with pytest.raises(ConfigSourceError, match=f"{prop}=.*changes the graphs neuron compiles"):
         spec_from_sources({}, from_env=True, env=dict(NEURON_ENV, **{prop: "true"}))
+
+
+@pytest.mark.parametrize("prop", ["OPTION_MODEL_LOADER", "OPTION_ENABLE_SATURATE_INFINITY",
+                                  "OPTION_ENABLE_MIXED_PRECISION_ACCUMULATION"])
+def test_graph_shaping_neuron_properties_kiln_builds_reach_the_target(prop: str) -> None:
+    """Read into the target's options (keyed or refused there, per release), never reported as ignored."""
+    src = spec_from_sources({}, from_env=True, env=dict(NEURON_ENV, **{prop: "tnx" if "LOADER" in prop else "true"}))
+    assert prop not in {s for s, _ in src.ignored}
+    name = {"OPTION_MODEL_LOADER": "model_loader", "OPTION_ENABLE_SATURATE_INFINITY": "saturate_infinity",
+            "OPTION_ENABLE_MIXED_PRECISION_ACCUMULATION": "mixed_precision_accumulation"}[prop]
+    assert src.spec.option(name) is not None
 
 
 def test_gpu_image_fallback_variables_do_not_shape_a_neuron_spec() -> None:

@@ -120,11 +120,13 @@ class NeuronTarget(Target):
                     changes["batch_size"] = static_n
                     notes.append(f"batch_size {static_n}: rolling batch is disabled, so {consumer.ref} compiles "
                                  "option.batch_size (max_rolling_batch_size is not read)")
+            notes += _normalise_lmi_loader_options(options, consumer)
             changes["options"] = tuple(sorted(options.items()))
         else:
             if spec.option("static_batch_size") is not None or spec.option("lmi_unset") is not None:
                 changes["options"] = tuple((k, v) for k, v in spec.options if k not in ("static_batch_size", "lmi_unset"))
-            for name in ("rolling_batch", "rolling_batch_strategy"):
+            for name in ("rolling_batch", "rolling_batch_strategy", "model_loader", "mixed_precision_accumulation",
+                         "saturate_infinity"):
                 if spec.option(name) is not None:
                     raise ValidationError(f"option {name} is LMI's; the {consumer.ref} consumer has no rolling batch "
                                           "(pass --consumer lmi-neuronx:RELEASE, or drop it).")
@@ -203,7 +205,9 @@ class NeuronTarget(Target):
             rolling_batch=spec.option("rolling_batch") or "disable", strategy=spec.option("rolling_batch_strategy"),
             context_length_estimate=[int(x) for x in cle.split(",")] if cle else None,
             gqa=spec.option("gqa_strategy"), optlevel=spec.option("optlevel"), class_path=MODEL_CLASSES[arch],
-            neuron_cc_flags=spec.option("neuron_cc_flags"))
+            neuron_cc_flags=spec.option("neuron_cc_flags"), model_loader=spec.option("model_loader"),
+            mixed_precision_accumulation=spec.option("mixed_precision_accumulation") is not None,
+            saturate_infinity=spec.option("saturate_infinity") is not None)
 
     def step_invocation(self, res: BuildInputs, step: str) -> dict[str, Any] | None:
         return self.invocation(res.spec, res.model.config()) if step == ENGINE_STAGE else None
@@ -264,6 +268,42 @@ class NeuronTarget(Target):
         return plan_neuron_layout(layout, entry, manifest, read_blob, container)
 
 
+_BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"}  # what pydantic reads as bool
+
+
+def _normalise_lmi_loader_options(options: dict[str, str], consumer: NeuronConsumer) -> list[str]:
+    """option.model_loader / enable_* as ``consumer`` reads them (in place), with notes; ValidationError for
+    values its handler refuses or loaders that build other graphs."""
+    notes = []
+    loader = options.get("model_loader")
+    if loader is not None:
+        loader = options["model_loader"] = loader.strip().lower()
+        if loader != "tnx":
+            raise ValidationError(f"option.model_loader={loader!r}: optimum, vllm and nxdi build other graphs than "
+                                  "transformers-neuronx's (TNXModelLoader), which Kiln builds; drop it, or write tnx.")
+        if not consumer.reads_model_loader:
+            del options["model_loader"]
+            notes.append(f"option.model_loader ignored: {consumer.ref}'s handler has no such property")
+        elif not consumer.optimum_for_rolling_llama and not (consumer.vllm_refuses_tnx_loader
+                                                             and options.get("rolling_batch") == "vllm"):
+            del options["model_loader"]  # TNXModelLoader is what it loads with anyway: the same graphs
+            notes.append(f"option.model_loader=tnx: {consumer.ref} loads with TNXModelLoader anyway")
+    for name, prop in (("mixed_precision_accumulation", "enable_mixed_precision_accumulation"),
+                       ("saturate_infinity", "enable_saturate_infinity")):
+        value = options.get(name)
+        if value is None:
+            continue
+        if value.strip().lower() not in _BOOL_WORDS:
+            raise ValidationError(f"option.{prop}={value!r} is not a boolean {consumer.ref} reads; write true or false.")
+        if name == "saturate_infinity" and not consumer.reads_saturate_infinity:
+            del options[name]
+            notes.append(f"option.{prop} ignored: {consumer.ref}'s handler has no such property")
+            continue
+        options[name] = "true"  # the validator appends the flag whatever the value
+        notes.append(f"option.{prop}={value}: {consumer.ref} appends its compiler flag whatever the value")
+    return notes
+
+
 def _context_length_from_env(name: str, value: str) -> str:
     """NEURON_CONTEXT_LENGTH_ESTIMATE as LMI reads it (tnx_properties.py@0.31.0-dlc: ``eval(value)`` into
     List[int]), as the option's comma form; anything else is an error, as it is at LMI start-up."""
@@ -287,12 +327,9 @@ _REFUSED_LMI_PROPERTIES = {
         "fuse_qkv", "fuse_mlp", "fused_rmsnorm_qkv", "qkv_tiling", "weight_tiling", "attention_layout",
         "collectives_layout", "cache_layout", "all_reduce_dtype", "cast_logits_dtype", "on_device_embedding",
         "on_device_embedding_config", "on_device_generation", "shard_over_sequence", "sequence_parallel")},
-    "option.enable_mixed_precision_accumulation": "appended to NEURON_CC_FLAGS (tnx_properties.py)",
-    "option.enable_saturate_infinity": "appended to NEURON_CC_FLAGS (tnx_properties.py)",
     "option.speculative_draft_model": "enable_speculative_decoder adds the draft's graphs",
     "option.speculative_length": "enable_speculative_decoder(speculative_length)",
     "option.load_split_model": "the loader's split-model path builds the model another way",
-    "option.model_loader": "optimum or vllm build other graphs than transformers-neuronx's",
     "option.load_in_8bit": "quantization (QuantizationConfig s8) in the NeuronConfig",
 }
 
@@ -319,6 +356,11 @@ NEURON = NeuronTarget(
                      choices=("tnx", "disable", "vllm", "auto", "lmi-dist")),
         TargetOption("rolling_batch_strategy", "LMI's option.rolling_batch_strategy",
                      choices=("continuous_batching", "naive_rolling_batch")),
+        TargetOption("model_loader", "LMI's option.model_loader: tnx (optimum, vllm and nxdi build other graphs)"),
+        TargetOption("mixed_precision_accumulation", "LMI's option.enable_mixed_precision_accumulation: the handler "
+                     "appends --enable-mixed-precision-accumulation to NEURON_CC_FLAGS whatever the value"),
+        TargetOption("saturate_infinity", "LMI's option.enable_saturate_infinity: the handler appends "
+                     "--enable-saturate-infinity to NEURON_CC_FLAGS whatever the value"),
         TargetOption("neuron_cc_flags", "NEURON_CC_FLAGS of the consumer's process (default: its image's; "
                      "the plain library: none): the compiler's flags name the graphs"),
         TargetOption("neuron_env", "the consumer's NEURON_* environment (from --from-env), keyed or refused "
@@ -343,6 +385,9 @@ NEURON = NeuronTarget(
             "option.instance_type": "option.instance_type",
             "option.rolling_batch": "option.rolling_batch",
             "option.rolling_batch_strategy": "option.rolling_batch_strategy",
+            "option.model_loader": "option.model_loader",
+            "option.enable_mixed_precision_accumulation": "option.mixed_precision_accumulation",
+            "option.enable_saturate_infinity": "option.saturate_infinity",
         },
         refused_properties=_REFUSED_LMI_PROPERTIES,
         reads_gpu_env_fallbacks=False,  # pytorch-inf2.Dockerfile's entrypoint has no TGI-style translation

@@ -95,6 +95,11 @@ class NeuronConsumer:
     # `… or rolling_batch == "vllm"`); "strategy": as for tnx (ML@0.30.0-dlc onward).
     vllm_preloads_tnx: str | None = None
     lmi_dist_is_vllm: bool = False  # 0.33+: REC overrides rolling_batch=lmi-dist to vllm ("lmi-dist has been removed")
+    # TP fields that exist in this release (a property it lacks is not read: no effect on the graphs).
+    reads_model_loader: bool = True  # option.model_loader (TP@0.27.0-dlc on)
+    reads_saturate_infinity: bool = True  # option.enable_saturate_infinity (TP@0.27.0-dlc on)
+    # 0.31+: rolling_batch=vllm with model_loader=tnx raises unless speculative (H load_model).
+    vllm_refuses_tnx_loader: bool = False
     # What an absent option.tensor_parallel_degree becomes: "one" (PP tensor_parallel_degree = 1), "gpu-count"
     # (REC writes CudaUtils.getGpuCount(): 0 on Inferentia), "heuristic" (JSD: a memory heuristic over the
     # instance's NeuronCores, reproduced in smart_defaults.py).
@@ -163,7 +168,8 @@ class NeuronConsumer:
     def invocation(self, *, architecture: str, model_type: str, batch_size: int, tp_degree: int, n_positions: int,
                    dtype: str, rolling_batch: str, strategy: str | None, context_length_estimate: list[int] | None,
                    gqa: str | None, optlevel: str | None, class_path: str,
-                   neuron_cc_flags: str | None = None) -> dict[str, Any]:
+                   neuron_cc_flags: str | None = None, model_loader: str | None = None,
+                   mixed_precision_accumulation: bool = False, saturate_infinity: bool = False) -> dict[str, Any]:
         """The exact call: ``{"class", "kwargs" (neuron_config as a dict of its fields), "env"}``.
 
         ``neuron_cc_flags``: the NEURON_CC_FLAGS the consumer's process has, where it is not the image's
@@ -172,7 +178,11 @@ class NeuronConsumer:
             return self._library_call(class_path, batch_size, tp_degree, n_positions, dtype, context_length_estimate,
                                       gqa, optlevel, neuron_cc_flags)
         rolling = rolling_batch != "disable"
-        if rolling and self.optimum_for_rolling_llama and model_type in _CB_MODEL_TYPES:
+        if rolling_batch == "vllm" and model_loader == "tnx" and self.vllm_refuses_tnx_loader:
+            raise ValidationError(f"{self.ref} refuses rolling_batch=vllm with option.model_loader=tnx outside "
+                                  "speculative decoding (transformers_neuronx.py load_model: 'Preloaded tnx model is "
+                                  "only supported for speculative decoding'); drop option.model_loader.")
+        if rolling and self.optimum_for_rolling_llama and model_type in _CB_MODEL_TYPES and model_loader != "tnx":
             raise ValidationError(f"{self.ref} loads {model_type} with rolling batch through optimum-neuron (H "
                                   "optimum_not_supported), which Kiln does not model; use another release.")
         if not rolling and self.optimum_for_static_llama and model_type == "llama":
@@ -206,9 +216,15 @@ class NeuronConsumer:
         if gqa:
             neuron_config["group_query_attention"] = gqa
         kwargs["neuron_config"] = neuron_config
-        flags = self.neuron_cc_flags if neuron_cc_flags is None else neuron_cc_flags
+        flags = (self.neuron_cc_flags if neuron_cc_flags is None else neuron_cc_flags) or ""
+        # TP's field validators append to NEURON_CC_FLAGS in field order, each with a leading space, whatever
+        # the value given (neuron_optimize_level, enable_mixed_precision_accumulation, enable_saturate_infinity).
         if optlevel:
-            flags = f"{flags} -O{optlevel}".strip()  # TP neuron_optimize_level validator appends it
+            flags += f" -O{optlevel}"
+        if mixed_precision_accumulation:
+            flags += " --enable-mixed-precision-accumulation"
+        if saturate_infinity and self.reads_saturate_infinity:
+            flags += " --enable-saturate-infinity"
         cls = "transformers_neuronx.NeuronAutoModelForCausalLM" if self.model_class == "auto" else class_path
         return {"class": cls, "kwargs": kwargs, "env": {"NEURON_CC_FLAGS": flags}}
 
@@ -248,6 +264,7 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
          "djl-serving v0.26.0: DF (SDK 2.16.0), ML L108-151 (CB for every model with rolling batch), H L44-55, TP L51-67",
          default_n_positions=128, model_class="explicit", cb_every_architecture=True, cb_needs_batch_above_one=False,
          optimum_for_static_llama=True, mixtral=False, absent_rolling_batch="disable", cb_cle_must_be_n=True,
+         reads_model_loader=False, reads_saturate_infinity=False,  # TP@v0.26.0 has neither field
          sdk_defaults=_sdk_libneuronxla("0.5.669")),  # SDK 2.16.0 (n2-manifest.json@27461f50)
     _lmi("0.27.0", {"neuronx-cc": "2.13.68.0", "transformers-neuronx": "0.10.0.360", "torch-neuronx": "2.1.2.2.1.0"},
          "djl-serving 0.27.0-dlc (049a929b): DF (SDK 2.18.1), ML L115-164, H set_configs, TP L74-97",
@@ -279,14 +296,15 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
          "djl-serving 0.31.0-dlc (2389a1bb): DF (SDK 2.20.1), ML TNXModelLoader as 0.30, TP get_env_or_default, REC "
          "(auto: vllm from max_rolling_batch_size 12)",
          default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
-         reads_neuron_env=True, sdk_defaults=_sdk_libneuronxla("2.0.4986.0"),  # SDK 2.20.1, as 0.30
+         reads_neuron_env=True, vllm_refuses_tnx_loader=True,
+         sdk_defaults=_sdk_libneuronxla("2.0.4986.0"),  # SDK 2.20.1, as 0.30
          **_SMART_DEFAULTS),
     *(_lmi(v, {"neuronx-cc": "2.16.372.0", "transformers-neuronx": "0.13.380", "torch-neuronx": "2.1.2.2.4.0",
                "libneuronxla": "2.1.714.0"},
            f"djl-serving {v}-dlc ({commit}): DF (SDK 2.21.1, libneuronxla pinned), ML TNXModelLoader as 0.30, TP "
            f"get_env_or_default, REC (auto: vllm from max_rolling_batch_size 12{note})",
            default_n_positions=None, cle_buckets=True, vllm_from_batch=12, absent_rolling_batch="auto",
-           reads_neuron_env=True, **_SMART_DEFAULTS, lmi_dist_is_vllm=bool(note))
+           reads_neuron_env=True, **_SMART_DEFAULTS, lmi_dist_is_vllm=bool(note), vllm_refuses_tnx_loader=True)
       for v, commit, note in (("0.32.0", "3d6ad832", ""), ("0.33.0", "8b3b685b", "; lmi-dist removed"),
                               ("0.34.0", "63a6dcf3", "; lmi-dist removed"))),
     NeuronConsumer("transformers-neuronx", "", source="the library's own API (README: <Arch>ForSampling.from_pretrained)"),

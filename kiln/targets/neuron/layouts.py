@@ -60,6 +60,9 @@ def _lmi_props(entry: IndexEntry, container_dir: str, batching: tuple[str, str |
         "option.group_query_attention": opts.get("gqa_strategy"),
         "option.context_length_estimate": opts.get("context_length_estimate"),
         "option.neuron_optimize_level": opts.get("optlevel"),
+        "option.model_loader": opts.get("model_loader"),
+        "option.enable_mixed_precision_accumulation": opts.get("mixed_precision_accumulation"),
+        "option.enable_saturate_infinity": opts.get("saturate_infinity"),
         "option.compiled_graph_path": posixpath.join(container_dir, "compiled"),
     }
 

@@ -199,3 +199,33 @@ def test_the_images_sdk_is_the_toolchain_libneuronxla_included(llama2_cache: Non
     pinned_chain, pinned_origin, pinned_key = _toolchain("0.30.0", "--toolchain", "libneuronxla=2.0.5000.0")
     assert pinned_chain["libneuronxla"] == "2.0.5000.0" and pinned_origin["libneuronxla"] == "pinned"
     assert pinned_key != key
+
+
+def test_compiler_flag_properties_are_appended_as_the_handler_appends_them(llama2_cache: None) -> None:
+    """tnx_properties.py's field validators append to NEURON_CC_FLAGS in field order, with a leading space,
+    whatever the value (v0.26.0 → 0.34.0-dlc); 0.26 has no enable_saturate_infinity."""
+    base = _plan("0.29.0", {})[2]
+    rc, err, doc = _plan("0.29.0", {"OPTION_NEURON_OPTIMIZE_LEVEL": "2", "OPTION_ENABLE_SATURATE_INFINITY": "false",
+                                    "OPTION_ENABLE_MIXED_PRECISION_ACCUMULATION": "true"})
+    assert rc == 0, err
+    assert _call(doc)["env"]["NEURON_CC_FLAGS"] == \
+        IMAGE_FLAGS + " -O2 --enable-mixed-precision-accumulation --enable-saturate-infinity"
+    assert doc["key"] != base["key"]  # type: ignore[index]
+    rc, err, doc = _plan("0.26.0", {"OPTION_ENABLE_SATURATE_INFINITY": "true", "OPTION_ROLLING_BATCH": "auto"})
+    assert rc == 0, err
+    assert _call(doc)["env"]["NEURON_CC_FLAGS"] == IMAGE_FLAGS
+    rc, err, _ = _plan("0.29.0", {"OPTION_ENABLE_SATURATE_INFINITY": "maybe"})
+    assert rc == 2 and "not a boolean" in err
+
+
+def test_model_loader_tnx_is_the_loader_kiln_builds_for(llama2_cache: None) -> None:
+    base = _plan("0.29.0", {})[2]
+    rc, err, doc = _plan("0.29.0", {"OPTION_MODEL_LOADER": "tnx"})
+    assert rc == 0, err
+    assert doc["key"] == base["key"]  # type: ignore[index]  # TNXModelLoader is the default one there
+    for other in ("optimum", "vllm", "nxdi"):
+        rc, err, _ = _plan("0.29.0", {"OPTION_MODEL_LOADER": other})
+        assert rc == 2 and "other graphs" in err, other
+    # 0.31+ refuse a preloaded tnx model for vLLM outside speculative decoding (transformers_neuronx.py load_model).
+    rc, err, _ = _plan("0.31.0", {"OPTION_MODEL_LOADER": "tnx", "OPTION_ROLLING_BATCH": "vllm"})
+    assert rc == 2 and "speculative decoding" in err
