@@ -727,46 +727,7 @@ def test_an_lmi_configuration_without_a_consumer_lists_the_choices(llama2_cache:
 
 _DEL = ""  # an empty OPTION_ value is no option (MI@0.29.0-dlc L831-833 skips empty values)
 
-BATCH_WHEN_DISABLED = (
-    "kiln: with rolling batch disabled Kiln compiles batch_size=max_rolling_batch_size (4); the loader keeps "
-    "batch_size = option.batch_size (default 1) and ignores max_rolling_batch_size (transformers_neuronx.py@{ref} "
-    "set_configs: batch_size = max_rolling_batch_size only if rolling_batch != disable; properties.py@{ref} "
-    "batch_size: int = 1)")
-VLLM_IS_TNX = (
-    "kiln: refuses rolling_batch=vllm as not served by transformers-neuronx, but with model_loader unset the handler "
-    "loads it with TNXModelLoader.load_unwrapped_model() (the same kwargs, continuous batching on, to_neuron()) and "
-    "hands that model to vLLM as preloaded_model (transformers_neuronx.py@{ref} load_model, model_loader.py@{ref} "
-    "can_use_continuous_batching)")
-MODEL_LOADER_TNX = (
-    "kiln: refuses option.model_loader=tnx, which selects exactly TNXModelLoader (transformers_neuronx.py@{ref} "
-    "set_model_loader_class: model_loader == 'tnx' -> TNXModelLoader)")
-FLAG_SWITCH = (
-    "kiln: refuses {opt}; the handler appends {flag} to the image's NEURON_CC_FLAGS whenever the option is given "
-    "(tnx_properties.py@{ref} field validator, no check of the value) and compiles with transformers-neuronx")
-BATCH_SIZE_WITH_ROLLING = (
-    "kiln: accepts OPTION_BATCH_SIZE=4 with rolling batch on (and compiles batch 4); LMI refuses it: "
-    "tnx_properties.py@{ref} validate_batch_size raises 'Dynamic batching and rolling batch cannot be enabled at "
-    "the same time'")
-CLE_MUST_BE_N = (
-    "kiln: accepts context_length_estimate=1024,4096 under continuous batching; model_loader.py@{where} raises "
-    "RuntimeError unless it equals [n_positions] (the cache_layout exception arrives in 0.29)")
-ABSENT_ROLLING_0_27 = (
-    "kiln: plans a static TNX compile when OPTION_ROLLING_BATCH is absent, as if absent meant disable; at 0.27 "
-    "absent means auto (LmiConfigRecommender.java@0.27.0-dlc L81), which the 0.27.0-dlc image turns into lmi-dist "
-    "on the MPI engine (L87-88, L104-106; no MPI worker on inf2) and the v0.27.0 tag sends to optimum-neuron "
-    "(transformers_neuronx.py@v0.27.0 optimum_not_supported)")
 
-AUTO_BEFORE_BATCH_DEFAULT = (
-    "kiln: with OPTION_MAX_ROLLING_BATCH_SIZE absent refuses rolling_batch=auto as vLLM ('auto with "
-    "max_rolling_batch_size=32'), but LmiConfigRecommender.java@{ref} decides auto first, reading "
-    "option.max_rolling_batch_size with default \"1\" (< 12 -> tnx), and only afterwards sets the size "
-    "(setHeuristicDefaults -> NeuronSmartDefaultUtils.java setHeuristicNeuronMaxRollingBatch, then "
-    "setRollingBatchSize, in configure): the container compiles tnx with continuous batching at 32")
-LMI_DIST_IS_VLLM = (
-    "kiln: refuses option.rolling_batch=lmi-dist, but LmiConfigRecommender.java@{ref} setRollingBatch overrides "
-    "lmi-dist to vllm (mpi_mode false; 'lmi-dist has been removed in DJL Serving 0.33.0'), which the handler "
-    "compiles with TNXModelLoader.load_unwrapped_model() and hands to vLLM (transformers_neuronx.py@{ref} "
-    "load_model L328-329)")
 # A compiler-flag value other than the image's (--model-type is a neuronx-cc option).
 OTHER_CC_FLAGS = "--logfile /tmp/compile.log --temp-dir=/tmp --model-type=transformer"
 
@@ -790,17 +751,17 @@ AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     ("0.27.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),  # coerced to auto -> optimum-neuron
     ("0.28.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),
     ("0.29.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),
-    ("0.28.0", {"OPTION_ROLLING_BATCH": "vllm"}, VLLM_IS_TNX.format(ref="0.28.0-dlc")),
-    ("0.29.0", {"OPTION_ROLLING_BATCH": "vllm"}, VLLM_IS_TNX.format(ref="0.29.0-dlc")),
+    ("0.28.0", {"OPTION_ROLLING_BATCH": "vllm"}, None),
+    ("0.29.0", {"OPTION_ROLLING_BATCH": "vllm"}, None),
     ("0.29.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
     ("0.30.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
     # 0.30's auto goes to vLLM from max_rolling_batch_size 12 -- still compiled by TNXModelLoader.
     ("0.29.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, None),
-    ("0.30.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, VLLM_IS_TNX.format(ref="0.30.0-dlc")),
+    ("0.30.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, None),
     ("0.29.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, None),  # REC setRollingBatchSize: 32 for tnx
     # model_loader.
-    ("0.27.0", {"OPTION_ROLLING_BATCH": "tnx", "OPTION_MODEL_LOADER": "tnx"}, MODEL_LOADER_TNX.format(ref="0.27.0-dlc")),
-    ("0.29.0", {"OPTION_MODEL_LOADER": "tnx"}, MODEL_LOADER_TNX.format(ref="0.29.0-dlc")),
+    ("0.27.0", {"OPTION_ROLLING_BATCH": "tnx", "OPTION_MODEL_LOADER": "tnx"}, None),
+    ("0.29.0", {"OPTION_MODEL_LOADER": "tnx"}, None),
     ("0.29.0", {"OPTION_MODEL_LOADER": "optimum"}, None),
     # n_positions and dtype defaults.
     ("0.26.0", {"OPTION_N_POSITIONS": _DEL}, None),
@@ -821,11 +782,8 @@ AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     ("0.26.0", {"OPTION_BATCH_SIZE": "4"}, None),
     # Compiler flags and NeuronConfig fields.
     ("0.29.0", {"OPTION_NEURON_OPTIMIZE_LEVEL": "2"}, None),
-    ("0.29.0", {"OPTION_ENABLE_MIXED_PRECISION_ACCUMULATION": "true"},
-     FLAG_SWITCH.format(opt="enable_mixed_precision_accumulation", flag="--enable-mixed-precision-accumulation",
-                        ref="0.29.0-dlc")),
-    ("0.29.0", {"OPTION_ENABLE_SATURATE_INFINITY": "false"},
-     FLAG_SWITCH.format(opt="enable_saturate_infinity=false", flag="--enable-saturate-infinity", ref="0.29.0-dlc")),
+    ("0.29.0", {"OPTION_ENABLE_MIXED_PRECISION_ACCUMULATION": "true"}, None),
+    ("0.29.0", {"OPTION_ENABLE_SATURATE_INFINITY": "false"}, None),
     ("0.29.0", {"OPTION_GROUP_QUERY_ATTENTION": "shard-over-heads"}, None),
     # tensor_parallel_degree.
     ("0.29.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "max"}, None),  # PM: the instance's NeuronCores (12)
@@ -840,25 +798,24 @@ AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     ("0.34.0", {"OPTION_ROLLING_BATCH": "disable"}, None),
     ("0.32.0", {"OPTION_ROLLING_BATCH": "tnx"}, None),
     # max_rolling_batch_size absent: auto is decided with REC's "1" (tnx), then JSD's heuristic sets the size (32).
-    ("0.30.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, AUTO_BEFORE_BATCH_DEFAULT.format(ref="0.30.0-dlc")),
-    ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, AUTO_BEFORE_BATCH_DEFAULT.format(ref="0.31.0-dlc")),
-    ("0.34.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, AUTO_BEFORE_BATCH_DEFAULT.format(ref="0.34.0-dlc")),
+    ("0.30.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, None),
+    ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, None),
+    ("0.34.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, None),
     ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "11"}, None),
     # From max_rolling_batch_size 12 auto is vllm, still compiled by TNXModelLoader.load_unwrapped_model().
-    ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "12"}, VLLM_IS_TNX.format(ref="0.31.0-dlc")),
-    ("0.32.0", {"OPTION_ROLLING_BATCH": _DEL, "OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, VLLM_IS_TNX.format(ref="0.32.0-dlc")),
-    ("0.34.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, VLLM_IS_TNX.format(ref="0.34.0-dlc")),
+    ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "12"}, None),
+    ("0.32.0", {"OPTION_ROLLING_BATCH": _DEL, "OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, None),
+    ("0.34.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16"}, None),
     # lmi-dist: the MPI engine through 0.32; from 0.33 REC overrides it to vllm.
     ("0.31.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
     ("0.32.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
-    ("0.33.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, LMI_DIST_IS_VLLM.format(ref="0.33.0-dlc")),
-    ("0.34.0", {"OPTION_ROLLING_BATCH": "lmi-dist", "OPTION_MAX_ROLLING_BATCH_SIZE": _DEL},
-     LMI_DIST_IS_VLLM.format(ref="0.34.0-dlc")),
+    ("0.33.0", {"OPTION_ROLLING_BATCH": "lmi-dist"}, None),
+    ("0.34.0", {"OPTION_ROLLING_BATCH": "lmi-dist", "OPTION_MAX_ROLLING_BATCH_SIZE": _DEL}, None),
     ("0.33.0", {"OPTION_ROLLING_BATCH": "trtllm"}, None),  # REC@0.33.0-dlc L85-90: still MPI
     # model_loader.
     ("0.31.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16", "OPTION_MODEL_LOADER": "tnx"}, None),  # raises, no draft
     ("0.34.0", {"OPTION_MAX_ROLLING_BATCH_SIZE": "16", "OPTION_MODEL_LOADER": "vllm"}, None),  # vLLM loads it
-    ("0.31.0", {"OPTION_MODEL_LOADER": "tnx"}, MODEL_LOADER_TNX.format(ref="0.31.0-dlc")),
+    ("0.31.0", {"OPTION_MODEL_LOADER": "tnx"}, None),
     ("0.31.0", {"OPTION_MODEL_LOADER": "nxdi"}, None),  # no TnXModelLoaders value yet
     ("0.32.0", {"OPTION_MODEL_LOADER": "nxdi"}, None),  # NxdiVllmModelLoader
     ("0.34.0", {"OPTION_MODEL_LOADER": "optimum"}, None),
@@ -869,6 +826,8 @@ AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     ("0.31.0", {"OPTION_CONTEXT_LENGTH_ESTIMATE": "1024,4096"}, None),
     ("0.31.0", {"OPTION_BATCH_SIZE": "4"}, None),
     ("0.34.0", {"OPTION_NEURON_OPTIMIZE_LEVEL": "2"}, None),
+    ("0.34.0", {"OPTION_ENABLE_MIXED_PRECISION_ACCUMULATION": "false"}, None),  # appended whatever the value
+    ("0.26.0", {"OPTION_ENABLE_SATURATE_INFINITY": "true"}, None),  # no such TP field at 0.26: nothing appended
     ("0.32.0", {"OPTION_GROUP_QUERY_ATTENTION": "shard-over-heads"}, None),
     ("0.34.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "max"}, None),
     ("0.34.0", {"OPTION_TENSOR_PARALLEL_DEGREE": "24"}, None),
@@ -887,6 +846,7 @@ AROUND_ROWS: list[tuple[str, dict[str, str], str | None]] = [
     ("0.31.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS}, None),
     ("0.34.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS}, None),
     ("0.31.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS, "OPTION_NEURON_OPTIMIZE_LEVEL": "2"}, None),
+    ("0.33.0", {"NEURON_CC_FLAGS": OTHER_CC_FLAGS, "OPTION_ENABLE_SATURATE_INFINITY": "true"}, None),
 ]
 
 
@@ -917,29 +877,20 @@ def test_configurations_around_the_rows(llama2_cache: None, release: str, change
 _ROW_ARGS_24XL = ("--instance-type", "ml.inf2.24xlarge")
 _SHAPING = [("NEURON_CONTEXT_LENGTH_ESTIMATE", "[1024, 4096]"), ("NEURON_ON_DEVICE_EMBEDDING", "true"),
             ("NEURON_SHARD_OVER_SEQUENCE", "true"), ("NEURON_CC_FLAGS", OTHER_CC_FLAGS)]
-NO_EFFECT_REFUSED = (
-    "kiln: refuses {name}={value} as changing the graphs lmi-neuronx:{release} compiles, but {why}: the container "
-    "compiles the graphs of the plan without it")
-ODE_NOT_TRUE = ("get_env_or_default (tnx_properties.py@{ref} L84-99) makes it {what}, and set_neuron_config adds "
-                "on_device_embedding only when it is truthy (model_loader.py@{ref} L216-218)")
-VLLM_LOADER_ONLY = ("tnx_properties.py@{ref} L153-168 reads it into a property that only TNXVllmModelLoader uses "
-                    "(model_loader.py@{ref} L776-889), which set_model_loader_class picks only for model_loader=tnx "
-                    "with speculative_draft_model and rolling_batch=vllm (transformers_neuronx.py@{ref} L121-126)")
 NEURON_ENV_CASES: list[tuple[str, str, str, str | None]] = [
     *((release, name, value, None) for release in RELEASES for name, value in _SHAPING),
     ("0.32.0", "NEURON_ON_DEVICE_EMBEDDING", "TRUE", None),  # get_env_or_default lower-cases
-    ("0.31.0", "NEURON_ON_DEVICE_EMBEDDING", "false", NO_EFFECT_REFUSED.format(
-        name="NEURON_ON_DEVICE_EMBEDDING", value="false", release="0.31.0",
-        why=ODE_NOT_TRUE.format(ref="0.31.0-dlc", what="False"))),
-    ("0.31.0", "NEURON_ON_DEVICE_EMBEDDING", "1", NO_EFFECT_REFUSED.format(
-        name="NEURON_ON_DEVICE_EMBEDDING", value="1", release="0.31.0",
-        why=ODE_NOT_TRUE.format(ref="0.31.0-dlc", what="None (neither 'true' nor 'false')"))),
+    # get_env_or_default (TP@0.31.0-dlc L84-99): 'false' -> False, '1' -> None; set_neuron_config adds
+    # on_device_embedding only when truthy (ML@0.31.0-dlc L216-218).
+    ("0.31.0", "NEURON_ON_DEVICE_EMBEDDING", "false", None),
+    ("0.31.0", "NEURON_ON_DEVICE_EMBEDDING", "1", None),
     ("0.31.0", "NEURON_CONTEXT_LENGTH_ESTIMATE", "[128, 1024, 2048, 4096]", None),  # the default buckets for 4096
     ("0.30.0", "NEURON_ON_DEV_GENERATION", "true", None),  # not read
     ("0.33.0", "NEURON_ON_DEV_GENERATION", "true", None),  # True.keys(): the container does not start
-    ("0.31.0", "NEURON_QUANT", "true", NO_EFFECT_REFUSED.format(
-        name="NEURON_QUANT", value="true", release="0.31.0", why=VLLM_LOADER_ONLY.format(ref="0.31.0-dlc"))),
-    ("0.31.0", "NEURON_COMPILATION_WORKER_COUNT", "4", None),  # likewise only TNXVllmModelLoader's
+    # Read (TP@0.31.0-dlc L153-168) into properties only TNXVllmModelLoader uses (ML@0.31.0-dlc L776-889), which
+    # H@0.31.0-dlc L121-126 picks only for model_loader=tnx + speculative_draft_model + rolling_batch=vllm.
+    ("0.31.0", "NEURON_QUANT", "true", None),
+    ("0.31.0", "NEURON_COMPILATION_WORKER_COUNT", "4", None),
     *((release, "NEURON_CC_FLAGS", IMAGE_CC_FLAGS, None) for release in ("0.29.0", "0.30.0", "0.31.0", "0.34.0")),
 ]
 
