@@ -12,8 +12,10 @@ import pytest
 from ...conftest import write_hf_cache_model
 
 LLAMA2 = {
-    "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 11008},
-    "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40, "intermediate_size": 13824},
+    "7b": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 11008,
+           "num_hidden_layers": 32},
+    "13b": {"hidden_size": 5120, "num_attention_heads": 40, "num_key_value_heads": 40, "intermediate_size": 13824,
+            "num_hidden_layers": 40},
 }
 MAX_POSITION_EMBEDDINGS = 4096  # meta-llama/Llama-2-*-hf config.json
 
@@ -32,7 +34,7 @@ def llama2_cache() -> None:
     for size, dims in LLAMA2.items():
         for suffix in ("hf", "chat-hf"):
             cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                   "max_position_embeddings": MAX_POSITION_EMBEDDINGS, "num_hidden_layers": 32, "vocab_size": 32000,
+                   "max_position_embeddings": MAX_POSITION_EMBEDDINGS, "vocab_size": 32000,
                    **dims}
             files = {"config.json": json.dumps(cfg).encode(), "model.safetensors": stand_in_weights(f"{size}-{suffix}"),
                      "tokenizer.json": b"{}"}

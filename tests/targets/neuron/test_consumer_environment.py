@@ -65,9 +65,14 @@ def test_context_length_estimate_from_the_environment_where_the_release_reads_it
 
 
 def test_a_context_length_estimate_lmi_cannot_read_is_an_error(llama2_cache: None) -> None:
+    # eval("1024") is an int, which pydantic's List[int] refuses at LMI start-up.
     rc, err, _ = _plan("0.31.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "1024"})
     assert rc == 2 and "NEURON_CONTEXT_LENGTH_ESTIMATE='1024'" in err and "[1024, 2048]" in err
     assert "Traceback" not in err
+    # eval("1024,4096") is a tuple, which List[int] takes (pydantic's lax mode): the same as the list.
+    rc, err, doc = _plan("0.31.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "1024,4096"})
+    assert rc == 0, err
+    assert _call(doc)["kwargs"]["context_length_estimate"] == [1024, 4096]
 
 
 @pytest.mark.parametrize(("variable", "value"), [
