@@ -275,6 +275,9 @@ def _normalise_lmi_loader_options(options: dict[str, str], consumer: NeuronConsu
     """option.model_loader / enable_* as ``consumer`` reads them (in place), with notes; ValidationError for
     values its handler refuses or loaders that build other graphs."""
     notes = []
+    if not consumer.reads_strategy and options.pop("rolling_batch_strategy", None) is not None:
+        notes.append(f"option.rolling_batch_strategy ignored: {consumer.ref}'s handler has no such property "
+                     "(continuous batching for every rolling batch)")
     loader = options.get("model_loader")
     if loader is not None:
         loader = options["model_loader"] = loader.strip().lower()

@@ -79,7 +79,11 @@ class NeuronConsumer:
     # "explicit": <Arch>ForSampling (0.26); "auto": NeuronAutoModelForCausalLM.from_pretrained (0.27+).
     model_class: str = "auto"
     cb_every_architecture: bool = False  # 0.26: continuous batching for every model type
-    cb_needs_batch_above_one: bool = True  # 0.28+: max_rolling_batch_size > 1 (0.27: any)
+    cb_needs_batch_above_one: bool = True  # the *default* strategy is CB only above batch 1 (0.28+; 0.27: any)
+    # ContinuousBatchingConfig is made for strategy CB only above batch 1 (ML@v0.28.0/v0.29.0
+    # can_use_continuous_batching); 0.27 and 0.30+ make it for strategy CB at any batch.
+    strategy_cb_needs_batch_above_one: bool = False
+    reads_strategy: bool = True  # 0.26 has no option.rolling_batch_strategy: CB for every rolling batch
     cle_buckets: bool = False  # 0.30: the default context_length_estimate under CB is a bucket list
     vllm_from_batch: int | None = None  # 0.30: rolling_batch=auto goes to vLLM from this max_rolling_batch_size
     auto_refused: str | None = None  # why rolling_batch=auto (or absent, where absent means auto) is not tnx here
@@ -184,19 +188,22 @@ class NeuronConsumer:
                                   "only supported for speculative decoding'); drop option.model_loader.")
         if rolling and self.optimum_for_rolling_llama and model_type in _CB_MODEL_TYPES and model_loader != "tnx":
             raise ValidationError(f"{self.ref} loads {model_type} with rolling batch through optimum-neuron (H "
-                                  "optimum_not_supported), which Kiln does not model; use another release.")
+                                  "optimum_not_supported), which Kiln does not model; set option.model_loader=tnx "
+                                  "(the handler then loads with TNXModelLoader), or use another release.")
         if not rolling and self.optimum_for_static_llama and model_type == "llama":
             raise ValidationError(f"{self.ref} loads llama without rolling batch through optimum-neuron (H), which "
                                   "Kiln does not model; use option.rolling_batch=tnx or another release.")
         if model_type == "mixtral" and not self.mixtral:
             raise ValidationError(f"{self.ref}'s loader has no mixtral model class (ML MODEL_TYPE_TO_CLS_LOADER).")
+        if not self.reads_strategy:
+            strategy = None  # not a property of this release: ML set_neuron_config makes CB for any rolling batch
         if strategy is None:
             # H set_configs: the default strategy.
             cb_type = self.cb_every_architecture or model_type in _CB_MODEL_TYPES
             strategy = "continuous_batching" if cb_type and (batch_size > 1 or not self.cb_needs_batch_above_one) \
                 else "naive_rolling_batch"
         continuous = rolling and strategy == "continuous_batching" and \
-            (batch_size > 1 or not self.cb_needs_batch_above_one)
+            (batch_size > 1 or not self.strategy_cb_needs_batch_above_one)
         continuous = continuous or (rolling_batch == "vllm" and self.vllm_preloads_tnx == "always")
         kwargs: dict[str, Any] = {"batch_size": batch_size, "amp": _AMP[dtype], "tp_degree": tp_degree}
         neuron_config: dict[str, Any] = {}
@@ -264,7 +271,7 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
          "djl-serving v0.26.0: DF (SDK 2.16.0), ML L108-151 (CB for every model with rolling batch), H L44-55, TP L51-67",
          default_n_positions=128, model_class="explicit", cb_every_architecture=True, cb_needs_batch_above_one=False,
          optimum_for_static_llama=True, mixtral=False, absent_rolling_batch="disable", cb_cle_must_be_n=True,
-         reads_model_loader=False, reads_saturate_infinity=False,  # TP@v0.26.0 has neither field
+         reads_model_loader=False, reads_saturate_infinity=False, reads_strategy=False,  # TP@v0.26.0 lacks them
          sdk_defaults=_sdk_libneuronxla("0.5.669")),  # SDK 2.16.0 (n2-manifest.json@27461f50)
     _lmi("0.27.0", {"neuronx-cc": "2.13.68.0", "transformers-neuronx": "0.10.0.360", "torch-neuronx": "2.1.2.2.1.0"},
          "djl-serving 0.27.0-dlc (049a929b): DF (SDK 2.18.1), ML L115-164, H set_configs, TP L74-97",
@@ -279,10 +286,11 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
          "rolling_batch is disable, auto is tnx)", default_n_positions=128, absent_rolling_batch="disable",
          cb_cle_must_be_n=True, sdk_defaults=_sdk_libneuronxla("2.0.965"),  # SDK 2.18.2 (n2-manifest.json@d4f19516)
          vllm_preloads_tnx="always",
+         strategy_cb_needs_batch_above_one=True,
          absent_tp="gpu-count"),  # REC@v0.28.0 setTensorParallelDegree: "max" → CudaUtils.getGpuCount()
     _lmi("0.29.0", {"neuronx-cc": "2.14.227.0", "transformers-neuronx": "0.11.351", "torch-neuronx": "2.1.2.2.2.0"},
          "djl-serving v0.29.0: DF (SDK 2.19.1), ML get_model_specific_kwargs, REC", default_n_positions=128,
-         absent_rolling_batch="disable", vllm_preloads_tnx="always",
+         absent_rolling_batch="disable", vllm_preloads_tnx="always", strategy_cb_needs_batch_above_one=True,
          sdk_defaults=_sdk_libneuronxla("2.0.2335")),  # SDK 2.19.1 (n2-manifest.json@012c0181)
     _lmi("0.30.0", {"neuronx-cc": "2.15.141.0", "transformers-neuronx": "0.12.313", "torch-neuronx": "2.1.2.2.3.1"},
          "djl-serving 0.30.0-dlc (fefd40ec): DF (SDK 2.20.1), ML + NU build_context_length_estimates, REC (auto: vllm "

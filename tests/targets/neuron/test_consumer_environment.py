@@ -234,3 +234,24 @@ def test_model_loader_tnx_is_the_loader_kiln_builds_for(llama2_cache: None) -> N
     # 0.31+ refuse a preloaded tnx model for vLLM outside speculative decoding (transformers_neuronx.py load_model).
     rc, err, _ = _plan("0.31.0", {"OPTION_MODEL_LOADER": "tnx", "OPTION_ROLLING_BATCH": "vllm"})
     assert rc == 2 and "speculative decoding" in err
+
+
+def test_an_explicit_strategy_as_each_release_reads_it(llama2_cache: None) -> None:
+    """ContinuousBatchingConfig: 0.26 for every rolling batch (no strategy property, ML@v0.26.0
+    set_neuron_config); 0.28/0.29 for strategy CB above batch 1 (ML@v0.28.0 can_use_continuous_batching);
+    0.27 and 0.30+ for strategy CB at any batch (ML@0.27.0-dlc set_neuron_config, ML@0.30.0-dlc)."""
+    one = {"OPTION_MAX_ROLLING_BATCH_SIZE": "1", "OPTION_ROLLING_BATCH": "tnx",
+           "OPTION_ROLLING_BATCH_STRATEGY": "continuous_batching"}
+    for release, continuous in (("0.27.0", True), ("0.28.0", False), ("0.29.0", False), ("0.30.0", True),
+                                ("0.34.0", True)):
+        # 0.27 sends llama with rolling batch to optimum-neuron unless model_loader=tnx (H@0.27.0-dlc).
+        rc, err, doc = _plan(release, dict(one, **({"OPTION_MODEL_LOADER": "tnx"} if release == "0.27.0" else {})))
+        assert rc == 0, (release, err)
+        config = _call(doc)["kwargs"]["neuron_config"]
+        assert ("continuous_batching" in config) is continuous, (release, config)
+    rc, err, _ = _plan("0.27.0", one)
+    assert rc == 2 and "option.model_loader=tnx" in err
+    rc, err, naive = _plan("0.26.0", {"OPTION_ROLLING_BATCH_STRATEGY": "naive_rolling_batch"})
+    assert rc == 0, err
+    assert "continuous_batching" in _call(naive)["kwargs"]["neuron_config"]
+    assert naive["key"] == _plan("0.26.0", {})[2]["key"]  # type: ignore[index]
