@@ -280,7 +280,7 @@ def lookup_any(candidates: list[tuple[str, Resolution]], refused: list[tuple[str
         return dataclasses.replace(hit, notes=(note,) + hit.notes)
     first = misses[0]  # the newest release's explanation
     lines = [f"consumer open (the configuration names none): none of {tried} has an artifact for it"]
-    lines += [f"  {c} would not load it: {why}" for c, why in refused]
+    lines += [f"  {c} not looked up: {why}" for c, why in refused]
     return dataclasses.replace(first, explanation=tuple(lines) + first.explanation,
                                damaged=tuple(dict.fromkeys(d for r in misses for d in r.damaged)))
 

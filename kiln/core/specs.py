@@ -153,7 +153,7 @@ def spec_from_sources(
     (or run inside one); ``open_consumer`` (a lookup) leaves it open instead, in ``open_fields``.
     """
     if not from_env and serving_properties is None:
-        return _with_detected_consumer(SpecSource(spec_from_fields(flags), given=frozenset(flags)))
+        return _with_detected_consumer(SpecSource(spec_from_fields(flags), given=frozenset(flags)), from_lmi=False)
     env_map = os.environ if env is None else env
     props = {}
     if from_env:
@@ -180,7 +180,7 @@ def spec_from_sources(
         else:
             del merged[f"option.{unset_option}"]
     given = frozenset(k for k, f in merged.items() if not f.source.startswith("LMI default"))
-    source = _with_detected_consumer(SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given))
+    source = _with_detected_consumer(SpecSource(spec_from_fields(merged), cfg.ignored, cfg.notes, given), from_lmi=True)
     spec = source.spec
     choices = TARGETS[spec.target].lmi.consumers
     if choices and spec.option("consumer") is None and open_consumer:
@@ -206,7 +206,7 @@ def with_each_consumer(source: SpecSource) -> list[tuple[str, SpecSource]]:
     return out
 
 
-def _with_detected_consumer(source: SpecSource) -> SpecSource:
+def _with_detected_consumer(source: SpecSource, *, from_lmi: bool) -> SpecSource:
     """A spec that names no consumer, read inside one of its target's consumers (an LMI NeuronX image),
     is for that consumer: what this container loads."""
     spec = source.spec
@@ -217,8 +217,13 @@ def _with_detected_consumer(source: SpecSource) -> SpecSource:
     if detected is None:
         return source
     options = tuple(sorted({**dict(spec.options), "consumer": detected[0]}.items()))
-    return dataclasses.replace(source, spec=spec.replace(options=options),
-                               notes=source.notes + (f"consumer: {detected[0]}, detected from {detected[1]}",),
+    notes = (f"consumer: {detected[0]}, detected from {detected[1]}",)
+    left = [f for f in ("tp_degree", "batch_size", "n_positions") if f not in source.given]
+    if left and not from_lmi:
+        # Flags, not LMI configuration: what they leave out is Kiln's default, not the release's.
+        notes += (f"{', '.join(left)} not given: Kiln's defaults, not {detected[0]}'s (read the container's "
+                  "configuration with --from-env for those)",)
+    return dataclasses.replace(source, spec=spec.replace(options=options), notes=source.notes + notes,
                                given=source.given | {"option.consumer"})
 
 

@@ -220,6 +220,9 @@ def interpret(
         unset = [name for name, prop in (("tp_degree", "option.tensor_parallel_degree"),
                                          ("batch_size", "option.max_rolling_batch_size"))
                  if prop not in norm and not (name == "tp_degree" and tp_degree_given)]
+        tp_prop = norm.get("option.tensor_parallel_degree")
+        if tp_prop is not None and not tp_degree_given and tp_prop.source == "TENSOR_PARALLEL_DEGREE":
+            unset.append("tp_degree:env")  # only the variable gave it: some releases never read it
         if unset:
             fields[f"option.{facts.unset_option}"] = Field(",".join(unset), "the LMI configuration")
     if facts is not None and facts.static_batch_option:

@@ -84,12 +84,30 @@ class NeuronTarget(Target):
         if consumer.is_lmi:
             if spec.n_positions is None:
                 n = consumer.default_n_positions
-                if n is None:  # 0.30 smart default: min(max_position_embeddings, 4096)
-                    n = min(int(model_dims(config)["max_positions"] or 4096), 4096)
+                if n is None:  # 0.30+ smart default: min(max_position_embeddings, 4096)
+                    mpe = config.get("max_position_embeddings")
+                    if not isinstance(mpe, int) or isinstance(mpe, bool) or mpe <= 0:
+                        # LmiUtils getDefaultNPositions reads only max_position_embeddings; without it the
+                        # smart defaults are skipped and the handler's n_positions stays unset.
+                        raise ValidationError(f"{consumer.ref} derives an absent option.n_positions from config.json's "
+                                              "max_position_embeddings, which this model's config lacks; write "
+                                              "option.n_positions (--n-positions).")
+                    n = min(mpe, 4096)
                 changes["n_positions"] = n
                 notes.append(f"n_positions: {consumer.ref}'s default ({n})")
             options = dict(spec.options)
             unset = set((options.pop("lmi_unset", None) or "").split(",")) - {""}
+            if unset - {"tp_degree", "batch_size", "tp_degree:env"}:
+                raise ValidationError(f"option lmi_unset={','.join(sorted(unset))!r}: Kiln sets it from LMI "
+                                      "configuration (tp_degree, batch_size); do not pass it.")
+            if "tp_degree:env" in unset:
+                unset.discard("tp_degree:env")
+                if consumer.absent_tp == "heuristic":
+                    # setHeuristicDefaults fills option.tensor_parallel_degree before setTensorParallelDegree
+                    # would read the variable (LmiConfigRecommender.configure, 0.30.0-dlc on).
+                    unset.add("tp_degree")
+                    notes.append(f"TENSOR_PARALLEL_DEGREE not read: {consumer.ref} fills tensor_parallel_degree by "
+                                 "its start-up heuristic first")
             # LmiConfigRecommender picks the rolling batch from the written max_rolling_batch_size ("1" when
             # absent) before it fills the defaults.
             rolling = options["rolling_batch"] = consumer.rolling_batch(
@@ -99,7 +117,8 @@ class NeuronTarget(Target):
                 tp, batch = consumer.absent_defaults(
                     unset, config=config, n_positions=int(changes.get("n_positions", spec.n_positions) or 0),
                     cores=INSTANCE_CORES.get(normalize_instance_type(instance)) if instance else None,
-                    quantized=not spec.quant.is_none, tp_degree=spec.tp_degree, batch_size=spec.batch_size)
+                    quantized=not spec.quant.is_none, tp_degree=spec.tp_degree, batch_size=spec.batch_size,
+                    rolling=rolling)
                 if "tp_degree" in unset:
                     changes["tp_degree"] = tp
                     notes.append(f"tp_degree {tp}: {consumer.ref}'s default for an absent option.tensor_parallel_degree")
@@ -170,7 +189,14 @@ class NeuronTarget(Target):
         and a ``neuron_cc_flags`` equal to the consumer's own dropped (the same graphs, the same key)."""
         options = dict(spec.options)
         notes: list[str] = []
-        for name, value in sorted(json.loads(options.pop("neuron_env", None) or "{}").items()):
+        try:
+            environment = json.loads(options.pop("neuron_env", None) or "{}")
+        except ValueError:
+            environment = None
+        if not isinstance(environment, dict) or not all(isinstance(v, str) for v in environment.values()):
+            raise ValidationError("option neuron_env is Kiln's reading of the NEURON_* environment (--from-env), a "
+                                  "JSON object of strings; do not pass it (set the variables and use --from-env).")
+        for name, value in sorted(environment.items()):
             action, what = neuron_env_rule(name, value, consumer)
             if action == "ignore":
                 notes.append(f"{name} ignored: {what}")
@@ -180,6 +206,10 @@ class NeuronTarget(Target):
                                       "compile in the container.")
             elif what == "neuron_cc_flags" and value.strip() == (consumer.neuron_cc_flags or ""):
                 notes.append(f"{name} is {consumer.ref}'s own: the graphs it names are the default ones")
+            elif what == "neuron_cc_flags" and what in options and options[what].strip() != value.strip():
+                raise ValidationError(f"{name}={value!r} in the environment and option neuron_cc_flags="
+                                      f"{options[what]!r} disagree: both say what the consumer's process compiles "
+                                      "with; keep one.")
             elif what in options:
                 notes.append(f"{name} not used: option {what} is set, and the option wins (a property default)")
             else:
@@ -315,9 +345,9 @@ def _context_length_from_env(name: str, value: str) -> str:
     except (ValueError, SyntaxError):
         parsed = None
     if not isinstance(parsed, (list, tuple)) or not parsed or \
-            not all(isinstance(x, int) and not isinstance(x, bool) for x in parsed):
-        raise ValidationError(f"{name}={value!r} is not a list of integers, which LMI NeuronX reads it as "
-                              "(eval into List[int]); write e.g. [1024, 2048].")
+            not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in parsed):
+        raise ValidationError(f"{name}={value!r} is not a list of positive integers, which LMI NeuronX reads it "
+                              "as (eval into List[int]); write e.g. [1024, 2048].")
     return ",".join(str(x) for x in parsed)
 
 
@@ -379,7 +409,7 @@ NEURON = NeuronTarget(
         entry_point_words=("transformers_neuronx", "neuron"),
         rolling_batch_names=("tnx",),
         serving_features=("tnx",),
-        default_max_rolling_batch=32,
+        default_max_rolling_batch=None,  # per consumer release (NeuronTarget.validate: lmi_unset)
         default_n_positions=None,  # per consumer release (128 up to 0.29; 0.30: min(max_position_embeddings, 4096))
         properties={
             "option.group_query_attention": "option.gqa_strategy",

@@ -145,13 +145,15 @@ class NeuronConsumer:
                               "use tnx, vllm, auto or disable.")
 
     def absent_defaults(self, unset: set[str], *, config: Mapping[str, Any], n_positions: int, cores: int | None,
-                        quantized: bool, tp_degree: int, batch_size: int) -> tuple[int, int]:
+                        quantized: bool, tp_degree: int, batch_size: int, rolling: str) -> tuple[int, int]:
         """``(tp_degree, batch_size)`` once this release has filled what the LMI configuration left out
         (``unset`` ⊆ {"tp_degree", "batch_size"}; the batch is max_rolling_batch_size). ValidationError where
         the release's value cannot be known here: the GPU count of 0.27/0.28, or 0.30+'s heuristic without
         the instance type (it reads the instance's NeuronCores)."""
         tp = None if "tp_degree" in unset else tp_degree
         batch = None if "batch_size" in unset else batch_size
+        # LmiConfigRecommender.setRollingBatchSize (v0.28.0 on): 256 for vllm (and lmi-dist), else 32.
+        fallback_batch = 256 if rolling == "vllm" else 32
         if tp is None and self.absent_tp == "gpu-count":
             raise ValidationError(f"{self.ref} sets an absent option.tensor_parallel_degree to the number of CUDA "
                                   "GPUs (LmiConfigRecommender setTensorParallelDegree), 0 on Inferentia, which "
@@ -163,11 +165,11 @@ class NeuronConsumer:
                                       "(NeuronSmartDefaultUtils.java); pass --instance-type (or write both).")
             try:
                 return smart_defaults(config, n_positions=n_positions, cores=cores, quantized=quantized,
-                                      tp_degree=tp, max_rolling_batch=batch)
-            except ValueError as e:
+                                      tp_degree=tp, max_rolling_batch=batch, fallback_batch=fallback_batch)
+            except (ValueError, OverflowError) as e:
                 raise ValidationError(f"{self.ref}'s start-up defaults cannot be estimated for this model ({e}); "
                                       "write option.tensor_parallel_degree and option.max_rolling_batch_size.") from None
-        return (1 if tp is None else tp), (32 if batch is None else batch)
+        return (1 if tp is None else tp), (fallback_batch if batch is None else batch)
 
     def invocation(self, *, architecture: str, model_type: str, batch_size: int, tp_degree: int, n_positions: int,
                    dtype: str, rolling_batch: str, strategy: str | None, context_length_estimate: list[int] | None,
@@ -333,7 +335,10 @@ def detect_lmi_consumer() -> tuple[str, str] | None:
     graphs that container cannot load."""
     path = os.environ.get("KILN_LMI_TELEMETRY_FILE") or LMI_TELEMETRY_FILE
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")[:200]
+        if not Path(path).is_file():  # not a FIFO or device: opening one could block
+            return None
+        with open(path, "rb") as f:
+            text = f.read(200).decode("utf-8", errors="replace")
     except OSError:
         return None
     found = re.match(r"\s*v?(\d+\.\d+\.\d+)\S*\s+inf2\b", text)

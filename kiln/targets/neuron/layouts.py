@@ -53,7 +53,9 @@ def _lmi_props(entry: IndexEntry, container_dir: str, batching: tuple[str, str |
         "option.entryPoint": "djl_python.transformers_neuronx",
         "option.rolling_batch": batching[0],
         "option.rolling_batch_strategy": batching[1],
-        "option.max_rolling_batch_size": s["batch_size"],
+        # Rolling batch disabled, LMI compiles option.batch_size (max_rolling_batch_size is not read).
+        "option.max_rolling_batch_size": s["batch_size"] if batching[0] != "disable" else None,
+        "option.batch_size": s["batch_size"] if batching[0] == "disable" else None,
         "option.n_positions": s["n_positions"],
         "option.tensor_parallel_degree": s["tp_degree"],
         "option.dtype": s["dtype"],

@@ -30,16 +30,22 @@ def _f32(x: float) -> float:
 
 
 def _int(x: float) -> int:
-    """Java's (int) cast of a float: toward zero, saturating."""
+    """Java's (int) cast of a float: toward zero, saturating (±Infinity too)."""
     if x != x:  # NaN
         return 0
+    if x in (float("inf"), float("-inf")):
+        return _INT_MAX if x > 0 else -_INT_MAX - 1
     return max(-_INT_MAX - 1, min(_INT_MAX, int(x)))
 
 
 def _field(config: Mapping[str, Any], name: str) -> int:
-    """Gson into an int field: absent (or not a number) is 0."""
+    """Gson into an int field: absent (or not a number) is 0; a number beyond int32 fails there, so here too."""
     value = config.get(name)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return 0
+    if not -_INT_MAX - 1 <= value <= _INT_MAX:
+        raise ValueError(f"config.json {name}={value} is beyond the int LMI reads it into")
+    return int(value)
 
 
 def _model_parameters(config: Mapping[str, Any]) -> int:
@@ -122,14 +128,14 @@ class _Heuristic:
 
 
 def smart_defaults(config: Mapping[str, Any], *, n_positions: int, cores: int, quantized: bool,
-                   tp_degree: int | None, max_rolling_batch: int | None) -> tuple[int, int]:
+                   tp_degree: int | None, max_rolling_batch: int | None, fallback_batch: int = 32) -> tuple[int, int]:
     """``(tp_degree, max_rolling_batch_size)`` as NeuronSmartDefaultUtils.applySmartDefaults leaves them on an
     instance with ``cores`` NeuronCores (None: absent from the configuration). A batch the heuristic leaves
-    unset gets LmiConfigRecommender.setRollingBatchSize's 32."""
+    unset gets LmiConfigRecommender.setRollingBatchSize's ``fallback_batch`` (32; 256 for vllm)."""
     h = _Heuristic(config, n_positions, cores, quantized)
     if not h.sequence_gb or not h.model_gb:
         # The Java divides by zero here (Infinity through an int cast): no value worth reproducing.
         raise ValueError("config.json lacks hidden_size, num_hidden_layers or the sizes the estimate needs")
     tp = tp_degree if tp_degree is not None else h.tp_degree(max_rolling_batch)
-    batch = max_rolling_batch if max_rolling_batch is not None else (h.max_rolling_batch(tp) or 32)
+    batch = max_rolling_batch if max_rolling_batch is not None else (h.max_rolling_batch(tp) or fallback_batch)
     return tp, batch

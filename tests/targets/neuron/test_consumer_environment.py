@@ -255,3 +255,91 @@ def test_an_explicit_strategy_as_each_release_reads_it(llama2_cache: None) -> No
     assert rc == 0, err
     assert "continuous_batching" in _call(naive)["kwargs"]["neuron_config"]
     assert naive["key"] == _plan("0.26.0", {})[2]["key"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What an LMI configuration leaves out, in the corners (a review of the first version found each).
+# ---------------------------------------------------------------------------------------------------------------
+
+def _kwargs(doc: dict) -> tuple[int, int]:
+    kwargs = _call(doc)["kwargs"]
+    return kwargs["tp_degree"], kwargs["batch_size"]
+
+
+def test_vllm_without_a_batch_gets_the_recommenders_256(llama2_cache: None) -> None:
+    """LmiConfigRecommender.setRollingBatchSize (v0.28.0 on): 256 for vllm, else 32; 0.30+ only where the
+    heuristic leaves it unset (NeuronSmartDefaultUtils sets nothing when its estimate is 0)."""
+    no_batch = {"OPTION_MAX_ROLLING_BATCH_SIZE": "", "OPTION_ROLLING_BATCH": "vllm", "OPTION_TENSOR_PARALLEL_DEGREE": "2"}
+    rc, err, doc = _plan("0.29.0", no_batch)
+    assert rc == 0, err
+    assert _kwargs(doc) == (2, 256)  # type: ignore[arg-type]
+    rc, err, doc = _plan("0.29.0", dict(no_batch, OPTION_ROLLING_BATCH="tnx"))
+    assert rc == 0, err
+    assert _kwargs(doc) == (2, 32)  # type: ignore[arg-type]
+    # 0.32 at tp 2: (32 GB − 36.03 GB·1.02) < 0, concurrency 0, nothing set → 256 for vllm.
+    rc, err, doc = _plan("0.32.0", no_batch)
+    assert rc == 0, err
+    assert _kwargs(doc) == (2, 256)  # type: ignore[arg-type]
+
+
+def test_tensor_parallel_degree_variable_where_the_release_reads_it(llama2_cache: None) -> None:
+    left_out = {"OPTION_TENSOR_PARALLEL_DEGREE": "", "OPTION_MAX_ROLLING_BATCH_SIZE": ""}
+    # 0.29: setTensorParallelDegree reads TENSOR_PARALLEL_DEGREE for an absent property.
+    rc, err, doc = _plan("0.29.0", dict(left_out, TENSOR_PARALLEL_DEGREE="2"))
+    assert rc == 0, err
+    assert _kwargs(doc)[0] == 2  # type: ignore[arg-type]
+    # 0.32: the heuristic fills the property first, so the variable is never read (tp 4, batch 16 on 12 cores:
+    # worked in test_smart_defaults.py).
+    rc, err, plain = _plan("0.32.0", left_out)
+    rc2, err2, with_var = _plan("0.32.0", dict(left_out, TENSOR_PARALLEL_DEGREE="2"))
+    assert rc == 0 and rc2 == 0, err + err2
+    assert _kwargs(plain) == _kwargs(with_var) == (4, 16)  # type: ignore[arg-type]
+    assert plain["key"] == with_var["key"]  # type: ignore[index]
+
+
+def test_internal_options_and_odd_values_are_errors_not_tracebacks(llama2_cache: None, tmp_path: Path) -> None:
+    flags = ["meta-llama/Llama-2-7b-hf", "--target", "neuron", "--n-positions", "4096", "--tp-degree", "8",
+             *INSTANCE, "--consumer", "lmi-neuronx:0.30.0", "--dry-run"]
+    for option in ("neuron_env={bad", "neuron_env=[1]", 'neuron_env={"NEURON_CC_FLAGS": 3}', "lmi_unset=everything"):
+        r = run_kiln("build", *flags, "--option", option)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "do not pass it" in r.stderr, (option, r.stderr)
+    rc, err, _ = _plan("0.31.0", {"NEURON_CONTEXT_LENGTH_ESTIMATE": "[0]"})
+    assert rc == 2 and "NEURON_CONTEXT_LENGTH_ESTIMATE" in err
+    rc, err, _ = _plan("0.30.0", {"NEURON_CC_FLAGS": "-O1"}, "--option", "neuron_cc_flags=-O3")
+    assert rc == 2 and "disagree" in err
+
+
+def test_a_model_without_max_position_embeddings_must_name_n_positions(tmp_path: Path) -> None:
+    from ...conftest import write_fake_model
+
+    gpt2 = write_fake_model(tmp_path / "gpt2", config={"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                                                      "n_positions": 1024, "n_embd": 64, "n_head": 4, "n_layer": 2})
+    env = {"OPTION_MODEL_ID": str(gpt2), "OPTION_ENTRYPOINT": "djl_python.transformers_neuronx",
+           "OPTION_TENSOR_PARALLEL_DEGREE": "2", "OPTION_MAX_ROLLING_BATCH_SIZE": "4",
+           "OPTION_KILN_CONSUMER": "lmi-neuronx:0.32.0"}
+    r = run_kiln("build", "--from-env", *INSTANCE, "--dry-run", env=env)
+    assert r.returncode == 2 and "max_position_embeddings" in r.stderr and "Traceback" not in r.stderr
+    r = run_kiln("build", "--from-env", *INSTANCE, "--dry-run", env=dict(env, OPTION_N_POSITIONS="512"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_an_absurd_config_value_is_an_error(tmp_path: Path) -> None:
+    from ...conftest import write_fake_model
+
+    model = write_fake_model(tmp_path / "m", config={"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                     "hidden_size": 10**20, "num_attention_heads": 32,
+                                                     "num_hidden_layers": 2, "max_position_embeddings": 4096})
+    env = {"OPTION_MODEL_ID": str(model), "OPTION_ENTRYPOINT": "djl_python.transformers_neuronx",
+           "OPTION_KILN_CONSUMER": "lmi-neuronx:0.32.0"}
+    r = run_kiln("build", "--from-env", *INSTANCE, "--dry-run", env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_flags_inside_the_image_say_their_defaults_are_kilns(llama2_cache: None, tmp_path: Path) -> None:
+    image = _in_image(tmp_path, "0.32.0 inf2\n")
+    r = run_kiln("key", "meta-llama/Llama-2-7b-hf", "--target", "neuron", *INSTANCE, "--explain", env=image)
+    assert r.returncode == 0, r.stderr
+    assert "not given: Kiln's defaults, not lmi-neuronx:0.32.0's" in r.stdout
+    # A telemetry path that is no regular file (a FIFO, a device, a directory) is no image, and never blocks.
+    r = run_kiln("key", "--from-env", *INSTANCE, env=dict(ROW_ENV, KILN_LMI_TELEMETRY_FILE=str(tmp_path)))
+    assert r.returncode == 2 and "must name its consumer" in r.stderr

@@ -536,8 +536,8 @@ def test_a_lookup_from_lmi_configuration_without_a_consumer_tries_each(llama2_ca
     miss = run_kiln(*lookup, env=env)
     assert miss.returncode == 1, miss.stderr
     assert "consumer open" in miss.stdout and "lmi-neuronx:0.26.0" in miss.stdout
-    # 0.27 sends rolling_batch=auto to lmi-dist: said on the miss, as a consumer that would not load it.
-    assert "lmi-neuronx:0.27.0 would not load it" in miss.stdout
+    # 0.27 sends rolling_batch=auto to lmi-dist: said on the miss, as a consumer not looked up, and why.
+    assert "lmi-neuronx:0.27.0 not looked up: " in miss.stdout and "lmi-dist" in miss.stdout
     flags = [*LMI_ROW[1:], "--option", "rolling_batch=auto"]
     assert run_kiln("store", "put", str(art), LMI_ROW[0], *flags, "--consumer", "lmi-neuronx:0.28.0").returncode == 0
     hit = run_kiln(*lookup, "--json", env=env)
@@ -577,3 +577,22 @@ def test_auto_at_twelve_and_more_is_vllm_serving_the_same_graphs(llama2_cache: N
     assert r.returncode == 0, r.stderr
     props = (dest / "serving.properties").read_text()
     assert "option.rolling_batch=vllm" in props, props
+
+
+def test_the_lmi_layout_of_static_batch_graphs_names_option_batch_size(llama2_cache: None, tmp_path: Path) -> None:
+    """Rolling batch disabled, LMI compiles option.batch_size (max_rolling_batch_size is not read): the layout
+    must say batch_size, or the container compiles batch 1 and misses these graphs."""
+    snap = next(Path(os.environ["HF_HUB_CACHE"]).glob("models--meta-llama--Llama-2-7b-hf/snapshots/*"))
+    spec = [*LMI_ROW[1:], "--consumer", "lmi-neuronx:0.32.0", "--option", "rolling_batch=disable"]
+    put = run_kiln("store", "put", str(_neuron_fixture_artifact(tmp_path, snap)), LMI_ROW[0], *spec, "--json")
+    assert put.returncode == 0, put.stderr
+    dest = tmp_path / "lmi"
+    assert run_kiln("fetch", LMI_ROW[0], *spec, "--layout", "lmi", "--dest", str(dest)).returncode == 0
+    props = dict(line.split("=", 1) for line in (dest / "serving.properties").read_text().splitlines()
+                 if not line.startswith("#"))
+    assert props["option.rolling_batch"] == "disable" and props["option.batch_size"] == "4"
+    assert "option.max_rolling_batch_size" not in props
+    again = run_kiln("lookup", LMI_ROW[0], "--serving-properties", str(dest / "serving.properties"),
+                     "--instance-type", "ml.inf2.24xlarge", "--consumer", "lmi-neuronx:0.32.0", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["key"] == json.loads(put.stdout)["key"]
