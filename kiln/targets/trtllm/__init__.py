@@ -73,6 +73,17 @@ class TrtllmTarget(Target):
     def build_steps(self, res: BuildInputs, *, calib_file: Path | None = None) -> tuple[Step, ...]:
         return _stages.build_steps(res, calib_file=calib_file)
 
+    def step_invocation(self, res: BuildInputs, step: str) -> dict[str, Any] | None:
+        """The engine step's trtllm-build call (CHECKPOINT and OUT stand for the stage directories); it runs with
+        the build host's environment (no variable of it is set by Kiln)."""
+        if step != "engine":
+            return None
+        from .engine_worker import trtllm_build_argv  # light: the worker module imports no vendor package
+
+        spec = res.spec
+        return {"argv": trtllm_build_argv("CHECKPOINT", "OUT", spec.batch_size, int(spec.n_positions or 0),
+                                          spec.option("max_num_tokens")), "env": {}}
+
     def missing_toolchain_error(self, res: BuildInputs, missing: Sequence[str], stored: Sequence[StoredStep],
                                 where: str) -> KilnError:
         if stored:  # the conversion stages are in the store: say how to finish on a GPU machine

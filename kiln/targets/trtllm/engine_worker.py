@@ -26,21 +26,28 @@ from .._model_files import GENERATION_CONFIG, TOKENIZER_FILES
 
 
 
-def build_argv(args: argparse.Namespace) -> list[str]:
+def trtllm_build_argv(checkpoint_dir: str, out_dir: str, max_batch_size: int, max_seq_len: int,
+                      max_num_tokens: int | str | None, exe: str = "trtllm-build") -> list[str]:
+    """The trtllm-build command line (``kiln build --dry-run`` shows it with placeholder directories)."""
     argv = [
-        shutil.which("trtllm-build") or "trtllm-build",
-        "--checkpoint_dir", str(args.checkpoint_dir),
-        "--output_dir", str(args.out_dir),
-        "--max_batch_size", str(args.max_batch_size),
+        exe,
+        "--checkpoint_dir", str(checkpoint_dir),
+        "--output_dir", str(out_dir),
+        "--max_batch_size", str(max_batch_size),
         # One engine serves prompts up to the whole context: input may take all of n_positions.
-        "--max_input_len", str(args.max_seq_len),
-        "--max_seq_len", str(args.max_seq_len),
+        "--max_input_len", str(max_seq_len),
+        "--max_seq_len", str(max_seq_len),
         "--gemm_plugin", "auto",
         "--gpt_attention_plugin", "auto",
     ]
-    if args.max_num_tokens:
-        argv += ["--max_num_tokens", str(args.max_num_tokens)]
+    if max_num_tokens:
+        argv += ["--max_num_tokens", str(max_num_tokens)]
     return argv
+
+
+def build_argv(args: argparse.Namespace) -> list[str]:
+    return trtllm_build_argv(args.checkpoint_dir, args.out_dir, args.max_batch_size, args.max_seq_len,
+                             args.max_num_tokens, exe=shutil.which("trtllm-build") or "trtllm-build")
 
 
 def _build(args: argparse.Namespace) -> str:

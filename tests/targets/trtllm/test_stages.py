@@ -145,3 +145,19 @@ def test_select_and_miss_explanations_ignore_build_stages(tmp_path: Path) -> Non
     assert sel.returncode == 1 and "Traceback" not in sel.stderr
     miss = run_kiln("lookup", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ, *PINS)
     assert miss.returncode == 1 and "(checkpoint)" not in miss.stdout and "no trtllm artifact" in miss.stdout
+
+
+def test_the_dry_run_shows_the_trtllm_build_command(tmp_path: Path) -> None:
+    """What the engine step runs, for a user to check against their consumer's TensorRT-LLM; nothing is built."""
+    model = make_tiny_model("llama", tmp_path / "m", seed=25)
+    spec = ["--target", "trtllm", "--n-positions", "64", "--batch-size", "4", "--dtype", "fp16", "--option",
+            "max_num_tokens=256", *PINS]
+    r = run_kiln("build", str(model), *spec, "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    steps = {s["name"]: s for s in json.loads(r.stdout)["steps"]}
+    argv = steps["engine"]["invocation"]["argv"]
+    assert argv[0] == "trtllm-build" and argv[argv.index("--checkpoint_dir") + 1] == "CHECKPOINT"
+    assert argv[argv.index("--max_batch_size") + 1] == "4" and argv[argv.index("--max_seq_len") + 1] == "64"
+    assert argv[argv.index("--max_num_tokens") + 1] == "256"
+    assert steps["engine"]["invocation"]["env"] == {}
+    assert "invocation" not in steps["checkpoint"]  # Kiln's own conversion: its argv says it all
