@@ -200,8 +200,11 @@ def resolve_query(store: api.Store, request: SpecRequest) -> tuple[list[tuple[st
                 raise                          # ValidationError): the model, the store, a remote
 
             refused.append((consumer, str(e)))
-    if not candidates:
-        raise api.KilnError("no consumer loads this configuration:\n" + "\n".join(f"  {c}: {why}" for c, why in refused))
+    if not candidates:  # one line, as every error: the newest release's reason, and how to see the others'
+        (newest, why), others = refused[0], len(refused) - 1
+        raise api.KilnError(f"no LMI consumer loads this configuration; {newest}: {why}"
+                            + (f" ({others} older releases refuse it too: name one with --consumer for its reason)"
+                               if others else ""))
     return candidates, refused
 
 

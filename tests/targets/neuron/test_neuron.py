@@ -596,3 +596,10 @@ def test_the_lmi_layout_of_static_batch_graphs_names_option_batch_size(llama2_ca
                      "--instance-type", "ml.inf2.24xlarge", "--consumer", "lmi-neuronx:0.32.0", "--json")
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads(again.stdout)["key"] == json.loads(put.stdout)["key"]
+
+
+def test_an_open_lookup_that_no_release_would_load_is_one_clear_error(llama2_cache: None) -> None:
+    env = {k: v for k, v in ROW_ENV.items() if k != "OPTION_KILN_CONSUMER"}
+    r = run_kiln("lookup", "--from-env", "--instance-type", "ml.inf2.24xlarge", env=dict(env, OPTION_ROLLING_BATCH="0"))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "lmi-neuronx:0.34.0" in r.stderr and "option.rolling_batch='0'" in r.stderr
