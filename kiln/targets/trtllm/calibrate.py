@@ -12,14 +12,20 @@ on every ``nn.Linear`` records, over all calibration tokens,
 
 Samples are processed one at a time, in file order, each truncated to ``seq_len`` tokens
 (TensorRT-LLM's defaults: 512 samples x 512 tokens, read from cnn_dailymail; Kiln reads
-local text so that calibration never needs the network). A corpus with fewer texts than
-``num_samples`` is used whole: maxima over repeated texts would not change, so nothing is
-repeated, and the metadata records both numbers.
+local text so that calibration never needs the network). The default corpus has the same
+strength: 512 texts of at least 512 tokens each (Jane Austen's novels and the Python 3.11
+documentation, from Debian packages: ``scripts/make_calib_corpus.py`` makes it and names the
+sources and licenses). A corpus with fewer texts than ``num_samples`` is used whole: maxima
+over repeated texts would not change, so nothing is repeated; the worker warns, and the
+metadata records both numbers. (The build refuses static activation scales from a short
+corpus before any work: :func:`kiln.targets.trtllm.stages.build_steps`.)
 
 Output (a stage node that every shape of the same model + corpus reuses)::
 
     act_stats.safetensors   "<module>.x" / "<module>.y" / "<module>.w" float32 vectors
     act_stats.json          format, model fingerprint, corpus digest, sample/token counts
+    facts.json              samples and tokens requested and used, warnings: quoted in the
+                            stage's build record (kiln.compile.stages.STAGE_FACTS)
 
 Deterministic: same model, corpus and options give the same bytes (given the same torch
 build and thread count; the maxima are of float32 forward activations).
@@ -27,10 +33,12 @@ build and thread count; the maxima are of float32 forward activations).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -40,6 +48,7 @@ __all__ = [
     "STATS_FILE",
     "STATS_META_FILE",
     "STATS_FORMAT",
+    "FACTS_FILE",
     "default_calib_file",
     "parse_calib_text",
     "load_calib_texts",
@@ -55,13 +64,15 @@ STATS_FILE = "act_stats.safetensors"
 STATS_META_FILE = "act_stats.json"
 STATS_FORMAT = "kiln-smoothquant-act-stats/1"
 STAT_KINDS = ("x", "y", "w")
+# What the stage's build record quotes (kiln.compile.stages.STAGE_FACTS: the same name).
+FACTS_FILE = "facts.json"
 
 Log = Callable[[str], None]
 
 
 def default_calib_file() -> Path:
-    """The corpus shipped with Kiln (original prose, no network needed)."""
-    return Path(__file__).with_name("calib_default.txt")
+    """The corpus shipped with Kiln (512 prose texts of >= 512 tokens; no network needed)."""
+    return Path(__file__).with_name("calib_default.txt.gz")
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -117,11 +128,21 @@ def load_calib_texts(calib_file: Path | str | None = None) -> tuple[list[str], d
     if not path.is_file():
         raise ValueError(f"calibration file {path} does not exist; pass --calib-file with a .txt or .jsonl file")
     data = path.read_bytes()
+    # A .gz file (the default corpus is one) is read decompressed; its digest stays that of its bytes.
+    suffixes = [s.lower() for s in path.suffixes]
+    raw = data
+    if suffixes[-1:] == [".gz"]:
+        try:
+            raw = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"calibration file {path} is not a valid gzip file ({exc})") from None
+        suffixes = suffixes[:-1]
     try:
-        content = data.decode("utf-8")
+        content = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"calibration file {path} is not UTF-8 text") from None
-    jsonl = True if path.suffix.lower() in (".jsonl", ".ndjson") else (False if path.suffix.lower() == ".txt" else None)
+    suffix = suffixes[-1] if suffixes else ""
+    jsonl = True if suffix in (".jsonl", ".ndjson") else (False if suffix == ".txt" else None)
     texts = parse_calib_text(content, name=str(path), jsonl=jsonl)
     source = {
         "name": "kiln-default" if calib_file is None else path.name,
@@ -263,6 +284,9 @@ def calibrate(
     t0 = time.perf_counter()
     stats, counts = collect_activation_stats(model, tokenizer, texts, num_samples=num_samples, seq_len=seq_len, log=log)
     log(f"calibrate: {counts['samples']} samples, {counts['tokens']} tokens in {time.perf_counter() - t0:.1f}s")
+    warnings = shortfall_warnings(source, num_samples, counts["samples"])
+    for w in warnings:
+        log(f"WARNING: {w}")
     meta: dict[str, Any] = {
         "format": STATS_FORMAT,
         "model_fingerprint": model_fingerprint(model_dir),
@@ -274,6 +298,7 @@ def calibrate(
             "seq_len": seq_len,
             "tokens": counts["tokens"],
             "dtype": "float32",
+            "warnings": warnings,
         },
         "modules": len(stats),
         "stats": list(STAT_KINDS),
@@ -282,6 +307,27 @@ def calibrate(
         write_stats(Path(out_dir), stats, meta)
         log(f"calibrated modules={len(stats)} out={out_dir}")
     return stats, meta
+
+
+def shortfall_warnings(source: dict[str, Any], requested: int, used: int) -> list[str]:
+    """What a build record must say when the corpus gave fewer samples than asked for."""
+    if used >= requested:
+        return []
+    why = (f"the corpus {source['name']} has only {source['texts']} texts" if source["texts"] < requested
+           else f"{source['texts'] - used} of its texts produced no tokens")
+    return [f"calibration used {used} samples, not the {requested} requested: {why}. The maxima (and any static "
+            "activation scale) come from fewer samples than TensorRT-LLM uses; pass a larger --calib-file."]
+
+
+def facts(meta: dict[str, Any]) -> dict[str, Any]:
+    """The calibration's account for the stage's build record: what was asked for and what was used."""
+    cal = meta["calibration"]
+    return {"calibration": {
+        "corpus": cal["name"], "corpus_sha256": cal["sha256"], "texts_available": cal["texts"],
+        "samples_requested": cal["num_samples_requested"], "samples_used": cal["num_samples_used"],
+        "seq_len": cal["seq_len"], "tokens_used": cal["tokens"],
+        "tokens_at_most": cal["num_samples_requested"] * cal["seq_len"], "warnings": list(cal.get("warnings", [])),
+    }}
 
 
 # ----------------------------------------------------------------------------- files
@@ -295,9 +341,10 @@ def write_stats(out_dir: Path, stats: dict[str, dict[str, Any]], meta: dict[str,
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)  # safetensors creates 0600 files
     os.replace(tmp, out_dir / STATS_FILE)
-    tmp_meta = out_dir / f".{STATS_META_FILE}.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_meta, out_dir / STATS_META_FILE)
+    for name, obj in ((STATS_META_FILE, meta), (FACTS_FILE, facts(meta))):
+        tmp_meta = out_dir / f".{name}.tmp"
+        tmp_meta.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp_meta, out_dir / name)
 
 
 def load_stats(stats_dir: Path | str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:

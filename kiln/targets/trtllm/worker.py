@@ -6,7 +6,7 @@
         --dtype fp16 --tp-degree 2 [--smoothquant ALPHA --per-token --per-channel \\
         --int8-kv-cache --stats-dir S]
 
-``calibrate`` writes act_stats.safetensors + act_stats.json (see kiln.targets.trtllm.calibrate);
+``calibrate`` writes act_stats.safetensors + act_stats.json + facts.json (see kiln.targets.trtllm.calibrate);
 ``convert`` writes a TensorRT-LLM checkpoint: config.json + rank{N}.safetensors (see
 kiln.targets.trtllm.checkpoint). Exit codes and the progress protocol: :mod:`kiln.targets._worker_main`.
 """
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="collect SmoothQuant activation statistics")
     c.add_argument("--model-dir", required=True, type=Path, help="Hugging Face model directory")
     c.add_argument("--out-dir", required=True, type=Path, help="where act_stats.* go")
-    c.add_argument("--calib-file", type=Path, default=None, help="plain text (paragraphs) or JSONL with a 'text' field; default: Kiln's built-in corpus")
+    c.add_argument("--calib-file", type=Path, default=None, help="plain text (paragraphs) or JSONL with a 'text' field (.gz read decompressed); default: Kiln's built-in corpus")
     c.add_argument("--num-samples", type=_positive, default=DEFAULT_NUM_SAMPLES, help=f"texts to run (default {DEFAULT_NUM_SAMPLES}, TensorRT-LLM's)")
     c.add_argument("--seq-len", type=_positive, default=DEFAULT_SEQ_LEN, help=f"tokens per text (default {DEFAULT_SEQ_LEN}, TensorRT-LLM's)")
 
@@ -72,7 +72,9 @@ def _calibrate(args: argparse.Namespace) -> str:
         num_samples=args.num_samples, seq_len=args.seq_len, log=w.log,
     )  # fmt: skip
     cal = meta["calibration"]
-    return f"modules={meta['modules']} samples={cal['num_samples_used']} tokens={cal['tokens']}"
+    short = " SHORT: see the WARNING above" if cal["warnings"] else ""
+    return (f"modules={meta['modules']} samples={cal['num_samples_used']} (of {cal['num_samples_requested']} requested) "
+            f"tokens={cal['tokens']}{short}")
 
 
 def _convert(args: argparse.Namespace) -> str:
