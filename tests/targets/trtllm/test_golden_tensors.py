@@ -158,7 +158,7 @@ def test_checkpoint_equals_golden_table(
     raises=DtypeMismatch,
     reason=(
         "SmoothQuant in float16/bfloat16: Kiln writes input_layernorm/post_layernorm.scale_to_int as float32 "
-        "(kiln/targets/trtllm/checkpoint.py:281-285, _f32); TensorRT-LLM declares them in the model dtype "
+        "(kiln/targets/trtllm/checkpoint.py _sq_layer, via _f32); TensorRT-LLM declares them in the model dtype "
         "(quantization/layers.py@2a9abd95 SmoothQuantRmsNorm.scale_to_int = Parameter(shape=(1,), dtype=dtype)). "
         "Loads with a dtype warning per layer (parameter.py Parameter.value setter); TensorRT-LLM's own converter "
         "writes float32 too (models/llama/convert.py@04a2cacb get_tllm_linear_sq_weight)"
