@@ -44,6 +44,8 @@ in half when tp > kv_heads; Kiln replicates in both paths.)
 
 Output is byte-deterministic: fixed tensor order and metadata, no timestamps, and only
 elementwise math and reductions (no order-dependent sums) between the weights and the files.
+Every floating tensor is checked to be finite in its written dtype before any file is written
+(a SmoothQuant-folded RMSNorm weight can overflow float16; the cast alone would say nothing).
 This module imports torch lazily so that its validation can run in light processes.
 """
 
@@ -190,6 +192,68 @@ def _f32(values: Any, shape: tuple[int, ...]) -> Any:
     return torch.as_tensor(values, dtype=torch.float32).reshape(shape).contiguous()
 
 
+def _dtype_name(dt: Any) -> str:
+    return str(dt).removeprefix("torch.")
+
+
+def _wider_dtypes(dt: Any) -> str | None:
+    """The --dtype values with a wider range than ``dt`` (the fix for an overflow), as the CLI spells them."""
+    import torch
+
+    return {torch.float16: "bf16 or fp32", torch.bfloat16: "fp32"}.get(dt)
+
+
+def _folded_norm(norm: Any, dt: Any, *, layer: int, name: str, alpha: float) -> Any:
+    """Cast a SmoothQuant-folded RMSNorm weight (``g / s``) to ``dt``, refusing one that would not be finite.
+
+    A channel that barely fires during calibration gets a tiny smoothing factor (down to
+    1e-5 at alpha 1), so ``g / s`` can pass float16's 65504 and the cast would make it inf
+    without a word, and the engine's activations would turn inf/NaN.
+    """
+    import torch
+
+    if not bool(torch.isfinite(norm).all()):
+        raise ValueError(
+            f"layer {layer} {name}: the model's RMSNorm weight or its calibration statistics hold inf/NaN; "
+            "check the weights and recalibrate"
+        )
+    out = norm.to(dt)
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        wider = _wider_dtypes(dt)
+        raise ValueError(
+            f"layer {layer} {name}: folding the SmoothQuant smoothing factors into the RMSNorm weight gives values up "
+            f"to {float(norm.abs().max()):.3g}, past {_dtype_name(dt)}'s largest {torch.finfo(dt).max:g} "
+            f"({int(bad.sum())} channel(s), ones that barely activate on the calibration text); "
+            f"lower --smoothquant (alpha {alpha:g} now)" + (f" or build with --dtype {wider}" if wider else "")
+        )
+    return out
+
+
+def _require_finite(tensors: Mapping[str, Any], where: str) -> None:
+    """Refuse to write a floating tensor holding inf/NaN (a cast that overflowed, or non-finite input)."""
+    import torch
+
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            continue
+        bad = ~torch.isfinite(t)
+        if not bool(bad.any()):
+            continue
+        what = f"{where} {name}".strip()
+        count = f"{int(bad.sum())} of {t.numel()} values"
+        if t.dtype == torch.float32:  # scales and smoothers, or an fp32 build: computed, not narrowed
+            raise ValueError(
+                f"{what}: {count} are inf/NaN; the model's weights (or calibration statistics) are not finite "
+                "or too large to scale; check the weights and recalibrate"
+            )
+        wider = _wider_dtypes(t.dtype)
+        raise ValueError(
+            f"{what}: {count} are not finite in {_dtype_name(t.dtype)} (largest {torch.finfo(t.dtype).max:g}): "
+            "the model's weights exceed that range or hold inf/NaN" + (f"; build with --dtype {wider}" if wider else "")
+        )
+
+
 def _plain_layer(lw: Mapping[str, Any], shape: ModelShape, tp: int, dt: Any) -> list[dict[str, Any]]:
     import torch
 
@@ -258,17 +322,21 @@ def _sq_layer(
         v = out_scale(q)
         return _f32(v, (1, -1)) if per_channel else _f32(v[:1], (1, 1))
 
+    # The folded norms are the only tensors narrowed to the model dtype after SmoothQuant math.
+    ln1_dt = _folded_norm(ln1, dt, layer=l, name="input_layernorm.weight", alpha=alpha)
+    ln2_dt = _folded_norm(ln2, dt, layer=l, name="post_layernorm.weight", alpha=alpha)
+
     out = []
     for r in range(tp):
         t: dict[str, Any] = {
-            "input_layernorm.weight": ln1.to(dt),
+            "input_layernorm.weight": ln1_dt,
             "attention.qkv.weight": _qkv_rows(qkv.weight, shape, tp, r),
             # QKV always runs with per-column scales (SmoothQuantAttention forces per-channel).
             "attention.qkv.per_channel_scale": _f32(_qkv_rows(out_scale(qkv), shape, tp, r), (1, -1)),
             "attention.dense.weight": _chunk(dense.weight, tp, r, 1).contiguous(),
             "attention.dense.per_channel_scale": row_scale(dense),
             "attention.dense.smoother": _f32(_chunk(s_o, tp, r), (1, -1)),
-            "post_layernorm.weight": ln2.to(dt),
+            "post_layernorm.weight": ln2_dt,
             "mlp.fc.weight": _chunk(fc.weight, tp, r, 0).contiguous(),
             "mlp.fc.per_channel_scale": col_scale(fc, r),
             "mlp.gate.weight": _chunk(gate.weight, tp, r, 0).contiguous(),
@@ -383,6 +451,7 @@ def convert_checkpoint(
             for t in per_rank:
                 t["attention.kv_cache_scaling_factor"] = kv_scale
         for r, t in enumerate(per_rank):
+            _require_finite(t, f"layer {l}")  # before anything is written: a bad checkpoint never lands
             ranks[r].update({f"transformer.layers.{l}.{k}": v for k, v in t.items()})
         del lw, per_rank
         _release_freed_memory()
@@ -398,6 +467,8 @@ def convert_checkpoint(
         ranks[r]["transformer.vocab_embedding.weight"] = embed.to(dt)
         ranks[r]["transformer.ln_f.weight"] = ln_f.to(dt)
         ranks[r]["lm_head.weight"] = _chunk(lm_head, tp, r, 0).to(dt)
+        _require_finite({k: ranks[r][k] for k in ("transformer.vocab_embedding.weight", "transformer.ln_f.weight",
+                                                  "lm_head.weight")}, "")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, int] = {}

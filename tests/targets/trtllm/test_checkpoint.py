@@ -263,3 +263,76 @@ def test_sharded_hf_checkpoint(models: dict[str, Path], tmp_path: Path) -> None:
     convert_checkpoint(sharded, tmp_path / "b", dtype="fp16", tp_degree=2, log=_quiet)
     for name in ("config.json", "rank0.safetensors", "rank1.safetensors"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+# ----------------------------------------------------------------------------- finiteness
+def _dead_channel_stats(model_dir: Path, out: Path, *, layer: int, channel: int) -> Path:
+    """Calibration statistics set directly: every maximum 1, except one input channel of
+    ``layer``'s q/k/v that never fired (absmax 0), as a real corpus can leave one. The
+    metadata (model fingerprint, corpus account) is a real calibration's, on two texts."""
+    from kiln.targets.trtllm.calibrate import calibrate, write_stats
+
+    real, meta = calibrate(model_dir, None, num_samples=2, seq_len=16, log=_quiet)
+    stats = {name: {"x": torch.ones_like(s["x"]), "y": torch.ones_like(s["y"]), "w": torch.ones_like(s["w"])}
+             for name, s in real.items()}  # fmt: skip
+    stats[f"model.layers.{layer}.self_attn.q_proj"]["x"][channel] = 0.0
+    write_stats(out, stats, meta)
+    return out
+
+
+def test_a_folded_norm_that_overflows_fp16_is_refused_before_any_rank_is_written(models: dict[str, Path], tmp_path: Path) -> None:
+    """At alpha 1 a dead channel's smoothing factor is the 1e-5 floor, so the folded RMSNorm weight
+    g / s is 1e5 there (g is 1 in this model): past float16's 65504. Refused, naming the layer,
+    the tensor and the fixes, with no rank file written; both fixes then convert."""
+    md = models["llama"]
+    stats = _dead_channel_stats(md, tmp_path / "stats", layer=1, channel=7)
+    sq = {"tp_degree": 2, "per_token": True, "per_channel": True, "stats_dir": stats, "log": _quiet}
+    out = tmp_path / "fp16"
+    with pytest.raises(ValueError) as info:
+        convert_checkpoint(md, out, dtype="fp16", smoothquant_alpha=1.0, **sq)
+    message = str(info.value)
+    assert message.startswith("layer 1 input_layernorm.weight:"), message  # layer 0 has no dead channel
+    assert "float16" in message and "65504" in message and "1e+05" in message
+    assert "lower --smoothquant (alpha 1 now)" in message and "--dtype bf16 or fp32" in message
+    assert "\n" not in message
+    assert not list(out.glob("rank*.safetensors")) and not (out / "config.json").exists()
+
+    for dtype, alpha in (("bf16", 1.0), ("fp16", 0.5)):
+        done = tmp_path / f"{dtype}-{alpha}"
+        convert_checkpoint(md, done, dtype=dtype, smoothquant_alpha=alpha, **sq)
+        for r in range(2):
+            for name, t in load_file(str(done / f"rank{r}.safetensors")).items():
+                assert not t.is_floating_point() or bool(torch.isfinite(t).all()), (dtype, alpha, name)
+
+
+def test_the_worker_reports_the_overflow_as_one_error_line(models: dict[str, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    stats = _dead_channel_stats(models["llama"], tmp_path / "stats", layer=0, channel=3)
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln.targets.trtllm.worker", "convert", "--model-dir", str(models["llama"]),
+         "--out-dir", str(tmp_path / "out"), "--dtype", "fp16", "--tp-degree", "1", "--smoothquant", "1",
+         "--per-token", "--per-channel", "--stats-dir", str(stats)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr  # bad input, not a crash
+    assert "Traceback" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: layer 0 input_layernorm.weight:") and "--smoothquant" in line, line
+    assert not list((tmp_path / "out").glob("rank*.safetensors"))
+
+
+def test_weights_beyond_fp16_are_refused_in_the_plain_path_too(tmp_path: Path) -> None:
+    """No SmoothQuant: a weight past 65504 (fine in the model's fp32 file) would become inf in an fp16 checkpoint."""
+    from safetensors.torch import save_file
+
+    md = tiny("llama", tmp_path / "m", seed=5)
+    path = md / "model.safetensors"
+    sd = load_file(str(path))
+    sd["model.layers.1.mlp.down_proj.weight"][0, 0] = 1e5
+    save_file(sd, str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"^layer 1 mlp\.proj\.weight: 1 of \d+ values are not finite in float16 .*--dtype bf16 or fp32$"):
+        convert_checkpoint(md, tmp_path / "out", dtype="fp16", tp_degree=1, log=_quiet)
+    assert not list((tmp_path / "out").glob("rank*.safetensors"))
+    convert_checkpoint(md, tmp_path / "fp32", dtype="fp32", tp_degree=1, log=_quiet)  # the fix named works
