@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +18,7 @@ import torch
 from kiln.targets.trtllm.calibrate import (
     DEFAULT_NUM_SAMPLES,
     DEFAULT_SEQ_LEN,
+    FACTS_FILE,
     STATS_FILE,
     STATS_META_FILE,
     calibrate,
@@ -22,6 +30,8 @@ from kiln.targets.trtllm.calibrate import (
 )
 
 from . import tiny
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _quiet(_: str) -> None:
@@ -40,10 +50,106 @@ def test_defaults_are_tensorrt_llms() -> None:
 def test_default_corpus_is_local_and_varied() -> None:
     texts, source = load_calib_texts(None)
     assert default_calib_file().is_file()
-    assert len(texts) >= 60
     assert source["name"] == "kiln-default" and len(source["sha256"]) == 64
     assert len(set(texts)) == len(texts)
     assert all(len(t.split()) >= 40 for t in texts)
+
+
+def test_default_corpus_has_tensorrt_llms_strength() -> None:
+    """512 texts, each long enough for 512 tokens: TensorRT-LLM's 512 x 512 calibration."""
+    texts, source = load_calib_texts(None)
+    assert len(texts) >= DEFAULT_NUM_SAMPLES and source["texts"] == len(texts)
+    # No English BPE tokenizer averages 6 characters a token (SmolLM2's: 4.5 on this corpus), so
+    # 6 characters a token is a safe lower bound on each text's tokens without a tokenizer.
+    assert min(len(t) for t in texts) >= 6 * DEFAULT_SEQ_LEN
+    # Prose, not code or tables: mostly letters, no reStructuredText or doctest left over.
+    for t in texts:
+        letters = sum(c.isalpha() for c in t)
+        assert letters >= 0.75 * len(t.replace(" ", "")), t[:200]
+        assert "::" not in t and ">>>" not in t and "+---" not in t and "``" not in t, t[:200]
+    # Both sources alternate from the start: the first calib_samples texts mix both registers.
+    assert all("Python" in t for t in texts[1:64:2]) and sum("Python" in t for t in texts[0:64:2]) <= 2
+    # The shipped file carries the notices its sources' licenses ask for (PSF clause 2, MIT).
+    header = gzip.decompress(default_calib_file().read_bytes()).decode().split("\n\n", 1)[0]
+    assert "Copyright (c) 2001-2023 Python Software Foundation; All Rights Reserved" in header
+    assert "Copyright (c) 2016-2017 Julia Silge, MIT license" in header and "Changes made" in header
+    assert source["sha256"] == hashlib.sha256(default_calib_file().read_bytes()).hexdigest()
+
+
+SMOLLM2 = REPO / ".kiln-demo" / "SmolLM2-135M-Instruct"
+
+
+@pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").is_file(),
+                    reason="SmolLM2 is fetched by scripts/get_smollm2.py (tests/test_smollm2.py); not here")
+def test_default_corpus_texts_reach_512_real_tokens() -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(SMOLLM2)
+    texts, _ = load_calib_texts(None)
+    assert min(len(tok(t).input_ids) for t in texts) >= DEFAULT_SEQ_LEN
+
+
+def _corpus_script() -> Any:
+    spec = importlib.util.spec_from_file_location("make_calib_corpus", REPO / "scripts" / "make_calib_corpus.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_corpus_script_keeps_rst_prose_and_drops_code() -> None:
+    m = _corpus_script()
+    rst = """\
+.. _tut-intro:
+
+*****************
+An Informal Intro
+*****************
+
+Python's :func:`len` returns the number of items, and :meth:`~str.join` concatenates them;
+see :pep:`8` and :issue:`1234` for the ``style`` rules, or `the guide <https://example.org>`_.
+
+For example::
+
+   >>> len("abc")
+   3
+
+.. code-block:: python
+
+   print("this is code, not prose")
+
+.. note::
+
+   A note is prose, and its body is kept when it reads like a sentence of English text.
+
++-------+-------+
+| table | cells |
++-------+-------+
+
+* A list item is a paragraph of its own, if it is long enough to read as prose here.
+"""
+    paras = m.rst_paragraphs(rst)
+    assert paras == [
+        "Python's len() returns the number of items, and join() concatenates them; see PEP 8 and bpo-1234 for "
+        "the style rules, or the guide.",
+        "A note is prose, and its body is kept when it reads like a sentence of English text.",
+        "A list item is a paragraph of its own, if it is long enough to read as prose here.",
+    ]
+    # Austen: headings and front matter go, editors' notes go, italics underscores go.
+    lines = ["EMMA", "", "VOLUME I", "", "CHAPTER I", "", "Emma Woodhouse, handsome, _clever_,", "and rich.", "",
+             "[End volume one of this edition.]", "", "Finis"]
+    assert m.austen_paragraphs(lines) == ["Emma Woodhouse, handsome, clever, and rich."]
+    texts = m.chunk(["a" * 2000, "b" * 1299, "c" * 10, "d" * 3300, "e"])
+    assert [len(t) for t in texts] == [2000 + 1 + 1299, 10 + 1 + 3300]  # joined with spaces, >= MIN_CHARS
+
+
+@pytest.mark.skipif(not os.environ.get("KILN_CALIB_DEB_DIR"),
+                    reason="set KILN_CALIB_DEB_DIR to a directory holding r-cran-janeaustenr_1.0.0-1_all.deb and "
+                           "python3.11-doc_3.11.2-6+deb12u9_all.deb (`apt-get download`) to rebuild the corpus")
+def test_corpus_script_reproduces_the_shipped_corpus() -> None:
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "make_calib_corpus.py"), "--deb-dir",
+                        os.environ["KILN_CALIB_DEB_DIR"], "--check"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_plain_text_paragraphs() -> None:
@@ -145,3 +251,42 @@ def test_calibration_is_deterministic(tmp_path: Path, model: Path) -> None:
     meta = json.loads((tmp_path / "a" / STATS_META_FILE).read_text())
     assert meta["calibration"]["seq_len"] == 32 and meta["calibration"]["name"] == "kiln-default"
     assert any(ln.startswith("stage: calibrate") for ln in lines)
+
+
+def test_a_short_corpus_is_used_whole_and_said_loudly(tmp_path: Path, model: Path) -> None:
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n\nhello world, this is a tiny model\n")
+    lines: list[str] = []
+    _, meta = calibrate(model, tmp_path / "s", calib_file=corpus, num_samples=5, seq_len=8, log=lines.append)
+    cal = meta["calibration"]
+    assert (cal["num_samples_used"], cal["num_samples_requested"]) == (2, 5)
+    assert len(cal["warnings"]) == 1 and "used 2 samples, not the 5 requested" in cal["warnings"][0]
+    assert "short.txt has only 2 texts" in cal["warnings"][0]
+    assert any(ln.startswith("WARNING: calibration used 2 samples") for ln in lines)
+    # What the stage's build record quotes: requested and used, side by side.
+    facts = json.loads((tmp_path / "s" / FACTS_FILE).read_text())["calibration"]
+    assert facts["samples_requested"] == 5 and facts["samples_used"] == 2 and facts["texts_available"] == 2
+    assert facts["tokens_used"] == cal["tokens"] and 0 < facts["tokens_used"] <= 2 * 8
+    assert facts["tokens_at_most"] == 5 * 8 and facts["warnings"] == cal["warnings"]
+    assert facts["corpus"] == "short.txt" and facts["corpus_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+
+
+def test_a_full_corpus_has_no_warning(tmp_path: Path, model: Path) -> None:
+    _, meta = calibrate(model, tmp_path / "s", num_samples=3, seq_len=8, log=_quiet)
+    assert meta["calibration"]["warnings"] == []
+    assert json.loads((tmp_path / "s" / FACTS_FILE).read_text())["calibration"]["samples_used"] == 3
+
+
+def test_gzip_calibration_files(tmp_path: Path) -> None:
+    jsonl = tmp_path / "c.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(b'{"text": "alpha beta"}\n{"text": "gamma"}\n'))
+    texts, source = load_calib_texts(jsonl)
+    assert texts == ["alpha beta", "gamma"]
+    assert source["sha256"] == hashlib.sha256(jsonl.read_bytes()).hexdigest()  # the file's bytes, as --calib-file keys it
+    plain = tmp_path / "c.txt.gz"
+    plain.write_bytes(gzip.compress(b"one\n\ntwo\n"))
+    assert load_calib_texts(plain)[0] == ["one", "two"]
+    bad = tmp_path / "bad.txt.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="is not a valid gzip file"):
+        load_calib_texts(bad)
