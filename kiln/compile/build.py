@@ -166,8 +166,10 @@ def _run_steps(res: Resolution, target: Target, steps: tuple[Step, ...], *, stor
         require_real_toolchain(target, res, stored, str(store.root))
 
     def publish(out: Path, result: WorkerResult, started: str) -> IndexEntry:
+        facts = {name: f for name, e in outputs.items()  # what each stage's record says it used (samples, tokens)
+                 if (f := store.read_record(store.read_manifest(e.manifest)).get("extra", {}).get("facts"))}
         extra = {"stages_s": {k: round(v, 3) for k, v in result.stages.items()},
-                 **{name: entry.key for name, entry in outputs.items()}}
+                 **{name: entry.key for name, entry in outputs.items()}, **({"stage_facts": facts} if facts else {})}
         return put(res, out, store=store, duration_s=result.seconds, started=started, move=True, extra=extra)
 
     entry, worker_times = compile_and_publish(store, res.key, last, outputs, publish=publish, on_stage=on_stage)

@@ -10,6 +10,7 @@ is published with the output as ``build.log``, and a failed step's log is kept i
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from .worker import BUILD_LOG, OnStage, WorkerResult, run_worker
 __all__ = ["run_stage", "compile_and_publish", "find_stage"]
 
 Publish = Callable[[Path, WorkerResult, str], IndexEntry]
+STAGE_FACTS = "facts.json"  # a stage worker's account of its output (trtllm calibration: samples, tokens used)
 
 
 def find_stage(store: Store, stage: Stage, remote: Remote | None = None) -> IndexEntry | None:
@@ -56,7 +58,8 @@ def run_stage(store: Store, step: Step, inputs: Mapping[str, IndexEntry], *, rem
             record = make_record(
                 key=stage.key, inputs=stage.key_inputs(), spec=stage.entry_spec(), model=stage.entry_model(),
                 toolchain=stage.toolchain, started=started, duration_s=result.seconds,
-                extra={"stage": stage.name, "depends_on": list(stage.depends_on)},
+                extra={"stage": stage.name, "depends_on": list(stage.depends_on),  # + the worker's facts.json, if any
+                       **({"facts": json.loads((out / STAGE_FACTS).read_text())} if (out / STAGE_FACTS).is_file() else {})},
             )
             return store.publish(out, key=stage.key, spec=stage.entry_spec(), model=stage.entry_model(),
                                  toolchain=stage.toolchain, record=record, move=True)
