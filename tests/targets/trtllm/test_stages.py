@@ -6,6 +6,7 @@ GPU, so engines in the layout tests are fixtures (a directory shaped like trtllm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiln import Store
+from kiln.targets.trtllm.calibrate import default_calib_file
 
 from ...conftest import run_kiln
 from ...tiny_models import make_tiny_model
@@ -77,6 +79,88 @@ def test_bad_input_fails_before_any_work(tmp_path: Path, args: list[str], messag
     assert _stage_entries(Path(__import__("os").environ["KILN_HOME"])) == {}
 
 
+def _short_corpus(tmp_path: Path) -> Path:
+    calib = tmp_path / "short.txt"
+    calib.write_text("The quick brown fox jumps over the lazy dog.\n\nA second paragraph to calibrate on.\n")
+    return calib
+
+
+@pytest.mark.parametrize("args,message", [
+    # Static per-tensor activation scales from fewer samples than asked for: refused, with the fixes.
+    (["--smoothquant", "0.5", "--option", "calib_samples=600"],
+     "calib_samples=600 but Kiln's default corpus has only 512 texts, and SmoothQuant without --per-token"),
+    (["--smoothquant", "0.5", "--per-channel", "--option", "calib_samples=4", "--calib-file", "SHORT"],
+     "has only 2 texts"),
+    (["--smoothquant", "0.5", "--per-token", "--int8-kv-cache", "--option", "calib_samples=4", "--calib-file", "SHORT"],
+     "the INT8 KV cache (static k/v scales)"),
+])
+def test_static_scales_from_a_short_calibration_set_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=22)
+    args = [str(_short_corpus(tmp_path)) if a == "SHORT" else a for a in args]
+    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--option", "calib_seq_len=16", *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and [ln for ln in r.stderr.splitlines() if "error" in ln] == \
+        [next(ln for ln in r.stderr.splitlines() if ln.startswith("kiln: error: calib_samples="))]  # one line
+    samples = next(a for a in args if a.startswith("calib_samples=")).split("=")[1]
+    assert f"a --calib-file with at least {samples} texts" in r.stderr and "--option calib_samples=" in r.stderr
+    assert ("or --per-token" in r.stderr) == ("--per-token" not in args and "--int8-kv-cache" not in args)
+    assert _stage_entries(Path(__import__("os").environ["KILN_HOME"])) == {}
+
+
+@pytest.mark.parametrize("keep,message", [
+    ((), "has no usable tokenizer"),
+    (("tokenizer.model",), "has only a sentencepiece tokenizer (tokenizer.model) and the sentencepiece package is not installed"),
+])
+def test_a_model_without_a_usable_tokenizer_is_refused_before_calibration(tmp_path: Path, keep: tuple[str, ...],
+                                                                         message: str) -> None:
+    if keep == ("tokenizer.model",) and __import__("importlib.util").util.find_spec("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed here: a tokenizer.model alone is usable")
+    model = make_tiny_model("llama", tmp_path / "m", seed=22)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+    for name in keep:
+        (model / name).write_bytes(b"\x00" * 64)  # only its presence is checked before the worker
+    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", *SQ)
+    assert r.returncode == 2 and message in r.stderr and "tokenizer.json" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "Couldn't instantiate" not in r.stderr
+    assert _stage_entries(Path(__import__("os").environ["KILN_HOME"])) == {}
+    # Without calibration the tokenizer is not needed to convert: the same model builds its CPU stages.
+    plain = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16")
+    assert plain.returncode == 3, plain.stderr
+
+
+def _record(store: Path, entry: dict) -> dict:
+    s = Store(store)
+    return s.read_record(s.read_manifest(entry["manifest"]))
+
+
+def test_the_calibration_record_says_what_was_used_and_the_key_names_the_corpus(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=27)
+    store = Path(__import__("os").environ["KILN_HOME"])
+    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ)
+    assert r.returncode == 3, r.stderr
+    (calib,) = _stage_entries(store)["calibration"]
+    record = _record(store, calib)
+    # The default corpus enters the key by its digest: another corpus, another calibration.
+    shipped = "sha256:" + hashlib.sha256(default_calib_file().read_bytes()).hexdigest()
+    assert record["key_inputs"]["inputs"]["calib_corpus"] == shipped
+    facts = record["extra"]["facts"]["calibration"]
+    assert facts["samples_requested"] == 4 and facts["samples_used"] == 4 and facts["warnings"] == []
+    assert 4 <= facts["tokens_used"] <= 4 * 32 and facts["tokens_at_most"] == 4 * 32
+    assert facts["corpus"] == "kiln-default" and "sha256:" + facts["corpus_sha256"] == shipped
+    # A short --calib-file with per-token scales is used whole, and the record says so.
+    short = _short_corpus(tmp_path)
+    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ,
+                 "--calib-file", str(short))
+    assert r.returncode == 3, r.stderr
+    other = next(e for e in _stage_entries(store)["calibration"] if e["key"] != calib["key"])
+    record = _record(store, other)
+    assert "calib_corpus" not in record["key_inputs"]["inputs"]  # the calib_set is the file's digest already
+    facts = record["extra"]["facts"]["calibration"]
+    assert (facts["samples_requested"], facts["samples_used"]) == (4, 2) and facts["corpus"] == "short.txt"
+    assert "calibration used 2 samples, not the 4 requested" in facts["warnings"][0]
+
+
 def test_unsupported_architecture_for_trtllm(tmp_path: Path) -> None:
     model = make_tiny_model("mixtral", tmp_path / "m", seed=23)
     r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", *SQ)
@@ -136,6 +220,11 @@ def test_real_engine_build(tmp_path: Path) -> None:  # pragma: no cover - needs 
     r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ, "--json", timeout=3600)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["compiled"] is True
+    # The artifact's record says what its calibration used (from the calibration stage's record).
+    store = Path(__import__("os").environ["KILN_HOME"])
+    (engine,) = _stage_entries(store)["engine"]
+    facts = _record(store, engine)["extra"]["stage_facts"]["calibration"]["calibration"]
+    assert facts["samples_used"] == 4 and 0 < facts["tokens_used"] <= 4 * 32
 
 
 def test_select_and_miss_explanations_ignore_build_stages(tmp_path: Path) -> None:
