@@ -52,6 +52,7 @@ __all__ = [
     "default_calib_file",
     "parse_calib_text",
     "load_calib_texts",
+    "is_pretokenised",
     "model_fingerprint",
     "collect_activation_stats",
     "calibrate",
@@ -68,6 +69,7 @@ STAT_KINDS = ("x", "y", "w")
 FACTS_FILE = "facts.json"
 
 Log = Callable[[str], None]
+Sample = str | list[int]  # a text, or the token ids of a pre-tokenised JSONL line
 
 
 def default_calib_file() -> Path:
@@ -76,18 +78,24 @@ def default_calib_file() -> Path:
 
 
 # ----------------------------------------------------------------------------- corpus
-def parse_calib_text(content: str, *, name: str = "<calibration text>", jsonl: bool | None = None) -> list[str]:
-    """Texts from a calibration file's content.
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in value)
+
+
+def parse_calib_text(content: str, *, name: str = "<calibration text>", jsonl: bool | None = None) -> list[Sample]:
+    """Samples from a calibration file's content: texts, or token-id lists (pre-tokenised JSONL).
 
     Plain text: paragraphs separated by blank lines (lines inside a paragraph are joined
     with spaces; lines starting with ``#`` are comments). JSONL: one JSON object per line
-    with a string ``text`` field. ``jsonl=None`` detects the format: JSONL when the first
-    non-blank line starts with ``{``.
+    with a string ``text`` field, or, pre-tokenised for a model without a tokenizer, an
+    ``input_ids`` list of token ids (one kind per file). ``jsonl=None`` detects the format:
+    JSONL when the first non-blank line starts with ``{``.
     """
     if jsonl is None:
         first = next((ln.strip() for ln in content.splitlines() if ln.strip()), "")
         jsonl = first.startswith("{")
-    texts: list[str] = []
+    texts: list[Sample] = []
     if jsonl:
         for lineno, line in enumerate(content.splitlines(), 1):
             if not line.strip():
@@ -96,10 +104,19 @@ def parse_calib_text(content: str, *, name: str = "<calibration text>", jsonl: b
                 obj = json.loads(line)
             except ValueError as exc:
                 raise ValueError(f"{name} line {lineno} is not valid JSON ({exc}); JSONL needs one object per line") from None
+            if isinstance(obj, dict) and "input_ids" in obj and "text" not in obj:
+                if not _token_ids(obj["input_ids"]):
+                    raise ValueError(f"{name} line {lineno}: 'input_ids' must be a non-empty list of token ids "
+                                     "(integers >= 0)")
+                texts.append(list(obj["input_ids"]))
+                continue
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f"{name} line {lineno} has no string field 'text'; each JSONL line needs {{\"text\": \"...\"}}")
+                raise ValueError(f"{name} line {lineno} has no string field 'text'; each JSONL line needs "
+                                 "{\"text\": \"...\"} (or, pre-tokenised, {\"input_ids\": [1, 2, ...]})")
             if obj["text"].strip():
                 texts.append(obj["text"].strip())
+        if len({isinstance(t, list) for t in texts}) > 1:
+            raise ValueError(f"{name} mixes 'text' and 'input_ids' lines; a calibration file holds one kind")
     else:
         para: list[str] = []
         for line in content.splitlines() + [""]:
@@ -119,7 +136,12 @@ def parse_calib_text(content: str, *, name: str = "<calibration text>", jsonl: b
     return texts
 
 
-def load_calib_texts(calib_file: Path | str | None = None) -> tuple[list[str], dict[str, Any]]:
+def is_pretokenised(texts: list[Sample]) -> bool:
+    """True when every sample is token ids: calibration then needs no tokenizer."""
+    return bool(texts) and all(isinstance(t, list) for t in texts)
+
+
+def load_calib_texts(calib_file: Path | str | None = None) -> tuple[list[Sample], dict[str, Any]]:
     """``(texts, source)`` from ``calib_file`` (default: Kiln's built-in corpus).
 
     ``source`` describes the corpus for the metadata: its name and the sha256 of its bytes.
@@ -148,6 +170,7 @@ def load_calib_texts(calib_file: Path | str | None = None) -> tuple[list[str], d
         "name": "kiln-default" if calib_file is None else path.name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "texts": len(texts),
+        **({"pretokenised": True} if is_pretokenised(texts) else {}),
     }
     return texts, source
 
@@ -190,7 +213,7 @@ def _check_counts(num_samples: int, seq_len: int) -> None:
 def collect_activation_stats(
     model: Any,
     tokenizer: Any,
-    texts: Iterable[str],
+    texts: Iterable[Sample],
     *,
     num_samples: int = DEFAULT_NUM_SAMPLES,
     seq_len: int = DEFAULT_SEQ_LEN,
@@ -233,10 +256,17 @@ def collect_activation_stats(
         model.eval()
         device = next(model.parameters()).device
         with torch.inference_mode():
-            for text in texts:
+            vocab = model.get_input_embeddings().num_embeddings
+            for n, text in enumerate(texts, 1):
                 if samples >= num_samples:
                     break
-                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=seq_len).input_ids
+                if isinstance(text, list):  # pre-tokenised: truncated as the tokenizer would
+                    if max(text) >= vocab:
+                        raise ValueError(f"calibration sample {n} has token id {max(text)}, outside the model's "
+                                         f"vocabulary of {vocab}: it was tokenised for another model")
+                    ids = torch.tensor([text[:seq_len]], dtype=torch.long)
+                else:
+                    ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=seq_len).input_ids
                 if ids.numel() == 0:
                     continue
                 model(input_ids=ids.to(device), use_cache=False)
@@ -278,7 +308,8 @@ def calibrate(
 
     hf_logging.disable_progress_bar()
     log(f"stage: load model={model_dir.name} texts={len(texts)} num_samples={num_samples} seq_len={seq_len}")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # Pre-tokenised samples need no tokenizer (a model directory without one can calibrate).
+    tokenizer = None if is_pretokenised(texts) else AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     log("stage: calibrate")
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ from ...errors import IncompleteBuildError, SpecError, ValidationError
 from ...spec import file_digest
 from .._plan import Stage, Step
 from ..base import BuildInputs, StoredStep
-from .calibrate import default_calib_file, load_calib_texts
+from .calibrate import Sample, default_calib_file, is_pretokenised, load_calib_texts
 
 __all__ = ["CONVERTER_VERSION", "conversion_toolchain", "stage_plan", "build_steps",
            "incomplete_error"]
@@ -93,8 +93,10 @@ def build_steps(res: BuildInputs, *, calib_file: Path | None = None) -> tuple[St
                 f"calib_set={calib_set} names a calibration file: pass that file with --calib-file "
                 "(its sha256 must match)."
             )
-        check_tokenizer(res)
-        check_calibration_size(res, calib_file if calib_set != "default" else None)
+        texts = calibration_texts(calib_file if calib_set != "default" else None)
+        if not is_pretokenised(texts):  # pre-tokenised JSONL needs no tokenizer
+            check_tokenizer(res)
+        check_calibration_size(res, len(texts), calib_file if calib_set != "default" else None)
 
         def calib_argv(out: Path, _inputs: Mapping[str, Path]) -> list[str]:
             argv = ["-m", "kiln.targets.trtllm.worker", "calibrate", "--model-dir", str(model.path),
@@ -155,11 +157,20 @@ def check_tokenizer(res: BuildInputs) -> None:
             f"model {model.ref} has no usable tokenizer, which SmoothQuant/INT8 KV calibration needs to tokenize its "
             "texts: add tokenizer.json (a fast tokenizer), or tokenizer.model (sentencepiece), or vocab.json with "
             "merges.txt (BPE), with tokenizer_config.json, to the model directory (`tokenizer.save_pretrained(DIR)` "
-            "writes them)."
+            "writes them), or pass --calib-file with pre-tokenised JSONL ({\"input_ids\": [...]} per line)."
         )
 
 
-def check_calibration_size(res: BuildInputs, calib_file: Path | None) -> None:
+def calibration_texts(calib_file: Path | None) -> list[Sample]:
+    """The calibration set's samples (default: Kiln's corpus), read before any work: a malformed
+    --calib-file fails here in one line, not in the worker."""
+    try:
+        return load_calib_texts(calib_file)[0]
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def check_calibration_size(res: BuildInputs, available: int, calib_file: Path | None) -> None:
     """Static activation scales need the samples the spec names: refuse a shorter calibration set.
 
     SmoothQuant without per-token scales bakes max|x| over the calibration tokens into one
@@ -172,20 +183,16 @@ def check_calibration_size(res: BuildInputs, calib_file: Path | None) -> None:
     static = [what for what, on in (("SmoothQuant without --per-token (static per-tensor activation scales)",
                                      bool(q.smoothquant) and not q.per_token),
                                     ("the INT8 KV cache (static k/v scales)", bool(q.int8_kv_cache))) if on]
-    try:
-        texts, _ = load_calib_texts(calib_file)
-    except ValueError as exc:
-        raise ValidationError(str(exc)) from None
     requested = int(spec.option("calib_samples") or 0)
-    if not static or len(texts) >= requested:
+    if not static or available >= requested:
         return
     name = "Kiln's default corpus" if calib_file is None else f"--calib-file {calib_file}"
     fixes = ["a --calib-file with at least {requested} texts".format(requested=requested)]
     fixes += ["--per-token"] if q.smoothquant and not q.per_token and not q.int8_kv_cache else []
-    fixes += [f"--option calib_samples={len(texts)}"]
+    fixes += [f"--option calib_samples={available}"]
     raise ValidationError(
-        f"calib_samples={requested} but {name} has only {len(texts)} texts, and {' and '.join(static)} would bake "
-        f"maxima from {len(texts)} samples into fixed scales; pass {', or '.join(fixes)}."
+        f"calib_samples={requested} but {name} has only {available} texts, and {' and '.join(static)} would bake "
+        f"maxima from {available} samples into fixed scales; pass {', or '.join(fixes)}."
     )
 
 

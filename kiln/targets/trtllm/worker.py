@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="collect SmoothQuant activation statistics")
     c.add_argument("--model-dir", required=True, type=Path, help="Hugging Face model directory")
     c.add_argument("--out-dir", required=True, type=Path, help="where act_stats.* go")
-    c.add_argument("--calib-file", type=Path, default=None, help="plain text (paragraphs) or JSONL with a 'text' field (.gz read decompressed); default: Kiln's built-in corpus")
+    c.add_argument("--calib-file", type=Path, default=None, help="plain text (paragraphs), or JSONL with a 'text' field or pre-tokenised 'input_ids' (.gz read decompressed); default: Kiln's built-in corpus")
     c.add_argument("--num-samples", type=_positive, default=DEFAULT_NUM_SAMPLES, help=f"texts to run (default {DEFAULT_NUM_SAMPLES}, TensorRT-LLM's)")
     c.add_argument("--seq-len", type=_positive, default=DEFAULT_SEQ_LEN, help=f"tokens per text (default {DEFAULT_SEQ_LEN}, TensorRT-LLM's)")
 

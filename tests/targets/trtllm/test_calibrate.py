@@ -290,3 +290,46 @@ def test_gzip_calibration_files(tmp_path: Path) -> None:
     bad.write_bytes(b"not gzip at all")
     with pytest.raises(ValueError, match="is not a valid gzip file"):
         load_calib_texts(bad)
+
+
+def test_pretokenised_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "ids.jsonl"
+    path.write_text('{"input_ids": [5, 6, 7]}\n\n{"input_ids": [9]}\n')
+    texts, source = load_calib_texts(path)
+    assert texts == [[5, 6, 7], [9]] and source["pretokenised"] is True
+    assert "pretokenised" not in load_calib_texts(None)[1]
+    for content, message in [
+        ('{"input_ids": [1, 2]}\n{"text": "words"}\n', "mixes 'text' and 'input_ids' lines"),
+        ('{"input_ids": []}\n', "line 1: 'input_ids' must be a non-empty list of token ids"),
+        ('{"input_ids": [1, -2]}\n', "line 1: 'input_ids' must be a non-empty list"),
+        ('{"input_ids": [1, true]}\n', "line 1: 'input_ids' must be a non-empty list"),
+        ('{"input_ids": "1 2"}\n', "line 1: 'input_ids' must be a non-empty list"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            load_calib_texts(path)
+
+
+def test_pretokenised_samples_calibrate_like_their_text_without_a_tokenizer(tmp_path: Path, model: Path) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n\nhello world, this is a tiny model\n")
+    from_text, _ = calibrate(model, None, calib_file=corpus, num_samples=2, seq_len=6, log=_quiet)
+    tok = AutoTokenizer.from_pretrained(model)
+    ids = tmp_path / "c.jsonl"
+    ids.write_text("".join(json.dumps({"input_ids": tok(t).input_ids}) + "\n" for t in parse_calib_text(corpus.read_text())))
+    # The same model without its tokenizer files: the ids are all calibration needs.
+    bare = tmp_path / "bare"
+    shutil.copytree(model, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
+    from_ids, meta = calibrate(bare, None, calib_file=ids, num_samples=2, seq_len=6, log=_quiet)
+    assert meta["calibration"]["pretokenised"] is True and meta["calibration"]["tokens"] <= 12
+    assert set(from_ids) == set(from_text)
+    for name in from_text:
+        for kind in ("x", "y", "w"):
+            assert torch.equal(from_ids[name][kind], from_text[name][kind]), (name, kind)
+    ids.write_text('{"input_ids": [1, 2, 100000]}\n')
+    with pytest.raises(ValueError, match="sample 1 has token id 100000, outside the model's vocabulary of"):
+        calibrate(bare, None, calib_file=ids, num_samples=1, seq_len=6, log=_quiet)

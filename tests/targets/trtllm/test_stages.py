@@ -127,6 +127,15 @@ def test_a_model_without_a_usable_tokenizer_is_refused_before_calibration(tmp_pa
     # Without calibration the tokenizer is not needed to convert: the same model builds its CPU stages.
     plain = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16")
     assert plain.returncode == 3, plain.stderr
+    # Pre-tokenised calibration samples need no tokenizer: the calibrated build runs too.
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("".join(json.dumps({"input_ids": list(range(3 + i, 40 + i))}) + "\n" for i in range(4)))
+    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ,
+                 "--calib-file", str(ids))
+    assert r.returncode == 3, r.stderr
+    (calib,) = _stage_entries(Path(__import__("os").environ["KILN_HOME"]))["calibration"]
+    facts = _record(Path(__import__("os").environ["KILN_HOME"]), calib)["extra"]["facts"]["calibration"]
+    assert facts["samples_used"] == 4 and facts["tokens_used"] == 4 * 32  # each truncated to calib_seq_len=32
 
 
 def _record(store: Path, entry: dict) -> dict:
