@@ -228,7 +228,13 @@ def interpret(
     if facts is not None and facts.static_batch_option:
         fields[f"option.{facts.static_batch_option}"] = Field(bs.value, bs.source) if bs is not None \
             else Field("1", "LMI default option.batch_size")
-    if facts is not None and facts.n_positions_from_seq_len and "n_positions" not in fields:
+    if facts is not None and facts.lengths_option and "n_positions" not in fields:
+        # The consumer release decides what the lengths mean (its target reads them): given as written.
+        lengths = {name: parse_positive_int(p.value, p.source) for name in ("max_input_len", "max_output_len",
+                                                                            "max_seq_len")
+                   if (p := norm.get(f"option.{name}")) is not None and p.value}
+        fields[f"option.{facts.lengths_option}"] = Field(json.dumps(lengths, sort_keys=True), "the LMI configuration")
+    elif facts is not None and facts.n_positions_from_seq_len and "n_positions" not in fields:
         msl = norm.get("option.max_seq_len")
         if msl is not None:
             fields["n_positions"] = Field(msl.value, msl.source)

@@ -85,6 +85,9 @@ class LmiFacts:
     default_n_positions: int | None = None  # LMI's n_positions when absent
     # n_positions from option.max_seq_len, else max_input_len + max_output_len (with defaults).
     n_positions_from_seq_len: bool = False
+    # A target option that receives LMI's max_input_len / max_output_len / max_seq_len as written (JSON), for a
+    # target whose consumer release decides what they mean (trtllm: LMI 0.30+ maps max_output_len to max_seq_len).
+    lengths_option: str | None = None
     default_max_input_len: int | None = None
     default_max_output_len: int | None = None
     # LMI property -> Kiln spec field (``option.<target option>``) for this target.

@@ -193,35 +193,6 @@ def _engine_fixture(root: Path, model: Path, tp: int) -> Path:
     return eng
 
 
-def test_trtllm_lmi_and_triton_layouts(tmp_path: Path) -> None:
-    model = make_tiny_model("llama", tmp_path / "m", seed=24)
-    spec = ["--target", "trtllm", "--n-positions", "64", "--batch-size", "4", "--tp-degree", "2", "--dtype", "fp16", *SQ]
-    put = run_kiln("store", "put", str(_engine_fixture(tmp_path, model, 2)), str(model), *spec, *PINS, "--json")
-    assert put.returncode == 0, put.stderr
-    key = json.loads(put.stdout)["key"]
-    lmi = tmp_path / "lmi"
-    r = run_kiln("fetch", str(model), *spec, *PINS, "--layout", "lmi", "--dest", str(lmi))
-    assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in lmi.iterdir()) == ["config.json", "rank0.engine", "rank1.engine", "serving.properties",
-                                                    "tokenizer.json", "tokenizer_config.json"]
-    props = (lmi / "serving.properties").read_text()
-    assert "engine=MPI\n" in props and "option.rolling_batch=trtllm\n" in props and "option.tensor_parallel_degree=2\n" in props
-    assert "option.quantize=smoothquant\n" in props and "option.smoothquant_per_token=true\n" in props
-    # The written file reads back (Kiln's own parser) to the same key.
-    again = run_kiln("lookup", str(model), "--serving-properties", str(lmi / "serving.properties"), "--option",
-                     "calib_samples=4", "--option", "calib_seq_len=32", *PINS, "--json")
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert json.loads(again.stdout)["key"] == key
-    triton = tmp_path / "triton"
-    r = run_kiln("fetch", str(model), *spec, *PINS, "--layout", "triton", "--dest", str(triton), "--container-dir", "/models")
-    assert r.returncode == 0, r.stderr
-    files = sorted(p.relative_to(triton).as_posix() for p in triton.rglob("*") if p.is_file())
-    assert files == ["tensorrt_llm/1/config.json", "tensorrt_llm/1/rank0.engine", "tensorrt_llm/1/rank1.engine",
-                     "tensorrt_llm/config.pbtxt", "tensorrt_llm/tokenizer.json", "tensorrt_llm/tokenizer_config.json"]
-    pbtxt = (triton / "tensorrt_llm" / "config.pbtxt").read_text()
-    assert 'backend: "tensorrtllm"' in pbtxt and "max_batch_size: 4" in pbtxt and "/models/tensorrt_llm/1" in pbtxt
-
-
 @pytest.mark.skipif(shutil.which("trtllm-build") is None or shutil.which("nvidia-smi") is None,
                     reason="trtllm-build and a CUDA GPU are needed; tensorrt_llm is served only from NVIDIA's index")
 def test_real_engine_build(tmp_path: Path) -> None:  # pragma: no cover - needs a GPU
