@@ -193,18 +193,51 @@ def _engine_fixture(root: Path, model: Path, tp: int) -> Path:
     return eng
 
 
+def _installed(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# The profiles whose image versions are what this machine has installed: a build for them can run here.
+_BUILDABLE = [ref for ref, c in __import__("kiln.targets.trtllm.consumers", fromlist=["CONSUMERS"]).CONSUMERS.items()
+              if c.version and c.tensorrt_llm == _installed("tensorrt_llm") and c.tensorrt == _installed("tensorrt")
+              and not c.defect]
+
+
 @pytest.mark.skipif(shutil.which("trtllm-build") is None or shutil.which("nvidia-smi") is None,
                     reason="trtllm-build and a CUDA GPU are needed; tensorrt_llm is served only from NVIDIA's index")
-def test_real_engine_build(tmp_path: Path) -> None:  # pragma: no cover - needs a GPU
+@pytest.mark.parametrize("consumer", _BUILDABLE or [pytest.param("none", marks=pytest.mark.skip(
+    reason="no consumer profile ships the installed tensorrt_llm/tensorrt"))])
+def test_real_engine_build(tmp_path: Path, consumer: str) -> None:  # pragma: no cover - needs a GPU
+    """Builds with the profile's flags, lays the engine out for the profile and loads it with its runtime."""
+    from kiln.targets.trtllm.consumers import CONSUMERS
+
     model = make_tiny_model("llama", tmp_path / "m", seed=25)
-    r = run_kiln("build", str(model), "--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", *SQ, "--json", timeout=3600)
+    spec = ["--target", "trtllm", "--n-positions", "64", "--dtype", "fp16", "--consumer", consumer, *SQ]
+    r = run_kiln("build", str(model), *spec, "--json", timeout=3600)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["compiled"] is True
     # The artifact's record says what its calibration used (from the calibration stage's record).
     store = Path(__import__("os").environ["KILN_HOME"])
-    (engine,) = _stage_entries(store)["engine"]
+    engine = next(e for e in _stage_entries(store)["engine"] if e["spec"]["options"]["consumer"] == consumer)
     facts = _record(store, engine)["extra"]["stage_facts"]["calibration"]["calibration"]
     assert facts["samples_used"] == 4 and 0 < facts["tokens_used"] <= 4 * 32
+    kind = CONSUMERS[consumer]
+    layout = {"lmi-trtllm": "lmi", "triton-trtllm": "triton"}.get(kind.name, "raw")
+    dest = tmp_path / "deploy"
+    r = run_kiln("fetch", str(model), *spec, "--layout", layout, "--dest", str(dest), "--container-dir", str(dest))
+    assert r.returncode == 0, r.stderr
+    engine_dir = dest / "tensorrt_llm" / "1" if (dest / "tensorrt_llm" / "1").is_dir() else dest
+    load = ("import sys; from tensorrt_llm import LLM; llm = LLM(model=sys.argv[1], tokenizer=sys.argv[2]); "
+            "out = llm.generate(['Hello'], use_tqdm=False); print(len(out[0].outputs[0].token_ids))")
+    tokenizer = dest / "tensorrt_llm" if (dest / "tensorrt_llm").is_dir() else dest
+    ran = __import__("subprocess").run([__import__("sys").executable, "-c", load, str(engine_dir), str(tokenizer)],
+                                       capture_output=True, text=True, timeout=1800)
+    assert ran.returncode == 0 and int(ran.stdout.split()[-1]) > 0, ran.stderr[-2000:]
 
 
 def test_select_and_miss_explanations_ignore_build_stages(tmp_path: Path) -> None:
