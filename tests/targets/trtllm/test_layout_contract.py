@@ -198,3 +198,38 @@ def test_a_layout_for_another_kind_of_consumer_is_refused(world: dict) -> None:
     code, out = _kiln(world, "fetch", str(world["model"]), *_spec("triton-trtllm:0.12.0"), "--layout", "lmi",
                       "--dest", str(world["root"] / "wrong-kind"))
     assert code == 2 and "layout lmi is for lmi-trtllm consumers" in out
+
+
+def test_smoothquant_lmi_properties_read_back_to_the_same_key(world: dict) -> None:
+    spec = [*_spec("lmi-trtllm:0.33.0"), "--smoothquant", "0.6", "--per-token", "--int8-kv-cache", "--option",
+            "calib_samples=4", "--option", "calib_seq_len=32"]
+    code, out = _kiln(world, "store", "put", str(world["engine"]), str(world["model"]), *spec, "--json")
+    assert code == 0, out
+    key = json.loads(out)["key"]
+    dest = world["root"] / "sq"
+    code, out = _kiln(world, "fetch", str(world["model"]), *spec, "--layout", "lmi", "--dest", str(dest))
+    assert code == 0, out
+    props = _props(dest / "serving.properties")
+    assert props["option.quantize"] == "smoothquant" and props["option.int8_kv_cache"] == "true"
+    assert lmi_problems("0.33.0", props, TP) == []
+    code, out = _kiln(world, "key", str(world["model"]), "--serving-properties", str(dest / "serving.properties"),
+                      "--option", "calib_samples=4", "--option", "calib_seq_len=32", "--toolchain", _spec("lmi-trtllm:0.33.0")[-1], "--json")
+    assert code == 0, out
+    assert json.loads(out)["key"] == key
+
+
+def test_inside_an_lmi_trtllm_image_the_consumer_is_that_image(world: dict, tmp_path: Path) -> None:
+    """SERVING_FEATURES=trtllm (every LMI TensorRT-LLM image sets it) and DJL's telemetry file name the release."""
+    telemetry = tmp_path / "telemetry"
+    telemetry.write_text("0.33.0 gpu\n")
+    env = {**world["env"], "SERVING_FEATURES": "trtllm", "KILN_LMI_TELEMETRY_FILE": str(telemetry)}
+    r = world["runner"].invoke(cli, ["key", str(world["model"]), "--target", "trtllm", "--n-positions", "64",
+                                     "--toolchain", HARDWARE, "--explain", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    explained = json.loads(r.output)
+    assert explained["inputs"]["spec"]["options"]["consumer"] == "lmi-trtllm:0.33.0"
+    assert explained["inputs"]["toolchain"]["tensorrt_llm"] == "0.21.0rc1"
+    telemetry.write_text("0.31.5 gpu\n")  # a release Kiln has no profile for: refused, not guessed
+    r = world["runner"].invoke(cli, ["key", str(world["model"]), "--target", "trtllm", "--n-positions", "64",
+                                     "--toolchain", HARDWARE], env=env)
+    assert r.exit_code == 2 and "0.31.5" in r.output and "no profile" in r.output
