@@ -32,13 +32,12 @@ resolved another libneuronxla looks up its own.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from ...errors import ValidationError
+from .._lmi_image import read_lmi_telemetry
 from .smart_defaults import smart_defaults
 
 __all__ = ["NeuronConsumer", "CONSUMERS", "DEFAULT_CONSUMER", "get_consumer", "consumer_names",
@@ -322,25 +321,16 @@ CONSUMERS: dict[str, NeuronConsumer] = {c.ref: c for c in (
 DEFAULT_CONSUMER = "transformers-neuronx"  # a spec written with CLI flags (LMI sources must name one)
 
 
-# The LMI NeuronX image writes "<release> inf2" here (DF at every release 0.26.0 → 0.34.0:
-# `echo "${djl_serving_version} inf2" > /opt/djl/bin/telemetry`; 0.26–0.29 write ${djl_version}, the same
-# number). KILN_LMI_TELEMETRY_FILE names another path (an image that moved it; tests).
-LMI_TELEMETRY_FILE = "/opt/djl/bin/telemetry"
-
-
 def detect_lmi_consumer() -> tuple[str, str] | None:
-    """``(consumer ref, where it was read)`` when Kiln runs inside an LMI NeuronX image, else None.
+    """``(consumer ref, where it was read)`` when Kiln runs inside an LMI NeuronX image (its telemetry file says
+    "<release> inf2" at every release 0.26.0 → 0.34.0), else None.
 
     A release Kiln has no profile for is a ValidationError: building for a neighbour would compile
     graphs that container cannot load."""
-    path = os.environ.get("KILN_LMI_TELEMETRY_FILE") or LMI_TELEMETRY_FILE
-    try:
-        if not Path(path).is_file():  # not a FIFO or device: opening one could block
-            return None
-        with open(path, "rb") as f:
-            text = f.read(200).decode("utf-8", errors="replace")
-    except OSError:
+    read = read_lmi_telemetry()
+    if read is None:
         return None
+    text, path = read
     found = re.match(r"\s*v?(\d+\.\d+\.\d+)\S*\s+inf2\b", text)
     if found is None:
         return None  # another LMI image (the GPU one writes "<release> gpu"), or not LMI's file

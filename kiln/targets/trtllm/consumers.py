@@ -34,16 +34,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 from ...errors import ValidationError
+from .._lmi_image import read_lmi_telemetry
 
 __all__ = ["TrtllmConsumer", "CONSUMERS", "DEFAULT_CONSUMER", "get_consumer", "detect_lmi_consumer",
-           "version_tuple", "LMI_TELEMETRY_FILE"]
+           "version_tuple"]
 
 DEFAULT_CONSUMER = "tensorrt-llm"
-LMI_TELEMETRY_FILE = "/opt/djl/bin/telemetry"  # DJL's images write "<release> <variant>" there
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -187,14 +186,10 @@ def detect_lmi_consumer(environ: Mapping[str, str] | None = None) -> tuple[str, 
     env = os.environ if environ is None else environ
     if env.get("SERVING_FEATURES") != "trtllm":
         return None
-    path = env.get("KILN_LMI_TELEMETRY_FILE") or LMI_TELEMETRY_FILE
-    try:
-        if not Path(path).is_file():  # not a FIFO or device: opening one could block
-            return None
-        with open(path, "rb") as f:
-            text = f.read(200).decode("utf-8", errors="replace")
-    except OSError:
+    read = read_lmi_telemetry()
+    if read is None:
         return None
+    text, path = read
     found = re.match(r"\s*v?(\d+\.\d+\.\d+)", text)
     if found is None:
         return None

@@ -24,7 +24,6 @@ nothing downstream checks (the backend never reads the engine's version; TensorR
 
 from __future__ import annotations
 
-import json
 import posixpath
 from typing import Any
 
@@ -203,8 +202,3 @@ def plan_trtllm_layout(layout: str, entry: IndexEntry, manifest: Manifest, conta
     out, pbtxt = _subdir_layout(files, entry, container, consumer.backend, decoupled=True)
     return Layout(out, {f"{_MODEL}/config.pbtxt": pbtxt}, {"TRITON_MODEL_REPO": container})
 
-
-def describe(entry: IndexEntry) -> str:
-    """One line: which consumer and layout an artifact is for (``kiln show``)."""
-    c = _consumer(entry)
-    return json.dumps({"consumer": c.ref, "layout": c.layout})
