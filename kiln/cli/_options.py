@@ -108,8 +108,9 @@ _OPTIONS = [
     click.option("--int8-kv-cache", is_flag=True, default=None, help="INT8 KV cache (trtllm)."),
     click.option("--instance-type", help="Instance type, e.g. ml.inf2.24xlarge (validation, hardware class, tp=max)."),
     click.option("--consumer", metavar="NAME:VERSION",
-                 help="Who will load the engine, e.g. lmi-neuronx:0.29.0 (neuron): Kiln compiles exactly as it would "
-                      "[LMI configuration: OPTION_KILN_CONSUMER]."),
+                 help="Who will load the engine, e.g. lmi-neuronx:0.29.0 (neuron), lmi-trtllm:0.33.0 or "
+                      "triton-trtllm:0.19.0 (trtllm): Kiln compiles exactly as it would, with its image's toolchain, "
+                      "and lays it out as it reads it [LMI configuration: OPTION_KILN_CONSUMER]."),
     click.option("--option", "-o", "target_options", multiple=True, metavar="NAME=VALUE", help="Target option, e.g. gqa_strategy=shard-over-heads."),
     click.option("--from-env", is_flag=True,
                  help="Read SageMaker LMI OPTION_* / HF_MODEL_ID environment variables. OPTION_KILN_TARGET names the "
