@@ -234,17 +234,6 @@ def interpret(
                                                                             "max_seq_len")
                    if (p := norm.get(f"option.{name}")) is not None and p.value}
         fields[f"option.{facts.lengths_option}"] = Field(json.dumps(lengths, sort_keys=True), "the LMI configuration")
-    elif facts is not None and facts.n_positions_from_seq_len and "n_positions" not in fields:
-        msl = norm.get("option.max_seq_len")
-        if msl is not None:
-            fields["n_positions"] = Field(msl.value, msl.source)
-        else:
-            mil, mol = norm.get("option.max_input_len"), norm.get("option.max_output_len")
-            if mil is not None or mol is not None:
-                i = parse_positive_int(mil.value, mil.source) if mil else facts.default_max_input_len
-                o = parse_positive_int(mol.value, mol.source) if mol else facts.default_max_output_len
-                fields["n_positions"] = Field(i + o, "option.max_input_len + option.max_output_len")  # type: ignore[operator]
-                notes.append(f"n_positions {i + o} = max_input_len {i} + max_output_len {o}")  # type: ignore[operator]
     if facts is not None and facts.default_n_positions and "n_positions" not in fields and fields:
         fields["n_positions"] = Field(facts.default_n_positions, "LMI default option.n_positions")
         notes.append(f"n_positions {facts.default_n_positions}: LMI's default for {target}")

@@ -83,13 +83,9 @@ class LmiFacts:
     serving_features: tuple[str, ...] = ()  # SERVING_FEATURES words that select it
     default_max_rolling_batch: int | None = None  # LMI's max_rolling_batch_size when absent
     default_n_positions: int | None = None  # LMI's n_positions when absent
-    # n_positions from option.max_seq_len, else max_input_len + max_output_len (with defaults).
-    n_positions_from_seq_len: bool = False
     # A target option that receives LMI's max_input_len / max_output_len / max_seq_len as written (JSON), for a
     # target whose consumer release decides what they mean (trtllm: LMI 0.30+ maps max_output_len to max_seq_len).
     lengths_option: str | None = None
-    default_max_input_len: int | None = None
-    default_max_output_len: int | None = None
     # LMI property -> Kiln spec field (``option.<target option>``) for this target.
     properties: Mapping[str, str] = field(default_factory=dict)
     # LMI properties that change this target's compiled graphs but that Kiln does not build for:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -149,8 +151,15 @@ def test_trtllm_smoothquant_from_properties() -> None:
     spec = spec_from_fields(cfg.fields)
     assert spec.target == "trtllm"
     assert spec.quant == Quantization(0.8, True, True, False)  # LMI's default alpha is 0.8
-    assert spec.n_positions == 2048 and spec.batch_size == 16 and spec.tp_degree == 4
+    # The lengths go to the target as written: what they mean is the consumer release's (kiln.targets.trtllm.rules).
+    assert json.loads(str(spec.option("lmi_lengths"))) == {"max_input_len": 1024, "max_output_len": 1024}
+    assert spec.n_positions is None and spec.batch_size == 16 and spec.tp_degree == 4
     assert any("0.8" in n for n in cfg.notes)
+    from kiln.targets.trtllm.consumers import get_consumer
+    from kiln.targets.trtllm.rules import lmi_n_positions
+
+    seen = {c: lmi_n_positions(spec, get_consumer(c), {})[0].n_positions for c in ("lmi-trtllm:0.29.0", "lmi-trtllm:0.30.0")}
+    assert seen == {"lmi-trtllm:0.29.0": 2048, "lmi-trtllm:0.30.0": 1024}  # 0.30: max_output_len is max_seq_len
 
 
 def test_rolling_batch_disabled_uses_batch_size() -> None:
@@ -206,11 +215,12 @@ def test_latin1_file_is_read(tmp_path: Path) -> None:
 
 
 def test_target_aliases_select_the_same_lmi_rules() -> None:
-    env = {"OPTION_MODEL_ID": "m", "OPTION_MAX_INPUT_LEN": "2048", "OPTION_MAX_OUTPUT_LEN": "2048", "OPTION_MAX_NUM_TOKENS": "8192"}
+    env = {"OPTION_MODEL_ID": "m", "OPTION_MAX_INPUT_LEN": "2048", "OPTION_MAX_OUTPUT_LEN": "2048", "OPTION_MAX_NUM_TOKENS": "8192",
+           "OPTION_KILN_CONSUMER": "lmi-trtllm:0.29.0"}
     specs = {alias: spec_from_sources({"target": Field(alias, "--target")}, from_env=True, env=env).spec
              for alias in ("trtllm", "tensorrt-llm", "TRTLLM")}
     assert len(set(specs.values())) == 1
-    assert specs["trtllm"].n_positions == 4096 and ("max_num_tokens", "8192") in specs["trtllm"].options
+    assert ("max_num_tokens", "8192") in specs["trtllm"].options and specs["trtllm"].option("lmi_lengths")
 
 
 # --------------------------------------------------------------------------- hostile input (issue 11)
@@ -238,9 +248,15 @@ def test_huge_integers_in_env_are_refused_naming_the_variable(variable: str, sho
 
 
 def test_input_plus_output_len_beyond_the_limit_names_both() -> None:
-    env = {**TRT_ENV, "OPTION_MAX_INPUT_LEN": str(LIMITS["n_positions"]), "OPTION_MAX_OUTPUT_LEN": "1"}
-    with pytest.raises(SpecError, match=r"option.max_input_len \+ option.max_output_len=16777217 is too large"):
-        spec_from_sources({}, from_env=True, env=env)
+    from kiln.errors import ValidationError
+    from kiln.targets.trtllm.consumers import get_consumer
+    from kiln.targets.trtllm.rules import lmi_n_positions
+
+    env = {**TRT_ENV, "OPTION_MAX_INPUT_LEN": str(LIMITS["n_positions"]), "OPTION_MAX_OUTPUT_LEN": "1",
+           "OPTION_KILN_CONSUMER": "lmi-trtllm:0.29.0"}
+    spec = spec_from_sources({}, from_env=True, env=env).spec
+    with pytest.raises(ValidationError, match=r"option.max_input_len \d+ \+ option.max_output_len 1=16777217 is too large"):
+        lmi_n_positions(spec, get_consumer("lmi-trtllm:0.29.0"), {})
 
 
 def test_huge_integer_in_a_properties_file_names_the_line(tmp_path: Path) -> None:

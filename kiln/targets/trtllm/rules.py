@@ -17,7 +17,7 @@ import json
 from typing import Any, Mapping
 
 from ...errors import ValidationError
-from ...spec import BuildSpec
+from ...spec import LIMITS, BuildSpec
 from ..base import model_dims
 from .consumers import CONSUMERS, TrtllmConsumer, version_tuple
 
@@ -67,7 +67,7 @@ def lmi_n_positions(spec: BuildSpec, consumer: TrtllmConsumer, config: Mapping[s
                "to TensorRT-LLM's max_seq_len")
     elif consumer.is_lmi and consumer.layout == "lmi-pbtxt":
         i, o = lengths.get("max_input_len", _LMI_MAX_INPUT_LEN), lengths.get("max_output_len", _LMI_MAX_OUTPUT_LEN)
-        n, why = i + o, f"max_input_len {i} + max_output_len {o}"
+        n, why = i + o, f"option.max_input_len {i} + option.max_output_len {o}"
     else:
         dims = model_dims(config)
         mpe = dims["max_positions"] or 2048
@@ -77,6 +77,9 @@ def lmi_n_positions(spec: BuildSpec, consumer: TrtllmConsumer, config: Mapping[s
         why = (f"no option.max_seq_len: {consumer.ref} lets TensorRT-LLM deduce it from max_position_embeddings"
                + (f" × rope factor {factor:g}" if factor > 1 else "")
                + (" (option.max_output_len is not a build setting there)" if "max_output_len" in lengths else ""))
+    if n > LIMITS["n_positions"]:
+        raise ValidationError(f"n_positions from {why}={n} is too large: at most {LIMITS['n_positions']}; write smaller "
+                              "LMI lengths (option.max_seq_len).")
     return spec.replace(n_positions=n), [f"n_positions {n}: {why}"]
 
 
