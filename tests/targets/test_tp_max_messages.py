@@ -19,7 +19,7 @@ from kiln.targets.instances import instance_devices, instance_families, unknown_
 
 from ..conftest import LLAMA_CONFIG, run_kiln, write_fake_model
 
-TRTLLM_PINS = ["--toolchain", "hardware=cuda-sm90,tensorrt=10.0,tensorrt_llm=0.12"]
+TRTLLM_PINS = ["--toolchain", "hardware=cuda-sm90,tensorrt=10.0,tensorrt_llm=0.12", "--consumer", "lmi-trtllm:0.31.0"]
 NEURON_PINS = ["--toolchain", "neuronx-cc=2.15,transformers-neuronx=0.12,torch-neuronx=2.1,libneuronxla=2.0,hardware=neuron-inf2"]
 HUNG = 120  # seconds: only a spin gets near it
 

@@ -174,7 +174,9 @@ def get_consumer(ref: str) -> TrtllmConsumer:
 
 
 def lmi_consumers() -> tuple[str, ...]:
-    return tuple(c.ref for c in CONSUMERS.values() if c.is_lmi)
+    """The LMI releases Kiln builds for (an open LMI lookup tries each; the others are refused by name)."""
+    return tuple(c.ref for c in CONSUMERS.values()
+                 if c.is_lmi and not c.defect and version_tuple(c.tensorrt_llm or "0") >= (0, 11))
 
 
 def detect_lmi_consumer(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
