@@ -76,7 +76,7 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
 
 
 def _dry_run(ctx: click.Context, spec: SpecRequest, *, as_json: bool) -> None:
-    plan = api.plan_build(resolve_request(store(ctx), spec), store=store(ctx))
+    plan = api.plan_build(resolve_request(store(ctx), spec), store=store(ctx), calib_file=spec.calib_file)
     if as_json:
         print_json(plan)
         return

@@ -186,14 +186,14 @@ def _add_times(total: dict[str, float], more: dict[str, float]) -> None:
         total[name] = total.get(name, 0.0) + seconds
 
 
-def plan_build(res: Resolution, *, store: Store) -> dict[str, object]:
+def plan_build(res: Resolution, *, store: Store, calib_file: Path | None = None) -> dict[str, object]:
     """What `kiln build` would do, without doing it (``kiln build --dry-run``): the key, each step
     with its stored stage (if found in the local store) and its exact vendor invocation where the
     target says one (neuron: the consumer's class, kwargs and NeuronConfig, and env), else its
     worker command line (OUT stands for its build directory)."""
     target = get_target(res.spec.target)
     steps = []
-    for step in target.build_steps(res):
+    for step in target.build_steps(res, calib_file=calib_file):
         entry = {"name": step.name, "what": step.what, "compiles": step.compiles,
                  "needs_toolchain": step.needs_toolchain}
         if step.stage is not None:

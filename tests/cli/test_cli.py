@@ -141,7 +141,8 @@ def test_same_key_from_flags_env_and_properties(tmp_path: Path, fake_model: Path
 def test_key_explain_lists_inputs_and_ignored(tmp_path: Path, fake_model: Path) -> None:
     props = tmp_path / "serving.properties"
     props.write_text(f"engine=MPI\noption.model_id={fake_model}\noption.rolling_batch=trtllm\noption.max_input_len=512\n"
-                     "option.max_output_len=512\noption.tensor_parallel_degree=2\noption.enable_streaming=true\n")
+                     "option.max_output_len=512\noption.tensor_parallel_degree=2\noption.enable_streaming=true\n"
+                     "option.kiln_consumer=lmi-trtllm:0.29.0\n")  # 0.29: the engine is input + output long
     out = run_kiln("key", "--serving-properties", str(props), "--explain", "--json",
                    "--toolchain", "tensorrt_llm=0.12.0,tensorrt=10.3.0,hardware=cuda-sm90")
     assert out.returncode == 0, out.stderr

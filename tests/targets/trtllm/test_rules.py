@@ -94,3 +94,13 @@ def test_a_consumer_build_host_with_another_tensorrt_llm_is_refused(tmp_path: Pa
     model = make_tiny_model("llama", tmp_path / "m", seed=55)
     plan = _dry_run(tmp_path / "home", model, "--n-positions", "64", "--consumer", "triton-trtllm:0.12.0")
     assert plan["toolchain"]["tensorrt_llm"] == "0.12.0" and plan["toolchain"]["tensorrt"] == "10.3.0"
+
+
+def test_the_dry_run_takes_the_calibration_file_the_build_takes(tmp_path: Path) -> None:
+    model = make_tiny_model("llama", tmp_path / "m", seed=56)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("One calibration text about rivers.\n\nAnother one about mountains.\n")
+    plan = _dry_run(tmp_path / "home", model, "--n-positions", "64", "--smoothquant", "0.5", "--per-token",
+                    "--calib-file", str(calib), "--option", "calib_samples=2", "--option", "calib_seq_len=16")
+    argv = {s["name"]: s for s in plan["steps"]}["calibration"]["argv"]
+    assert argv[argv.index("--calib-file") + 1] == str(calib)
