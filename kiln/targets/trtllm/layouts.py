@@ -14,6 +14,8 @@ those of ``docs/research/trtllm-consumers.md``:
            tokenizer_config.json (LU@0.32.0-dlc L93-109): ``tensorrt_llm/{config.pbtxt, tokenizer files}`` with the
            engines in ``tensorrt_llm/1/`` and gpt_model_path the container path (TUT@0.32.0-dlc L238-292), and the
            documented properties: engine=Python, option.mpi_mode=true, option.rolling_batch=trtllm.
+``triton-ensemble`` the same plus preprocessing, postprocessing and ensemble models (Kiln's own Python models,
+           :mod:`.ensemble`), so clients send text (``text_input``, ``max_tokens``, ``stream``) and get text back.
 ``triton`` for ``triton-trtllm`` releases: a Triton model repository with the ``tensorrt_llm`` model, its
            config.pbtxt carrying every parameter the backend release reads without a default (MIS), decoupled
            (streaming; a request batch above one needs it too: utils.cc@v0.19.0 L900-907).
@@ -33,10 +35,11 @@ from .._layouts import Layout, serving_properties
 from .._plan import BUILD_LOG
 from .config import TRT_DTYPES
 from .consumers import DEFAULT_CONSUMER, TrtllmConsumer, get_consumer, version_tuple
+from .ensemble import ensemble_files
 
 __all__ = ["LAYOUTS", "plan_trtllm_layout", "tensorrt_llm_pbtxt", "ASYNC_ENTRY_POINT"]
 
-LAYOUTS = ("lmi", "triton")
+LAYOUTS = ("lmi", "triton", "triton-ensemble")
 ASYNC_ENTRY_POINT = "djl_python.lmi_trtllm.trtllm_async_service"  # PM@0.35.0-dlc L186-187
 _ENGINE_FILES = ("config.json",)
 _MODEL = "tensorrt_llm"  # the model name LMI's pbtxt check and the backend's ensemble expect
@@ -120,7 +123,7 @@ def _param(key: str, value: str) -> str:
 
 
 def tensorrt_llm_pbtxt(backend: str, *, batch_size: int, engine_dir: str, tokenizer_dir: str, decoupled: bool,
-                       attention_window: int | None = None) -> bytes:
+                       attention_window: int | None = None, exclude_input_in_output: bool = False) -> bytes:
     """The ``tensorrt_llm`` model's config.pbtxt for tensorrtllm_backend ``backend`` (MIS at that tag)."""
     v = version_tuple(backend)
     params = {
@@ -132,6 +135,9 @@ def tensorrt_llm_pbtxt(backend: str, *, batch_size: int, engine_dir: str, tokeni
         # MIS: one int32 up to v0.12 (v0.12 L127), a comma-separated list from v0.13 (v0.13 L129); one value
         # applies to every layer in both.
         params["max_attention_window_size"] = str(attention_window)
+    if exclude_input_in_output:
+        # MIS@v0.19.0 L797-807 (every tag v0.9.0-v0.19.0): default false, the prompt comes back in front of the text.
+        params["exclude_input_in_output"] = "true"
     if v >= (0, 19):
         # MIS@v0.19.0 L410-449 (and the TensorRT-LLM triton_backend copy): read without a default. The C++ path does
         # not use tokenizer_dir; empty xgrammar/guided-decoding values switch guided decoding off.
@@ -160,7 +166,7 @@ def tensorrt_llm_pbtxt(backend: str, *, batch_size: int, engine_dir: str, tokeni
 
 
 def _subdir_layout(files: list[FileEntry], entry: IndexEntry, container: str, backend: str, *,
-                   decoupled: bool) -> tuple[list[FileEntry], bytes]:
+                   decoupled: bool, exclude_input_in_output: bool = False) -> tuple[list[FileEntry], bytes]:
     """``tensorrt_llm/1/<engine files>``, ``tensorrt_llm/<tokenizer files>`` and its config.pbtxt."""
     out = [FileEntry(f"{_MODEL}/1/{f.path}" if _is_engine(f.path) else f"{_MODEL}/{f.path}", f.digest, f.size)
            for f in files]
@@ -168,7 +174,8 @@ def _subdir_layout(files: list[FileEntry], entry: IndexEntry, container: str, ba
     pbtxt = tensorrt_llm_pbtxt(backend, batch_size=entry.spec["batch_size"],
                                engine_dir=posixpath.join(container, _MODEL, "1"),
                                tokenizer_dir=posixpath.join(container, _MODEL), decoupled=decoupled,
-                               attention_window=int(window) if window else None)
+                               attention_window=int(window) if window else None,
+                               exclude_input_in_output=exclude_input_in_output)
     return out, pbtxt
 
 
@@ -180,7 +187,7 @@ def plan_trtllm_layout(layout: str, entry: IndexEntry, manifest: Manifest, conta
             "build the engine on a GPU machine first."
         )
     consumer = _consumer(entry)
-    wants = {"lmi": "lmi-trtllm", "triton": "triton-trtllm"}[layout]
+    wants = {"lmi": "lmi-trtllm", "triton": "triton-trtllm", "triton-ensemble": "triton-trtllm"}[layout]
     if consumer.name != wants:
         raise SpecError(f"layout {layout} is for {wants} consumers; artifact {entry.key[:12]} was built for "
                         f"{consumer.ref}: build with --consumer {wants}:RELEASE (the release decides the layout and "
@@ -199,6 +206,15 @@ def plan_trtllm_layout(layout: str, entry: IndexEntry, manifest: Manifest, conta
         return Layout(out, {f"{_MODEL}/config.pbtxt": pbtxt,
                             "serving.properties": serving_properties(_lmi_pbtxt_props(entry, consumer))},
                       {"OPTION_MODEL_ID": container})
+    if layout == "triton-ensemble":
+        # Text in, text out: Kiln's own preprocessing/postprocessing models around the engine (.ensemble). The
+        # decoupled ensemble cannot hand postprocessing the prompt length on every streamed response, so the
+        # engine leaves the prompt out of its output.
+        out, pbtxt = _subdir_layout(files, entry, container, consumer.backend, decoupled=True,
+                                    exclude_input_in_output=True)
+        models = ensemble_files(batch_size=entry.spec["batch_size"], tokenizer_dir=posixpath.join(container, _MODEL),
+                                decoupled=True)
+        return Layout(out, {f"{_MODEL}/config.pbtxt": pbtxt, **models}, {"TRITON_MODEL_REPO": container})
     out, pbtxt = _subdir_layout(files, entry, container, consumer.backend, decoupled=True)
     return Layout(out, {f"{_MODEL}/config.pbtxt": pbtxt}, {"TRITON_MODEL_REPO": container})
 

@@ -233,3 +233,23 @@ def test_inside_an_lmi_trtllm_image_the_consumer_is_that_image(world: dict, tmp_
     r = world["runner"].invoke(cli, ["key", str(world["model"]), "--target", "trtllm", "--n-positions", "64",
                                      "--toolchain", HARDWARE], env=env)
     assert r.exit_code == 2 and "0.31.5" in r.output and "no profile" in r.output
+
+
+@pytest.mark.parametrize("consumer", ["triton-trtllm:0.12.0", "triton-trtllm:0.19.0"])
+def test_triton_ensemble_layout_takes_text(world: dict, consumer: str) -> None:
+    """preprocessing → tensorrt_llm → postprocessing, as the backend's own ensemble names them; the engine leaves the
+    prompt out of its output (a decoupled ensemble cannot give postprocessing the prompt length per response)."""
+    from .consumer_contract import ENSEMBLE_STEPS, ensemble_steps
+
+    _, dest = _put_and_fetch(world, consumer, "triton-ensemble", "/models")
+    files = set(_files(dest))
+    assert {"preprocessing/config.pbtxt", "preprocessing/1/model.py", "postprocessing/config.pbtxt",
+            "postprocessing/1/model.py", "ensemble/config.pbtxt", "tensorrt_llm/config.pbtxt",
+            "tensorrt_llm/1/rank0.engine"} <= files
+    assert any(f.startswith("ensemble/1/") for f in files)  # Triton needs the version directory
+    assert ensemble_steps((dest / "ensemble" / "config.pbtxt").read_text()) == list(ENSEMBLE_STEPS)
+    params = parse_pbtxt_parameters((dest / "tensorrt_llm" / "config.pbtxt").read_text())
+    assert params["exclude_input_in_output"] == "true"
+    assert triton_problems(f"v{CONSUMERS[consumer].version}", params) == []
+    assert parse_pbtxt_parameters((dest / "preprocessing" / "config.pbtxt").read_text())["tokenizer_dir"] == \
+        "/models/tensorrt_llm"
