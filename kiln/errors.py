@@ -15,6 +15,8 @@ that already catch ``ValueError`` or ``FileNotFoundError`` keep working)::
     │   ├── UnsafeManifestError           a manifest that must not be trusted (paths, sizes)
     │   ├── NotFoundError (LookupError)   no artifact for a digest/key that must exist
     │   └── RemoteError                   a remote (S3 bucket, shared path) failed or holds bad data
+    ├── TrustError                        an artifact the trust policy refuses (unsigned, untrusted key,
+    │                                     signature not of this artifact), or a key that cannot sign
     └── BuildError                        a build failed; carries the worker's log tail
         └── IncompleteBuildError          CPU stages stored; the last step needs other hardware (exit 3)
 
@@ -39,6 +41,7 @@ __all__ = [
     "UnsafeManifestError",
     "NotFoundError",
     "RemoteError",
+    "TrustError",
     "BuildError",
     "IncompleteBuildError",
 ]
@@ -96,6 +99,14 @@ class NotFoundError(StoreError, LookupError):
 
 class RemoteError(StoreError):
     """A remote store cannot be reached or used, or served data that failed verification."""
+
+
+class TrustError(KilnError):
+    """An artifact the deployment's trust policy refuses, or a signing key that cannot be used.
+
+    Never a miss: a refused artifact is an error (exit 2) naming the artifact, the key
+    fingerprint and the rule, so that a poisoned entry is seen, not silently rebuilt over.
+    """
 
 
 class BuildError(KilnError):

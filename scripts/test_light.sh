@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Test Kiln's light core as a serving container installs it: `pip install kiln[s3]` and no
+# Test Kiln's light core as a serving container installs it: `pip install kiln-engines[s3,signing]` and no
 # torch, transformers, safetensors or numpy. Creates .venv-light (core + what the tests need)
 # and runs the lookup / fetch / ensure / push / pull tests there, against a local store, a
 # filesystem remote and an S3-protocol server (moto) on loopback.
@@ -15,7 +15,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # The core and the S3 remote, plus the test tools (as in the dev extra); nothing heavy.
-"$VENV/bin/python" -m pip install -q -e ".[s3]" "pytest>=8" "pytest-timeout>=2.3" "jsonschema>=4.20" "moto[server]>=5"
+"$VENV/bin/python" -m pip install -q -e ".[s3,signing]" "pytest>=8" "pytest-timeout>=2.3" "jsonschema>=4.20" "moto[server]>=5"
 
 # The point of this run: none of these may be importable (something pulled one in otherwise).
 for mod in torch transformers safetensors numpy; do

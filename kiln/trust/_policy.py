@@ -1,0 +1,230 @@
+"""A deployment's trust policy: which keys may sign engines, for which models and remotes.
+
+``KILN_TRUST_POLICY=FILE`` or ``--trust-policy FILE``, YAML::
+
+    require: signed            # or: any (the default when no policy is given)
+    keys:
+      - name: ci-release
+        public_key: ci.pub.pem   # relative to this file; inline PEM; awskms:///alias/NAME
+        models: ["acme/*"]       # optional: model refs / Hub repo ids this key may sign for
+        remotes: ["s3://ml-engines/*"]   # optional: where artifacts it signs may come from
+
+Under ``require: signed`` an artifact is served only if one of its signatures verifies
+(:func:`~kiln.trust._bundle.verify_bundle`: this artifact's files, build key and manifest) with a
+listed key whose ``models`` match the artifact's model (its Hub repo id or ref; ``*`` and ``?``
+as in shell globs, case-insensitively, as the Hub compares repo ids) and whose ``remotes`` match
+where it came from: the remote's URL (without its query) when it is pulled, and, for an
+artifact already in the local store, the remotes its signatures were verified from when it was
+pulled. An artifact built here and never pulled has no remote, so it satisfies only keys without
+``remotes``. Anything else is a :class:`~kiln.errors.TrustError` naming the artifact, the key
+fingerprints and the rule.
+
+The policy is read completely when it is loaded — every key file, every KMS public key — so a
+policy that does not parse, names a file that does not exist, or lists a field Kiln does not
+know (a misspelt ``require`` must never mean "anything goes") is a SpecError before any work.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .._input import show
+from ..errors import SpecError, TrustError
+from ..manifests._index import IndexEntry
+from ..manifests._manifest import Manifest
+from ._bundle import Verified, bundle_key_hint, verify_bundle
+from ._keys import PublicKey, load_public_key
+
+__all__ = ["TrustPolicy", "TrustedKey", "load_policy", "parse_policy", "keys_policy", "describe_signers", "Signature"]
+
+MAX_POLICY_BYTES = 1024 * 1024
+_TOP = {"require", "keys"}
+_KEY_FIELDS = {"name", "public_key", "models", "remotes"}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One stored signature of an artifact: the key fingerprint it is filed under, and its bundle."""
+
+    fingerprint: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    name: str
+    key: PublicKey
+    models: tuple[str, ...] = ()  # empty: any model
+    remotes: tuple[str, ...] = ()  # empty: any remote, and the local store
+
+    def refuses(self, models: Iterable[str], origins: Iterable[str | None]) -> str | None:
+        """Why this key may not vouch for an artifact of ``models`` from ``origins``, or None."""
+        names = [m for m in models if m]
+        if self.models and not any(fnmatch.fnmatchcase(m.casefold(), p.casefold()) for m in names for p in self.models):
+            shown = ", ".join(names) or "a model with no Hub id or ref"
+            return f"the policy trusts key {self.name!r} only for models {list(self.models)}, and this is {shown}"
+        places = list(origins)
+        if self.remotes and not any(o and fnmatch.fnmatchcase(o, p) for o in places for p in self.remotes):
+            shown = ", ".join(o for o in places if o) or "the local store (built here, never pulled)"
+            return f"the policy trusts key {self.name!r} only for remotes {list(self.remotes)}, and this came from {shown}"
+        return None
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    source: str  # the policy file, as named
+    require_signed: bool
+    keys: tuple[TrustedKey, ...]
+
+    def describe(self) -> str:
+        return f"trust policy {self.source}"
+
+    def check(self, entry: IndexEntry, manifest: Manifest, signatures: Iterable[Signature],
+              origins: Iterable[str | None]) -> Verified | None:
+        """The signature that makes ``entry`` acceptable, or TrustError; None when nothing is required."""
+        if not self.require_signed:
+            return None
+        sigs = list(signatures)
+        origins = list(origins)
+        what = _describe(entry, origins)
+        if not sigs:
+            raise TrustError(f"{what} is unsigned, and {self.describe()} says `require: signed`: refused, nothing "
+                             "materialised. Sign it with a trusted key (`kiln sign KEY --sign-key …`, then push) "
+                             "or deploy a signed build.")
+        by_fp = {k.key.fingerprint: k for k in self.keys}
+        reasons = []
+        for sig in sigs:
+            fp = bundle_key_hint(sig.data) or sig.fingerprint
+            trusted = by_fp.get(fp)
+            if trusted is None:
+                reasons.append(f"signed by key {fp}, which the policy does not list")
+                continue
+            why = trusted.refuses(_model_names(entry), origins)
+            if why:
+                reasons.append(f"signed by {trusted.name!r} ({fp}), but {why}")
+                continue
+            try:
+                return verify_bundle(sig.data, trusted.key, manifest, entry.key, entry.manifest)
+            except TrustError as e:
+                reasons.append(str(e))
+        raise TrustError(f"{what} is refused by {self.describe()} (require: signed): " + "; ".join(reasons)
+                         + ". Nothing was materialised.")
+
+
+def _model_names(entry: IndexEntry) -> list[str]:
+    out = []
+    for field in ("repo_id", "ref"):
+        value = entry.model.get(field)
+        if isinstance(value, str) and value:
+            out.append(value)
+            if "@" in value:
+                out.append(value.split("@", 1)[0])
+    return out
+
+
+def _describe(entry: IndexEntry, origins: list[str | None]) -> str:
+    model = entry.model.get("ref") or entry.model.get("repo_id") or "?"
+    where = ", ".join(o for o in origins if o) or "the local store"
+    return f"artifact {entry.key[:12]} ({show(model)}, from {where})"
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise SpecError(f"{where} must be a list of patterns (strings), not {show(value)}.")
+    return tuple(v.strip() for v in value)
+
+
+def parse_policy(data: bytes, source: str, base: Path | None) -> TrustPolicy:
+    import yaml
+
+    where = f"trust policy {source}"
+    if len(data) > MAX_POLICY_BYTES:
+        raise SpecError(f"{where} is larger than {MAX_POLICY_BYTES} bytes: not a trust policy.")
+    try:
+        raw = yaml.safe_load(data)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{where} is not valid YAML{at}: {getattr(e, 'problem', None) or e}.") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where} must be a mapping with `require:` and `keys:`, not {show(raw)}.")
+    unknown = sorted(str(k) for k in raw if k not in _TOP)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; a policy has `require` and `keys`.")
+    require = raw.get("require", "any")
+    if not isinstance(require, str) or require.strip().lower() not in ("signed", "any"):
+        raise SpecError(f"{where}: require: {show(require)} is not `signed` or `any`.")
+    keys_raw = raw.get("keys") or []
+    if not isinstance(keys_raw, list):
+        raise SpecError(f"{where}: keys must be a list of {{name, public_key, models, remotes}}, not {show(keys_raw)}.")
+    keys: list[TrustedKey] = []
+    for i, item in enumerate(keys_raw):
+        at = f"{where}, keys[{i}]"
+        if not isinstance(item, dict):
+            raise SpecError(f"{at} must be a mapping with public_key (and name, models, remotes), not {show(item)}.")
+        bad = sorted(str(k) for k in item if k not in _KEY_FIELDS)
+        if bad:
+            raise SpecError(f"{at}: unknown field(s) {', '.join(bad)}; a key has {', '.join(sorted(_KEY_FIELDS))}.")
+        pub = item.get("public_key")
+        if not isinstance(pub, str) or not pub.strip():
+            raise SpecError(f"{at} has no public_key (a PEM file relative to the policy, inline PEM, or "
+                            "awskms:///alias/NAME).")
+        key = load_public_key(pub, base, where=at)
+        name = item.get("name")
+        if name is not None and not isinstance(name, str):
+            raise SpecError(f"{at}: name must be a string, not {show(name)}.")
+        keys.append(TrustedKey(name or key.name, key, _strings(item.get("models"), f"{at}: models"),
+                               _strings(item.get("remotes"), f"{at}: remotes")))
+    require_signed = require.strip().lower() == "signed"
+    if require_signed and not keys:
+        raise SpecError(f"{where} says `require: signed` but lists no keys: nothing could ever be served. "
+                        "Add the keys your builds are signed with.")
+    return TrustPolicy(source, require_signed, tuple(keys))
+
+
+def keys_policy(public_keys: Iterable[str], base: TrustPolicy | None = None) -> TrustPolicy:
+    """``base`` (or no policy) plus these public keys (``--public-key``), trusted for anything:
+    what `kiln verify --signatures` checks stored signatures with."""
+    extra = tuple(TrustedKey(k.name, k) for k in (load_public_key(v, where="--public-key") for v in public_keys))
+    if base is None:
+        return TrustPolicy("--public-key", False, extra)
+    return TrustPolicy(base.source, base.require_signed, base.keys + extra)
+
+
+def load_policy(path: str | Path) -> TrustPolicy:
+    """The policy in ``path``; SpecError (before any work) if it cannot be used."""
+    p = Path(path).expanduser()
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise SpecError(f"trust policy {p} cannot be read ({e.strerror}): check --trust-policy / "
+                        "KILN_TRUST_POLICY.") from None
+    return parse_policy(data, str(p), p.parent)
+
+
+def describe_signers(signatures: Iterable[Signature], entry: IndexEntry, manifest: Manifest | None,
+                     policy: TrustPolicy | None) -> list[dict[str, Any]]:
+    """Who signed, as `kiln show` / `kiln ls --json` print it: each bundle's key fingerprint, the
+    policy's name for that key, and ``verified`` (True/False where the policy holds that key and
+    the manifest is given, else None: a fingerprint alone proves nothing)."""
+    keys = {k.key.fingerprint: k for k in policy.keys} if policy is not None else {}
+    out: list[dict[str, Any]] = []
+    for sig in signatures:
+        fp = bundle_key_hint(sig.data) or sig.fingerprint
+        known = keys.get(fp)
+        verified: bool | None = None
+        if known is not None and manifest is not None:
+            try:
+                verify_bundle(sig.data, known.key, manifest, entry.key, entry.manifest)
+                verified = True
+            except TrustError:
+                verified = False
+        out.append({"fingerprint": fp, "key": known.name if known else None, "verified": verified})
+    return out
