@@ -27,7 +27,7 @@ from ._version import __version__
 _HOMES: dict[str, tuple[str, ...]] = {
     "kiln.cache": (
         "GcPlan", "PullResult", "PushResult", "Remote", "RemoteGcPlan", "Store", "VerifyReport",
-        "open_remote", "pull", "push", "read_remote_artifact", "remote_entries", "remote_gc"
+        "open_remote", "pull", "push", "read_remote_artifact", "remote_entries", "remote_gc", "remote_signatures"
     ),
     "kiln.compile": ("BuildResult", "build", "plan_build", "push_build"),
     "kiln.compile.executors": ("RowResult", "github_matrix", "run_local", "run_ray"),
@@ -45,6 +45,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "kiln.presets": ("PRESETS", "PresetRow", "load_preset"),
     "kiln.spec": ("BuildSpec", "Field", "Quantization", "file_digest", "normalize_dtype"),
     "kiln.targets": ("TARGETS", "get_target", "layout_names", "normalize_target"),
+    "kiln.trust": ("SigningKey", "TrustPolicy", "describe_signers", "keys_policy", "load_policy", "load_signing_key"),
 }
 _WHERE = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
         read_remote_artifact,
         remote_entries,
         remote_gc,
+        remote_signatures,
     )
     from .compile import BuildResult, build, plan_build, push_build
     from .compile.executors import RowResult, github_matrix, run_local, run_ray
@@ -97,6 +99,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
     from .presets import PRESETS, PresetRow, load_preset
     from .spec import BuildSpec, Field, Quantization, file_digest, normalize_dtype
     from .targets import TARGETS, get_target, layout_names, normalize_target
+    from .trust import SigningKey, TrustPolicy, describe_signers, keys_policy, load_policy, load_signing_key
 
 
 def __getattr__(name: str) -> Any:

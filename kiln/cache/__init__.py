@@ -19,6 +19,7 @@ from ._sync import (
     remote_entries,
     remote_entry,
     remote_gc,
+    remote_signatures,
 )
 from .remotes import Remote, open_remote
 
@@ -41,6 +42,7 @@ __all__ = [
     "remote_entries",
     "remote_entry",
     "remote_gc",
+    "remote_signatures",
     "remote_model_record",
     "remote_revision_pointers",
 ]

@@ -66,6 +66,7 @@ from ._entries import DAMAGED, NEWER, UNREADABLE, BadEntry, IndexFiles
 from ._fsutil import unlink_quiet
 from ._locks import store_lock
 from ._materialize import stale_records
+from ._signatures import SignatureFiles
 
 __all__ = ["Collector", "DamagedEntry", "GcPlan", "KeptUnreadable", "MAX_SCAN_BYTES"]
 
@@ -116,10 +117,11 @@ class GcPlan:
     kept_unreadable: tuple[KeptUnreadable, ...] = ()  # live, though this Kiln cannot read them
     damaged: tuple[DamagedEntry, ...] = ()  # entry files removed: they can never be served
     last_used: Mapping[str, float] = field(default_factory=dict)  # key -> last use, of evicted entries
+    signature_dirs: tuple[str, ...] = ()  # manifest digests whose manifest goes (or is gone): their signatures
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.blobs or self.temp_paths or self.logs or self.damaged)
+        return not (self.entries or self.blobs or self.temp_paths or self.logs or self.damaged or self.signature_dirs)
 
 
 class _Refusal(Exception):
@@ -139,6 +141,7 @@ class Collector:
         run_dir_root: Path,
         logs_dir: Path,
         deployments_dir: Path,
+        signatures: SignatureFiles,
     ) -> None:
         self.blobs = blobs
         self.index = index
@@ -149,6 +152,7 @@ class Collector:
         self.run_dir_root = run_dir_root
         self.logs_dir = logs_dir
         self.deployments_dir = deployments_dir
+        self.signatures = signatures
 
     def run(self, *, max_size: int | None, older_than: float | None, dry_run: bool) -> GcPlan:
         """Plan (and unless ``dry_run``, apply) under the exclusive store lock."""
@@ -284,10 +288,12 @@ class Collector:
                     dead.append((digest, path.stat().st_size))
                 except FileNotFoundError:
                     pass
+        # A signature is of one manifest: it goes with it (written after it, so never before it).
+        orphan_sigs = tuple(m for m in self.signatures.manifests() if m not in live)
         return GcPlan(
             tuple(evict), tuple(dead), tuple(self._temps()), sum(s for _, s in dead), kept_bytes,
             tuple(stale_entries(self.logs_dir, max_age_s=FAILED_LOG_MAX_AGE_S)),
-            tuple(kept), tuple(damaged), {e.key: used[e.key] for e in evict},
+            tuple(kept), tuple(damaged), {e.key: used[e.key] for e in evict}, orphan_sigs,
         )
 
     def _refuse(self, refusals: list[str]) -> None:
@@ -318,6 +324,8 @@ class Collector:
             self.index.remove_file(d.path)
         for digest, _ in plan.blobs:
             self.blobs.remove(digest)
+        for digest in plan.signature_dirs:
+            self.signatures.remove(digest)
         for p in (*plan.temp_paths, *plan.logs):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

@@ -14,6 +14,8 @@ Layout under the store root (``KILN_HOME``)::
     logs/<key>-<time>-<pid>.log  logs of failed builds (gc removes them after 30 days)
     deployments/<hash>.json    what was materialised where (stat signatures), so a second
                                `kiln ensure` knows DEST is intact without re-hashing it
+    signatures/<manifest hex>/ an artifact's signatures and signed provenance, by key
+                               fingerprint (see _signatures.py); checked by ``Store.trust``
     models/<repo>/commits/<commit>.json, models/<repo>/revisions/<rev>/<commit>.json
                                model records: what a Hub id resolved to (files, tree digest,
                                config), so a machine without the weights can key it; gc keeps
@@ -34,6 +36,8 @@ hands every part only the directories that part may touch:
     _locks.py        the store lock (writers vs gc) and single-flight build locks
     _hashmemo.py     memoised sha256 of model files (``Store.memo``)
     _model_records.py  model records and revision pointers under models/ (``Store.model_records``)
+    _signatures.py   signatures under signatures/ (``Store.signatures``); the trust policy
+                     (``Store.trust``) decides from them whether an artifact may be served
 
 Composition rather than inheritance or mixins: each part is a plain object or function with
 its own docstring and invariants, testable alone, and none of them imports this module (so
@@ -83,6 +87,7 @@ from ..errors import StoreError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
 from ..manifests._record import check_record_describes
+from ..trust import Signature, SigningKey, TrustPolicy, Verified, describe_signers
 from . import _buckets
 from ._blobs import Blobs
 from ._buckets import FAILED_LOG_MAX_AGE_S, RUN_DIR_MAX_AGE_S
@@ -94,6 +99,7 @@ from ._model_records import ModelRecordFiles
 from ._materialize import check_outside_store, holds, materialize, remember
 from ._progress import Progress
 from ._publish import publish
+from ._signatures import PROVENANCE_SUFFIX, SignatureFiles
 from ._verify import VerifyReport, verify
 
 __all__ = [
@@ -122,8 +128,11 @@ class Store:
     nothing on disk.
     """
 
-    def __init__(self, root: Path | str | None = None) -> None:
+    def __init__(self, root: Path | str | None = None, *, trust: TrustPolicy | None = None) -> None:
         self.root = Path(root) if root is not None else default_store_root()
+        # The deployment's trust policy: every artifact this Store hands out (lookup, fetch,
+        # pull, load, a build's stage inputs) must satisfy it (DESIGN invariant 5).
+        self.trust = trust
         self.blob_dir = self.root / "blobs" / "sha256"
         self.index_dir = self.root / "index"
         self.stamp_dir = self.root / "stamps"
@@ -138,6 +147,7 @@ class Store:
         self.s3_models_dir = self.root / "s3-models"
         self.memo = HashMemo(self.root / "hash-memo")
         self.model_records = ModelRecordFiles(self.root)  # models/
+        self.signatures = SignatureFiles(self.root)  # signatures/
         # What uses the store, named when it turns out to be read-only (the CLI sets "`kiln build`").
         self.command: str | None = None
         self._layout_ok = False
@@ -149,11 +159,13 @@ class Store:
             self._index,
             lock_dir=self.lock_dir,
             tmp_dir=self.tmp_dir,
-            atomic_write_dirs=(self.index_dir, self.stamp_dir, self.memo.root, self.model_records.dir),
+            atomic_write_dirs=(self.index_dir, self.stamp_dir, self.memo.root, self.model_records.dir,
+                               self.signatures.dir),
             builds_dir=self.builds_dir,
             run_dir_root=self.run_dir_root,
             logs_dir=self.logs_dir,
             deployments_dir=self.deployments_dir,
+            signatures=self.signatures,
         )
 
     def __repr__(self) -> str:
@@ -341,6 +353,50 @@ class Store:
         for f in manifest.files:
             self.check_blob(f.digest, f.size)
         return manifest
+
+    # ------------------------------------------------------------------ signatures & trust
+    def signatures_of(self, entry: IndexEntry) -> list[Signature]:
+        return self.signatures.signatures(entry.manifest)
+
+    def check_trusted(self, entry: IndexEntry, manifest: Manifest,
+                      origins: list[str | None] | None = None) -> Verified | None:
+        """The signature that lets this store's trust policy serve ``entry`` (None: no policy, or
+        one that requires nothing); TrustError if the policy refuses it. ``origins``: where the
+        artifact comes from (default: the remotes its signatures were pulled from, else here)."""
+        if self.trust is None or not self.trust.require_signed:
+            return None
+        if origins is None:
+            origins = list(self.signatures.origins(entry.manifest)) or [None]
+        return self.trust.check(entry, manifest, self.signatures_of(entry), origins)
+
+    def signers(self, entry: IndexEntry, manifest: Manifest | None = None) -> list[dict[str, Any]]:
+        """Who signed ``entry``: each signature's key fingerprint, the policy's name for that key,
+        and whether it verifies (None where no trusted key is known to check it with)."""
+        return describe_signers(self.signatures_of(entry), entry, manifest, self.trust)
+
+    def add_signatures(self, entry: IndexEntry, signatures: list[Signature], provenance: list[Signature] = (),
+                       origin: str | None = None) -> None:
+        """File signatures (and signed provenance) of ``entry``'s manifest, durably: a publish
+        calls this after the manifest and before the index entry."""
+        self._writable("storing signatures")
+        for sig in signatures:
+            self.signatures.add(entry.manifest, sig.fingerprint, sig.data)
+        for sig in provenance:
+            self.signatures.add(entry.manifest, sig.fingerprint, sig.data, PROVENANCE_SUFFIX)
+        if origin is not None:
+            self.signatures.add_origin(entry.manifest, origin)
+
+    def sign(self, entry: IndexEntry, key: SigningKey) -> Signature:
+        """Sign a stored artifact (its files, key and manifest) and its provenance with ``key``."""
+        from ..trust import provenance_statement, sign_manifest, sign_statement
+
+        manifest = self.check_artifact(entry)  # never vouch for a damaged artifact
+        record = self.read_record(manifest)
+        sig = Signature(key.fingerprint, sign_manifest(key, manifest, entry.key, entry.manifest))
+        prov = Signature(key.fingerprint, sign_statement(key, provenance_statement(record, manifest)))
+        with self.writer_lock():  # gc cannot take the manifest away under the new signature
+            self.add_signatures(entry, [sig], [prov])
+        return sig
 
     # ------------------------------------------------------------------ publish & materialise
     def publish(

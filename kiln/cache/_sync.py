@@ -2,15 +2,18 @@
 
 Push order (the remote mirror of DESIGN invariant 2): every file blob the remote lacks
 (checked by name and size), then the build record, then the manifest, then the model record
-of a Hub model (and its revision pointers, :mod:`kiln.cache._model_records`), then the index
-entry, last. Each object appears atomically, so a reader of the bucket never finds an index entry
+of a Hub model (and its revision pointers, :mod:`kiln.cache._model_records`), then the
+artifact's signatures and signed provenance (``signatures/<manifest hex>/``, see
+:mod:`kiln.cache._signatures`), then the index entry, last: a reader that requires signatures
+never finds an entry whose signature has not landed yet. Each object appears atomically, so a reader of the bucket never finds an index entry
 whose manifest or blobs are missing, however a push is killed; a later push skips what
 arrived and completes the rest. Two pushers of one artifact write identical blobs and the
 same entry: either wins.
 
 Pull verifies everything: the manifest and build record against the entry's digests, the
-manifest's paths and sizes (it is untrusted data), and every blob against its digest and
-size as it lands. A blob whose bytes are wrong is downloaded once more (it may have been
+manifest's paths and sizes (it is untrusted data), the store's trust policy against the
+remote's signatures (before a single file blob is downloaded), and every blob against its
+digest and size as it lands. A blob whose bytes are wrong is downloaded once more (it may have been
 replaced mid-read) and then, still wrong, is a loud error naming the object; nothing is
 published locally unless every blob verified.
 
@@ -34,11 +37,13 @@ from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
 from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
 from ..manifests._record import check_record_describes, entry_from_record, parse_record
 from ._model_records import push_model_records, remote_model_record
+from ..trust import MAX_SIGNATURE_BYTES, Signature, Verified
 from ._progress import Progress
+from ._signatures import MAX_SIGNATURES, PROVENANCE_SUFFIX, SIG_SUFFIX, manifest_hex, parse_name, signature_name
 from ._store import Store
 from .remotes import Remote
 
-__all__ = ["PushResult", "PullResult", "push", "pull", "read_remote_artifact", "remote_entry", "remote_entries", "remote_gc", "RemoteGcPlan",
+__all__ = ["PushResult", "PullResult", "push", "pull", "read_remote_artifact", "remote_entry", "remote_entries", "remote_gc", "RemoteGcPlan", "remote_signatures", "push_signatures",
            "warn_bad_remote_data"]
 
 PARALLEL_FILES = 4
@@ -52,6 +57,41 @@ def entry_key(model_hex: str, key: str) -> str:
     return f"index/{model_hex}/{key}.json"
 
 
+def signatures_prefix(manifest_digest: str) -> str:
+    return f"signatures/{manifest_hex(manifest_digest)}/"
+
+
+def remote_signatures(remote: Remote, manifest_digest: str) -> tuple[list[Signature], list[Signature]]:
+    """The signatures and signed provenance filed beside a manifest on the remote (unverified:
+    the trust policy verifies what it uses); at most MAX_SIGNATURES of each, each bounded."""
+    prefix = signatures_prefix(manifest_digest)
+    sigs: list[Signature] = []
+    prov: list[Signature] = []
+    for info in sorted(remote.list(prefix), key=lambda i: i.key):
+        parsed = parse_name(info.key[len(prefix):]) if info.key.startswith(prefix) else None
+        if parsed is None or info.size > MAX_SIGNATURE_BYTES:
+            continue
+        into = sigs if parsed[1] == SIG_SUFFIX else prov
+        if len(into) >= MAX_SIGNATURES:
+            continue
+        data = remote.get(info.key, MAX_SIGNATURE_BYTES)
+        if data is not None:
+            into.append(Signature(parsed[0], data))
+    return sigs, prov
+
+
+def push_signatures(store: Store, remote: Remote, entry: IndexEntry) -> int:
+    """Every signature and signed provenance the store holds for ``entry``, onto the remote."""
+    prefix = signatures_prefix(entry.manifest)
+    sent = 0
+    for sigs, suffix in ((store.signatures.signatures(entry.manifest), SIG_SUFFIX),
+                         (store.signatures.provenance(entry.manifest), PROVENANCE_SUFFIX)):
+        for sig in sigs:
+            remote.put(prefix + signature_name(sig.fingerprint, suffix), sig.data)
+            sent += 1
+    return sent
+
+
 @dataclass
 class PushResult:
     """What one push moved. JSON shares its vocabulary with :class:`PullResult` (docs/json.md):
@@ -63,11 +103,13 @@ class PushResult:
     uploaded_bytes: int = 0
     skipped: int = 0
     skipped_bytes: int = 0
+    signatures: int = 0  # signature and provenance files sent
 
     def to_json(self) -> dict[str, object]:
         return {"key": self.entry.key, "direction": "push",
                 "uploaded_blobs": self.uploaded, "uploaded_bytes": self.uploaded_bytes,
-                "skipped_blobs": self.skipped, "skipped_bytes": self.skipped_bytes}
+                "skipped_blobs": self.skipped, "skipped_bytes": self.skipped_bytes,
+                "signatures": self.signatures}
 
 
 @dataclass
@@ -80,6 +122,7 @@ class PullResult:
     reused: int = 0
     retried: list[str] = field(default_factory=list)
     reused_bytes: int = 0
+    trusted: Verified | None = None  # the signature the store's trust policy accepted, if it requires one
 
     def to_json(self) -> dict[str, object]:
         return {"key": self.entry.key, "direction": "pull",
@@ -224,6 +267,8 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
     # The model record (a Hub model's files, commit and config): a machine without the weights
     # finds the entry through it, so it lands before the entry.
     push_model_records(store.model_records, remote, entry.model.get("repo_id"), entry.model.get("commit"))
+    # Signatures before the entry: a `require: signed` reader must never find the entry first.
+    result.signatures = push_signatures(store, remote, entry)
     remote.put(entry_key(entry.model_hex, entry.key), entry.to_bytes())
     # A remote gc may have deleted an old, then-unreferenced blob that this push found and
     # skipped, between the check and the entry. Look once more and restore what is gone, so
@@ -304,7 +349,14 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
     # What is stored locally is what the verified record and manifest describe, never the
     # remote's claim (equal to it once _remote_documents accepted the entry).
     believed = entry_from_record(record, entry.manifest, manifest, entry.created)
-    result = PullResult(believed)
+    # The trust policy decides before any file blob moves: a refused artifact costs a few
+    # small reads and leaves nothing behind (TrustError).
+    sigs, prov = remote_signatures(remote, entry.manifest)
+    origin = remote.describe()
+    trusted = None
+    if store.trust is not None and store.trust.require_signed:
+        trusted = store.trust.check(believed, manifest, sigs, [origin])
+    result = PullResult(believed, trusted=trusted)
     count = threading.Lock()  # the counters are updated from the download threads
     with store.writer_lock():
         needed = {}
@@ -362,6 +414,7 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
             list(pool.map(fetch, sorted(needed.items(), key=lambda kv: -kv[1])))
         store.put_bytes(record_bytes)
         store.put_bytes(manifest_bytes)
+        store.add_signatures(believed, sigs, prov, origin if sigs else None)  # before the entry
         store.write_entry(believed)
     _pull_model_record(store, remote, believed)
     return result
@@ -403,7 +456,8 @@ class RemoteGcPlan:
 
 
 def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False) -> RemoteGcPlan:
-    """Delete blobs no artifact on the remote references (older than ``grace_s``).
+    """Delete blobs no artifact on the remote references, and the signatures of manifests no entry
+    references (older than ``grace_s``).
 
     Whatever might reference a blob that gc cannot see stops it before it deletes anything:
     an entry or a manifest that could not be *read* (timeout, throttling, a server error)
@@ -456,6 +510,16 @@ def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False
             kept += 1
         elif now - info.mtime < grace_s:
             young += 1  # maybe a push in flight: its index entry comes last
+        else:
+            dead.append((info.key, info.size))
+    # Signatures are of one manifest: they go when it is no longer referenced (after the grace,
+    # as a push writes them before its entry).
+    for info in remote.list("signatures/"):
+        mhex = info.key.split("/")[1] if info.key.count("/") >= 2 else ""
+        if f"blobs/sha256/{mhex}" in referenced:
+            kept += 1
+        elif now - info.mtime < grace_s:
+            young += 1
         else:
             dead.append((info.key, info.size))
     plan = RemoteGcPlan(tuple(dead), kept, young, tuple(broken))

@@ -1,7 +1,7 @@
 """`kiln` command line: a shell around :mod:`kiln.api` (the only part of Kiln it imports).
 
 The root group (``_app``) adds one module per command group (``keys``, ``lookup``,
-``build``, ``store``, ``maintenance`` — gc and rm —, ``remote``, ``matrix``); the command
+``build``, ``store``, ``maintenance`` — gc and rm —, ``remote``, ``signing``, ``matrix``); the command
 modules never import the root. Shared options are defined once (``_options``: the spec flags
 as one :class:`~kiln.cli._options.SpecRequest` value, ``--layout``, ``--toolchain``,
 ``--remote``; ``_output``: ``--json``, tables, times), progress lives in ``_progress``, result
@@ -17,7 +17,7 @@ from typing import NoReturn, Sequence
 
 import click
 
-from . import build, keys, lookup, maintenance, matrix, remote, store
+from . import build, keys, lookup, maintenance, matrix, remote, signing, store
 from ._app import cli
 
 __all__ = ["cli", "main"]
@@ -38,6 +38,7 @@ for command in (
     remote.push_cmd,
     remote.pull_cmd,
     remote.ensure,
+    signing.sign,
     matrix.matrix,
 ):
     cli.add_command(command)

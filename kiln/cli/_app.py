@@ -46,8 +46,13 @@ class KilnGroup(click.Group):
               help="Local store directory [env: KILN_HOME; default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].")
 @click.option("--remote", "remote_url", envvar="KILN_REMOTE", metavar="URL",
               help="Shared store: s3://BUCKET/PREFIX[?endpoint=URL] or a path [env: KILN_REMOTE].")
+@click.option("--trust-policy", "trust_policy", type=click.Path(path_type=Path), envvar="KILN_TRUST_POLICY",
+              metavar="FILE", help="Serve only artifacts this YAML policy trusts (require: signed; keys, models, "
+                                   "remotes) [env: KILN_TRUST_POLICY].")
 @click.pass_context
-def cli(ctx: click.Context, store_path: Path | None, remote_url: str | None) -> None:
+def cli(ctx: click.Context, store_path: Path | None, remote_url: str | None, trust_policy: Path | None) -> None:
     """Build LLM engines ahead of time; keep them in a content-addressed store; find them fast."""
-    ctx.obj = CliContext(api.Store(store_path), remote_url)
+    # The policy is read whole (every key file, every KMS key) before any work: a bad one is an error now.
+    policy = api.load_policy(trust_policy) if trust_policy else None
+    ctx.obj = CliContext(api.Store(store_path, trust=policy), remote_url)
     ctx.obj.store.command = f"`kiln {ctx.invoked_subcommand}`"  # named if the store turns out read-only

@@ -9,6 +9,11 @@ Every command that uses a remote declares ``@remote_option`` (``--remote URL`` a
 subcommand, overriding the root group's ``--remote`` and ``KILN_REMOTE``), or, where
 ``--remote`` means "act on the remote" (``ls``, ``show``, ``gc``), :func:`remote_flag_option`
 (``--remote`` alone: the configured remote; ``--remote URL``: that one).
+
+Trust: ``@trust_policy_option`` (``--trust-policy FILE`` after the subcommand, as well as before
+it or ``KILN_TRUST_POLICY``) sets the store's policy; ``@sign_key_option`` (``--sign-key KEY``,
+``KILN_SIGN_KEY``) hands the command a loaded :class:`~kiln.api.SigningKey` or None. Both are read
+when the command line is parsed, so a bad policy or key is an error before any work.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import click
 from .. import api
 from .._redact import redact
 from ..spec import CALIB_SET_OPTION, Field
-from ._context import remote, set_remote_url
+from ._context import remote, set_remote_url, store
 from ._output import human_size
 from ._progress import TransferBar
 
 __all__ = ["SpecRequest", "spec_options", "spec_flag_options", "resolve_request", "layout_options", "link_option",
-           "toolchain_option", "remote_option", "remote_flag_option", "use_remote_flag", "key_option", "refuse_spec_with_key"]
+           "toolchain_option", "remote_option", "remote_flag_option", "use_remote_flag", "key_option", "refuse_spec_with_key",
+           "trust_policy_option", "sign_key_option"]
 
 # Spec field -> the flag that sets it (for messages naming where a value came from).
 SPEC_FLAGS = {
@@ -282,6 +288,34 @@ def remote_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "--remote", metavar="URL", expose_value=False, callback=_remote_url_given,
         help="Shared store: s3://BUCKET/PREFIX[?endpoint=URL] or a path [default: the --remote before the "
              "command, else $KILN_REMOTE].",
+    )(f)
+
+
+def _trust_policy_given(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value:
+        store(ctx).trust = api.load_policy(value)
+
+
+def trust_policy_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--trust-policy FILE`` after the subcommand (``kiln ensure … --trust-policy p.yaml``), as well as before it."""
+    return click.option(
+        "--trust-policy", type=click.Path(path_type=Path), metavar="FILE", expose_value=False,
+        callback=_trust_policy_given,
+        help="Serve only artifacts this policy trusts [default: the --trust-policy before the command, else "
+             "$KILN_TRUST_POLICY].",
+    )(f)
+
+
+def _sign_key_given(ctx: click.Context, param: click.Parameter, value: str | None) -> api.SigningKey | None:
+    return api.load_signing_key(value) if value else None
+
+
+def sign_key_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--sign-key KEY`` [env KILN_SIGN_KEY]: the command receives ``sign_key`` (a SigningKey or None)."""
+    return click.option(
+        "--sign-key", "sign_key", metavar="KEY", envvar="KILN_SIGN_KEY", callback=_sign_key_given,
+        help="Sign with this key: an EC P-256 private key in a PEM file, or an AWS KMS key (awskms:///alias/NAME, "
+             "a key ARN) [env: KILN_SIGN_KEY; an encrypted PEM's password: KILN_SIGN_KEY_PASSWORD].",
     )(f)
 
 

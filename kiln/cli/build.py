@@ -9,7 +9,7 @@ import click
 from .. import api
 from ..errors import IncompleteBuildError, KilnError, SpecError
 from ._context import remote, store
-from ._options import SpecRequest, remote_option, resolve_request, spec_options
+from ._options import SpecRequest, remote_option, resolve_request, sign_key_option, spec_options, trust_policy_option
 from ._output import human_size, json_option, print_json
 from ._progress import StageReporter, TransferBar
 from ._report import build_json, incomplete_json
@@ -23,11 +23,13 @@ __all__ = ["build", "generate", "presets"]
 @click.option("--push", "do_push", is_flag=True, help="Also publish the artifact to the remote (--remote / KILN_REMOTE).")
 @click.option("--preset", metavar="NAME", help="Build every row of a preset (`kiln presets`); MODEL replaces its models.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (key, steps, the exact vendor invocation) and build nothing.")
+@sign_key_option
 @remote_option
+@trust_policy_option
 @json_option
 @click.pass_context
 def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, preset: str | None, dry_run: bool,
-          as_json: bool) -> None:
+          sign_key: api.SigningKey | None, as_json: bool) -> None:
     """Build the engine for a spec (a local or remote hit returns at once) and publish it.
 
     Progress goes to stderr, the result to stdout (with --json too). Exit 3: the stages this
@@ -39,7 +41,7 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
         return
     rem = remote(ctx, required=do_push)
     if preset:
-        _build_preset(ctx, preset, spec, force=force, do_push=do_push, as_json=as_json)
+        _build_preset(ctx, preset, spec, force=force, do_push=do_push, as_json=as_json, sign_key=sign_key)
         return
     reporter = StageReporter()
     try:
@@ -51,7 +53,7 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
         reporter.stop()
         raise
     result, pushed = build_and_push(ctx, spec, res, rem, do_push=do_push, as_json=as_json, force=force,
-                                    reporter=reporter)
+                                    reporter=reporter, sign_key=sign_key)
     if as_json:
         print_json(build_json(result, pushed))
         return
@@ -67,6 +69,8 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
         how += f"; pushed to {rem.describe()} ({pushed.uploaded} blobs, {human_size(pushed.uploaded_bytes)} uploaded)"  # type: ignore[union-attr]
     if result.waited_for_peer:
         how += " (by another process while this one waited)"
+    if sign_key is not None:
+        how += f"; signed by {sign_key.fingerprint}"
     click.echo(f"{how} in {result.seconds:.2f} s")
     click.echo(f"key       {e.key}")
     click.echo(f"spec      {res.spec.summary()}")
@@ -97,10 +101,12 @@ def _dry_run(ctx: click.Context, spec: SpecRequest, *, as_json: bool) -> None:
 
 def build_and_push(ctx: click.Context, spec: SpecRequest, res: api.Resolution, rem: api.Remote | None, *,
                    do_push: bool, as_json: bool, force: bool = False,
-                   reporter: StageReporter | None = None) -> tuple[api.BuildResult, api.PushResult | None]:
-    """Build (a hit returns at once) and optionally push, the one way `kiln build` and
-    `kiln ensure --on-miss build` do it: progress on stderr, the calibration file and the
-    remote's stages used; on exit 3 the --json document is printed before the error."""
+                   reporter: StageReporter | None = None,
+                   sign_key: api.SigningKey | None = None) -> tuple[api.BuildResult, api.PushResult | None]:
+    """Build (a hit returns at once), sign with ``sign_key`` and optionally push, the one way
+    `kiln build` and `kiln ensure --on-miss build` do it: progress on stderr, the calibration file
+    and the remote's stages used; on exit 3 the --json document is printed before the error.
+    The signature lands before the push, so the remote's index entry comes after it."""
     reporter = reporter or StageReporter()
     try:
         with TransferBar("pull"):
@@ -112,6 +118,8 @@ def build_and_push(ctx: click.Context, spec: SpecRequest, res: api.Resolution, r
         raise  # the message on stderr, exit 3
     finally:
         reporter.stop()
+    if sign_key is not None:
+        store(ctx).sign(result.entry, sign_key)
     pushed = None
     if do_push:
         assert rem is not None
@@ -120,7 +128,8 @@ def build_and_push(ctx: click.Context, spec: SpecRequest, res: api.Resolution, r
     return result, pushed
 
 
-def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bool, do_push: bool, as_json: bool) -> None:
+def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bool, do_push: bool, as_json: bool,
+                  sign_key: api.SigningKey | None = None) -> None:
     """Build every row of a preset, skipping hits; one row's failure does not stop the others."""
     stray = [f for f in spec.given_flags() if f != "--consumer"]
     if stray:
@@ -133,6 +142,8 @@ def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bo
         try:
             res = api.resolve(api.spec_from_sources(row.fields()), store=store(ctx), toolchain=pins)
             result = api.build(res, store=store(ctx), remote=remote(ctx), force=force)
+            if sign_key is not None:
+                store(ctx).sign(result.entry, sign_key)
             pushed = None
             if do_push:
                 pushed = api.push_build(store(ctx), remote(ctx, required=True), result)  # type: ignore[arg-type]
@@ -185,6 +196,7 @@ def presets(name: str | None, model: str | None, as_json: bool) -> None:
 @click.option("--raw", is_flag=True, help="Do not apply the tokenizer's chat template.")
 @json_option
 @click.option("--key", "by_key", metavar="KEY", help="Load this artifact (key or prefix) instead of looking a spec up: needs only the store.")
+@trust_policy_option
 @click.pass_context
 def generate(ctx: click.Context, spec: SpecRequest, prompt: str, max_new_tokens: int, raw: bool, as_json: bool,
              by_key: str | None) -> None:

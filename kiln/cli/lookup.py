@@ -16,6 +16,7 @@ from ._options import (
     link_option,
     refuse_spec_with_key,
     remote_option,
+    trust_policy_option,
     resolve_query,
     resolve_request,
     spec_options,
@@ -32,6 +33,7 @@ __all__ = ["lookup", "fetch"]
 @spec_options
 @click.option("--select", is_flag=True, help="Choose the best stored engine for --instance-type; shape fields you give constrain it, the rest are free.")
 @remote_option
+@trust_policy_option
 @json_option
 @click.pass_context
 def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -> None:
@@ -60,6 +62,7 @@ def lookup(ctx: click.Context, spec: SpecRequest, select: bool, as_json: bool) -
 @link_option
 @layout_options
 @remote_option
+@trust_policy_option
 @json_option
 @click.pass_context
 def fetch(ctx: click.Context, spec: SpecRequest, key: str | None, dest: Path, force: bool, copy: bool, link: bool,

@@ -21,6 +21,8 @@ from ._options import (
     link_option,
     refuse_spec_with_key,
     remote_option,
+    sign_key_option,
+    trust_policy_option,
     resolve_request,
     spec_options,
 )
@@ -69,15 +71,22 @@ def _entries_for(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all
 @spec_options
 @click.option("--key", "keys", multiple=True, metavar="KEY", help="Push this artifact (key or prefix); repeatable.")
 @click.option("--all", "all_", is_flag=True, help="Push every artifact in the local store.")
+@sign_key_option
 @remote_option
 @json_option
 @click.pass_context
-def push_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, as_json: bool) -> None:
-    """Upload artifacts to the remote: only the blobs it lacks, the index entry last."""
+def push_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, sign_key: api.SigningKey | None,
+             as_json: bool) -> None:
+    """Upload artifacts to the remote: only the blobs it lacks, then their signatures, the index entry last.
+
+    With --sign-key (or KILN_SIGN_KEY) each artifact is signed first, so its signature lands
+    before its entry."""
     rem = remote(ctx, required=True)
     assert rem is not None
     results = []
     for entry in _entries_for(ctx, spec, keys, all_, remote_side=False):
+        if sign_key is not None:
+            store(ctx).sign(entry, sign_key)
         with TransferBar(f"push {entry.key[:12]}") as bar:
             results.append(api.push(store(ctx), rem, entry, progress=bar))
     if as_json:
@@ -92,6 +101,7 @@ def push_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
 @click.option("--key", "keys", multiple=True, metavar="KEY", help="Pull this artifact (key or prefix); repeatable.")
 @click.option("--all", "all_", is_flag=True, help="Pull every artifact on the remote.")
 @remote_option
+@trust_policy_option
 @json_option
 @click.pass_context
 def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, as_json: bool) -> None:
@@ -136,11 +146,14 @@ def pull_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: b
 @link_option
 @layout_options
 @click.option("--print-env", is_flag=True, help="Print `export NAME=VALUE` lines for the consumer on stdout.")
+@sign_key_option
 @remote_option
+@trust_policy_option
 @json_option
 @click.pass_context
 def ensure(ctx: click.Context, spec: SpecRequest, key: str | None, dest: Path, on_miss: str, do_push: bool, force: bool,
-           link: bool, layout: str, container_dir: str | None, print_env: bool, as_json: bool) -> None:
+           link: bool, layout: str, container_dir: str | None, print_env: bool, sign_key: api.SigningKey | None,
+           as_json: bool) -> None:
     """What a serving container runs at start-up: lookup (local, then remote), fetch, materialise into DEST.
 
     Exit 0 when DEST holds the engine (a DEST that already holds exactly it is left untouched,
@@ -179,7 +192,7 @@ def ensure(ctx: click.Context, spec: SpecRequest, key: str | None, dest: Path, o
         warn_damaged(result)
         if not as_json and not print_env:
             click.echo(f"miss: no stored engine for {res.model.ref} with {res.spec.summary()}; building it here (--on-miss build)")
-        built, pushed = build_and_push(ctx, spec, res, rem, do_push=do_push, as_json=as_json)
+        built, pushed = build_and_push(ctx, spec, res, rem, do_push=do_push, as_json=as_json, sign_key=sign_key)
         result, path = api.fetch(res, dest, store=store(ctx), replace=force, layout=layout, container_dir=container_dir,
                                  link=link)
     extra: dict[str, Any] = {"dest": str(path), "layout": layout, "seconds": round(time.monotonic() - t0, 3)} if path else {}

@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import click
 
 from .. import api
-from ..errors import KilnError, SpecError
+from ..errors import KilnError, SpecError, TrustError
 from ._context import remote, store
-from ._options import SpecRequest, remote_flag_option, resolve_request, spec_options, toolchain_option, use_remote_flag
+from ._options import (SpecRequest, remote_flag_option, resolve_request, spec_options, toolchain_option,
+                       trust_policy_option, use_remote_flag)
 from ._output import Verbatim, age, console, human_size, iso_time, json_option, present, print_json
 from ._refs import entry_json, find_remote_artifact
 
@@ -36,6 +37,7 @@ __all__ = ["ls_cmd", "show", "verify", "store_group"]
 @remote_flag_option("List the remote's artifacts instead of the local store's.")
 @click.option("--no-trunc", is_flag=True, help="Full keys and values, even on a terminal (never cut when piped).")
 @click.option("--quiet", "-q", is_flag=True, help="Only the full keys, one per line.")
+@trust_policy_option
 @json_option
 @click.pass_context
 def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_positions: int | None,
@@ -63,7 +65,9 @@ def ls_cmd(ctx: click.Context, model_ref: str | None, target: str | None, n_posi
         entries = api.list_artifacts(st, q)
         where, used = str(st.root), {e.key: iso_time(st.last_used(e)) for e in entries}
     if as_json:
-        print_json([entry_json(e, used[e.key]) for e in entries])
+        # Who signed each (the key each signature names, unverified: `kiln show` verifies).
+        rem_ = remote(ctx) if where != str(st.root) else None
+        print_json([{**entry_json(e, used[e.key]), "signatures": _signers(st, e, None, rem_)} for e in entries])
         return
     if quiet:
         for e in entries:
@@ -109,6 +113,7 @@ def _table(entries: list[api.IndexEntry], *, full: bool) -> None:
 @click.command()
 @click.argument("ref", required=False)
 @remote_flag_option("Show the artifact as the remote holds it (index entry, manifest, build record; no blob is pulled).")
+@trust_policy_option
 @json_option
 @click.pass_context
 def show(ctx: click.Context, ref: str | None, on_remote: str | None, as_json: bool) -> None:
@@ -131,9 +136,10 @@ def show(ctx: click.Context, ref: str | None, on_remote: str | None, as_json: bo
         record = st.read_record(manifest)
         source, last_used = "local", iso_time(st.last_used(entry))
         sharing = _blob_sharing(st, entry.key)
+    signers = _signers(st, entry, manifest, rem if source != "local" else None)
     if as_json:
         print_json({"source": "remote" if source != "local" else "local", "entry": entry_json(entry, last_used),
-                    "manifest": Verbatim(manifest.to_json()), "record": Verbatim(record)})
+                    "manifest": Verbatim(manifest.to_json()), "record": Verbatim(record), "signatures": signers})
         return
     click.echo(f"key        {entry.key}")
     click.echo(f"where      {source if source != 'local' else st.root}")
@@ -145,11 +151,25 @@ def show(ctx: click.Context, ref: str | None, on_remote: str | None, as_json: bo
     click.echo(f"built      {prov.get('started')} on {prov.get('host')} in {prov.get('duration_s')} s (kiln {prov.get('kiln_version')})")
     if last_used:
         click.echo(f"last used  {last_used}")
+    for s in signers or [None]:
+        if s is None:
+            click.echo("signed     no (unsigned)")
+            continue
+        state = {True: "verified", False: "DOES NOT VERIFY", None: "not verified (no trusted key for it)"}[s["verified"]]
+        click.echo(f"signed     by {s['key'] or 'a key'} {s['fingerprint']}: {state}")
     click.echo(f"files      {len(manifest.files)}, {human_size(manifest.total_size)}")
     for f in manifest.files:
         others = sharing.get(f.digest, 0)
         shared = f"  (shared with {others} other artifact{'s' if others > 1 else ''})" if others else ""
         click.echo(f"  {f.digest[7:19]}  {human_size(f.size):>10}  {f.path}{shared}")
+
+
+def _signers(st: api.Store, entry: api.IndexEntry, manifest: api.Manifest | None,
+             rem: api.Remote | None) -> list[dict[str, Any]]:
+    """Who signed ``entry`` (locally, or on ``rem``), verified where the policy has the key and
+    ``manifest`` is given."""
+    sigs = api.remote_signatures(rem, entry.manifest)[0] if rem is not None else st.signatures_of(entry)
+    return api.describe_signers(sigs, entry, manifest, st.trust)
 
 
 def _shown_spec(entry: api.IndexEntry) -> Any:
@@ -171,23 +191,86 @@ def _blob_sharing(st: api.Store, key: str) -> dict[str, int]:
 
 
 @click.command()
+@click.option("--signatures", "check_signatures", is_flag=True,
+              help="Also check every stored signature against the trust policy's keys and --public-key.")
+@click.option("--public-key", "public_keys", multiple=True, metavar="PUB",
+              help="With --signatures: a PEM public key (or awskms:///alias/NAME) to check signatures with; repeatable.")
+@trust_policy_option
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, as_json: bool) -> None:
-    """Re-hash every blob and check every artifact; exit 1 if anything is corrupt or missing."""
-    report = store(ctx).verify()
+def verify(ctx: click.Context, check_signatures: bool, public_keys: Sequence[str], as_json: bool) -> None:
+    """Re-hash every blob and check every artifact; exit 1 if anything is corrupt or missing.
+
+    With --signatures, every stored signature is verified too (against the keys of the trust
+    policy and --public-key): exit 1 also when one fails, or when the policy says `require:
+    signed` and an artifact has no signature it accepts. A signature by a key neither names is
+    listed as not checked (a fingerprint alone proves nothing).
+    """
+    if public_keys and not check_signatures:
+        raise click.UsageError("--public-key is for checking signatures: add --signatures.")
+    st = store(ctx)
+    report = st.verify()
+    sig_report = _verify_signatures(st, public_keys) if check_signatures else None
+    ok = report.ok and (sig_report is None or sig_report["ok"])
     if as_json:
-        print_json({"ok": report.ok, "blobs_checked": report.blobs_checked, "bytes_checked": report.bytes_checked,
-                    "entries_checked": report.entries_checked, "corrupt": list(report.corrupt), "missing": list(report.missing),
-                    "unread": list(report.unread)})
+        data: dict[str, Any] = {"ok": ok, "blobs_checked": report.blobs_checked, "bytes_checked": report.bytes_checked,
+                                "entries_checked": report.entries_checked, "corrupt": list(report.corrupt),
+                                "missing": list(report.missing), "unread": list(report.unread)}
+        if sig_report is not None:
+            data["signatures"] = sig_report
+        print_json(data)
     else:
         for line in report.corrupt + report.missing:
             click.echo(f"kiln: CORRUPT: {line}", err=True)
         for line in report.unread:
             click.echo(f"kiln: NOT CHECKED: {line}", err=True)
-        click.echo(f"{'ok' if report.ok else 'FAILED'}: {report.blobs_checked} blobs ({human_size(report.bytes_checked)}), "
-                   f"{report.entries_checked} artifacts checked; {len(report.corrupt)} corrupt, {len(report.missing)} missing")
-    ctx.exit(0 if report.ok else 1)
+        if sig_report is not None:
+            for line in sig_report["failed"]:
+                click.echo(f"kiln: BAD SIGNATURE: {line}", err=True)
+            for line in sig_report["refused"]:
+                click.echo(f"kiln: REFUSED: {line}", err=True)
+            for line in sig_report["unknown_key"]:
+                click.echo(f"kiln: NOT CHECKED: {line}", err=True)
+        click.echo(f"{'ok' if ok else 'FAILED'}: {report.blobs_checked} blobs ({human_size(report.bytes_checked)}), "
+                   f"{report.entries_checked} artifacts checked; {len(report.corrupt)} corrupt, {len(report.missing)} missing"
+                   + (f"; {sig_report['verified']} of {sig_report['checked']} signatures verified, "
+                      f"{len(sig_report['failed'])} bad, {len(sig_report['unsigned'])} artifacts unsigned"
+                      if sig_report is not None else ""))
+    ctx.exit(0 if ok else 1)
+
+
+def _verify_signatures(st: api.Store, public_keys: Sequence[str]) -> dict[str, Any]:
+    """Every stored signature, checked with the policy's keys and ``public_keys``."""
+    checker = api.keys_policy(public_keys, st.trust)
+    checked = verified = 0
+    failed: list[str] = []
+    unknown: list[str] = []
+    unsigned: list[str] = []
+    refused: list[str] = []
+    for entry in st.iter_entries():
+        try:
+            manifest = st.read_manifest(entry.manifest)
+        except KilnError:
+            continue  # the blob check above reports it
+        signers = api.describe_signers(st.signatures_of(entry), entry, manifest, checker)
+        if not signers:
+            unsigned.append(entry.key)
+        for s in signers:
+            checked += 1
+            where = f"artifact {entry.key[:12]}, key {s['fingerprint']}"
+            if s["verified"] is True:
+                verified += 1
+            elif s["verified"] is False:
+                failed.append(f"{where} ({s['key']}): does not verify for this artifact")
+            else:
+                unknown.append(f"{where}: no --public-key or policy key to check it with")
+        if st.trust is not None and st.trust.require_signed:
+            try:
+                st.check_trusted(entry, manifest)
+            except TrustError as e:
+                refused.append(str(e))
+    return {"ok": not failed and not refused, "checked": checked, "verified": verified, "failed": failed,
+            "unknown_key": unknown, "unsigned": unsigned, "refused": refused}
 
 
 # --------------------------------------------------------------------------- store (developer commands)

@@ -27,6 +27,7 @@ from ..errors import CorruptBlobError, NotFoundError, SpecError, StoreError
 from ..manifests import MAX_CONFIG_BYTES, FileEntry, IndexEntry, Manifest, make_record, utc_now
 from ..spec import build_key
 from ..targets import get_target
+from ..trust import SIGNATURE_FILE, bundle_key_hint
 from .find import LookupResult, ambiguous_key, find_by_key, key_prefix, lookup
 from .resolution import Resolution
 
@@ -219,10 +220,15 @@ def materialize_layout(
     target = get_target(str(entry.spec.get("target")))
     plan = target.plan_layout(layout, entry, manifest, lambda d: store.read_blob(d, MAX_CONFIG_BYTES),
                               container_dir or target.default_container_dir(layout, str(dest)))
+    plan_generated = dict(plan.generated)
+    if layout == "raw":
+        signature = _raw_layout_signature(store, entry, manifest)
+        if signature is not None:
+            plan_generated[SIGNATURE_FILE] = signature
     # Generated files are written into DEST from memory (no blob, so no write to the store).
-    generated = {"sha256:" + hashlib.sha256(data).hexdigest(): data for data in plan.generated.values()}
+    generated = {"sha256:" + hashlib.sha256(data).hexdigest(): data for data in plan_generated.values()}
     files = list(plan.files) + [FileEntry(rel, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-                                for rel, data in sorted(plan.generated.items())]
+                                for rel, data in sorted(plan_generated.items())]
     derived = Manifest.parse(Manifest(manifest.config, tuple(files)).to_bytes())  # re-validate every path
     with store.reader_lock():  # the blobs stay while they are compared and placed
         if dest.is_dir() and not dest.is_symlink() and any(dest.iterdir()):
@@ -236,6 +242,21 @@ def materialize_layout(
                 )
         path = store.materialize(derived, dest, replace=replace, link=link, generated=generated)
     return path, dict(plan.env), False
+
+
+def _raw_layout_signature(store: Store, entry: IndexEntry, manifest: Manifest) -> bytes | None:
+    """The bundle written as ``model.sig`` beside a raw layout, so that model-signing's own
+    ``model_signing verify key DEST --signature DEST/model.sig --public_key PUB`` checks the
+    files independently of Kiln: the signature the trust policy accepted, else the first stored."""
+    sigs = store.signatures_of(entry)
+    if not sigs:
+        return None
+    accepted = store.check_trusted(entry, manifest)
+    if accepted is not None:
+        for sig in sigs:
+            if bundle_key_hint(sig.data) == accepted.fingerprint:
+                return sig.data
+    return sigs[0].data
 
 
 @dataclass(frozen=True)

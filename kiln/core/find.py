@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from .._input import show
 from ..cache import Remote, Store, pull, remote_entries, remote_entry
-from ..errors import CorruptBlobError, KilnError, NotFoundError, RemoteError, SpecError, UnsafeManifestError
+from ..errors import CorruptBlobError, KilnError, NotFoundError, RemoteError, SpecError, TrustError, UnsafeManifestError
 from ..manifests import IndexEntry, Manifest, spec_differences, toolchain_differences
 from ..presets import PRESETS, load_preset
 from ..targets import get_target
@@ -53,15 +53,25 @@ def first_verified(store: Store, remote: Remote | None, candidates: Iterable[tup
 
     ``candidates`` may be a generator: it is advanced only as far as needed, so a remote is
     listed only when no local candidate held.
+
+    The store's trust policy (``store.trust``) is applied to each: a local artifact once it
+    verified, a remote one inside the pull, before its file blobs move. A refused candidate is
+    passed over (another may be signed); when none is served and one was refused, the refusals
+    are a TrustError (exit 2), never a quiet miss that a build would paper over.
     """
     damaged: list[str] = []
     notes: list[str] = []
+    refused: list[str] = []
     for entry, where in candidates:
         try:
             if where == REMOTE:
                 assert remote is not None
                 pulled = pull(store, remote, entry, progress=current_progress())
             manifest = store.check_artifact(entry)
+            trusted = pulled.trusted if where == REMOTE else store.check_trusted(entry, manifest)
+        except TrustError as e:
+            refused.append(str(e))
+            continue
         except (RemoteError, CorruptBlobError, NotFoundError, UnsafeManifestError) as e:
             if where == REMOTE:
                 damaged.append(f"remote artifact {entry.key[:12]} on {remote.describe()} failed: {e}")  # type: ignore[union-attr]
@@ -73,8 +83,13 @@ def first_verified(store: Store, remote: Remote | None, candidates: Iterable[tup
                 f"pulled from {remote.describe()}: {pulled.downloaded} blob(s), {pulled.downloaded_bytes} bytes "  # type: ignore[union-attr]
                 f"downloaded and verified, {pulled.reused} already local"
             )
+        if trusted is not None:
+            notes.append(f"signed by {trusted.key_name} ({trusted.fingerprint}): accepted by the trust policy")
         store.touch(entry)
-        return Found(entry, manifest, where, tuple(damaged), tuple(notes))
+        return Found(entry, manifest, where, tuple(damaged + refused), tuple(notes))
+    if refused:
+        raise TrustError(" ".join(refused) if len(refused) == 1 else
+                         f"{len(refused)} matching artifacts were refused: " + " | ".join(refused))
     return Found(None, None, None, tuple(damaged), tuple(notes))
 
 

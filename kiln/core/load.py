@@ -107,6 +107,7 @@ def load_engine_by_key(key: str, *, store: Store, device: str | None = None, dir
         raise ToolchainError(f"artifact {entry.key[:12]} is a {target.name} engine; use `kiln fetch` for it.")
     with store.reader_lock():
         manifest = store.check_artifact(entry)
+        store.check_trusted(entry, manifest)  # an engine is code: the trust policy first
         directory = _materialize(entry, manifest, store=store, directory=directory)
     return _load(entry, directory, device)
 

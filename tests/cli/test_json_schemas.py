@@ -23,7 +23,7 @@ from ._helpers import AOTI, artifact_dir, put
 
 SCHEMAS = REPO / "docs" / "json"
 COMMANDS = ("build", "ensure", "fetch", "gc", "generate", "key", "lookup", "ls", "presets", "pull", "push", "rm",
-            "show", "store-put", "verify")
+            "show", "sign", "store-put", "verify")
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,6 +103,29 @@ def test_ls_show_verify_gc_rm_and_presets(tmp_path: Path, fake_model: Path) -> N
     # A preset whose models are not here: every row fails, and says so in the documented shape.
     rows = check("build", run_kiln("build", "--preset", "jumpstart-llama2-neuron", "--json"), exit_code=2)
     assert rows and {r["status"] for r in rows} == {"failed"}
+
+
+def test_sign_and_the_signature_reports(tmp_path: Path, fake_model: Path) -> None:
+    pytest.importorskip("model_signing", reason="signatures need model-signing (pip install 'kiln-engines[signing]')")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    key_file, pub_file = tmp_path / "key.pem", tmp_path / "key.pub.pem"
+    key_file.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    pub_file.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
+    key = put(fake_model, artifact_dir(tmp_path / "a"))
+    signed = check("sign", run_kiln("sign", key[:12], "--sign-key", str(key_file), "--json"))
+    assert [s["key"] for s in signed] == [key] and signed[0]["pushed"] is False
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"require: signed\nkeys:\n  - name: ci\n    public_key: {pub_file}\n")
+    shown = check("show", run_kiln("show", key[:12], "--trust-policy", str(policy), "--json"))
+    assert shown["signatures"][0]["verified"] is True and shown["signatures"][0]["key"] == "ci"
+    assert check("ls", run_kiln("ls", "--json"))[0]["signatures"][0]["fingerprint"] == signed[0]["fingerprint"]
+    report = check("verify", run_kiln("verify", "--signatures", "--trust-policy", str(policy), "--json"))
+    assert report["signatures"]["verified"] == 1 and report["ok"] is True
 
 
 @pytest.mark.light
