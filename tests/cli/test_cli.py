@@ -206,7 +206,7 @@ def test_missing_model_is_exit_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.light
-def test_lookup_never_imports_torch(tmp_path: Path, fake_model: Path) -> None:
+def test_lookup_never_imports_torch_nor_the_signing_library(tmp_path: Path, fake_model: Path) -> None:
     assert run_kiln("store", "put", str(_artifact(tmp_path)), str(fake_model), *AOTI).returncode == 0
     code = (
         "import sys\n"
@@ -215,7 +215,7 @@ def test_lookup_never_imports_torch(tmp_path: Path, fake_model: Path) -> None:
         f"    main(['lookup', {str(fake_model)!r}, *{AOTI!r}])\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'tensorrt_llm', 'transformers_neuronx', 'numpy', 'safetensors'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'tensorrt_llm', 'transformers_neuronx', 'numpy', 'safetensors', 'model_signing', 'sigstore'))\n"
         "print('HEAVY', heavy)\n"
     )
     import subprocess
