@@ -23,6 +23,7 @@ in pyproject.toml and imported lazily: a lookup without a trust policy never loa
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
@@ -85,7 +86,11 @@ def sign_manifest(key: SigningKey, manifest: Manifest, build_key: str, manifest_
     payload = signing.Payload(_ms_manifest(manifest, subject_name(build_key, manifest_digest)))
     data = _signer(key).sign(payload).bundle.to_json().encode()
     public = PublicKey(key.name, key.public_key(), key.fingerprint)
-    verify_bundle(data, public, manifest, build_key, manifest_digest)
+    try:
+        verify_bundle(data, public, manifest, build_key, manifest_digest)
+    except TrustError as e:
+        raise TrustError(f"the signature {key.name!r} just made does not verify with its own public key, so it was "
+                         f"not stored ({e}); a KMS key must sign exactly the message it is sent.") from None
     return data
 
 
@@ -96,7 +101,27 @@ def sign_statement(key: SigningKey, statement: Any) -> bytes:
         def __init__(self, s: Any) -> None:
             self.statement = s
 
-    return bytes(_signer(key).sign(_Payload(statement)).bundle.to_json().encode())
+    data = bytes(_signer(key).sign(_Payload(statement)).bundle.to_json().encode())
+    _check_envelope(data, key)
+    return data
+
+
+def _check_envelope(data: bytes, key: SigningKey) -> None:
+    """The DSSE signature in ``data`` verifies with ``key``'s public half (TrustError if not), as
+    model-signing's own EC verifier checks it (pae over the payload, ECDSA with the curve's hash)."""
+    _, _, sign_ec_key, sign_sigstore_pb, _ = library()
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    envelope = json.loads(data)["dsseEnvelope"]
+    payload = base64.b64decode(envelope["payload"])
+    public = key.public_key()
+    try:
+        public.verify(base64.b64decode(envelope["signatures"][0]["sig"]), sign_sigstore_pb.pae(payload),
+                      ec.ECDSA(sign_ec_key.get_ec_key_hash(public)))
+    except InvalidSignature:
+        raise TrustError(f"the provenance signature {key.name!r} just made does not verify with its own public key, "
+                         "so it was not stored; a KMS key must sign exactly the message it is sent.") from None
 
 
 def bundle_key_hint(data: bytes) -> str | None:

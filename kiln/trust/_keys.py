@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._input import read_small_file
 from .._redact import redact
 from ..errors import SpecError, TrustError
 
@@ -43,13 +44,30 @@ _KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/\S+\Z
 # (MessageType=DIGEST). https://docs.aws.amazon.com/kms/latest/APIReference/API_Sign.html
 KMS_RAW_LIMIT = 4096
 _KMS_ALGORITHMS = {256: "ECDSA_SHA_256", 384: "ECDSA_SHA_384", 521: "ECDSA_SHA_512"}
+MAX_KEY_FILE = 64 * 1024  # a PEM key is a few hundred bytes
+
+
+# "-----BEGIN" base64-encoded at each of the three alignments: CI systems often hold a PEM key
+# base64-encoded (`base64 -w0 key.pem`), and such a value must never be echoed as a "path".
+_KEY_MARKERS = ("-----BEGIN", "PRIVATE KEY", "LS0tLS1CRUdJT", "0tLS0tQkVHSU", "tLS0tLUJFR0lO")
+MAX_KEY_NAME = 200  # a path or KMS URI; anything longer is not shown (it may be key material)
+
+
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{40,}")  # 30+ bytes of base64: a PEM body line, a DER key
+
+
+def may_be_key_material(value: str) -> bool:
+    """True for anything that is not plainly a path or a KMS URI: armoured or base64 PEM, an
+    unarmoured PEM body (a long base64 run, or several lines), or an implausibly long value."""
+    return (any(m in value for m in _KEY_MARKERS) or len(value) > MAX_KEY_NAME or "\n" in value
+            or bool(_BASE64_RUN.search(value)))
 
 
 def _described(value: str) -> str:
-    """How a key name is quoted in a message: never its content if it holds key material."""
-    if "-----BEGIN" in value or "PRIVATE KEY" in value:
-        return "(inline key material, not shown)"
-    return repr(redact(value)[:300])
+    """How a key name is quoted in a message: never its content if it may hold key material."""
+    if may_be_key_material(value):
+        return f"(a value of {len(value)} characters, not shown: it may be key material)"
+    return repr(redact(value))
 
 
 def is_kms_ref(value: str) -> bool:
@@ -64,12 +82,12 @@ def fingerprint_of(public_key: Any) -> str:
     return "sha256:" + hashlib.sha256(pem).hexdigest()
 
 
-def _check_curve(public_key: Any, name: str) -> None:
+def _check_curve(public_key: Any, what: str) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name not in (
             "secp256r1", "secp384r1", "secp521r1"):
-        raise SpecError(f"key {name} is not an EC P-256, P-384 or P-521 key: model-signing signs with those only "
+        raise SpecError(f"{what} is not an EC P-256, P-384 or P-521 key: model-signing signs with those only "
                         "(make one with `openssl ecparam -genkey -name prime256v1 -noout -out key.pem`).")
 
 
@@ -180,7 +198,7 @@ def _kms_public_key(client: Any, key_id: str, name: str) -> Any:
         raise SpecError(f"KMS key {_described(name)} is a {out.get('KeyUsage')} key; signing needs KeyUsage "
                         "SIGN_VERIFY and KeySpec ECC_NIST_P256.")
     key = serialization.load_der_public_key(bytes(out["PublicKey"]))
-    _check_curve(key, _described(name))
+    _check_curve(key, f"KMS key {_described(name)}")
     return key
 
 
@@ -194,16 +212,15 @@ def load_signing_key(value: str) -> SigningKey:
         key = _KmsKey(value)
         key.public_key()
         return key
-    if "-----BEGIN" in value:
-        raise SpecError("--sign-key / KILN_SIGN_KEY holds key material itself (not shown): give the path of the PEM "
-                        "file instead, so the key never sits in the environment or a command line.")
-    path = Path(value).expanduser()
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SpecError(f"signing key {_described(value)} cannot be read ({e.strerror}): give a PEM private key "
-                        "file (openssl ecparam -genkey -name prime256v1 -noout -out key.pem) or "
-                        "awskms:///alias/NAME.") from None
+    if may_be_key_material(value):
+        raise SpecError(f"--sign-key / KILN_SIGN_KEY holds {_described(value)}: give the path of the PEM file "
+                        "instead, so the key never sits in the environment or a command line.")
+    fix = ("give a PEM private key file (openssl ecparam -genkey -name prime256v1 -noout -out key.pem) or "
+           "awskms:///alias/NAME")
+    if not Path(value).expanduser().exists():
+        raise SpecError(f"signing key file {_described(value)} does not exist: {fix}.")
+    data = read_small_file(Path(value).expanduser(), MAX_KEY_FILE, "signing key file", SpecError,
+                           fix)
     from cryptography.hazmat.primitives import serialization
 
     password = os.environ.get("KILN_SIGN_KEY_PASSWORD")
@@ -217,7 +234,7 @@ def load_signing_key(value: str) -> SigningKey:
     except ValueError:
         raise SpecError(f"signing key {_described(value)} is not a PEM private key (or its password is wrong): "
                         "write one with `openssl ecparam -genkey -name prime256v1 -noout -out key.pem`.") from None
-    _check_curve(private.public_key(), _described(value))
+    _check_curve(private.public_key(), f"signing key {_described(value)}")
     return _PemKey(value, private)
 
 
@@ -233,25 +250,25 @@ def load_public_key(value: str, base: Path | None = None, *, where: str = "") ->
         return PublicKey(text, key, fingerprint_of(key))
     if text.startswith("-----BEGIN"):
         data, name = text.encode(), "(inline PEM)"
-        if "PRIVATE KEY" in text.split("\n", 1)[0]:
-            raise SpecError(f"{at}public_key holds a private key: a trust policy names public keys only "
-                            "(`openssl ec -in key.pem -pubout -out key.pub.pem`).")
+    elif may_be_key_material(text):
+        raise SpecError(f"{at}public_key holds {_described(text)}: give a PEM public key file, inline PEM "
+                        "(-----BEGIN PUBLIC KEY-----) or awskms:///alias/NAME.")
     else:
         path = Path(text).expanduser()
         if base is not None and not path.is_absolute():
             path = base / path
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise SpecError(f"{at}public key file {path} cannot be read ({e.strerror}); paths are relative to the "
-                            "policy file.") from None
+        if not path.exists():
+            raise SpecError(f"{at}public key file {path} does not exist (relative paths are relative to the policy "
+                            "file).")
+        data = read_small_file(path, MAX_KEY_FILE, f"{at}public key file", SpecError,
+                               "paths are relative to the policy file")
         name = text
-        if b"PRIVATE KEY" in data.split(b"\n", 1)[0]:
-            raise SpecError(f"{at}{path} holds a private key: a trust policy names public keys only "
-                            "(`openssl ec -in key.pem -pubout -out key.pub.pem`).")
+    if b"PRIVATE KEY" in data:  # anywhere: `openssl ecparam -genkey` puts EC PARAMETERS first
+        raise SpecError(f"{at}{_described(name) if name != '(inline PEM)' else 'the inline PEM'} holds a private key: "
+                        "a trust policy names public keys only (`openssl ec -in key.pem -pubout -out key.pub.pem`).")
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
         raise SpecError(f"{at}{_described(name)} is not a PEM public key (-----BEGIN PUBLIC KEY-----).") from None
-    _check_curve(key, _described(name))
+    _check_curve(key, f"{at}{_described(name)}")
     return PublicKey(name, key, fingerprint_of(key))

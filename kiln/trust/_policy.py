@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .._input import show
+from .._input import read_small_file, show
 from ..errors import SpecError, TrustError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
 from ._bundle import Verified, bundle_key_hint, verify_bundle
-from ._keys import PublicKey, load_public_key
+from ._keys import PublicKey, load_public_key, may_be_key_material
 
 __all__ = ["TrustPolicy", "TrustedKey", "load_policy", "parse_policy", "keys_policy", "describe_signers", "Signature"]
 
@@ -94,20 +94,21 @@ class TrustPolicy:
             raise TrustError(f"{what} is unsigned, and {self.describe()} says `require: signed`: refused, nothing "
                              "materialised. Sign it with a trusted key (`kiln sign KEY --sign-key …`, then push) "
                              "or deploy a signed build.")
-        by_fp = {k.key.fingerprint: k for k in self.keys}
         reasons = []
         for sig in sigs:
             fp = bundle_key_hint(sig.data) or sig.fingerprint
-            trusted = by_fp.get(fp)
-            if trusted is None:
+            # One key may be listed several times (acme/* from one remote, lab/* from another):
+            # any listing whose rules admit the artifact will do.
+            listed = [k for k in self.keys if k.key.fingerprint == fp]
+            if not listed:
                 reasons.append(f"signed by key {fp}, which the policy does not list")
                 continue
-            why = trusted.refuses(_model_names(entry), origins)
-            if why:
-                reasons.append(f"signed by {trusted.name!r} ({fp}), but {why}")
+            why = [w for w in (k.refuses(_model_names(entry), origins) for k in listed) if w]
+            if len(why) == len(listed):
+                reasons.append(f"signed by {listed[0].name!r} ({fp}), but " + "; and ".join(why))
                 continue
             try:
-                return verify_bundle(sig.data, trusted.key, manifest, entry.key, entry.manifest)
+                return verify_bundle(sig.data, listed[0].key, manifest, entry.key, entry.manifest)
             except TrustError as e:
                 reasons.append(str(e))
         raise TrustError(f"{what} is refused by {self.describe()} (require: signed): " + "; ".join(reasons)
@@ -115,13 +116,16 @@ class TrustPolicy:
 
 
 def _model_names(entry: IndexEntry) -> list[str]:
-    out = []
+    """What a key's ``models`` patterns are matched against: the Hub repo id and the ref (with
+    and without its @revision). The entry's model is the one its build record states (checked
+    when the artifact verified), and the signature covers the record."""
+    out: list[str] = []
     for field in ("repo_id", "ref"):
         value = entry.model.get(field)
         if isinstance(value, str) and value:
-            out.append(value)
-            if "@" in value:
-                out.append(value.split("@", 1)[0])
+            for name in (value, value.split("@", 1)[0]):
+                if name not in out:
+                    out.append(name)
     return out
 
 
@@ -131,13 +135,19 @@ def _describe(entry: IndexEntry, origins: list[str | None]) -> str:
     return f"artifact {entry.key[:12]} ({show(model)}, from {where})"
 
 
+def _shown(value: Any) -> str:
+    """A policy value quoted in a message, unless it may be key material (a pasted private key)."""
+    text = value if isinstance(value, str) else repr(value)
+    return f"(a value of {len(text)} characters, not shown)" if may_be_key_material(text) else show(value)
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise SpecError(f"{where} must be a list of patterns (strings), not {show(value)}.")
+        raise SpecError(f"{where} must be a list of patterns (strings), not {_shown(value)}.")
     return tuple(v.strip() for v in value)
 
 
@@ -154,21 +164,22 @@ def parse_policy(data: bytes, source: str, base: Path | None) -> TrustPolicy:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpecError(f"{where} is not valid YAML{at}: {getattr(e, 'problem', None) or e}.") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{where} must be a mapping with `require:` and `keys:`, not {show(raw)}.")
+        raise SpecError(f"{where} must be a mapping with `require:` and `keys:`, not {_shown(raw)}.")
     unknown = sorted(str(k) for k in raw if k not in _TOP)
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; a policy has `require` and `keys`.")
     require = raw.get("require", "any")
     if not isinstance(require, str) or require.strip().lower() not in ("signed", "any"):
-        raise SpecError(f"{where}: require: {show(require)} is not `signed` or `any`.")
-    keys_raw = raw.get("keys") or []
+        raise SpecError(f"{where}: require: {_shown(require)} is not `signed` or `any`.")
+    keys_raw = raw.get("keys")
+    keys_raw = [] if keys_raw is None else keys_raw
     if not isinstance(keys_raw, list):
-        raise SpecError(f"{where}: keys must be a list of {{name, public_key, models, remotes}}, not {show(keys_raw)}.")
+        raise SpecError(f"{where}: keys must be a list of {{name, public_key, models, remotes}}, not {_shown(keys_raw)}.")
     keys: list[TrustedKey] = []
     for i, item in enumerate(keys_raw):
         at = f"{where}, keys[{i}]"
         if not isinstance(item, dict):
-            raise SpecError(f"{at} must be a mapping with public_key (and name, models, remotes), not {show(item)}.")
+            raise SpecError(f"{at} must be a mapping with public_key (and name, models, remotes), not {_shown(item)}.")
         bad = sorted(str(k) for k in item if k not in _KEY_FIELDS)
         if bad:
             raise SpecError(f"{at}: unknown field(s) {', '.join(bad)}; a key has {', '.join(sorted(_KEY_FIELDS))}.")
@@ -179,7 +190,7 @@ def parse_policy(data: bytes, source: str, base: Path | None) -> TrustPolicy:
         key = load_public_key(pub, base, where=at)
         name = item.get("name")
         if name is not None and not isinstance(name, str):
-            raise SpecError(f"{at}: name must be a string, not {show(name)}.")
+            raise SpecError(f"{at}: name must be a string, not {_shown(name)}.")
         keys.append(TrustedKey(name or key.name, key, _strings(item.get("models"), f"{at}: models"),
                                _strings(item.get("remotes"), f"{at}: remotes")))
     require_signed = require.strip().lower() == "signed"
@@ -201,11 +212,9 @@ def keys_policy(public_keys: Iterable[str], base: TrustPolicy | None = None) -> 
 def load_policy(path: str | Path) -> TrustPolicy:
     """The policy in ``path``; SpecError (before any work) if it cannot be used."""
     p = Path(path).expanduser()
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise SpecError(f"trust policy {p} cannot be read ({e.strerror}): check --trust-policy / "
-                        "KILN_TRUST_POLICY.") from None
+    if not p.exists():
+        raise SpecError(f"trust policy {p} does not exist: check --trust-policy / KILN_TRUST_POLICY.")
+    data = read_small_file(p, MAX_POLICY_BYTES, "trust policy", SpecError, "check --trust-policy / KILN_TRUST_POLICY")
     return parse_policy(data, str(p), p.parent)
 
 

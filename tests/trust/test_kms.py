@@ -265,11 +265,6 @@ def _pae_size(bundle_path: Path) -> int:
     return len(b"DSSEv1 %d %s %d %s" % (len(env["payloadType"]), env["payloadType"].encode(), len(payload), payload))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Kiln does not check the provenance signature it gets from KMS before filing it "
-    "(kiln/trust/_bundle.py sign_statement; kiln/cache/_store.py Store.sign): when the artifact "
-    "signature goes RAW (PAE <= 4096 bytes) but the provenance goes DIGEST, a KMS that signs the "
-    "wrong bytes (moto here) yields a stored, pushed provenance that does not verify, and `kiln sign` exits 0"))
 def test_a_kms_provenance_signature_that_does_not_verify_is_never_stored(tmp_path: Path, kms: KmsKey) -> None:
     """An artifact between the two limits: its model-signing payload fits a RAW KMS message, its
     (larger) provenance statement does not, so only the provenance is signed as a DIGEST, which

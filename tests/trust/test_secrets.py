@@ -228,11 +228,6 @@ def _value_echoed(stderr: str, value: str, run: int = 16) -> bool:
     return any(flat[i:i + run] in stderr.replace("\\n", "") for i in range(len(flat) - run + 1))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kiln/trust/_keys.py:56 may_be_key_material() hides a --sign-key / KILN_SIGN_KEY value only if it holds "
-    "'-----BEGIN', 'PRIVATE KEY', base64 of '-----BEGIN' or is over 200 characters; the unarmoured PEM body of "
-    "a P-256 key (164-166 characters) passes, and the unreadable-path error (read_small_file, kiln/_input.py, "
-    "called from load_signing_key in kiln/trust/_keys.py) prints it whole: the private scalar in clear"))
 def test_key_material_without_armour_given_as_sign_key_is_not_echoed(tmp_path: Path) -> None:
     key = _noout_key(tmp_path / "keys")
     text = key.private.read_text()
@@ -250,12 +245,6 @@ def test_key_material_without_armour_given_as_sign_key_is_not_echoed(tmp_path: P
     assert not echoed, echoed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kiln/trust/_policy.py:176 (also :161, :167, :171, :187) quotes a malformed policy value with show(), up to "
-    "60 characters: a private key pasted as a list item of `keys:` is echoed with the start of its base64 body "
-    "('-----BEGIN EC PRIVATE KEY-----\\nMHcCAQEEI' + ~10 characters that encode the first bytes of the scalar); "
-    "and `public_key:` holding a key's unarmoured PEM body is quoted whole as a missing path by load_public_key "
-    "(kiln/trust/_keys.py read_small_file call): the whole private scalar"))
 def test_a_private_key_pasted_into_a_policy_is_not_echoed(tmp_path: Path) -> None:
     import yaml
 
