@@ -299,8 +299,12 @@ def remember(records_dir: Path, manifest: Manifest, manifest_digest: str, dest: 
         pass  # a read-only store: the next check hashes the files instead
 
 
-def holds(records_dir: Path, manifest: Manifest, manifest_digest: str, dest: Path) -> tuple[bool, str]:
-    """(True, "") when ``dest`` holds exactly this artifact, else (False, the first difference)."""
+def holds(records_dir: Path, manifest: Manifest, manifest_digest: str, dest: Path,
+          ignore: frozenset[str] = frozenset()) -> tuple[bool, str]:
+    """(True, "") when ``dest`` holds exactly this artifact, else (False, the first difference).
+
+    ``ignore``: top-level files of ``dest`` that may be there or not (the raw layout's
+    ``model.sig``, which the caller keeps current itself)."""
     dest = Path(dest)
     want = {f.path: f for f in manifest.files}
     have: dict[str, os.stat_result] = {}
@@ -312,6 +316,8 @@ def holds(records_dir: Path, manifest: Manifest, manifest_digest: str, dest: Pat
             if stat.S_ISLNK(st.st_mode):
                 return False, f"{rel} is a symbolic link"
             if name in filenames:
+                if rel in ignore:
+                    continue
                 if not stat.S_ISREG(st.st_mode):
                     return False, f"{rel} is not a regular file"
                 have[rel] = st

@@ -31,7 +31,14 @@ from ._fsutil import atomic_write_bytes
 
 __all__ = ["SignatureFiles", "MAX_SIGNATURES", "SIG_SUFFIX", "PROVENANCE_SUFFIX", "signature_name", "manifest_hex"]
 
-MAX_SIGNATURES = 32  # per artifact: a hostile remote cannot make a reader verify thousands
+MAX_SIGNATURES = 8  # per artifact and kind: a hostile remote cannot make a reader fetch and verify many
+
+
+def signature_bound(files: int) -> int:
+    """The most bytes a signature (or signed provenance) of an artifact of ``files`` files may
+    have: a bundle is about 300 bytes per file (path, digest, base64) and provenance adds the
+    model's files; this leaves room for long paths and large models, not for padding."""
+    return min(MAX_SIGNATURE_BYTES, 1024 * 1024 + 2048 * files)
 SIG_SUFFIX = ".sig"
 PROVENANCE_SUFFIX = ".provenance.json"
 _NAME = re.compile(r"([0-9a-f]{64})(\.sig|\.provenance\.json)\Z")
@@ -58,7 +65,7 @@ class SignatureFiles:
     def path(self, manifest_digest: str) -> Path:
         return self.dir / manifest_hex(manifest_digest)
 
-    def _read(self, manifest_digest: str, suffix: str) -> list[Signature]:
+    def _read(self, manifest_digest: str, suffix: str) -> list[Signature]:  # local files: bounded by the 64 MiB cap
         d = self.path(manifest_digest)
         try:
             names = sorted(os.listdir(d))

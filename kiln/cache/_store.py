@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from .._input import show_path
-from ..errors import StoreError
+from ..errors import StoreError, TrustError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
 from ..manifests._record import check_record_describes
@@ -113,6 +113,16 @@ __all__ = [
 ]
 
 
+def default_trust_policy() -> TrustPolicy | None:
+    """The policy ``KILN_TRUST_POLICY`` names (read whole now: a bad one is a SpecError), or None."""
+    path = os.environ.get("KILN_TRUST_POLICY", "").strip()
+    if not path:
+        return None
+    from ..trust import load_policy
+
+    return load_policy(path)
+
+
 def default_store_root() -> Path:
     if os.environ.get("KILN_HOME"):
         return Path(os.environ["KILN_HOME"]).expanduser()
@@ -128,11 +138,13 @@ class Store:
     nothing on disk.
     """
 
-    def __init__(self, root: Path | str | None = None, *, trust: TrustPolicy | None = None) -> None:
+    def __init__(self, root: Path | str | None = None, *, trust: TrustPolicy | None | str = "env") -> None:
         self.root = Path(root) if root is not None else default_store_root()
         # The deployment's trust policy: every artifact this Store hands out (lookup, fetch,
-        # pull, load, a build's stage inputs) must satisfy it (DESIGN invariant 5).
-        self.trust = trust
+        # pull, load, a build's stage inputs) must satisfy it (DESIGN invariant 5). By default
+        # the one KILN_TRUST_POLICY names, as KILN_HOME names the root: the Python API must not
+        # serve what the CLI, in the same environment, would refuse. ``trust=None``: no policy.
+        self.trust: TrustPolicy | None = default_trust_policy() if trust == "env" else trust  # type: ignore[assignment]
         self.blob_dir = self.root / "blobs" / "sha256"
         self.index_dir = self.root / "index"
         self.stamp_dir = self.root / "stamps"
@@ -358,8 +370,8 @@ class Store:
     def signatures_of(self, entry: IndexEntry) -> list[Signature]:
         return self.signatures.signatures(entry.manifest)
 
-    def check_trusted(self, entry: IndexEntry, manifest: Manifest,
-                      origins: list[str | None] | None = None) -> Verified | None:
+    def check_trusted(self, entry: IndexEntry, manifest: Manifest, origins: list[str | None] | None = None,
+                      requested: tuple[str, ...] = ()) -> Verified | None:
         """The signature that lets this store's trust policy serve ``entry`` (None: no policy, or
         one that requires nothing); TrustError if the policy refuses it. ``origins``: where the
         artifact comes from (default: the remotes its signatures were pulled from, else here)."""
@@ -367,7 +379,7 @@ class Store:
             return None
         if origins is None:
             origins = list(self.signatures.origins(entry.manifest)) or [None]
-        return self.trust.check(entry, manifest, self.signatures_of(entry), origins)
+        return self.trust.check(entry, manifest, self.signatures_of(entry), origins, requested)
 
     def signers(self, entry: IndexEntry, manifest: Manifest | None = None) -> list[dict[str, Any]]:
         """Who signed ``entry``: each signature's key fingerprint, the policy's name for that key,
@@ -386,10 +398,23 @@ class Store:
         if origin is not None:
             self.signatures.add_origin(entry.manifest, origin)
 
-    def sign(self, entry: IndexEntry, key: SigningKey) -> Signature:
-        """Sign a stored artifact (its files, key and manifest) and its provenance with ``key``."""
+    def pulled_from(self, entry: IndexEntry) -> list[str]:
+        """The remotes ``entry``'s artifact was pulled from (empty: built or put here)."""
+        return self.signatures.origins(entry.manifest)
+
+    def sign(self, entry: IndexEntry, key: SigningKey, *, force: bool = False) -> Signature:
+        """Sign a stored artifact (its files, key and manifest) and its provenance with ``key``.
+
+        An artifact pulled from a remote is refused unless ``force``: a signature says "built
+        by us", and a CI job that signs whatever its build found would sign what anyone with
+        write access to the bucket planted there."""
         from ..trust import provenance_statement, sign_manifest, sign_statement
 
+        origins = self.pulled_from(entry)
+        if origins and not force:
+            raise TrustError(f"artifact {entry.key[:12]} was pulled from {', '.join(origins)}, not built here: signing it "
+                             "would vouch for bytes this machine did not build. Check it, then sign with --force; "
+                             "or build it here.")
         manifest = self.check_artifact(entry)  # never vouch for a damaged artifact
         record = self.read_record(manifest)
         sig = Signature(key.fingerprint, sign_manifest(key, manifest, entry.key, entry.manifest))
@@ -430,6 +455,7 @@ class Store:
         copy: bool = False,
         progress: Progress | None = None,
         generated: Mapping[str, bytes] | None = None,
+        remember_as: Manifest | None = None,
     ) -> Path:
         """Recreate the artifact at ``dest``: copy-on-write clones or hashed copies; hard links with ``link``.
 
@@ -438,7 +464,8 @@ class Store:
         reaches the store unless ``link`` was asked for (see :mod:`kiln.cache._materialize`).
         ``copy`` is accepted for compatibility: copying (or cloning) is the default now.
         ``generated``: digest -> bytes of listed files that are not blobs (a layout's generated
-        files). Needs no write access to the store.
+        files). Needs no write access to the store. ``remember_as``: the manifest a later
+        :meth:`holds` will check ``dest`` against, when it is not ``manifest`` itself.
         """
         del copy
         dest = Path(dest).absolute()
@@ -446,20 +473,21 @@ class Store:
         out = materialize(self._blobs, self.reader_lock, manifest, dest, verify=verify, replace=replace, link=link,
                           progress=progress, generated=generated)
         if not link and self.root.exists():
-            remember(self.deployments_dir, manifest, _digest(manifest), out)
+            kept = remember_as or manifest
+            remember(self.deployments_dir, kept, _digest(kept), out)
         return out
 
     def check_destination(self, dest: Path) -> None:
         """Refuse (StoreError) a destination that overlaps the store, before anything is touched."""
         check_outside_store(Path(dest).absolute(), self.root, allowed=(self.builds_dir, self.run_dir_root))
 
-    def holds(self, manifest: Manifest, dest: Path) -> tuple[bool, str]:
+    def holds(self, manifest: Manifest, dest: Path, ignore: frozenset[str] = frozenset()) -> tuple[bool, str]:
         """Does ``dest`` hold exactly this artifact? ``(True, "")``, or ``(False, the first difference)``.
 
         Fast when Kiln materialised it and nothing was written since (stat signatures), exact
         otherwise (every file hashed).
         """
-        return holds(self.deployments_dir, manifest, _digest(manifest), Path(dest).absolute())
+        return holds(self.deployments_dir, manifest, _digest(manifest), Path(dest).absolute(), ignore)
 
     # ------------------------------------------------------------------ maintenance
     def verify(self, progress: Progress | None = None) -> VerifyReport:

@@ -37,9 +37,9 @@ from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
 from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
 from ..manifests._record import check_record_describes, entry_from_record, parse_record
 from ._model_records import push_model_records, remote_model_record
-from ..trust import MAX_SIGNATURE_BYTES, Signature, Verified
+from ..trust import Signature, Verified
 from ._progress import Progress
-from ._signatures import MAX_SIGNATURES, PROVENANCE_SUFFIX, SIG_SUFFIX, manifest_hex, parse_name, signature_name
+from ._signatures import MAX_SIGNATURES, PROVENANCE_SUFFIX, SIG_SUFFIX, manifest_hex, parse_name, signature_bound, signature_name
 from ._store import Store
 from .remotes import Remote
 
@@ -61,20 +61,22 @@ def signatures_prefix(manifest_digest: str) -> str:
     return f"signatures/{manifest_hex(manifest_digest)}/"
 
 
-def remote_signatures(remote: Remote, manifest_digest: str) -> tuple[list[Signature], list[Signature]]:
-    """The signatures and signed provenance filed beside a manifest on the remote (unverified:
-    the trust policy verifies what it uses); at most MAX_SIGNATURES of each, each bounded."""
+def remote_signatures(remote: Remote, manifest_digest: str, files: int) -> tuple[list[Signature], list[Signature]]:
+    """The signatures and signed provenance filed beside a manifest (of ``files`` files) on the
+    remote, unverified (the trust policy verifies what it uses): at most MAX_SIGNATURES of each,
+    each within :func:`signature_bound` (a larger object is skipped unread)."""
     prefix = signatures_prefix(manifest_digest)
+    bound = signature_bound(files)
     sigs: list[Signature] = []
     prov: list[Signature] = []
     for info in sorted(remote.list(prefix), key=lambda i: i.key):
         parsed = parse_name(info.key[len(prefix):]) if info.key.startswith(prefix) else None
-        if parsed is None or info.size > MAX_SIGNATURE_BYTES:
+        if parsed is None or info.size > bound:
             continue
         into = sigs if parsed[1] == SIG_SUFFIX else prov
         if len(into) >= MAX_SIGNATURES:
             continue
-        data = remote.get(info.key, MAX_SIGNATURE_BYTES)
+        data = remote.get(info.key, bound)
         if data is not None:
             into.append(Signature(parsed[0], data))
     return sigs, prov
@@ -235,9 +237,16 @@ def remote_entries(remote: Remote, model_hex: str | None = None, *,
 # --------------------------------------------------------------------------- push
 
 
-def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | None = None) -> PushResult:
-    """Upload what the remote lacks of one artifact, index entry last."""
+def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | None = None, *,
+         replace_signed: bool = False) -> PushResult:
+    """Upload what the remote lacks of one artifact, index entry last.
+
+    The remote holds one entry per key: an unsigned artifact does not replace a signed one there
+    (every `require: signed` deployment of that key would go from a hit to a refusal) unless
+    ``replace_signed``."""
     manifest = store.check_artifact(entry)  # never spread a damaged artifact
+    if not replace_signed and not store.signatures_of(entry):
+        _refuse_unsigning(remote, entry)
     result = PushResult(entry)
     files = {f.digest: f.size for f in manifest.files}
     count = threading.Lock()  # the counters are updated from the upload threads
@@ -284,6 +293,19 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
                 result.uploaded += 1
                 result.uploaded_bytes += size
     return result
+
+
+def _refuse_unsigning(remote: Remote, entry: IndexEntry) -> None:
+    """RemoteError if the remote's entry for ``entry.key`` names another manifest that is signed."""
+    there = remote_entry(remote, entry.model_hex, entry.key, on_bad=lambda _m: None)
+    if there is None or there.manifest == entry.manifest:
+        return
+    signed = remote_signatures(remote, there.manifest, there.files)[0]
+    if signed:
+        raise RemoteError(
+            f"artifact {entry.key[:12]} on {remote.describe()} is signed (by {signed[0].fingerprint}) and this one "
+            "is not: pushing would replace a signed artifact with an unsigned one. Sign it first (--sign-key, or "
+            "`kiln sign`), or replace it anyway with `kiln push --force`.")
 
 
 # --------------------------------------------------------------------------- pull
@@ -343,19 +365,21 @@ def read_remote_artifact(remote: Remote, entry: IndexEntry) -> tuple[Manifest, d
     return manifest, record
 
 
-def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | None = None) -> PullResult:
-    """Download, verify and publish one remote artifact into the local store."""
+def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | None = None,
+         requested: tuple[str, ...] = ()) -> PullResult:
+    """Download, verify and publish one remote artifact into the local store (``requested``: the
+    model names the deployment asked for, which the trust policy's ``models`` must admit too)."""
     manifest, manifest_bytes, record, record_bytes = _remote_documents(remote, entry)
     # What is stored locally is what the verified record and manifest describe, never the
     # remote's claim (equal to it once _remote_documents accepted the entry).
     believed = entry_from_record(record, entry.manifest, manifest, entry.created)
     # The trust policy decides before any file blob moves: a refused artifact costs a few
     # small reads and leaves nothing behind (TrustError).
-    sigs, prov = remote_signatures(remote, entry.manifest)
-    origin = remote.describe()
+    sigs, prov = remote_signatures(remote, entry.manifest, len(manifest.files))
+    origin = remote.origin()
     trusted = None
     if store.trust is not None and store.trust.require_signed:
-        trusted = store.trust.check(believed, manifest, sigs, [origin])
+        trusted = store.trust.check(believed, manifest, sigs, [origin], requested)
     result = PullResult(believed, trusted=trusted)
     count = threading.Lock()  # the counters are updated from the download threads
     with store.writer_lock():
@@ -414,7 +438,7 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
             list(pool.map(fetch, sorted(needed.items(), key=lambda kv: -kv[1])))
         store.put_bytes(record_bytes)
         store.put_bytes(manifest_bytes)
-        store.add_signatures(believed, sigs, prov, origin if sigs else None)  # before the entry
+        store.add_signatures(believed, sigs, prov, origin)  # before the entry; where it came from, always
         store.write_entry(believed)
     _pull_model_record(store, remote, believed)
     return result

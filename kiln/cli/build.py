@@ -69,7 +69,7 @@ def build(ctx: click.Context, spec: SpecRequest, force: bool, do_push: bool, pre
         how += f"; pushed to {rem.describe()} ({pushed.uploaded} blobs, {human_size(pushed.uploaded_bytes)} uploaded)"  # type: ignore[union-attr]
     if result.waited_for_peer:
         how += " (by another process while this one waited)"
-    if sign_key is not None:
+    if sign_key is not None and not store(ctx).pulled_from(e):
         how += f"; signed by {sign_key.fingerprint}"
     click.echo(f"{how} in {result.seconds:.2f} s")
     click.echo(f"key       {e.key}")
@@ -119,13 +119,29 @@ def build_and_push(ctx: click.Context, spec: SpecRequest, res: api.Resolution, r
     finally:
         reporter.stop()
     if sign_key is not None:
-        store(ctx).sign(result.entry, sign_key)
+        sign_if_built_here(ctx, result.entry, sign_key)
+        for stage in result.stage_entries:  # so builders with a trust policy can reuse them
+            if not store(ctx).pulled_from(stage):
+                store(ctx).sign(stage, sign_key)
     pushed = None
     if do_push:
         assert rem is not None
         with TransferBar("push") as bar:
             pushed = api.push_build(store(ctx), rem, result, progress=bar)
     return result, pushed
+
+
+def sign_if_built_here(ctx: click.Context, entry: api.IndexEntry, key: api.SigningKey) -> bool:
+    """Sign ``entry`` unless it was pulled from a remote (a build hit there, or pulled before):
+    a build or push signs only what was built here, never what it found (WARNING instead)."""
+    origins = store(ctx).pulled_from(entry)
+    if origins:
+        click.echo(f"kiln: WARNING: artifact {entry.key[:12]} was not signed: it was pulled from "
+                   f"{', '.join(origins)}, not built here (its own signatures travel with it; to vouch for it "
+                   "anyway: kiln sign --force).", err=True)
+        return False
+    store(ctx).sign(entry, key)
+    return True
 
 
 def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bool, do_push: bool, as_json: bool,
@@ -143,7 +159,7 @@ def _build_preset(ctx: click.Context, name: str, spec: SpecRequest, *, force: bo
             res = api.resolve(api.spec_from_sources(row.fields()), store=store(ctx), toolchain=pins)
             result = api.build(res, store=store(ctx), remote=remote(ctx), force=force)
             if sign_key is not None:
-                store(ctx).sign(result.entry, sign_key)
+                sign_if_built_here(ctx, result.entry, sign_key)
             pushed = None
             if do_push:
                 pushed = api.push_build(store(ctx), remote(ctx, required=True), result)  # type: ignore[arg-type]

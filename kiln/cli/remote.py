@@ -35,7 +35,7 @@ from ._report import (
     report_lookup,
     warn_damaged,
 )
-from .build import build_and_push
+from .build import build_and_push, sign_if_built_here
 
 __all__ = ["push_cmd", "pull_cmd", "ensure", "deliver_by_key"]
 
@@ -71,24 +71,26 @@ def _entries_for(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all
 @spec_options
 @click.option("--key", "keys", multiple=True, metavar="KEY", help="Push this artifact (key or prefix); repeatable.")
 @click.option("--all", "all_", is_flag=True, help="Push every artifact in the local store.")
+@click.option("--force", is_flag=True, help="Replace the remote's artifact of the same key even if it is signed and this one is not.")
 @sign_key_option
 @remote_option
 @json_option
 @click.pass_context
-def push_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, sign_key: api.SigningKey | None,
-             as_json: bool) -> None:
+def push_cmd(ctx: click.Context, spec: SpecRequest, keys: Sequence[str], all_: bool, force: bool,
+             sign_key: api.SigningKey | None, as_json: bool) -> None:
     """Upload artifacts to the remote: only the blobs it lacks, then their signatures, the index entry last.
 
-    With --sign-key (or KILN_SIGN_KEY) each artifact is signed first, so its signature lands
-    before its entry."""
+    With --sign-key (or KILN_SIGN_KEY) each artifact built here is signed first, so its
+    signature lands before its entry; one pulled from a remote is pushed with the signatures it
+    has, not signed (`kiln sign --force` vouches for it)."""
     rem = remote(ctx, required=True)
     assert rem is not None
     results = []
     for entry in _entries_for(ctx, spec, keys, all_, remote_side=False):
         if sign_key is not None:
-            store(ctx).sign(entry, sign_key)
+            sign_if_built_here(ctx, entry, sign_key)
         with TransferBar(f"push {entry.key[:12]}") as bar:
-            results.append(api.push(store(ctx), rem, entry, progress=bar))
+            results.append(api.push(store(ctx), rem, entry, progress=bar, replace_signed=force))
     if as_json:
         print_json([r.to_json() for r in results])
         return

@@ -168,7 +168,7 @@ def _signers(st: api.Store, entry: api.IndexEntry, manifest: api.Manifest | None
              rem: api.Remote | None) -> list[dict[str, Any]]:
     """Who signed ``entry`` (locally, or on ``rem``), verified where the policy has the key and
     ``manifest`` is given."""
-    sigs = api.remote_signatures(rem, entry.manifest)[0] if rem is not None else st.signatures_of(entry)
+    sigs = api.remote_signatures(rem, entry.manifest, entry.files)[0] if rem is not None else st.signatures_of(entry)
     return api.describe_signers(sigs, entry, manifest, st.trust)
 
 

@@ -211,13 +211,14 @@ def plan_build(res: Resolution, *, store: Store, calib_file: Path | None = None)
             "notes": list(res.notes)}
 
 
-def push_build(store: Store, remote: Remote, result: BuildResult, progress: Progress | None = None) -> PushResult:
+def push_build(store: Store, remote: Remote, result: BuildResult, progress: Progress | None = None, *,
+               replace_signed: bool = False) -> PushResult:
     """Push a build's artifact, then the compiled engine stage it holds (a weight-independent target):
     the artifact is complete without it, but another machine building another model of the
     architecture needs it to compile nothing. Conversion stages (a TensorRT-LLM checkpoint is the
     whole converted model) are pushed only when asked (`kiln push --key`). Returns the artifact's push."""
-    pushed = push(store, remote, result.entry, progress=progress)
+    pushed = push(store, remote, result.entry, progress=progress, replace_signed=replace_signed)
     for entry in result.stage_entries:
         if entry.spec.get("stage") == ENGINE_STAGE:
-            push(store, remote, entry)
+            push(store, remote, entry, replace_signed=replace_signed)
     return pushed

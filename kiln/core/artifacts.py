@@ -17,6 +17,7 @@ serves it.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from dataclasses import replace as replace_fields
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..errors import CorruptBlobError, NotFoundError, SpecError, StoreError
 from ..manifests import MAX_CONFIG_BYTES, FileEntry, IndexEntry, Manifest, make_record, utc_now
 from ..spec import build_key
 from ..targets import get_target
-from ..trust import SIGNATURE_FILE, bundle_key_hint
+from ..trust import SIGNATURE_FILE
 from .find import LookupResult, ambiguous_key, find_by_key, key_prefix, lookup
 from .resolution import Resolution
 
@@ -220,28 +221,53 @@ def materialize_layout(
     target = get_target(str(entry.spec.get("target")))
     plan = target.plan_layout(layout, entry, manifest, lambda d: store.read_blob(d, MAX_CONFIG_BYTES),
                               container_dir or target.default_container_dir(layout, str(dest)))
-    plan_generated = dict(plan.generated)
-    if layout == "raw":
-        signature = _raw_layout_signature(store, entry, manifest)
-        if signature is not None:
-            plan_generated[SIGNATURE_FILE] = signature
+    # The raw layout's model.sig: kept current beside the files, not part of what `holds` compares
+    # (a signature added later must not make a deployment's DEST "something else").
+    beside = layout == "raw" and all(f.path != SIGNATURE_FILE for f in manifest.files)
+    signature = _raw_layout_signature(store, entry, manifest) if beside else None
+    side = frozenset({SIGNATURE_FILE}) if beside else frozenset()
     # Generated files are written into DEST from memory (no blob, so no write to the store).
-    generated = {"sha256:" + hashlib.sha256(data).hexdigest(): data for data in plan_generated.values()}
+    generated = {"sha256:" + hashlib.sha256(data).hexdigest(): data for data in plan.generated.values()}
     files = list(plan.files) + [FileEntry(rel, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-                                for rel, data in sorted(plan_generated.items())]
+                                for rel, data in sorted(plan.generated.items())]
     derived = Manifest.parse(Manifest(manifest.config, tuple(files)).to_bytes())  # re-validate every path
+    placed = derived
+    if signature is not None:
+        generated["sha256:" + hashlib.sha256(signature).hexdigest()] = signature
+        placed = Manifest.parse(Manifest(manifest.config, tuple(
+            files + [FileEntry(SIGNATURE_FILE, "sha256:" + hashlib.sha256(signature).hexdigest(), len(signature))]
+        )).to_bytes())
     with store.reader_lock():  # the blobs stay while they are compared and placed
         if dest.is_dir() and not dest.is_symlink() and any(dest.iterdir()):
-            same, why = store.holds(derived, dest)
+            same, why = store.holds(derived, dest, side)
             if same:
+                if beside:
+                    _keep_signature_current(dest, signature)
                 return dest, dict(plan.env), True
             if not replace:
                 raise StoreError(
                     f"destination {dest} holds something other than artifact {entry.key[:12]} ({layout} "
                     f"layout): {why}. Pass --force to replace it, or choose an empty --dest."
                 )
-        path = store.materialize(derived, dest, replace=replace, link=link, generated=generated)
+        path = store.materialize(placed, dest, replace=replace, link=link, generated=generated, remember_as=derived)
     return path, dict(plan.env), False
+
+
+def _keep_signature_current(dest: Path, signature: bytes | None) -> None:
+    """DEST/model.sig holds ``signature`` (replaced atomically), or is absent for an unsigned artifact."""
+    target = dest / SIGNATURE_FILE
+    try:
+        current = target.read_bytes() if target.is_file() else None
+    except OSError:
+        current = None
+    if current == signature:
+        return
+    if signature is None:
+        target.unlink(missing_ok=True)
+        return
+    tmp = dest / f".{SIGNATURE_FILE}.kiln-{os.getpid()}"
+    tmp.write_bytes(signature)
+    os.replace(tmp, target)
 
 
 def _raw_layout_signature(store: Store, entry: IndexEntry, manifest: Manifest) -> bytes | None:
@@ -252,11 +278,7 @@ def _raw_layout_signature(store: Store, entry: IndexEntry, manifest: Manifest) -
     if not sigs:
         return None
     accepted = store.check_trusted(entry, manifest)
-    if accepted is not None:
-        for sig in sigs:
-            if bundle_key_hint(sig.data) == accepted.fingerprint:
-                return sig.data
-    return sigs[0].data
+    return accepted.data if accepted is not None else sigs[0].data
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,14 @@ class Found:
     notes: tuple[str, ...] = ()
 
 
-def first_verified(store: Store, remote: Remote | None, candidates: Iterable[tuple[IndexEntry, str]]) -> Found:
+def requested_models(res: Resolution) -> tuple[str, ...]:
+    """The model names a deployment asked for (Hub id, ref): a trust policy's ``models`` must admit
+    them as well as the model the artifact names (see kiln.trust._policy.TrustedKey.refuses)."""
+    return tuple(n for n in (res.model.repo_id, res.model.ref) if n)
+
+
+def first_verified(store: Store, remote: Remote | None, candidates: Iterable[tuple[IndexEntry, str]],
+                   requested: tuple[str, ...] = ()) -> Found:
     """The first candidate ``(entry, "local"|"remote")`` whose artifact verifies.
 
     ``candidates`` may be a generator: it is advanced only as far as needed, so a remote is
@@ -66,9 +73,9 @@ def first_verified(store: Store, remote: Remote | None, candidates: Iterable[tup
         try:
             if where == REMOTE:
                 assert remote is not None
-                pulled = pull(store, remote, entry, progress=current_progress())
+                pulled = pull(store, remote, entry, progress=current_progress(), requested=requested)
             manifest = store.check_artifact(entry)
-            trusted = pulled.trusted if where == REMOTE else store.check_trusted(entry, manifest)
+            trusted = pulled.trusted if where == REMOTE else store.check_trusted(entry, manifest, requested=requested)
         except TrustError as e:
             refused.append(str(e))
             continue
@@ -93,7 +100,8 @@ def first_verified(store: Store, remote: Remote | None, candidates: Iterable[tup
     return Found(None, None, None, tuple(damaged), tuple(notes))
 
 
-def find_entry(store: Store, remote: Remote | None, model_hex: str, key: str) -> Found:
+def find_entry(store: Store, remote: Remote | None, model_hex: str, key: str,
+               requested: tuple[str, ...] = ()) -> Found:
     """The artifact (or stage) with exactly this key: local, else pulled from the remote."""
 
     def candidates() -> Iterator[tuple[IndexEntry, str]]:
@@ -105,7 +113,7 @@ def find_entry(store: Store, remote: Remote | None, model_hex: str, key: str) ->
             if found is not None:
                 yield found, REMOTE
 
-    return first_verified(store, remote, candidates())
+    return first_verified(store, remote, candidates(), requested)
 
 
 # --------------------------------------------------------------------------- by key alone
@@ -241,7 +249,7 @@ def lookup(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
     silent hit.
     """
     if res.complete:
-        found = find_entry(store, remote, res.model_hex, res.key)
+        found = find_entry(store, remote, res.model_hex, res.key, requested_models(res))
         notes: tuple[str, ...] = ()
         remote_seen: list[IndexEntry] | None = None
     else:
@@ -256,7 +264,7 @@ def lookup(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
                 remote_seen.extend(remote_entries(remote, res.model_hex))
                 yield from ((e, REMOTE) for e in newest_matching(res, remote_seen))
 
-        found = first_verified(store, remote, candidates())
+        found = first_verified(store, remote, candidates(), requested_models(res))
     if found.entry is not None:
         return LookupResult(res, found.entry, found.manifest, (), found.damaged, notes + found.notes, found.source)
     if remote is not None and remote_seen is None:
@@ -461,7 +469,8 @@ def select(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
         notes.append(("chosen: " if e is fit[0][0] else "fits, ranked lower: ") + label)
     for e, why in rejected[:5]:
         notes.append(f"rejected {e.key[:12]}: " + "; ".join(why))
-    found = first_verified(store, remote, ((e, LOCAL if e.key in local else REMOTE) for e, _ in fit))
+    found = first_verified(store, remote, ((e, LOCAL if e.key in local else REMOTE) for e, _ in fit),
+                           requested_models(res))
     notes += [f"chosen engine failed verification, trying the next: {d}" for d in found.damaged]
     if found.entry is not None:
         # The chosen engine's own spec is what LookupResult.to_json reports (not the query's),

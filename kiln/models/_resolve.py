@@ -236,7 +236,7 @@ def locate_model(ref: str, *, signature: bool = True) -> ModelLocation:
         from ..cache import Store
 
         listing = list_s3_model(where)
-        return s3_download_location(ref, listing, listing.cache_dir(Store().s3_models_dir))
+        return s3_download_location(ref, listing, listing.cache_dir(Store(trust=None).s3_models_dir))
     if kind == "local":
         root = Path(where)
         if not root.is_dir():

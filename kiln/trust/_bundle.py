@@ -24,6 +24,8 @@ in pyproject.toml and imported lazily: a lookup without a trust policy never loa
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -135,8 +137,11 @@ def bundle_key_hint(data: bytes) -> str | None:
 
 @dataclass(frozen=True)
 class Verified:
+    """A signature that verified: the key's fingerprint and name, and the bundle's exact bytes."""
+
     fingerprint: str
     key_name: str
+    data: bytes = b""
 
 
 def _read(data: bytes) -> Any:
@@ -157,12 +162,18 @@ def verify_bundle(data: bytes, key: PublicKey, manifest: Manifest, build_key: st
     what = f"signature by {key.fingerprint} on artifact {build_key[:12]}"
     if len(data) > MAX_SIGNATURE_BYTES:
         raise TrustError(f"{what} is {len(data)} bytes, above the {MAX_SIGNATURE_BYTES} bound: refused.")
+    if bundle_key_hint(data) != key.fingerprint:
+        # model-signing accepts a bundle without a key hint (printing a warning on stdout, which
+        # would corrupt --json output); Kiln writes the hint always and requires it.
+        raise TrustError(f"{what} does not name its key (no publicKey.hint of {key.fingerprint}): refused.")
     verifier = sign_ec_key.Verifier.__new__(sign_ec_key.Verifier)
     verifier._public_key = key.key  # the one attribute its checks read
     try:
-        signed = verifier.verify(_read(data))
+        with contextlib.redirect_stdout(io.StringIO()):  # the library prints warnings; stdout is for results
+            signed = verifier.verify(_read(data))
     except Exception as e:  # the library raises ValueError, KeyError, InvalidSignature, protobuf errors
-        raise TrustError(f"{what} does not verify: {type(e).__name__}: {str(e)[:300]}") from None
+        detail = f"{type(e).__name__}: {str(e)[:300]}".rstrip(": ")
+        raise TrustError(f"{what} does not verify ({detail}): refused.") from None
     expected = subject_name(build_key, manifest_digest)
     if signed.model_name != expected:
         raise TrustError(f"{what} was made for another artifact ({signed.model_name[:120]!r}, not {expected!r}): "
@@ -170,5 +181,5 @@ def verify_bundle(data: bytes, key: PublicKey, manifest: Manifest, build_key: st
     want = _ms_manifest(manifest, expected)
     if signed != want:
         raise TrustError(f"{what} lists other files than the artifact's manifest: refused.")
-    return Verified(key.fingerprint, key.name)
+    return Verified(key.fingerprint, key.name, data)
 

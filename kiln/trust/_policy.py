@@ -27,6 +27,8 @@ know (a misspelt ``require`` must never mean "anything goes") is a SpecError bef
 from __future__ import annotations
 
 import fnmatch
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,7 +40,7 @@ from ..manifests._manifest import Manifest
 from ._bundle import Verified, bundle_key_hint, verify_bundle
 from ._keys import PublicKey, load_public_key, may_be_key_material
 
-__all__ = ["TrustPolicy", "TrustedKey", "load_policy", "parse_policy", "keys_policy", "describe_signers", "Signature"]
+__all__ = ["origin_matches", "TrustPolicy", "TrustedKey", "load_policy", "parse_policy", "keys_policy", "describe_signers", "Signature"]
 
 MAX_POLICY_BYTES = 1024 * 1024
 _TOP = {"require", "keys"}
@@ -60,14 +62,26 @@ class TrustedKey:
     models: tuple[str, ...] = ()  # empty: any model
     remotes: tuple[str, ...] = ()  # empty: any remote, and the local store
 
-    def refuses(self, models: Iterable[str], origins: Iterable[str | None]) -> str | None:
-        """Why this key may not vouch for an artifact of ``models`` from ``origins``, or None."""
+    def _for_models(self, names: Iterable[str]) -> bool:
+        return any(fnmatch.fnmatchcase(m.casefold(), p.casefold()) for m in names for p in self.models)
+
+    def refuses(self, models: Iterable[str], origins: Iterable[str | None], requested: Iterable[str] = ()) -> str | None:
+        """Why this key may not vouch for an artifact of ``models`` from ``origins`` when a
+        deployment asked for ``requested`` (empty: it asked by build key alone), or None."""
         names = [m for m in models if m]
-        if self.models and not any(fnmatch.fnmatchcase(m.casefold(), p.casefold()) for m in names for p in self.models):
+        if self.models and not self._for_models(names):
             shown = ", ".join(names) or "a model with no Hub id or ref"
             return f"the policy trusts key {self.name!r} only for models {list(self.models)}, and this is {shown}"
+        # The model the artifact names is the signer's claim; the model the deployment asked for
+        # is the deployer's. Both must be the key's: otherwise a key trusted for acme/* could
+        # vouch for an engine a deployment of meta/llama finds under the same build key (a build
+        # key follows the weights' digest, not the model's name).
+        wanted = [m for m in requested if m]
+        if self.models and wanted and not self._for_models(wanted):
+            return (f"the policy trusts key {self.name!r} only for models {list(self.models)}, and this deployment "
+                    f"asked for {', '.join(wanted)}")
         places = list(origins)
-        if self.remotes and not any(o and fnmatch.fnmatchcase(o, p) for o in places for p in self.remotes):
+        if self.remotes and not any(o and origin_matches(p, o) for o in places for p in self.remotes):
             shown = ", ".join(o for o in places if o) or "the local store (built here, never pulled)"
             return f"the policy trusts key {self.name!r} only for remotes {list(self.remotes)}, and this came from {shown}"
         return None
@@ -83,8 +97,11 @@ class TrustPolicy:
         return f"trust policy {self.source}"
 
     def check(self, entry: IndexEntry, manifest: Manifest, signatures: Iterable[Signature],
-              origins: Iterable[str | None]) -> Verified | None:
-        """The signature that makes ``entry`` acceptable, or TrustError; None when nothing is required."""
+              origins: Iterable[str | None], requested: Iterable[str] = ()) -> Verified | None:
+        """The signature that makes ``entry`` acceptable, or TrustError; None when nothing is required.
+
+        ``requested``: the model names the deployment asked for (its Hub id and ref), when it
+        asked by model rather than by build key alone."""
         if not self.require_signed:
             return None
         sigs = list(signatures)
@@ -103,16 +120,52 @@ class TrustPolicy:
             if not listed:
                 reasons.append(f"signed by key {fp}, which the policy does not list")
                 continue
-            why = [w for w in (k.refuses(_model_names(entry), origins) for k in listed) if w]
-            if len(why) == len(listed):
-                reasons.append(f"signed by {listed[0].name!r} ({fp}), but " + "; and ".join(why))
+            wanted = list(requested)
+            admitting = [k for k in listed if not k.refuses(_model_names(entry), origins, wanted)]
+            if not admitting:
+                why = [k.refuses(_model_names(entry), origins, wanted) for k in listed]
+                reasons.append(f"signed by {listed[0].name!r} ({fp}), but " + "; and ".join(w for w in why if w))
                 continue
             try:
-                return verify_bundle(sig.data, listed[0].key, manifest, entry.key, entry.manifest)
+                verified = verify_bundle(sig.data, admitting[0].key, manifest, entry.key, entry.manifest)
             except TrustError as e:
                 reasons.append(str(e))
+                continue
+            return Verified(verified.fingerprint, admitting[0].name, verified.data)
         raise TrustError(f"{what} is refused by {self.describe()} (require: signed): " + "; ".join(reasons)
                          + ". Nothing was materialised.")
+
+
+def _split_origin(value: str) -> tuple[str, str, list[str], str]:
+    """(scheme, bucket or host, path segments, endpoint) of a remote's origin or of a pattern;
+    a bare path is a file remote (``file://`` + its normalised absolute path)."""
+    if not re.match(r"[a-z][a-z0-9+.-]*://", value):
+        value = "file://" + os.path.normpath(os.path.abspath(os.path.expanduser(value)))
+    scheme, _, rest = value.partition("://")
+    # `?endpoint=` names the server; any other `?` is a glob character (`s3://ml-engines/pro?`).
+    rest, _, endpoint = rest.partition("?endpoint=")
+    if scheme == "file":
+        return scheme, "", [p for p in os.path.normpath(rest or "/").split("/") if p], ""
+    netloc, _, path = rest.partition("/")
+    return scheme.lower(), netloc, [p for p in path.split("/") if p], endpoint.rstrip("/").lower()
+
+
+def origin_matches(pattern: str, origin: str) -> bool:
+    """Whether a policy's ``remotes`` pattern admits a remote's origin (:meth:`Remote.origin`).
+
+    Segment by segment, never as one string: ``*`` and ``?`` match within a segment (a bucket,
+    a path component), and a last segment of ``*`` admits everything below the prefix before
+    it. The scheme and the endpoint must be equal: ``s3://ml-engines/*`` (no endpoint: AWS's
+    own) does not admit a bucket of that name on another server, nor ``s3://ml-engines-evil``,
+    nor ``/srv/engines/../elsewhere``."""
+    p_scheme, p_host, p_path, p_endpoint = _split_origin(pattern.strip())
+    o_scheme, o_host, o_path, o_endpoint = _split_origin(origin)
+    if p_scheme != o_scheme or p_endpoint != o_endpoint or not fnmatch.fnmatchcase(o_host, p_host or ""):
+        return False
+    if p_path and p_path[-1] in ("*", "**"):
+        head = p_path[:-1]
+        return len(o_path) > len(head) and all(fnmatch.fnmatchcase(o, p) for o, p in zip(o_path, head))
+    return len(o_path) == len(p_path) and all(fnmatch.fnmatchcase(o, p) for o, p in zip(o_path, p_path))
 
 
 def _model_names(entry: IndexEntry) -> list[str]:
@@ -146,6 +199,10 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [value]
+    if value == []:
+        # Omitting the field means "any"; an empty list would read as "none" to some and "any" to
+        # others, so it is neither.
+        raise SpecError(f"{where} is an empty list: omit the field to allow any, or list the patterns allowed.")
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise SpecError(f"{where} must be a list of patterns (strings), not {_shown(value)}.")
     return tuple(v.strip() for v in value)
@@ -168,7 +225,11 @@ def parse_policy(data: bytes, source: str, base: Path | None) -> TrustPolicy:
     unknown = sorted(str(k) for k in raw if k not in _TOP)
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; a policy has `require` and `keys`.")
-    require = raw.get("require", "any")
+    if "require" not in raw:
+        # A policy file that forgets `require` must not quietly mean "anything goes".
+        raise SpecError(f"{where} has no `require:`; write `require: signed` (serve only artifacts signed by a listed "
+                        "key) or `require: any`.")
+    require = raw["require"]
     if not isinstance(require, str) or require.strip().lower() not in ("signed", "any"):
         raise SpecError(f"{where}: require: {_shown(require)} is not `signed` or `any`.")
     keys_raw = raw.get("keys")

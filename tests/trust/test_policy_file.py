@@ -116,10 +116,14 @@ def test_require_is_read_case_and_space_insensitively(tmp_path: Path, release, w
     assert [k.key.fingerprint for k in policy.keys] == [_fingerprint(release[1])]
 
 
-def test_require_defaults_to_any_and_any_needs_no_keys(tmp_path: Path) -> None:
-    for text in ("keys: []\n", "require: any\n", "{}\n"):
+def test_require_is_required_and_any_needs_no_keys(tmp_path: Path) -> None:
+    for text in ("require: any\n", "require: any\nkeys: []\n"):
         policy = load_policy(_policy(tmp_path / "p.yaml", text))
         assert policy.require_signed is False and policy.keys == ()
+    # A policy that forgets `require` must not quietly mean "anything goes".
+    for text in ("keys: []\n", "{}\n", "keys:\n  - public_key: x.pem\n"):
+        with pytest.raises(SpecError, match="has no `require:`"):
+            load_policy(_policy(tmp_path / "p.yaml", text))
 
 
 def test_models_and_remotes_as_a_list_or_one_string(tmp_path: Path, release) -> None:
@@ -446,7 +450,7 @@ def test_check_accepts_a_signature_by_a_matching_key(tmp_path: Path, release) ->
     policy = TrustPolicy("p.yaml", True, (_key(release[1], models=("ACME/*",), name="ci-release"),))
     ok = policy.check(entry, manifest, [_signed(release[0], entry, manifest)], ["s3://ml-engines/prod"])
     assert ok is not None
-    assert ok.fingerprint == _fingerprint(release[1]) and ok.key_name == release[1].as_posix()
+    assert ok.fingerprint == _fingerprint(release[1]) and ok.key_name == "ci-release"  # the policy's name for it
 
 
 @pytest.mark.parametrize("model, pattern", [
@@ -544,7 +548,7 @@ def test_a_policy_file_end_to_end(tmp_path: Path, release, other) -> None:
     acme, acme_m = _artifact(ACME)
     lab, lab_m = _artifact({"tree_digest": _sha(b"lab"), "repo_id": "lab/tiny", "ref": "lab/tiny"})
     assert policy.check(acme, acme_m, [_signed(release[0], acme, acme_m)], ["s3://ml-engines/prod"]).key_name == \
-        "keys/release.pub.pem"
+        "ci-release"
     assert policy.check(lab, lab_m, [_signed(other[0], lab, lab_m)], [None]) is not None  # no remotes: local ok
     with pytest.raises(TrustError, match="'research'.*only for models"):
         policy.check(acme, acme_m, [_signed(other[0], acme, acme_m)], ["s3://ml-engines/prod"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln import api
 from tests.conftest import run_kiln
 from tests.remote.conftest import RemoteView, aws_env, file_view, moto_server, remote, s3_view  # noqa: F401
 
@@ -183,15 +184,19 @@ def test_policy_rules_on_remotes(tmp_path: Path, keys, remote: RemoteView) -> No
     sig_objs = [k for k in objs if k.startswith("signatures/")]
     assert len(sig_objs) == 2 and all(k.startswith(f"signatures/{e['manifest'][7:]}/") for k in sig_objs)
 
+    # What a policy names is the remote's origin (no credentials; the endpoint kept when it is
+    # not AWS's own): here exactly this remote, and the same bucket and prefix on AWS.
+    origin = api.open_remote(remote.url).origin()
     here = write_policy(tmp_path / "here.yaml", [
-        {"name": "ci-release", "public_key": str(keys["release"].public), "remotes": [remote.url.split("?")[0] + "*"]}])
+        {"name": "ci-release", "public_key": str(keys["release"].public), "remotes": [origin]}])
     elsewhere = write_policy(tmp_path / "elsewhere.yaml", [
-        {"name": "ci-release", "public_key": str(keys["release"].public), "remotes": ["s3://ml-engines/*"]}])
+        {"name": "ci-release", "public_key": str(keys["release"].public),
+         "remotes": ["s3://ml-engines/*", origin.split("?endpoint=")[0] + "-evil"]}])
     fresh = {"KILN_HOME": str(tmp_path / "deploy-store")}
     dest = tmp_path / "dest"
     r = run_kiln("--remote", remote.url, "fetch", "--key", e["key"], "--dest", str(dest), "--trust-policy",
                  str(elsewhere), env=fresh)
-    refused(r, dest, "only for remotes ['s3://ml-engines/*']")
+    refused(r, dest, "only for remotes ['s3://ml-engines/*'")
     assert not list((tmp_path / "deploy-store").rglob("index/*/*.json")), "a refused pull publishes nothing"
     r = run_kiln("--remote", remote.url, "fetch", "--key", e["key"], "--dest", str(dest), "--trust-policy",
                  str(here), env=fresh)

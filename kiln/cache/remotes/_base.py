@@ -49,6 +49,13 @@ class Remote(ABC):
     def describe(self) -> str:
         return redact(self.url.split("?", 1)[0])
 
+    def origin(self) -> str:
+        """This remote's canonical name, as a trust policy's ``remotes`` patterns match it: no
+        credentials, no options that do not change *where* (timeouts, profiles), the endpoint
+        kept when it is not the service's own (another server's bucket of the same name is
+        another remote). Compared segment by segment (kiln.trust._policy.origin_matches)."""
+        return self.describe()
+
     def error(self, message: str) -> RemoteError:
         """A RemoteError for ``message``, credentials redacted (every backend message goes here)."""
         return RemoteError(redact(message))

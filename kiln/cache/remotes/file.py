@@ -38,6 +38,9 @@ class FileRemote(Remote):
         self.root = root
         self.url = url
 
+    def origin(self) -> str:
+        return "file://" + str(self.root.resolve())  # `..` and links resolved: one name per place
+
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/"))
 

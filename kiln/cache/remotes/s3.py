@@ -126,6 +126,14 @@ class S3Remote(Remote):
         where = f" at {self.endpoint}" if self.endpoint else ""
         return redact(f"s3://{self.bucket}/{self.prefix}{where}")
 
+    def origin(self) -> str:
+        base = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        if not self.endpoint:
+            return base
+        parsed = urlparse(self.endpoint)  # scheme and host:port only: never userinfo or a path
+        return f"{base}?endpoint={parsed.scheme}://{(parsed.hostname or '').lower()}" + \
+            (f":{parsed.port}" if parsed.port else "")
+
     def _name(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
