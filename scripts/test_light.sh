@@ -38,7 +38,6 @@ SELECTED=(
   tests/remote/test_bounded_transfers.py
   tests/cli/test_fetch_by_key.py
   tests/trust/test_signed_deploy.py
-  tests/trust/test_push_order.py
   tests/cache/test_materialize.py
   tests/cache/test_store_corruption.py::test_damaged_blob_is_a_loud_miss
   tests/cache/test_store_corruption.py::test_corrupt_manifest_blob_is_a_loud_miss

@@ -4,7 +4,8 @@ The push is cut off at every one of its writes in turn (a stand-in fault: the re
 at write N, exactly as a killed process leaves it — each object appears whole or not at all,
 and nothing after it is written). After each cut, the remote is read without Kiln: if the
 index entry is there, the signature must be there too; and a deployment with a fresh store and
-the policy either misses (exit 1: no entry yet) or is served the signed artifact — never
+the policy (in-process, kiln.fetch_by_key, as the CLI calls it) either misses (no entry yet) or
+is served the signed artifact — never
 refused for a missing signature, never served unsigned. Then the push is run again to the end
 and the deployment is served. On a filesystem remote and a real S3-protocol server (moto).
 """
@@ -20,7 +21,6 @@ import pytest
 
 from kiln import api
 from kiln.cache import Remote
-from tests.conftest import run_kiln
 from tests.remote.conftest import RemoteView, aws_env, file_view, moto_server, remote, s3_view  # noqa: F401
 
 from .conftest import artifact, hub_model, put, sign, write_policy
@@ -97,17 +97,17 @@ def test_a_push_cut_at_any_write_never_exposes_an_unsigned_entry(tmp_path: Path,
         if has_entry:
             assert any(k.startswith(sig_prefix) and k.endswith(".sig") for k in names), \
                 f"cut at write {n}: the entry is on the remote before its signature"
-        deploy = {"KILN_HOME": str(tmp_path / f"deploy{n}")}
-        r = run_kiln("--remote", url, "fetch", "--key", e["key"], "--dest", str(tmp_path / f"d{n}"),
-                     "--trust-policy", str(policy), env=deploy)
+        # The deployment, in-process (the CLI's own path: kiln.fetch_by_key), with a fresh store.
+        trusted = api.load_policy(policy)
+        found, path = api.fetch_by_key(e["key"], tmp_path / f"d{n}", store=api.Store(tmp_path / f"deploy{n}",
+                                       trust=trusted), remote=api.open_remote(url))
         if has_entry:
-            assert r.returncode == 0, (n, r.stderr)
+            assert path is not None, (n, found.explanation, found.damaged)
         else:
-            assert r.returncode == 1, (n, r.returncode, r.stderr)  # a miss: nothing announced yet
-            assert "unsigned" not in r.stderr
+            assert path is None and not found.damaged, (n, found.damaged)  # a miss: nothing announced yet
         # The push, run again, completes what the cut one left.
         api.push(store, api.open_remote(url), entry)
-        r = run_kiln("--remote", url, "fetch", "--key", e["key"], "--dest", str(tmp_path / f"again{n}"),
-                     "--trust-policy", str(policy), env={"KILN_HOME": str(tmp_path / f"deploy-again{n}")})
-        assert r.returncode == 0, (n, r.stderr)
+        found, path = api.fetch_by_key(e["key"], tmp_path / f"again{n}", store=api.Store(
+            tmp_path / f"deploy-again{n}", trust=trusted), remote=api.open_remote(url))
+        assert path is not None, (n, found.explanation)
         assert json.loads((tmp_path / f"again{n}" / "model.sig").read_text())["dsseEnvelope"]
