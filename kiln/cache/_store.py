@@ -87,7 +87,7 @@ from ..errors import StoreError, TrustError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
 from ..manifests._record import check_record_describes
-from ..trust import Signature, SigningKey, TrustPolicy, Verified, describe_signers
+from ..trust import Signature, SigningKey, TrustPolicy, Verified
 from . import _buckets
 from ._blobs import Blobs
 from ._buckets import FAILED_LOG_MAX_AGE_S, RUN_DIR_MAX_AGE_S
@@ -380,11 +380,6 @@ class Store:
         if origins is None:
             origins = list(self.signatures.origins(entry.manifest)) or [None]
         return self.trust.check(entry, manifest, self.signatures_of(entry), origins, requested)
-
-    def signers(self, entry: IndexEntry, manifest: Manifest | None = None) -> list[dict[str, Any]]:
-        """Who signed ``entry``: each signature's key fingerprint, the policy's name for that key,
-        and whether it verifies (None where no trusted key is known to check it with)."""
-        return describe_signers(self.signatures_of(entry), entry, manifest, self.trust)
 
     def add_signatures(self, entry: IndexEntry, signatures: list[Signature], provenance: list[Signature] = (),
                        origin: str | None = None) -> None:

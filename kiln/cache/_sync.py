@@ -5,16 +5,17 @@ Push order (the remote mirror of DESIGN invariant 2): every file blob the remote
 of a Hub model (and its revision pointers, :mod:`kiln.cache._model_records`), then the
 artifact's signatures and signed provenance (``signatures/<manifest hex>/``, see
 :mod:`kiln.cache._signatures`), then the index entry, last: a reader that requires signatures
-never finds an entry whose signature has not landed yet. Each object appears atomically, so a reader of the bucket never finds an index entry
-whose manifest or blobs are missing, however a push is killed; a later push skips what
+never finds an entry whose signature has not landed yet. Each object appears atomically, so a
+reader of the bucket never finds an index entry whose manifest or blobs are missing, however a
+push is killed; a later push skips what
 arrived and completes the rest. Two pushers of one artifact write identical blobs and the
 same entry: either wins.
 
 Pull verifies everything: the manifest and build record against the entry's digests, the
 manifest's paths and sizes (it is untrusted data), the store's trust policy against the
 remote's signatures (before a single file blob is downloaded), and every blob against its
-digest and size as it lands. A blob whose bytes are wrong is downloaded once more (it may have been
-replaced mid-read) and then, still wrong, is a loud error naming the object; nothing is
+digest and size as it lands. A blob whose bytes are wrong is downloaded once more (it may have
+been replaced mid-read) and then, still wrong, is a loud error naming the object; nothing is
 published locally unless every blob verified.
 
 Remote gc deletes only blobs that no manifest referenced from any index entry lists, and only
@@ -36,15 +37,16 @@ from ..errors import CorruptBlobError, KilnError, NotFoundError, RemoteError, Un
 from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
 from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
 from ..manifests._record import check_record_describes, entry_from_record, parse_record
-from ._model_records import push_model_records, remote_model_record
 from ..trust import Signature, Verified
+from ._model_records import push_model_records, remote_model_record
 from ._progress import Progress
-from ._signatures import MAX_SIGNATURES, PROVENANCE_SUFFIX, SIG_SUFFIX, manifest_hex, parse_name, signature_bound, signature_name
+from ._signatures import (MAX_SIGNATURES, PROVENANCE_SUFFIX, SIG_SUFFIX, manifest_hex, parse_name, signature_bound,
+                          signature_name)
 from ._store import Store
 from .remotes import Remote
 
-__all__ = ["PushResult", "PullResult", "push", "pull", "read_remote_artifact", "remote_entry", "remote_entries", "remote_gc", "RemoteGcPlan", "remote_signatures", "push_signatures",
-           "warn_bad_remote_data"]
+__all__ = ["PushResult", "PullResult", "push", "pull", "read_remote_artifact", "remote_entry", "remote_entries", "remote_gc",
+           "RemoteGcPlan", "remote_signatures", "push_signatures", "warn_bad_remote_data"]
 
 PARALLEL_FILES = 4
 
