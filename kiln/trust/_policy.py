@@ -104,8 +104,7 @@ class TrustPolicy:
         asked by model rather than by build key alone."""
         if not self.require_signed:
             return None
-        sigs = list(signatures)
-        origins = list(origins)
+        sigs, origins, wanted = list(signatures), list(origins), list(requested)
         what = _describe(entry, origins)
         if not sigs:
             raise TrustError(f"{what} is unsigned, and {self.describe()} says `require: signed`: refused, nothing "
@@ -120,7 +119,6 @@ class TrustPolicy:
             if not listed:
                 reasons.append(f"signed by key {fp}, which the policy does not list")
                 continue
-            wanted = list(requested)
             admitting = [k for k in listed if not k.refuses(_model_names(entry), origins, wanted)]
             if not admitting:
                 why = [k.refuses(_model_names(entry), origins, wanted) for k in listed]
