@@ -217,10 +217,10 @@ def load_signing_key(value: str) -> SigningKey:
                         "instead, so the key never sits in the environment or a command line.")
     fix = ("give a PEM private key file (openssl ecparam -genkey -name prime256v1 -noout -out key.pem) or "
            "awskms:///alias/NAME")
-    if not Path(value).expanduser().exists():
+    path = Path(value).expanduser()
+    if not path.exists():
         raise SpecError(f"signing key file {_described(value)} does not exist: {fix}.")
-    data = read_small_file(Path(value).expanduser(), MAX_KEY_FILE, "signing key file", SpecError,
-                           fix)
+    data = read_small_file(path, MAX_KEY_FILE, "signing key file", SpecError, fix)
     from cryptography.hazmat.primitives import serialization
 
     password = os.environ.get("KILN_SIGN_KEY_PASSWORD")
