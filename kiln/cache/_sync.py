@@ -475,6 +475,7 @@ class RemoteGcPlan:
     kept: int
     young: int  # unreferenced but within the grace period
     broken_entries: tuple[str, ...]  # entries whose manifest is missing (left alone, reported)
+    not_removed: str | None = None  # what this remote cannot remove, and who can
 
     @property
     def bytes(self) -> int:
@@ -531,7 +532,7 @@ def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False
         )
     now = time.time()
     dead, kept, young = [], 0, 0
-    for info in remote.list("blobs/"):
+    for info in (remote.list("blobs/") if remote.lists_blobs else ()):
         if info.key in referenced:
             kept += 1
         elif now - info.mtime < grace_s:
@@ -548,7 +549,12 @@ def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False
             young += 1
         else:
             dead.append((info.key, info.size))
-    plan = RemoteGcPlan(tuple(dead), kept, young, tuple(broken))
+    not_removed = None if remote.lists_blobs else (
+        f"{remote.describe()} is an OCI registry, which cannot list its blobs: Kiln removed only the objects it "
+        "lists (signatures of artifacts no entry references). Unreferenced blobs and untagged manifests are "
+        "reclaimed by the registry's own garbage collection (distribution: `registry garbage-collect "
+        "--delete-untagged`; ECR, GHCR, Harbor, Artifactory: their retention or cleanup policies).")
+    plan = RemoteGcPlan(tuple(dead), kept, young, tuple(broken), not_removed)
     if not dry_run:
         for k, _ in plan.blobs:
             remote.delete(k)

@@ -3,6 +3,8 @@
     _base.py   :class:`Remote` (the ABC every backend implements) and :class:`ObjectInfo`
     file.py    :class:`FileRemote`: a directory, typically an NFS or other shared mount
     s3.py      :class:`S3Remote`: ``s3://bucket/prefix`` with boto3 (imported lazily)
+    oci.py     :class:`OCIRemote`: ``oci://host/repository``, an OCI distribution registry
+               (_oci_client.py: HTTP and the auth flow; _oci_auth.py: docker config, helpers, ECR)
 
 :func:`open_remote` turns a URL into the right backend. Both backends write each object
 atomically, so the order of writes in :mod:`kiln.cache._sync` is all that keeps readers from
@@ -23,18 +25,21 @@ from ..._redact import redact
 from ...errors import RemoteError
 from ._base import ObjectInfo, Remote
 from .file import FileRemote
+from .oci import OCIRemote
 from .s3 import S3Remote
 
-__all__ = ["FileRemote", "ObjectInfo", "Remote", "S3Remote", "open_remote"]
+__all__ = ["FileRemote", "OCIRemote", "ObjectInfo", "Remote", "S3Remote", "open_remote"]
 
 
 def open_remote(url: str | None) -> Remote | None:
-    """``s3://bucket/prefix[?endpoint=…]``, ``file:///path`` or a plain path; None for none."""
+    """``s3://bucket/prefix[?endpoint=…]``, ``oci://host/repo[?plain-http=true]``, ``file:///path`` or a plain path; None for none."""
     if url is None or not str(url).strip():
         return None
     url = str(url).strip()
     if url.startswith("s3://"):
         return S3Remote(url)
+    if url.startswith("oci://"):
+        return OCIRemote(url)
     if url.startswith("file://"):
         parsed = urlparse(url)
         # file://tmp/x names host "tmp" and path /x; file:// alone names nothing. Both are
@@ -46,7 +51,7 @@ def open_remote(url: str | None) -> Remote | None:
             ))
         path = Path(parsed.path)
     elif "://" in url:
-        raise RemoteError(redact(f"remote {url!r}: Kiln supports s3://BUCKET/PREFIX, file:///PATH or a plain path."))
+        raise RemoteError(redact(f"remote {url!r}: Kiln supports s3://BUCKET/PREFIX, oci://HOST[:PORT]/REPOSITORY, file:///PATH or a plain path."))
     else:
         path = Path(url).expanduser()
     try:

@@ -45,6 +45,7 @@ class Remote(ABC):
     """A shared store (an S3 bucket prefix or a filesystem path): open one with :func:`kiln.open_remote`."""
 
     url: str
+    lists_blobs = True  # False where the service cannot list blobs (OCI registries): remote gc leaves them alone
 
     def describe(self) -> str:
         return redact(self.url.split("?", 1)[0])

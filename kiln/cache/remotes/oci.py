@@ -1,0 +1,595 @@
+"""An OCI distribution registry as a remote: ``oci://HOST[:PORT]/REPOSITORY``.
+
+Kiln's store layout maps onto the registry like this (README "OCI registries" has the user's view):
+
+* ``blobs/sha256/<hex>`` — registry blobs of the repository (HEAD before upload; files over
+  CHUNK_SIZE in chunked uploads; first a cross-repository mount from each ``mount-from``
+  repository, which costs nothing when the blob is not there: the registry then opens a
+  normal upload). A Kiln manifest is a valid OCI image manifest (artifactType
+  ``application/vnd.kiln.artifact.v1``, the build record as config, one layer per file with
+  its path in ``org.opencontainers.image.title``), so it is also PUT as a *manifest* by its
+  digest — before its blob copy, so the blob being there means the manifest is.
+* ``index/<model hex>/<build key>.json`` — the index entry. Written, last of a push, as: the
+  artifact's manifest tagged ``<build key>`` (what `skopeo inspect`, `oras pull` or a human
+  reads), then the entry itself as a small object (below), then its directory index.
+* everything else (index entries, signatures ``signatures/<manifest hex>/…``, model records
+  ``models/…``) — a small *object*: one blob, described by an OCI manifest tagged
+  ``k-<sha256 of the key>`` whose annotation ``org.kiln.key`` names the key. Entries and
+  signatures carry a ``subject``, the artifact's manifest, so they are OCI referrers of it;
+  a registry without the referrers API gets the referrers tag schema (``sha256-<hex>``) that
+  distribution-spec v1.1 asks clients to maintain, for third-party tools (Kiln reads its own
+  directory indexes, below).
+* directory listings — registries cannot list by prefix (distribution 2.8 returns every tag,
+  unsorted, ignoring ``n``/``last``), so each directory of objects has an *index artifact*:
+  a manifest tagged ``d-<sha256 of the directory>`` whose config lists its names, sizes and
+  when they were added. It is updated read-modify-write *after* the object it lists is
+  complete (the single-writer-last rule: blobs, then manifest, then index), re-read to check
+  that the update held, and retried when a concurrent writer's update replaced it.
+
+Registries have no compare-and-swap on tags that distribution honours, so two writers adding
+to one directory index at the same instant can still lose one addition (the later writer's
+read preceded the earlier one's write and the earlier one's check). Nothing a lookup needs is
+lost that way: an exact lookup reads ``k-<hash>`` of its entry directly, and the artifact's
+tag stays; a lost listing reappears on the next push of that artifact (which re-adds it).
+
+Time is bounded as for S3 (``timeout``/``deadline`` in the URL, KILN_OCI_TIMEOUT /
+KILN_OCI_DEADLINE), credentials come from :mod:`._oci_auth`, and no message carries them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qs, quote, urlparse
+
+from ...errors import RemoteError
+from .._fsutil import unlink_quiet
+from .._progress import Progress
+from ._base import ObjectInfo, Remote
+from ._bounded import Sink
+from ._oci_auth import find_credentials
+from ._oci_client import RegistryClient, Response
+
+__all__ = ["OCIRemote"]
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
+EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY_JSON).hexdigest()
+KILN_ARTIFACT = "application/vnd.kiln.artifact.v1"  # kiln.manifests._manifest.ARTIFACT_TYPE
+DIRECTORY = "application/vnd.kiln.directory.v1+json"
+KEY_ANNOTATION = "org.kiln.key"
+TITLE = "org.opencontainers.image.title"
+MAX_OBJECT_MANIFEST = 64 << 10
+MAX_DIRECTORY = 16 << 20
+MAX_PEEK = 4 << 20  # an uploaded blob up to this size is checked for being a Kiln manifest
+
+_BLOB_KEY = re.compile(r"blobs/sha256/([0-9a-f]{64})")
+_ENTRY_KEY = re.compile(r"index/([0-9a-f]{64})/([0-9a-f]{64})\.json")
+_SIGNATURE_KEY = re.compile(r"signatures/([0-9a-f]{64})/[^/]+")
+# distribution-spec: <name> components and the whole, lower case.
+_REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _media_type(key: str) -> str:
+    """The artifact/layer media type of a small object, by what it is (for tools that list referrers)."""
+    if key.startswith("index/"):
+        return "application/vnd.kiln.index-entry.v1+json"
+    if key.startswith("signatures/"):
+        # model-signing's bundle is a sigstore bundle v0.3; provenance is a DSSE in-toto statement in one too.
+        return ("application/vnd.dev.sigstore.bundle.v0.3+json" if key.endswith(".sig")
+                else "application/vnd.kiln.provenance.v1+json")
+    if key.startswith("models/"):
+        return "application/vnd.kiln.model-record.v1+json"
+    return "application/vnd.kiln.object.v1+json"
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _descriptor(media_type: str, data_or_digest: bytes | str, size: int | None = None, **extra: Any) -> dict[str, Any]:
+    digest = data_or_digest if isinstance(data_or_digest, str) else _sha(data_or_digest)
+    n = size if size is not None else len(data_or_digest)
+    return {"mediaType": media_type, "digest": digest, "size": n, **extra}
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def is_kiln_manifest(data: bytes) -> bool:
+    if not data.startswith(b"{"):
+        return False
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("mediaType") == MANIFEST and doc.get("artifactType") == KILN_ARTIFACT
+
+
+class OCIRemote(Remote):
+    """A repository in an OCI distribution registry (ECR, GHCR, Harbor, Artifactory, distribution).
+
+    URL options: ``plain-http=true`` (a registry without TLS, as ORAS's ``--plain-http``),
+    ``timeout=SECONDS`` / ``deadline=SECONDS`` (as for S3; KILN_OCI_TIMEOUT / KILN_OCI_DEADLINE),
+    ``mount-from=REPO[,REPO…]`` (repositories of the same registry to mount blobs from).
+    """
+
+    CHUNK_SIZE = 64 << 20  # blobs larger than this are uploaded in PATCH chunks of this size
+    TIMEOUT = 15.0
+    DEADLINE = 60.0
+    MIN_RATE = 1 << 20  # bytes/s: a transfer's deadline is DEADLINE + size / MIN_RATE
+    INDEX_ATTEMPTS = 8  # read-modify-write rounds of a directory index under contention
+    lists_blobs = False  # the distribution API has no blob listing: remote gc leaves blobs to the registry's own gc
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = urlparse(url)
+        if parsed.username or parsed.password:
+            raise self.error(f"remote {url!r} carries credentials in the URL; Kiln reads registry credentials from the "
+                             "docker config (docker login / skopeo login), a credential helper, or KILN_OCI_USERNAME and "
+                             "KILN_OCI_PASSWORD. Remove them from the URL.")
+        self.host = (parsed.hostname or "").lower() + (f":{parsed.port}" if parsed.port else "")
+        self.repository = parsed.path.strip("/")
+        if not parsed.hostname or not self.repository:
+            raise self.error(f"remote {url!r} names no registry and repository; write oci://HOST[:PORT]/REPOSITORY.")
+        if not _REPOSITORY.fullmatch(self.repository):
+            raise self.error(f"repository {self.repository!r} in {url!r} is not a valid OCI repository name "
+                             "(lower-case letters, digits and . _ - separators, components joined by /).")
+        q = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        unknown = sorted(set(q) - {"plain-http", "timeout", "deadline", "mount-from"})
+        if unknown:
+            raise self.error(f"remote {url!r}: unknown option {unknown[0]!r}; OCI remotes take plain-http=true, "
+                             "timeout=SECONDS, deadline=SECONDS and mount-from=REPO[,REPO…].")
+        self.plain_http = q.get("plain-http", "").lower() in _TRUE
+        self.timeout = self._seconds("timeout", q.get("timeout") or os.environ.get("KILN_OCI_TIMEOUT") or self.TIMEOUT)
+        self.deadline = self._seconds("deadline", q.get("deadline") or os.environ.get("KILN_OCI_DEADLINE") or self.DEADLINE)
+        self.mount_from = [r for r in (q.get("mount-from") or "").split(",") if r and r != self.repository]
+        for r in self.mount_from:
+            if not _REPOSITORY.fullmatch(r):
+                raise self.error(f"mount-from repository {r!r} in {url!r} is not a valid OCI repository name.")
+        self.client = RegistryClient("http" if self.plain_http else "https", self.host,
+                                     lambda: find_credentials(self.host), timeout=self.timeout,
+                                     deadline=self.deadline, describe=self.describe())
+        self._known_blobs: set[str] = set()  # blobs this process saw in the repository (the empty config, mostly)
+
+    def _seconds(self, name: str, value: object) -> float:
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+            if not 0 < seconds < float("inf"):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise self.error(f"OCI {name} {value!r} is not a positive number of seconds "
+                             f"({name}= / KILN_OCI_{name.upper()}).") from None
+        return seconds
+
+    def describe(self) -> str:
+        return f"oci://{self.host}/{self.repository}"
+
+    def origin(self) -> str:
+        return self.describe()
+
+    # ------------------------------------------------------------------ registry paths and errors
+
+    def _blob(self, digest: str, repository: str | None = None) -> str:
+        return f"/v2/{repository or self.repository}/blobs/{digest}"
+
+    def _manifest(self, reference: str) -> str:
+        return f"/v2/{self.repository}/manifests/{quote(reference, safe=':')}"
+
+    def _fail(self, action: str, what: str, r: Response) -> RemoteError:
+        code = r.error_code()
+        if r.status == 403 or "DENIED" in code:
+            return self.error(f"registry {self.host} denied {action} {what} in {self.describe()} ({code}): check "
+                              "that the credentials may push to (or pull from) this repository.")
+        if r.status == 404 and "NAME_UNKNOWN" in code:
+            return self.error(f"repository {self.repository} does not exist on {self.host} ({code}); create it, or "
+                              "fix the remote URL.")
+        if r.status == 405:
+            return self.error(f"registry {self.host} does not allow {action} {what} ({code}: the operation is "
+                              "disabled or unsupported there).")
+        return self.error(f"registry {self.host} answered {r.status} ({code}) to {action} {what} in {self.describe()}.")
+
+    def _budget(self, size: int) -> float:
+        return self.deadline + size / self.MIN_RATE
+
+    # ------------------------------------------------------------------ blobs
+
+    def _stat_blob(self, digest: str) -> int | None:
+        r = self.client.request("HEAD", self._blob(digest))
+        if r.status == 404:
+            return None
+        if r.status != 200:
+            raise self._fail("check", f"blob {digest}", r)
+        self._known_blobs.add(digest)
+        try:
+            return int(r.header("content-length") or "")
+        except ValueError:
+            raise self.error(f"registry {self.host} gave blob {digest} no Content-Length.") from None
+
+    def _get_blob(self, digest: str, max_size: int) -> bytes | None:
+        r = self.client.request("GET", self._blob(digest), max_bytes=max_size, budget=self._budget(max_size))
+        if r.status == 404:
+            return None
+        if r.status != 200:
+            raise self._fail("read", f"blob {digest}", r)
+        return r.body
+
+    def _start_upload(self, digest: str) -> str | None:
+        """An upload session's URL, or None if a cross-repository mount already placed the blob."""
+        for source in self.mount_from:
+            r = self.client.request("POST", f"/v2/{self.repository}/blobs/uploads/?mount={digest}&from={source}")
+            if r.status == 201:
+                return None
+            if r.status == 202 and r.header("location"):
+                return self._absolute(r.header("location") or "")  # not there: the registry opened an upload instead
+        r = self.client.request("POST", f"/v2/{self.repository}/blobs/uploads/")
+        if r.status != 202 or not r.header("location"):
+            raise self._fail("start an upload of", f"blob {digest}", r)
+        return self._absolute(r.header("location") or "")
+
+    def _absolute(self, location: str) -> str:
+        return location if "://" in location else self.client.base + location
+
+    def _put_blob_bytes(self, digest: str, data: bytes) -> None:
+        where = self._start_upload(digest)
+        if where is not None:
+            self._finish_upload(where, digest, data, len(data))
+        self._known_blobs.add(digest)
+
+    def _finish_upload(self, where: str, digest: str, body: Any, size: int) -> None:
+        sep = "&" if "?" in where else "?"
+        r = self.client.request("PUT", f"{where}{sep}digest={digest}", body=body, budget=self._budget(size),
+                                headers={"content-type": "application/octet-stream", "content-length": str(size)})
+        if r.status not in (201, 204):
+            raise self._fail("upload", f"blob {digest}", r)
+
+    def _upload_file(self, path: Path, digest: str, size: int, progress: Progress | None) -> None:
+        where = self._start_upload(digest)
+        if where is None:  # mounted
+            if progress:
+                progress(size)
+            return
+        if size <= self.CHUNK_SIZE:
+            self._finish_upload(where, digest, lambda: open(path, "rb"), size)
+            if progress:
+                progress(size)
+            return
+        # Chunked (distribution-spec "Pushing a blob in chunks"): PATCH each range in order to the
+        # Location the registry gave last, then PUT ?digest= with no body.
+        offset = 0
+        while offset < size:
+            length = min(self.CHUNK_SIZE, size - offset)
+            start = offset
+
+            def body(start: int = start, length: int = length) -> Any:
+                from ._bounded import FileSlice
+
+                return FileSlice(path, start, length)
+
+            r = self.client.request("PATCH", where, body=body, budget=self._budget(length), headers={
+                "content-type": "application/octet-stream", "content-length": str(length),
+                "content-range": f"{start}-{start + length - 1}"})
+            if r.status != 202 or not r.header("location"):
+                raise self._fail("upload a chunk of", f"blob {digest}", r)
+            where = self._absolute(r.header("location") or "")
+            offset += length
+            if progress:
+                progress(length)
+        self._finish_upload(where, digest, None, 0)
+
+    def _ensure_empty_config(self) -> None:
+        if EMPTY_DIGEST not in self._known_blobs and self._stat_blob(EMPTY_DIGEST) is None:
+            self._put_blob_bytes(EMPTY_DIGEST, EMPTY_JSON)
+
+    # ------------------------------------------------------------------ manifests
+
+    def _put_manifest(self, reference: str, data: bytes, media_type: str = MANIFEST) -> Response:
+        r = self.client.request("PUT", self._manifest(reference), body=data, headers={"content-type": media_type})
+        if r.status != 201:
+            raise self._fail("write", f"manifest {reference}", r)
+        return r
+
+    def _get_manifest(self, reference: str, max_size: int, accept: str = MANIFEST) -> bytes | None:
+        r = self.client.request("GET", self._manifest(reference), max_bytes=max_size, headers={"accept": accept})
+        if r.status == 404:
+            return None
+        if r.status != 200:
+            raise self._fail("read", f"manifest {reference}", r)
+        if len(r.body) > max_size:
+            raise self.error(f"manifest {reference} in {self.describe()} is larger than {max_size} bytes: refusing it.")
+        return r.body
+
+    def _manifest_size(self, digest: str) -> int | None:
+        r = self.client.request("HEAD", self._manifest(digest), headers={"accept": MANIFEST})
+        if r.status != 200:
+            return None
+        try:
+            return int(r.header("content-length") or "")
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------------ small objects
+
+    @staticmethod
+    def object_tag(key: str) -> str:
+        return "k-" + hashlib.sha256(key.encode()).hexdigest()
+
+    @staticmethod
+    def directory_tag(directory: str) -> str:
+        return "d-" + hashlib.sha256(directory.encode()).hexdigest()
+
+    def _read_object_manifest(self, key: str) -> dict[str, Any] | None:
+        data = self._get_manifest(self.object_tag(key), MAX_OBJECT_MANIFEST)
+        if data is None:
+            return None
+        try:
+            doc = json.loads(data)
+            layer = doc["layers"][0]
+            if doc["annotations"][KEY_ANNOTATION] != key or not isinstance(layer["size"], int):
+                raise ValueError
+            str(layer["digest"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise self.error(f"object {key} in {self.describe()} (tag {self.object_tag(key)}) is not an object Kiln "
+                             "wrote; refusing it (a damaged or hostile registry).") from None
+        return doc
+
+    def _read_object(self, key: str, max_size: int) -> bytes | None:
+        doc = self._read_object_manifest(key)
+        if doc is None:
+            return None
+        layer = doc["layers"][0]
+        data = self._get_blob(str(layer["digest"]), max_size)
+        if data is None:
+            return None  # its manifest without its blob: not (yet, or any longer) there
+        if len(data) <= max_size and (len(data) != layer["size"] or _sha(data) != layer["digest"]):
+            raise self.error(f"object {key} in {self.describe()} does not match its digest: refusing it.")
+        return data
+
+    def _subject(self, key: str, data: bytes) -> dict[str, Any] | None:
+        """The artifact manifest an entry or a signature is about (its OCI ``subject``), if it is there."""
+        digest = None
+        if _ENTRY_KEY.fullmatch(key):
+            try:
+                digest = str(json.loads(data)["manifest"])
+            except (ValueError, KeyError, TypeError):
+                return None
+        elif m := _SIGNATURE_KEY.fullmatch(key):
+            digest = "sha256:" + m.group(1)
+        if digest is None:
+            return None
+        size = self._manifest_size(digest)
+        return _descriptor(MANIFEST, digest, size, artifactType=KILN_ARTIFACT) if size is not None else None
+
+    def _write_object(self, key: str, data: bytes) -> None:
+        self._ensure_empty_config()
+        digest = _sha(data)
+        if digest not in self._known_blobs and self._stat_blob(digest) != len(data):
+            self._put_blob_bytes(digest, data)
+        media_type = _media_type(key)
+        doc: dict[str, Any] = {
+            "schemaVersion": 2, "mediaType": MANIFEST, "artifactType": media_type,
+            "config": _descriptor(EMPTY, EMPTY_JSON),
+            "layers": [_descriptor(media_type, data, annotations={TITLE: key.rsplit("/", 1)[-1]})],
+            "annotations": {KEY_ANNOTATION: key},
+        }
+        subject = self._subject(key, data)
+        if subject is not None:
+            doc["subject"] = subject
+        if (m := _ENTRY_KEY.fullmatch(key)) and subject is not None:
+            # The artifact under its build key, for every other tool; before the entry (the index) is.
+            artifact = self._get_manifest(subject["digest"], MAX_PEEK)
+            if artifact is None:
+                raise self.error(f"manifest {subject['digest']} vanished from {self.describe()} during the push.")
+            self._put_manifest(m.group(2), artifact)
+        manifest = _canonical(doc)
+        r = self._put_manifest(self.object_tag(key), manifest)
+        if subject is not None and not r.header("oci-subject"):
+            self._add_referrer(subject["digest"], _descriptor(MANIFEST, manifest, artifactType=media_type,
+                                                               annotations={KEY_ANNOTATION: key}))
+        self._register(key, len(data))
+
+    def _add_referrer(self, subject: str, descriptor: dict[str, Any]) -> None:
+        """The referrers tag schema (distribution-spec v1.1, for registries without the referrers API):
+        an image index tagged ``sha256-<hex>`` listing the manifests whose subject is ``subject``.
+        Read by other tools (oras discover); Kiln itself reads its directory indexes."""
+        tag = subject.replace(":", "-")
+        for _ in range(self.INDEX_ATTEMPTS):
+            current = self._get_manifest(tag, MAX_DIRECTORY, accept=IMAGE_INDEX)
+            try:
+                index = json.loads(current) if current else {"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": []}
+                listed = [d for d in index["manifests"] if isinstance(d, dict)]
+            except (ValueError, KeyError, TypeError):
+                return  # not an index Kiln can extend: leave another tool's tag alone (the spec says report and skip)
+            if any(d.get("digest") == descriptor["digest"] for d in listed):
+                return
+            index["manifests"] = [d for d in listed
+                                  if d.get("annotations", {}).get(KEY_ANNOTATION) != descriptor["annotations"][KEY_ANNOTATION]]
+            index["manifests"].append(descriptor)
+            self._put_manifest(tag, _canonical(index), IMAGE_INDEX)
+            time.sleep(random.uniform(0.005, 0.03))
+
+    # ------------------------------------------------------------------ directory indexes
+
+    def _read_directory(self, directory: str) -> dict[str, dict[str, Any]]:
+        data = self._get_manifest(self.directory_tag(directory), MAX_OBJECT_MANIFEST)
+        if data is None:
+            return {}
+        try:
+            doc = json.loads(data)
+            config = doc["config"]
+            if doc.get("artifactType") != DIRECTORY or config["mediaType"] != DIRECTORY:
+                raise ValueError
+            body = self._get_blob(str(config["digest"]), MAX_DIRECTORY)
+            if body is None or len(body) > MAX_DIRECTORY or _sha(body) != config["digest"]:
+                raise ValueError
+            listing = json.loads(body)
+            if listing["directory"] != directory or not isinstance(listing["entries"], dict):
+                raise ValueError
+            return {str(k): v for k, v in listing["entries"].items() if isinstance(v, dict)}
+        except (ValueError, KeyError, TypeError):
+            raise self.error(f"the directory index of {directory} in {self.describe()} (tag "
+                             f"{self.directory_tag(directory)}) is damaged; refusing it. Pushing again rewrites it.") from None
+
+    def _write_directory(self, directory: str, entries: dict[str, dict[str, Any]]) -> None:
+        self._ensure_empty_config()
+        body = _canonical({"directory": directory, "entries": entries})
+        digest = _sha(body)
+        self._put_blob_bytes(digest, body)
+        doc = {"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": DIRECTORY,
+               "config": _descriptor(DIRECTORY, body), "layers": [_descriptor(EMPTY, EMPTY_JSON)],
+               "annotations": {"org.kiln.directory": directory}}
+        self._put_manifest(self.directory_tag(directory), _canonical(doc))
+
+    def _update_directory(self, directory: str, name: str, value: dict[str, Any] | None) -> None:
+        """Set (or, with None, remove) one name in a directory index, read-modify-write, checked."""
+        def holds(entries: dict[str, dict[str, Any]]) -> bool:
+            if value is None:
+                return name not in entries
+            return name in entries and entries[name].get("size") == value.get("size")
+
+        for _ in range(self.INDEX_ATTEMPTS):
+            entries = self._read_directory(directory)
+            if holds(entries):
+                return
+            if value is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = value
+            self._write_directory(directory, entries)
+            time.sleep(random.uniform(0.005, 0.05))  # let a concurrent writer's update land, then check ours held
+            if holds(self._read_directory(directory)):
+                return
+        raise self.error(f"the directory index of {directory} in {self.describe()} kept changing under concurrent "
+                         f"writers ({self.INDEX_ATTEMPTS} attempts); push again.")
+
+    def _register(self, key: str, size: int) -> None:
+        """List ``key`` in its directory, then each directory in its parent (bottom-up: a parent
+        names a directory only once that holds something)."""
+        parts = key.split("/")
+        now = round(time.time(), 3)
+        self._update_directory("/".join(parts[:-1]) + "/", parts[-1], {"size": size, "added": now})
+        for depth in range(len(parts) - 2, 0, -1):
+            parent, child = "/".join(parts[:depth]) + "/", parts[depth] + "/"
+            if child in self._read_directory(parent):
+                return  # listed already, and so are its parents
+            self._update_directory(parent, child, {"size": 0, "added": now})
+
+    # ------------------------------------------------------------------ the Remote interface
+
+    def get(self, key: str, max_size: int) -> bytes | None:
+        if m := _BLOB_KEY.fullmatch(key):
+            return self._get_blob("sha256:" + m.group(1), max_size)
+        return self._read_object(key, max_size)
+
+    def put(self, key: str, data: bytes) -> None:
+        if m := _BLOB_KEY.fullmatch(key):
+            digest = "sha256:" + m.group(1)
+            if is_kiln_manifest(data):
+                self._put_manifest(digest, data)
+            self._put_blob_bytes(digest, data)
+        else:
+            self._write_object(key, data)
+
+    def stat(self, key: str) -> int | None:
+        if m := _BLOB_KEY.fullmatch(key):
+            return self._stat_blob("sha256:" + m.group(1))
+        doc = self._read_object_manifest(key)
+        return None if doc is None else int(doc["layers"][0]["size"])
+
+    def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        m = _BLOB_KEY.fullmatch(key)
+        if m is None:
+            self._write_object(key, path.read_bytes())
+            return
+        digest, size = "sha256:" + m.group(1), path.stat().st_size
+        if size <= MAX_PEEK:
+            data = path.read_bytes()
+            if is_kiln_manifest(data):
+                self._put_manifest(digest, data)  # the manifest first: its blob copy is what pushes check for
+        self._upload_file(path, digest, size, progress)
+
+    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
+        m = _BLOB_KEY.fullmatch(key)
+        if m is None:
+            raise self.error(f"{key} is not a blob; OCI remotes download only blobs.")
+        digest = "sha256:" + m.group(1)
+        try:
+            sink = Sink(dest)
+        except OSError as e:
+            raise self.error(f"cannot write the download of {digest} to {dest}: {e.strerror}") from None
+        written = [0]
+
+        def write(chunk: bytes) -> None:
+            keep = chunk[: max(size - written[0], 0)]
+            if keep:
+                sink.write_at(written[0], keep)
+            written[0] += len(chunk)
+            if progress and keep:
+                progress(len(keep))
+
+        try:
+            try:
+                r = self.client.request("GET", self._blob(digest), max_bytes=size, sink=write, budget=self._budget(size))
+                if r.status == 404:
+                    raise self.error(f"blob {digest} is missing from {self.describe()}: the artifact there is incomplete.")
+                if r.status != 200:
+                    raise self._fail("download", f"blob {digest}", r)
+                if written[0] != size:
+                    raise self.size_error(key, size, written[0] if written[0] <= size else f"more than {size}")
+                sink.fsync()
+            finally:
+                sink.close()
+        except BaseException:
+            unlink_quiet(dest)
+            raise
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        if prefix.startswith("blobs"):
+            raise self.error(f"{self.describe()} is an OCI registry: registries do not list their blobs.")
+        # The deepest directory the prefix names in full; _walk prunes what does not match below it.
+        yield from self._walk(prefix[: prefix.rfind("/") + 1], prefix)
+
+    def _walk(self, directory: str, prefix: str) -> Iterator[ObjectInfo]:
+        if not directory:
+            tops = ("index/", "signatures/", "models/")
+            for top in tops:
+                if top.startswith(prefix) or prefix.startswith(top):
+                    yield from self._walk(top, prefix)
+            return
+        for name, info in sorted(self._read_directory(directory).items()):
+            key = directory + name
+            if name.endswith("/"):
+                if key.startswith(prefix) or prefix.startswith(key):
+                    yield from self._walk(key, prefix)
+            elif key.startswith(prefix):
+                yield ObjectInfo(key, int(info.get("size") or 0), float(info.get("added") or 0.0))
+
+    def delete(self, key: str) -> None:
+        if m := _BLOB_KEY.fullmatch(key):
+            r = self.client.request("DELETE", self._blob("sha256:" + m.group(1)))
+            if r.status not in (202, 404):
+                raise self._fail("delete", f"blob sha256:{m.group(1)}", r)
+            return
+        # Unlist it first (a reader that lists finds no name without its object), then delete its
+        # manifest by digest (registries delete manifests by digest; its tag goes with it).
+        directory, _, name = key.rpartition("/")
+        self._update_directory(directory + "/", name, None)
+        r = self.client.request("HEAD", self._manifest(self.object_tag(key)), headers={"accept": MANIFEST})
+        if r.status == 404:
+            return
+        digest = r.header("docker-content-digest")
+        if r.status != 200 or not digest:
+            raise self._fail("find", f"object {key}", r)
+        r = self.client.request("DELETE", self._manifest(digest))
+        if r.status not in (202, 404):
+            raise self._fail("delete", f"object {key}", r)
