@@ -27,8 +27,10 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf" / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DOCKER_CONFIG", str(home / "docker"))  # registry credentials: none unless a test writes them
     for name in list(os.environ):
-        if name.startswith(("OPTION_", "SERVING_")) or name in ("HF_MODEL_ID", "TENSOR_PARALLEL_DEGREE", "SM_NUM_GPUS", "KILN_REMOTE"):
+        if name.startswith(("OPTION_", "SERVING_")) or name in ("HF_MODEL_ID", "TENSOR_PARALLEL_DEGREE", "SM_NUM_GPUS", "KILN_REMOTE",
+                                                                              "KILN_OCI_USERNAME", "KILN_OCI_PASSWORD"):
             monkeypatch.delenv(name, raising=False)
 
 

@@ -40,6 +40,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# --------------------------------------------------------------------------- OCI registry
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real registry (Debian's docker-registry) on loopback, for the session; tests use their own repository."""
+    from tests.remote.oci_registry import REGISTRY, start_registry
+
+    if REGISTRY is None:
+        pytest.skip("no docker-registry here (Debian: apt-get install docker-registry; scripts/setup_debian.sh does it)")
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def oci_url(oci_registry: Any) -> str:
+    """A fresh repository in the session's registry."""
+    return oci_registry.url(f"kiln/t{uuid.uuid4().hex[:12]}")
+
+
 # --------------------------------------------------------------------------- moto server
 
 
