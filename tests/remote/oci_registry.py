@@ -72,7 +72,8 @@ def start_registry(workdir: Path, auth: str = "", timeout: float = 30.0) -> Regi
         + auth
     )
     log = workdir / "registry.log"
-    proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
