@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_venv.sh
+scripts/setup_debian.sh  # docker-registry and skopeo, for the OCI registry tests
 exec .venv/bin/python -m pytest "$@"

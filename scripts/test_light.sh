@@ -14,6 +14,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
+scripts/setup_debian.sh  # docker-registry and skopeo, for the OCI registry tests
 # The core and the S3 remote, plus the test tools (as in the dev extra); nothing heavy.
 "$VENV/bin/python" -m pip install -q -e ".[s3,signing]" "pytest>=8" "pytest-timeout>=2.3" "jsonschema>=4.20" "moto[server]>=5"
 
@@ -31,6 +32,7 @@ done
 # node id that no longer exists is an error, so a rename cannot silently drop coverage.
 SELECTED=(
   tests/remote/test_roundtrip.py
+  tests/remote/test_oci.py
   tests/remote/test_concurrency.py
   tests/remote/test_faults.py
   tests/remote/test_push_crash.py
