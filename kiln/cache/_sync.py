@@ -476,6 +476,7 @@ class RemoteGcPlan:
     young: int  # unreferenced but within the grace period
     broken_entries: tuple[str, ...]  # entries whose manifest is missing (left alone, reported)
     not_removed: str | None = None  # what this remote cannot remove, and who can
+    relisted: int = 0  # objects listed again (Remote.repair_listings)
 
     @property
     def bytes(self) -> int:
@@ -494,6 +495,8 @@ def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False
     and guessing "unreferenced" there would delete live data. Only an entry whose manifest is
     simply gone (its blobs are then unreachable anyway) is reported as broken and passed over.
     """
+    # First what a killed or concurrent push left unlisted, so gc sees every entry (a write: not on a dry run).
+    relisted = 0 if dry_run else remote.repair_listings()
     referenced: set[str] = set()
     broken: list[str] = []
     unreadable: list[str] = []
@@ -554,7 +557,7 @@ def remote_gc(remote: Remote, *, grace_s: float = 86400.0, dry_run: bool = False
         "lists (signatures of artifacts no entry references). Unreferenced blobs and untagged manifests are "
         "reclaimed by the registry's own garbage collection (distribution: `registry garbage-collect "
         "--delete-untagged`; ECR, GHCR, Harbor, Artifactory: their retention or cleanup policies).")
-    plan = RemoteGcPlan(tuple(dead), kept, young, tuple(broken), not_removed)
+    plan = RemoteGcPlan(tuple(dead), kept, young, tuple(broken), not_removed, relisted)
     if not dry_run:
         for k, _ in plan.blobs:
             remote.delete(k)

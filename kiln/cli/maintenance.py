@@ -43,12 +43,15 @@ def gc(ctx: click.Context, max_size: str | None, older_than: str | None, dry_run
         if as_json:
             print_json({"dry_run": dry_run, "remote": rem.describe(), "blobs": [{"key": k, "size": n} for k, n in rplan.blobs],
                         "bytes_freed": rplan.bytes, "kept": rplan.kept, "young": rplan.young,
-                        "broken_entries": list(rplan.broken_entries), "not_removed": rplan.not_removed})
+                        "broken_entries": list(rplan.broken_entries), "not_removed": rplan.not_removed,
+                        "relisted": rplan.relisted})
             return
         for b in rplan.broken_entries:
             click.echo(f"kiln: WARNING: {b}", err=True)
         if rplan.not_removed:
             click.echo(f"kiln: note: {rplan.not_removed}", err=True)
+        if rplan.relisted:
+            click.echo(f"listed again {rplan.relisted} objects whose listing a killed or concurrent push had lost", err=True)
         click.echo(f"{'would delete' if dry_run else 'deleted'} {len(rplan.blobs)} unreferenced blobs ({human_size(rplan.bytes)}) "
                    f"from {rem.describe()}; {rplan.kept} referenced, {rplan.young} unreferenced but younger than {grace}")
         return

@@ -141,9 +141,9 @@ def test_large_blobs_go_up_in_chunks_and_mounts_skip_the_upload(oci_registry: Re
 
 def test_concurrent_pushes_of_one_model_all_stay_listed(oci_registry: Registry, oci_url: str, model: Path,
                                                         tmp_path: Path) -> None:
-    """Four artifacts of one model pushed at once: the directory index (read-modify-write) keeps them all."""
+    """Six artifacts of one model pushed at once: the directory index (read-modify-write) keeps them all."""
     keys = [store_put(write_tree(tmp_path / f"art{b}", {"e.bin": os.urandom(1000 + b)}), model, batch_size=b)
-            for b in (1, 2, 3, 4)]
+            for b in range(1, 7)]
     store = api.Store()
     entries = {e.key: e for e in store.iter_entries()}
     errors: list[BaseException] = []
@@ -176,6 +176,29 @@ def test_gc_on_a_registry_keeps_live_artifacts_and_says_what_it_leaves(oci_url: 
     dest = tmp_path / "dest"
     assert kiln_remote(oci_url, "fetch", "--key", key, "--dest", str(dest),
                        env={"KILN_HOME": str(tmp_path / "wiped")}).returncode == 0
+
+
+def test_gc_lists_again_what_a_lost_index_update_dropped(oci_url: str, model: Path, tmp_path: Path) -> None:
+    """An entry whose directory listing is gone (a push killed between the entry and its listing, or
+    an update lost between two writers; unlisted here through the remote's own index writer, the
+    stand-in for either) is still an exact hit, and gc lists it again from the registry's tag list."""
+    key = store_put(write_tree(tmp_path / "art", {"a": b"1"}), model)
+    assert kiln_remote(oci_url, "push", "--key", key).returncode == 0
+    remote = open_remote(oci_url)
+    assert isinstance(remote, OCIRemote)
+    [name] = [i.key for i in remote.list("index/")]
+    remote._update_directory(name.rsplit("/", 1)[0] + "/", name.rsplit("/", 1)[1], None)
+    fresh = {"KILN_HOME": str(tmp_path / "wiped")}
+    assert json.loads(kiln_remote(oci_url, "ls", "--remote", "--json", env=fresh).stdout) == []
+    ens = kiln_remote(oci_url, "ensure", str(model), "--target", "torch-aoti", "--n-positions", "256",
+                      "--toolchain", "torch=2.0.0", "--toolchain", "transformers=5.0.0",
+                      "--toolchain", "hardware=cpu-test", "--dest", str(tmp_path / "d"), env=fresh)
+    assert ens.returncode == 0, ens.stderr  # the exact lookup reads the entry by its own tag
+    dry = json.loads(kiln_remote(oci_url, "gc", "--remote", "--dry-run", "--json").stdout)
+    assert dry["relisted"] == 0  # a dry run writes nothing
+    plan = json.loads(kiln_remote(oci_url, "gc", "--remote", "--json").stdout)
+    assert plan["relisted"] == 1
+    assert [e["key"] for e in json.loads(kiln_remote(oci_url, "ls", "--remote", "--json", env=fresh).stdout)] == [key]
 
 
 @pytest.mark.parametrize("url, words", [

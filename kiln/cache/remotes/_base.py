@@ -100,6 +100,11 @@ class Remote(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    def repair_listings(self) -> int:
+        """Where listings are kept apart from the objects (OCI directory indexes), list again what a
+        killed or concurrent write left unlisted; returns how many. Others list the objects themselves."""
+        return 0
+
     def cleanup_partial_uploads(self, older_than_s: float) -> int:
         """Remove what killed uploads left behind (not objects); returns how many."""
         return 0

@@ -106,6 +106,16 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+def settle(gap: float) -> None:
+    """Wait, after a read-modify-write that took ``gap`` seconds, before checking that it held.
+
+    Another writer overwrites this update only if it read before this write and wrote after it;
+    it writes within its own read-to-write gap of its read. Waiting longer than that (three of
+    ours, plus jitter) before the check makes such an overwrite visible to the check, which then
+    writes again — unless the other writer is more than three times slower than this one."""
+    time.sleep(3 * gap + random.uniform(0.02, 0.06))
+
+
 def is_kiln_manifest(data: bytes) -> bool:
     if not data.startswith(b"{"):
         return False
@@ -226,12 +236,17 @@ class OCIRemote(Remote):
 
     def _start_upload(self, digest: str) -> str | None:
         """An upload session's URL, or None if a cross-repository mount already placed the blob."""
+        opened = None  # a repository without the blob answers a mount with a normal upload session
         for source in self.mount_from:
             r = self.client.request("POST", f"/v2/{self.repository}/blobs/uploads/?mount={digest}&from={source}")
             if r.status == 201:
+                if opened:
+                    self.client.request("DELETE", opened)  # best effort: the registry expires it anyway
                 return None
-            if r.status == 202 and r.header("location"):
-                return self._absolute(r.header("location") or "")  # not there: the registry opened an upload instead
+            if r.status == 202 and r.header("location") and opened is None:
+                opened = self._absolute(r.header("location") or "")
+        if opened:
+            return opened
         r = self.client.request("POST", f"/v2/{self.repository}/blobs/uploads/")
         if r.status != 202 or not r.header("location"):
             raise self._fail("start an upload of", f"blob {digest}", r)
@@ -385,7 +400,10 @@ class OCIRemote(Remote):
         subject = self._subject(key, data)
         if subject is not None:
             doc["subject"] = subject
-        if (m := _ENTRY_KEY.fullmatch(key)) and subject is not None:
+        if (m := _ENTRY_KEY.fullmatch(key)) and subject is None:
+            raise self.error(f"index entry {key} names a manifest {self.describe()} does not hold: an entry is "
+                             "written after its artifact, never before.")
+        if m and subject is not None:
             # The artifact under its build key, for every other tool; before the entry (the index) is.
             artifact = self._get_manifest(subject["digest"], MAX_PEEK)
             if artifact is None:
@@ -394,29 +412,43 @@ class OCIRemote(Remote):
         manifest = _canonical(doc)
         r = self._put_manifest(self.object_tag(key), manifest)
         if subject is not None and not r.header("oci-subject"):
-            self._add_referrer(subject["digest"], _descriptor(MANIFEST, manifest, artifactType=media_type,
-                                                               annotations={KEY_ANNOTATION: key}))
+            self._edit_referrers(subject["digest"], add=_descriptor(MANIFEST, manifest, artifactType=media_type,
+                                                                    annotations={KEY_ANNOTATION: key}))
         self._register(key, len(data))
 
-    def _add_referrer(self, subject: str, descriptor: dict[str, Any]) -> None:
+    def _edit_referrers(self, subject: str, add: dict[str, Any] | None = None, drop: str | None = None) -> None:
         """The referrers tag schema (distribution-spec v1.1, for registries without the referrers API):
         an image index tagged ``sha256-<hex>`` listing the manifests whose subject is ``subject``.
-        Read by other tools (oras discover); Kiln itself reads its directory indexes."""
+        Read by other tools (oras discover); Kiln itself reads its directory indexes. Adds ``add``
+        (replacing an older manifest of the same object) or drops the manifest ``drop``."""
         tag = subject.replace(":", "-")
         for _ in range(self.INDEX_ATTEMPTS):
+            started = time.monotonic()
             current = self._get_manifest(tag, MAX_DIRECTORY, accept=IMAGE_INDEX)
+            if current is None and add is None:
+                return
             try:
                 index = json.loads(current) if current else {"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": []}
                 listed = [d for d in index["manifests"] if isinstance(d, dict)]
             except (ValueError, KeyError, TypeError):
-                return  # not an index Kiln can extend: leave another tool's tag alone (the spec says report and skip)
-            if any(d.get("digest") == descriptor["digest"] for d in listed):
+                return  # not an index Kiln can extend: leave another tool's tag alone (the spec: report and skip)
+            if add is not None and any(d.get("digest") == add["digest"] for d in listed):
                 return
-            index["manifests"] = [d for d in listed
-                                  if d.get("annotations", {}).get(KEY_ANNOTATION) != descriptor["annotations"][KEY_ANNOTATION]]
-            index["manifests"].append(descriptor)
-            self._put_manifest(tag, _canonical(index), IMAGE_INDEX)
-            time.sleep(random.uniform(0.005, 0.03))
+            if add is None and not any(d.get("digest") == drop for d in listed):
+                return
+            key = (add or {}).get("annotations", {}).get(KEY_ANNOTATION)
+            kept = [d for d in listed if d.get("digest") != drop
+                    and (key is None or d.get("annotations", {}).get(KEY_ANNOTATION) != key)]
+            index["manifests"] = kept + ([add] if add else [])
+            r = self.client.request("PUT", self._manifest(tag), body=_canonical(index), headers={"content-type": IMAGE_INDEX})
+            if r.status != 201:
+                if r.status != 400:
+                    raise self._fail("write", f"referrers index {tag}", r)
+                # distribution refuses an index naming a manifest it no longer holds (one deleted
+                # by hand, or by another gc): drop those and write again.
+                index["manifests"] = [d for d in index["manifests"] if d is add or self._manifest_size(str(d.get("digest"))) is not None]
+                self._put_manifest(tag, _canonical(index), IMAGE_INDEX)
+            settle(time.monotonic() - started)  # then re-read: a concurrent writer may have replaced it
 
     # ------------------------------------------------------------------ directory indexes
 
@@ -458,6 +490,7 @@ class OCIRemote(Remote):
             return name in entries and entries[name].get("size") == value.get("size")
 
         for _ in range(self.INDEX_ATTEMPTS):
+            started = time.monotonic()
             entries = self._read_directory(directory)
             if holds(entries):
                 return
@@ -466,23 +499,59 @@ class OCIRemote(Remote):
             else:
                 entries[name] = value
             self._write_directory(directory, entries)
-            time.sleep(random.uniform(0.005, 0.05))  # let a concurrent writer's update land, then check ours held
+            settle(time.monotonic() - started)
             if holds(self._read_directory(directory)):
                 return
         raise self.error(f"the directory index of {directory} in {self.describe()} kept changing under concurrent "
                          f"writers ({self.INDEX_ATTEMPTS} attempts); push again.")
 
     def _register(self, key: str, size: int) -> None:
-        """List ``key`` in its directory, then each directory in its parent (bottom-up: a parent
-        names a directory only once that holds something)."""
+        """List ``key`` in its directory, then each directory in its parent, bottom-up (a parent names
+        a directory only once that holds something). Every level is checked, not only the first: a
+        push killed between two levels left the upper ones unlisted."""
         parts = key.split("/")
         now = round(time.time(), 3)
         self._update_directory("/".join(parts[:-1]) + "/", parts[-1], {"size": size, "added": now})
         for depth in range(len(parts) - 2, 0, -1):
-            parent, child = "/".join(parts[:depth]) + "/", parts[depth] + "/"
-            if child in self._read_directory(parent):
-                return  # listed already, and so are its parents
-            self._update_directory(parent, child, {"size": 0, "added": now})
+            self._update_directory("/".join(parts[:depth]) + "/", parts[depth] + "/", {"size": 0, "added": now})
+
+    def _tags(self) -> Iterator[str]:
+        """Every tag of the repository: the registry's own record, race-free (pages followed by ``Link``)."""
+        path: str | None = f"/v2/{self.repository}/tags/list?n=1000"
+        for _ in range(10_000):
+            if path is None:
+                return
+            r = self.client.request("GET", path, max_bytes=MAX_DIRECTORY)
+            if r.status == 404:
+                return  # a repository nothing was pushed to yet
+            if r.status != 200:
+                raise self._fail("list", "tags", r)
+            try:
+                tags = json.loads(r.body).get("tags") or []
+            except (ValueError, AttributeError):
+                raise self.error(f"registry {self.host} answered a tag list that is not JSON.") from None
+            yield from (t for t in tags if isinstance(t, str))
+            link = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', r.header("link") or "")
+            path = link.group(1) if link else None
+
+    def repair_listings(self) -> int:
+        """List again every object whose directory listing was lost (a push killed between an object
+        and its listing, or two index updates at the very same instant), found through the tag list."""
+        listed = {info.key for info in self.list("")}
+        relisted = 0
+        for tag in self._tags():
+            if not tag.startswith("k-"):
+                continue
+            data = self._get_manifest(tag, MAX_OBJECT_MANIFEST)
+            try:
+                doc = json.loads(data or b"")
+                key, size = str(doc["annotations"][KEY_ANNOTATION]), int(doc["layers"][0]["size"])
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue  # not Kiln's: none of its business
+            if self.object_tag(key) == tag and key not in listed:
+                self._register(key, size)
+                relisted += 1
+        return relisted
 
     # ------------------------------------------------------------------ the Remote interface
 
@@ -590,6 +659,8 @@ class OCIRemote(Remote):
         digest = r.header("docker-content-digest")
         if r.status != 200 or not digest:
             raise self._fail("find", f"object {key}", r)
+        if m := _SIGNATURE_KEY.fullmatch(key):  # out of the referrers tag too, so that index stays writable
+            self._edit_referrers("sha256:" + m.group(1), drop=digest)
         r = self.client.request("DELETE", self._manifest(digest))
         if r.status not in (202, 404):
             raise self._fail("delete", f"object {key}", r)
