@@ -45,7 +45,7 @@ class KilnGroup(click.Group):
 @click.option("--store", "store_path", type=click.Path(path_type=Path), envvar="KILN_HOME",
               help="Local store directory [env: KILN_HOME; default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].")
 @click.option("--remote", "remote_url", envvar="KILN_REMOTE", metavar="URL",
-              help="Shared store: s3://BUCKET/PREFIX[?endpoint=URL] or a path [env: KILN_REMOTE].")
+              help="Shared store: oci://HOST/REPOSITORY, s3://BUCKET/PREFIX[?endpoint=URL] or a path [env: KILN_REMOTE].")
 @click.option("--trust-policy", "trust_policy", type=click.Path(path_type=Path), envvar="KILN_TRUST_POLICY",
               metavar="FILE", help="Serve only artifacts this YAML policy trusts (require: signed; keys, models, "
                                    "remotes) [env: KILN_TRUST_POLICY].")

@@ -286,7 +286,7 @@ def remote_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--remote URL`` after the subcommand (``kiln lookup … --remote URL``), as well as before it."""
     return click.option(
         "--remote", metavar="URL", expose_value=False, callback=_remote_url_given,
-        help="Shared store: s3://BUCKET/PREFIX[?endpoint=URL] or a path [default: the --remote before the "
+        help="Shared store: oci://HOST/REPOSITORY, s3://BUCKET/PREFIX[?endpoint=URL] or a path [default: the --remote before the "
              "command, else $KILN_REMOTE].",
     )(f)
 
