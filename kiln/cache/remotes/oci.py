@@ -52,7 +52,7 @@ from ...errors import RemoteError
 from .._fsutil import unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
-from ._bounded import Sink
+from ._bounded import FileSlice, Sink
 from ._oci_auth import find_credentials
 from ._oci_client import RegistryClient, Response
 
@@ -190,8 +190,8 @@ class OCIRemote(Remote):
 
     # ------------------------------------------------------------------ registry paths and errors
 
-    def _blob(self, digest: str, repository: str | None = None) -> str:
-        return f"/v2/{repository or self.repository}/blobs/{digest}"
+    def _blob(self, digest: str) -> str:
+        return f"/v2/{self.repository}/blobs/{digest}"
 
     def _manifest(self, reference: str) -> str:
         return f"/v2/{self.repository}/manifests/{quote(reference, safe=':')}"
@@ -287,8 +287,6 @@ class OCIRemote(Remote):
             start = offset
 
             def body(start: int = start, length: int = length) -> Any:
-                from ._bounded import FileSlice
-
                 return FileSlice(path, start, length)
 
             r = self.client.request("PATCH", where, body=body, budget=self._budget(length), headers={
