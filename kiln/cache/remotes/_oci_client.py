@@ -187,7 +187,15 @@ class RegistryClient:
             if r.status != 401:
                 return r
             if round_ == 1:
-                raise Unauthorized(self._refused(self.credentials(), f"asked for {url.split('?')[0].removeprefix(self.base)}"))
+                _, challenge = parse_challenge(r.header("www-authenticate") or "")
+                creds = self.credentials()
+                if challenge.get("error") == "insufficient_scope" and creds is not None:
+                    # Accepted, but not for this: a token without push (or pull) rights on the repository.
+                    raise Unauthorized(
+                        f"registry {self.host} accepted user {creds.username!r} (from {creds.source}) but not for "
+                        f"{challenge.get('scope') or 'this request'} (insufficient_scope): that user may not "
+                        f"{'push to' if method in ('PUT', 'POST', 'PATCH', 'DELETE') else 'pull from'} {self.describe}.")
+                raise Unauthorized(self._refused(creds, f"asked for {url.split('?')[0].removeprefix(self.base)}"))
             self._authenticate(r.header("www-authenticate"), left())
         raise AssertionError("unreachable")
 
