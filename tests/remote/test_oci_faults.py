@@ -532,6 +532,8 @@ def test_registry_with_deletes_disabled_refuses_clearly(model: Path, tmp_path: P
             assert what in str(e.value) and reg.host in str(e.value), e.value
         assert remote.get("models/org/name.json", 1 << 10) == data  # still there, whole
         assert remote.stat(blob) == len(data)
+        # ... and still listed: a refused delete gives the listing back.
+        assert [i.key for i in remote.list("models/")] == ["models/org/name.json"]
     finally:
         reg.stop()
 
@@ -596,3 +598,54 @@ def test_hostile_manifest_in_the_registry_is_refused(hostile: str, oci_registry:
     _no_downloads_left(home)
     stored = sum(p.stat().st_size for p in home.rglob("*") if p.is_file()) if home.exists() else 0
     assert stored < 4 << 20, f"{stored} bytes landed in the deploying store"
+
+
+def test_a_dropped_connection_on_a_read_is_tried_again(oci_registry: Registry, tmp_path: Path) -> None:
+    """A stand-in proxy in front of the real registry drops the first connection (closes it
+    unanswered), then forwards: an idempotent GET succeeds on its next attempt."""
+    import socket
+    import threading
+
+    upstream = ("127.0.0.1", oci_registry.port)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    seen = [0]
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while chunk := a.recv(65536):
+                b.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s_ in (a, b):
+                try:
+                    s_.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            seen[0] += 1
+            if seen[0] == 1:
+                conn.close()  # dropped, unanswered
+                continue
+            up = socket.create_connection(upstream)
+            threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
+            threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        direct = open_remote(oci_registry.url("kiln/retry"))
+        direct.put("models/org/r.json", b"{}")
+        proxied = open_remote(f"oci://127.0.0.1:{port}/kiln/retry?plain-http=true")
+        assert proxied.stat("blobs/sha256/" + hashlib.sha256(b"{}").hexdigest()) == 2
+        assert seen[0] >= 2, "the first connection was dropped and a second one made"
+    finally:
+        listener.close()

@@ -31,13 +31,17 @@ from ...errors import RemoteError
 from ._bounded import DeadlineExceeded, run_bounded
 from ._oci_auth import Credentials
 
-__all__ = ["Response", "RegistryClient", "Unauthorized"]
+__all__ = ["ConnectionFailed", "Response", "RegistryClient", "Unauthorized"]
 
 Body = bytes | Callable[[], IO[bytes]] | None
 
 
 class Unauthorized(RemoteError):
     """The registry refused (or asked for) credentials: 401 after the auth flow."""
+
+
+class ConnectionFailed(RemoteError):
+    """No answer at all (refused, reset, dropped): an idempotent request is tried again."""
 
 
 @dataclass
@@ -171,8 +175,13 @@ class RegistryClient:
         url = path if "://" in path else self.base + path
         tries = self.ATTEMPTS if method in ("GET", "HEAD") and sink is None else 1
         for attempt in range(tries):
-            r = self._authorized(method, url, dict(headers or {}), body, left, max_bytes, sink)
-            if r.status < 500 or attempt == tries - 1:
+            try:
+                r = self._authorized(method, url, dict(headers or {}), body, left, max_bytes, sink)
+            except ConnectionFailed:
+                if attempt == tries - 1 or left() <= 0:
+                    raise
+                r = None
+            if r is not None and (r.status < 500 or attempt == tries - 1):
                 return r
             time.sleep(min(0.5 * (attempt + 1), max(left(), 0)))
         raise AssertionError("unreachable")
@@ -262,5 +271,5 @@ class RegistryClient:
             if isinstance(e, TimeoutError) or "timed out" in str(e):
                 raise RemoteError(f"registry {parsed.netloc} did not answer within {self.timeout:g} s ({method} for "
                                   f"{self.describe}): is it up? (?timeout=SECONDS or KILN_OCI_TIMEOUT waits longer.)") from None
-            raise RemoteError(f"cannot reach registry {parsed.netloc} ({type(e).__name__}: {e}) for {self.describe}: "
-                              "is it up, and is the URL right?") from None
+            raise ConnectionFailed(f"cannot reach registry {parsed.netloc} ({type(e).__name__}: {e}) for {self.describe}: "
+                                   "is it up, and is the URL right?") from None

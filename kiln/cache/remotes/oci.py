@@ -648,17 +648,20 @@ class OCIRemote(Remote):
                 raise self._fail("delete", f"blob sha256:{m.group(1)}", r)
             return
         # Unlist it first (a reader that lists finds no name without its object), then delete its
-        # manifest by digest (registries delete manifests by digest; its tag goes with it).
+        # manifest by digest (registries delete manifests by digest; its tag goes with it). A
+        # registry that refuses the delete gets the listing back before the error is raised.
+        doc = self._read_object_manifest(key)
+        if doc is None:
+            return
+        r = self.client.request("HEAD", self._manifest(self.object_tag(key)), headers={"accept": MANIFEST})
+        digest = r.header("docker-content-digest") if r.status == 200 else None
+        if not digest:
+            raise self._fail("find", f"object {key}", r)
         directory, _, name = key.rpartition("/")
         self._update_directory(directory + "/", name, None)
-        r = self.client.request("HEAD", self._manifest(self.object_tag(key)), headers={"accept": MANIFEST})
-        if r.status == 404:
-            return
-        digest = r.header("docker-content-digest")
-        if r.status != 200 or not digest:
-            raise self._fail("find", f"object {key}", r)
-        if m := _SIGNATURE_KEY.fullmatch(key):  # out of the referrers tag too, so that index stays writable
-            self._edit_referrers("sha256:" + m.group(1), drop=digest)
         r = self.client.request("DELETE", self._manifest(digest))
         if r.status not in (202, 404):
+            self._register(key, int(doc["layers"][0]["size"]))
             raise self._fail("delete", f"object {key}", r)
+        if m := _SIGNATURE_KEY.fullmatch(key):  # out of the referrers tag too, so that index stays writable
+            self._edit_referrers("sha256:" + m.group(1), drop=digest)
