@@ -571,3 +571,34 @@ def test_identity_token_from_docker_config_is_exchanged_as_an_oauth2_refresh_tok
     line = one_line_error(r)
     assert "refused" in line and "401" in line and "identitytoken" in line
     assert REFRESH not in r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------- Amazon ECR
+
+
+def test_ecr_hosts_get_a_token_from_the_aws_credential_chain(moto_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ECR host name is answered with ECR's GetAuthorizationToken through boto3 and the AWS chain
+    (moto's ECR on loopback stands in for the service; no ECR registry is reachable here): the
+    user and password are what the token decodes to, and repr never shows the password."""
+    pytest.importorskip("boto3")
+    from kiln.cache.remotes._oci_auth import find_credentials
+    from tests.remote.conftest import aws_env
+
+    aws_env(monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    import boto3
+
+    token = boto3.client("ecr", region_name="eu-west-1").get_authorization_token()["authorizationData"][0]
+    user, _, password = base64.b64decode(token["authorizationToken"]).decode().partition(":")
+    creds = find_credentials("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+    assert creds is not None and (creds.username, creds.secret) == (user, password)
+    assert "ECR" in creds.source and password not in repr(creds)
+    # Not an ECR host: no AWS call, anonymous.
+    assert find_credentials("registry.example.com") is None
+    # No AWS credentials at all: one clear error, no token, no traceback.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    from kiln.errors import RemoteError
+
+    with pytest.raises(RemoteError, match="cannot get an ECR token .* from the AWS credential chain"):
+        find_credentials("123456789012.dkr.ecr.eu-west-1.amazonaws.com")

@@ -154,7 +154,7 @@ def _ecr_token(registry: str, region: str) -> Credentials:
         raise RemoteError(f"{registry} is Amazon ECR: its token comes from boto3 (pip install 'kiln-engines[s3]'), "
                           "or give credentials in the docker config (aws ecr get-login-password | docker login).") from None
     try:
-        answer = boto3.client("ecr", region_name=region).get_authorization_token()
+        answer = boto3.session.Session().client("ecr", region_name=region).get_authorization_token()
         token = answer["authorizationData"][0]["authorizationToken"]
         user, _, password = base64.b64decode(token).decode().partition(":")
     except Exception as e:  # botocore's many errors: name the kind only (never the token)
