@@ -249,12 +249,18 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
     manifest = store.check_artifact(entry)  # never spread a damaged artifact
     if not replace_signed and not store.signatures_of(entry):
         _refuse_unsigning(remote, entry)
+    manifest_size = store.blob_path(entry.manifest).stat().st_size
+    if remote.max_manifest_bytes is not None and manifest_size > remote.max_manifest_bytes:
+        raise RemoteError(  # before a byte moves: the registry would refuse the manifest after all the files
+            f"artifact {entry.key[:12]}'s manifest is {manifest_size} bytes ({len(manifest.files)} files), over the "
+            f"{remote.max_manifest_bytes >> 20} MiB that {remote.describe()} stores as a manifest (registries' limit): "
+            "push it to an S3 or file remote, or pack its many small files into fewer.")
     result = PushResult(entry)
     files = {f.digest: f.size for f in manifest.files}
     count = threading.Lock()  # the counters are updated from the upload threads
     skipped: set[str] = set()
 
-    def send(item: tuple[str, int]) -> None:
+    def send(item: tuple[str, int], as_manifest: bool = False) -> None:
         digest, size = item
         k = blob_key(digest)
         if remote.stat(k) == size:
@@ -265,7 +271,7 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
             if progress:
                 progress(size)
             return
-        remote.upload(store.blob_path(digest), k, progress)
+        (remote.upload_manifest if as_manifest else remote.upload)(store.blob_path(digest), k, progress)
         with count:
             result.uploaded += 1
             result.uploaded_bytes += size
@@ -274,7 +280,7 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
         list(pool.map(send, sorted(files.items(), key=lambda kv: -kv[1])))
     # Record, then manifest: what an index entry points at must exist before the entry.
     send((manifest.config.digest, manifest.config.size))
-    send((entry.manifest, store.blob_path(entry.manifest).stat().st_size))
+    send((entry.manifest, manifest_size), as_manifest=True)
     # The model record (a Hub model's files, commit and config): a machine without the weights
     # finds the entry through it, so it lands before the entry.
     push_model_records(store.model_records, remote, entry.model.get("repo_id"), entry.model.get("commit"))
@@ -284,11 +290,10 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
     # A remote gc may have deleted an old, then-unreferenced blob that this push found and
     # skipped, between the check and the entry. Look once more and restore what is gone, so
     # the artifact this push announced is complete when it returns.
-    all_blobs = {**files, manifest.config.digest: manifest.config.size,
-                 entry.manifest: store.blob_path(entry.manifest).stat().st_size}
+    all_blobs = {**files, manifest.config.digest: manifest.config.size, entry.manifest: manifest_size}
     for digest, size in all_blobs.items():
         if remote.stat(blob_key(digest)) != size:
-            remote.upload(store.blob_path(digest), blob_key(digest))
+            (remote.upload_manifest if digest == entry.manifest else remote.upload)(store.blob_path(digest), blob_key(digest))
             if digest in skipped:  # counted as already there; it was not, after all
                 result.skipped -= 1
                 result.skipped_bytes -= size

@@ -119,7 +119,6 @@ def find_entry(store: Store, remote: Remote | None, model_hex: str, key: str,
 # --------------------------------------------------------------------------- by key alone
 
 MIN_KEY_PREFIX = 12  # 48 bits: a deployment's pin cannot name another build by accident
-_ENTRY_NAME = re.compile(r"index/([0-9a-f]{64})/([0-9a-f]{64})\.json")
 
 
 def key_prefix(ref: str, min_digits: int = MIN_KEY_PREFIX) -> str:
@@ -165,8 +164,7 @@ def find_by_key(store: Store, remote: Remote | None, ref: str) -> Found:
         if local:
             names = [(local[0].model_hex, local[0].key)]
         else:  # the names alone say which entries to read: the remote's index is not read whole
-            names = sorted({(m.group(1), m.group(2)) for info in remote.list("index/")
-                            if (m := _ENTRY_NAME.fullmatch(info.key)) and m.group(2).startswith(wanted)})
+            names = remote.entry_names(wanted)
             if len({key for _, key in names}) > 1:
                 raise ambiguous_key(wanted, (key for _, key in names), remote.describe())
         for model_hex, key in names:

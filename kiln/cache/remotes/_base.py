@@ -23,6 +23,7 @@ Its own module (not the package ``__init__``) so that the backends can subclass 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +32,9 @@ from ..._redact import redact
 from ...errors import RemoteError
 from .._progress import Progress
 
-__all__ = ["ObjectInfo", "Remote"]
+__all__ = ["ENTRY_NAME", "ObjectInfo", "Remote"]
+
+ENTRY_NAME = re.compile(r"index/([0-9a-f]{64})/([0-9a-f]{64})\.json")  # index/<model hex>/<build key>.json
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Remote(ABC):
 
     url: str
     lists_blobs = True  # False where the service cannot list blobs (OCI registries): remote gc leaves them alone
+    max_manifest_bytes: int | None = None  # the largest manifest the service stores, where it has a limit
 
     def describe(self) -> str:
         return redact(self.url.split("?", 1)[0])
@@ -84,6 +88,18 @@ class Remote(ABC):
     @abstractmethod
     def upload(self, path: Path, key: str, progress: Progress | None = None) -> None:
         """Upload a file as one object, atomically (large files in parallel parts)."""
+
+    def upload_manifest(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        """Upload an artifact's manifest blob (a push's, never any other file): where the service
+        knows manifests (OCI registries), it is stored as one too."""
+        self.upload(path, key, progress)
+
+    def entry_names(self, key_prefix: str) -> list[tuple[str, str]]:
+        """(model hex, build key) of every index entry whose key starts with ``key_prefix``.
+        From the listing here; a remote that can find a full key without one (an OCI registry's
+        build-key tag) also finds entries a lost listing no longer names."""
+        return sorted({(m.group(1), m.group(2)) for info in self.list("index/")
+                       if (m := ENTRY_NAME.fullmatch(info.key)) and m.group(2).startswith(key_prefix)})
 
     @abstractmethod
     def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:

@@ -30,10 +30,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ...errors import RemoteError
+from ._bounded import DeadlineExceeded, run_bounded
 
 __all__ = ["Credentials", "find_credentials"]
 
 HELPER_TIMEOUT_S = 30.0
+ECR_DEADLINE_S = 60.0
 MAX_CONFIG_BYTES = 1 << 20
 _ECR_HOST = re.compile(r"^\d{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
@@ -68,9 +70,15 @@ def docker_config_path() -> Path:
     return (Path(base) if base else Path.home() / ".docker") / "config.json"
 
 
+# Docker Hub's names: `docker login` files its credentials under https://index.docker.io/v1/, skopeo
+# under docker.io, and the API is served by registry-1.docker.io (docker/cli registry.IndexServer).
+_DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+
+
 def _same_registry(key: str, registry: str) -> bool:
-    host = urlparse(key).netloc if "://" in key else key.split("/", 1)[0]
-    return host.lower() == registry.lower()
+    host = (urlparse(key).netloc if "://" in key else key.split("/", 1)[0]).lower()
+    registry = registry.lower()
+    return host == registry or (host in _DOCKER_HUB and registry in _DOCKER_HUB)
 
 
 def _from_docker_config(registry: str) -> Credentials | None:
@@ -154,9 +162,12 @@ def _ecr_token(registry: str, region: str) -> Credentials:
         raise RemoteError(f"{registry} is Amazon ECR: its token comes from boto3 (pip install 'kiln-engines[s3]'), "
                           "or give credentials in the docker config (aws ecr get-login-password | docker login).") from None
     try:
-        answer = boto3.session.Session().client("ecr", region_name=region).get_authorization_token()
+        client = boto3.session.Session().client("ecr", region_name=region)
+        answer = run_bounded(client.get_authorization_token, ECR_DEADLINE_S)
         token = answer["authorizationData"][0]["authorizationToken"]
         user, _, password = base64.b64decode(token).decode().partition(":")
+    except DeadlineExceeded:
+        raise RemoteError(f"ECR did not give a token for {registry} within {ECR_DEADLINE_S:g} s.") from None
     except Exception as e:  # botocore's many errors: name the kind only (never the token)
         raise RemoteError(f"cannot get an ECR token for {registry} from the AWS credential chain "
                           f"({type(e).__name__}); set AWS credentials or log in with the docker config.") from None

@@ -57,12 +57,16 @@ class Response:
         """The OCI error code(s) of an error body (``{"errors": [{"code": …}]}``), or the status."""
         try:
             errors = json.loads(self.body)["errors"]
+            # Codes only as the spec spells them: a registry's text never reaches the terminal raw.
             codes = [str(e.get("code")) for e in errors if isinstance(e, dict)][:3]
+            codes = [c if _ERROR_CODE.fullmatch(c) else "?" for c in codes]
             return ", ".join(codes) or str(self.status)
         except (ValueError, KeyError, TypeError, AttributeError):
             return str(self.status)
 
 
+_PRINTABLE_SCOPE = re.compile(r"[\w:/.,*@ -]{1,256}")
+_ERROR_CODE = re.compile(r"[A-Z0-9_]{1,64}")
 _CHALLENGE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 
@@ -186,37 +190,52 @@ class RegistryClient:
             time.sleep(min(0.5 * (attempt + 1), max(left(), 0)))
         raise AssertionError("unreachable")
 
+    def _own(self, url: str) -> bool:
+        """Whether ``url`` is the registry itself (scheme and host): only it gets the registry's
+        credentials. Upload locations, tag-list links and redirects may name other hosts
+        (storage, CDNs), and those get none (as docker and containerd do)."""
+        parsed = urlparse(url)
+        return parsed.scheme == self.scheme and parsed.netloc.lower() == self.host.lower()
+
     def _authorized(self, method: str, url: str, headers: dict[str, str], body: Body, left: Callable[[], float],
                     max_bytes: int, sink: Callable[[bytes], None] | None) -> Response:
         for round_ in range(2):
             sent = dict(headers)
-            if self._auth:
+            if self._auth and self._own(url):
                 sent["authorization"] = self._auth
-            r = self._follow(method, url, sent, body, left, max_bytes, sink)
+            r, answered_by = self._follow(method, url, sent, body, left, max_bytes, sink)
             if r.status != 401:
                 return r
+            if not self._own(answered_by):
+                # Another host's challenge (a redirect target, an upload location elsewhere) is not
+                # the registry's: answering it would hand the registry's credentials to that host.
+                raise Unauthorized(f"{urlparse(answered_by).netloc}, where registry {self.host} sent Kiln for "
+                                   f"{self.describe}, answered 401; Kiln gives the registry's credentials to no other host.")
             if round_ == 1:
                 _, challenge = parse_challenge(r.header("www-authenticate") or "")
                 creds = self.credentials()
                 if challenge.get("error") == "insufficient_scope" and creds is not None:
                     # Accepted, but not for this: a token without push (or pull) rights on the repository.
+                    scope = challenge.get("scope") or ""
                     raise Unauthorized(
                         f"registry {self.host} accepted user {creds.username!r} (from {creds.source}) but not for "
-                        f"{challenge.get('scope') or 'this request'} (insufficient_scope): that user may not "
-                        f"{'push to' if method in ('PUT', 'POST', 'PATCH', 'DELETE') else 'pull from'} {self.describe}.")
+                        f"{scope if _PRINTABLE_SCOPE.fullmatch(scope) else 'this request'} (insufficient_scope): "
+                        f"that user may not {'push to' if method in ('PUT', 'POST', 'PATCH', 'DELETE') else 'pull from'} "
+                        f"{self.describe}.")
                 raise Unauthorized(self._refused(creds, f"asked for {url.split('?')[0].removeprefix(self.base)}"))
             self._authenticate(r.header("www-authenticate"), left())
         raise AssertionError("unreachable")
 
     def _follow(self, method: str, url: str, headers: dict[str, str], body: Body, left: Callable[[], float],
-                max_bytes: int, sink: Callable[[bytes], None] | None) -> Response:
+                max_bytes: int, sink: Callable[[bytes], None] | None) -> tuple[Response, str]:
+        """The response, and the URL that gave it (after redirects)."""
         for _ in range(self.MAX_REDIRECTS + 1):
             r = self._send(method, url, headers, body, left(), max_bytes, sink, redirects=True)
             if r.status not in (301, 302, 303, 307, 308) or method not in ("GET", "HEAD"):
-                return r
+                return r, url
             target = urljoin(url, r.header("location") or "")
-            if urlparse(target).netloc != urlparse(url).netloc:
-                headers = {k: v for k, v in headers.items() if k != "authorization"}  # storage redirects: no registry token
+            if not self._own(target):  # storage redirects (and https -> http downgrades): no registry token
+                headers = {k: v for k, v in headers.items() if k != "authorization"}
             url = target
         raise RemoteError(f"registry {self.host} redirected more than {self.MAX_REDIRECTS} times for {self.describe}.")
 

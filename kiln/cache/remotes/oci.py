@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import parse_qs, quote, urlparse
 
-from ...errors import RemoteError
+from ...errors import KilnError, RemoteError
+from ...manifests import MAX_CONFIG_BYTES, Manifest, entry_from_record, parse_record
 from .._fsutil import unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
@@ -69,14 +70,16 @@ KEY_ANNOTATION = "org.kiln.key"
 TITLE = "org.opencontainers.image.title"
 MAX_OBJECT_MANIFEST = 64 << 10
 MAX_DIRECTORY = 16 << 20
-MAX_PEEK = 4 << 20  # an uploaded blob up to this size is checked for being a Kiln manifest
 
 _BLOB_KEY = re.compile(r"blobs/sha256/([0-9a-f]{64})")
+_KEY = re.compile(r"[0-9a-f]{64}")
 _ENTRY_KEY = re.compile(r"index/([0-9a-f]{64})/([0-9a-f]{64})\.json")
 _SIGNATURE_KEY = re.compile(r"signatures/([0-9a-f]{64})/[^/]+")
 # distribution-spec: <name> components and the whole, lower case.
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
 _TRUE = ("1", "true", "yes", "on")
+_NAME = re.compile(r"(?!\.\.?/?$)[^/\x00-\x1f]{1,255}/?")  # one listing name: a file, or a directory with "/"
+MAX_DEPTH = 4  # index/<model>/<key>.json, signatures/<hex>/<fp>.sig, models/<repo>/revisions/<rev>/<commit>.json
 
 
 def _media_type(key: str) -> str:
@@ -139,7 +142,11 @@ class OCIRemote(Remote):
     DEADLINE = 60.0
     MIN_RATE = 1 << 20  # bytes/s: a transfer's deadline is DEADLINE + size / MIN_RATE
     INDEX_ATTEMPTS = 8  # read-modify-write rounds of a directory index under contention
+    MAX_TAG_PAGES = 1000  # of up to 1000 tags each
     lists_blobs = False  # the distribution API has no blob listing: remote gc leaves blobs to the registry's own gc
+    # distribution refuses larger manifest bodies (registry/handlers/manifests.go maxManifestBodySize,
+    # v2.8.2), and so do ECR, GHCR and Docker Hub: a push checks before a byte moves.
+    max_manifest_bytes = 4 << 20
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -148,7 +155,14 @@ class OCIRemote(Remote):
             raise self.error(f"remote {url!r} carries credentials in the URL; Kiln reads registry credentials from the "
                              "docker config (docker login / skopeo login), a credential helper, or KILN_OCI_USERNAME and "
                              "KILN_OCI_PASSWORD. Remove them from the URL.")
-        self.host = (parsed.hostname or "").lower() + (f":{parsed.port}" if parsed.port else "")
+        try:
+            port = parsed.port
+        except ValueError:
+            raise self.error(f"remote {url!r} has a port that is not a number from 1 to 65535; "
+                             "write oci://HOST[:PORT]/REPOSITORY.") from None
+        hostname = (parsed.hostname or "").lower()
+        # An IPv6 literal keeps its brackets, as URLs, docker config keys and trust policies write it.
+        self.host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{port}" if port else "")
         self.repository = parsed.path.strip("/")
         if not parsed.hostname or not self.repository:
             raise self.error(f"remote {url!r} names no registry and repository; write oci://HOST[:PORT]/REPOSITORY.")
@@ -403,7 +417,7 @@ class OCIRemote(Remote):
                              "written after its artifact, never before.")
         if m and subject is not None:
             # The artifact under its build key, for every other tool; before the entry (the index) is.
-            artifact = self._get_manifest(subject["digest"], MAX_PEEK)
+            artifact = self._get_manifest(subject["digest"], self.max_manifest_bytes)
             if artifact is None:
                 raise self.error(f"manifest {subject['digest']} vanished from {self.describe()} during the push.")
             self._put_manifest(m.group(2), artifact)
@@ -465,7 +479,12 @@ class OCIRemote(Remote):
             listing = json.loads(body)
             if listing["directory"] != directory or not isinstance(listing["entries"], dict):
                 raise ValueError
-            return {str(k): v for k, v in listing["entries"].items() if isinstance(v, dict)}
+            entries = listing["entries"]
+            for name, info in entries.items():  # every name one segment (a directory's with its "/")
+                if not (_NAME.fullmatch(name) and isinstance(info, dict) and type(info.get("size")) is int
+                        and info["size"] >= 0 and type(info.get("added")) in (int, float)):
+                    raise ValueError
+            return entries
         except (ValueError, KeyError, TypeError):
             raise self.error(f"the directory index of {directory} in {self.describe()} (tag "
                              f"{self.directory_tag(directory)}) is damaged; refusing it. Pushing again rewrites it.") from None
@@ -485,7 +504,11 @@ class OCIRemote(Remote):
         def holds(entries: dict[str, dict[str, Any]]) -> bool:
             if value is None:
                 return name not in entries
-            return name in entries and entries[name].get("size") == value.get("size")
+            have = entries.get(name)
+            # An object put again is as young as this put (remote gc's grace counts from it, as from
+            # an S3 object's LastModified); a directory keeps its first time (value["added"] is None).
+            return have is not None and have["size"] == value["size"] and (
+                value["added"] is None or have["added"] >= value["added"])
 
         for _ in range(self.INDEX_ATTEMPTS):
             started = time.monotonic()
@@ -495,7 +518,7 @@ class OCIRemote(Remote):
             if value is None:
                 entries.pop(name, None)
             else:
-                entries[name] = value
+                entries[name] = {**value, "added": value["added"] if value["added"] is not None else round(time.time(), 3)}
             self._write_directory(directory, entries)
             settle(time.monotonic() - started)
             if holds(self._read_directory(directory)):
@@ -511,14 +534,16 @@ class OCIRemote(Remote):
         now = round(time.time(), 3)
         self._update_directory("/".join(parts[:-1]) + "/", parts[-1], {"size": size, "added": now})
         for depth in range(len(parts) - 2, 0, -1):
-            self._update_directory("/".join(parts[:depth]) + "/", parts[depth] + "/", {"size": 0, "added": now})
+            self._update_directory("/".join(parts[:depth]) + "/", parts[depth] + "/", {"size": 0, "added": None})
 
     def _tags(self) -> Iterator[str]:
         """Every tag of the repository: the registry's own record, race-free (pages followed by ``Link``)."""
         path: str | None = f"/v2/{self.repository}/tags/list?n=1000"
-        for _ in range(10_000):
-            if path is None:
+        seen: set[str] = set()
+        for _ in range(self.MAX_TAG_PAGES):
+            if path is None or path in seen:  # the end, or a link back to a page already read
                 return
+            seen.add(path)
             r = self.client.request("GET", path, max_bytes=MAX_DIRECTORY)
             if r.status == 404:
                 return  # a repository nothing was pushed to yet
@@ -528,9 +553,36 @@ class OCIRemote(Remote):
                 tags = json.loads(r.body).get("tags") or []
             except (ValueError, AttributeError):
                 raise self.error(f"registry {self.host} answered a tag list that is not JSON.") from None
+            if not tags:
+                return
             yield from (t for t in tags if isinstance(t, str))
             link = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', r.header("link") or "")
             path = link.group(1) if link else None
+
+    def entry_names(self, key_prefix: str) -> list[tuple[str, str]]:
+        """A full build key is found by its tag, listed or not (a lost listing must not turn a
+        deployment's exact ``--key`` into a miss): the tag names the manifest, whose build record
+        names the model. A prefix is found in the listings."""
+        if not _KEY.fullmatch(key_prefix):
+            return super().entry_names(key_prefix)
+        names = set(super().entry_names(key_prefix))
+        try:
+            data = self._get_manifest(key_prefix, self.max_manifest_bytes)
+        except RemoteError:
+            data = None  # a damaged tag: the listed entry's pull says precisely what is wrong
+        if data is None:
+            return sorted(names)
+        try:
+            config = json.loads(data)["config"]
+            record = self._get_blob(str(config["digest"]), MAX_CONFIG_BYTES)
+            if record is None or _sha(record) != config["digest"]:
+                return sorted(names)
+            entry = entry_from_record(parse_record(record), _sha(data), Manifest.parse(data))
+        except (ValueError, KeyError, TypeError, KilnError):
+            return sorted(names)  # not a Kiln artifact Kiln can read: the pull that follows says why, if listed
+        if entry.key == key_prefix:
+            names.add((entry.model_hex, entry.key))
+        return sorted(names)
 
     def repair_listings(self) -> int:
         """List again every object whose directory listing was lost (a push killed between an object
@@ -559,6 +611,8 @@ class OCIRemote(Remote):
         return self._read_object(key, max_size)
 
     def put(self, key: str, data: bytes) -> None:
+        """A small object or a blob; a blob that is a Kiln manifest is stored as a manifest too (for
+        callers writing a whole artifact object by object, as :meth:`upload_manifest` does)."""
         if m := _BLOB_KEY.fullmatch(key):
             digest = "sha256:" + m.group(1)
             if is_kiln_manifest(data):
@@ -578,12 +632,17 @@ class OCIRemote(Remote):
         if m is None:
             self._write_object(key, path.read_bytes())
             return
-        digest, size = "sha256:" + m.group(1), path.stat().st_size
-        if size <= MAX_PEEK:
-            data = path.read_bytes()
-            if is_kiln_manifest(data):
-                self._put_manifest(digest, data)  # the manifest first: its blob copy is what pushes check for
-        self._upload_file(path, digest, size, progress)
+        self._upload_file(path, "sha256:" + m.group(1), path.stat().st_size, progress)
+
+    def upload_manifest(self, path: Path, key: str, progress: Progress | None = None) -> None:
+        """The artifact's manifest as a registry manifest (what tags and tools name), then its blob copy
+        (what pushes check for: the blob being there means the manifest is)."""
+        m = _BLOB_KEY.fullmatch(key)
+        size = path.stat().st_size
+        if m is None or size > self.max_manifest_bytes:
+            raise self.error(f"{key} ({size} bytes) cannot be stored as a manifest in {self.describe()}.")
+        self._put_manifest("sha256:" + m.group(1), path.read_bytes())
+        self._upload_file(path, "sha256:" + m.group(1), size, progress)
 
     def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
         m = _BLOB_KEY.fullmatch(key)
@@ -636,10 +695,12 @@ class OCIRemote(Remote):
         for name, info in sorted(self._read_directory(directory).items()):
             key = directory + name
             if name.endswith("/"):
+                if key.count("/") > MAX_DEPTH:  # deeper than Kiln's layout: not Kiln's, and not followed
+                    continue
                 if key.startswith(prefix) or prefix.startswith(key):
                     yield from self._walk(key, prefix)
             elif key.startswith(prefix):
-                yield ObjectInfo(key, int(info.get("size") or 0), float(info.get("added") or 0.0))
+                yield ObjectInfo(key, info["size"], float(info["added"]))
 
     def delete(self, key: str) -> None:
         if m := _BLOB_KEY.fullmatch(key):
