@@ -22,6 +22,7 @@ import pytest
 
 from kiln import api
 from kiln.cache.remotes import OCIRemote, open_remote
+from kiln.cache.remotes._oci_repository import Repository
 from kiln.errors import RemoteError
 from tests.conftest import run_kiln
 from tests.remote.conftest import kiln_remote, store_put, tree, write_tree
@@ -121,7 +122,7 @@ def test_large_blobs_go_up_in_chunks_and_mounts_skip_the_upload(oci_registry: Re
                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = {"engine/big.bin": os.urandom((3 << 20) + 11), "small.txt": b"x"}
     key = store_put(write_tree(tmp_path / "art", files), model)
-    monkeypatch.setattr(OCIRemote, "CHUNK_SIZE", 1 << 20)
+    monkeypatch.setattr(Repository, "CHUNK_SIZE", 1 << 20)
     store = api.Store()
     entry = next(e for e in store.iter_entries() if e.key == key)
     before = oci_registry.log_text().count('"PATCH ')

@@ -4,7 +4,8 @@
     file.py    :class:`FileRemote`: a directory, typically an NFS or other shared mount
     s3.py      :class:`S3Remote`: ``s3://bucket/prefix`` with boto3 (imported lazily)
     oci.py     :class:`OCIRemote`: ``oci://host/repository``, an OCI distribution registry
-               (_oci_client.py: HTTP and the auth flow; _oci_auth.py: docker config, helpers, ECR)
+               (_oci_repository.py: one repository's blobs, manifests and tags; _oci_client.py:
+               HTTP and the auth flow; _oci_auth.py: docker config, helpers, ECR)
 
 :func:`open_remote` turns a URL into the right backend. Both backends write each object
 atomically, so the order of writes in :mod:`kiln.cache._sync` is all that keeps readers from

@@ -3,7 +3,7 @@
 Kiln's store layout maps onto the registry like this (README "OCI registries" has the user's view):
 
 * ``blobs/sha256/<hex>`` — registry blobs of the repository (HEAD before upload; files over
-  CHUNK_SIZE in chunked uploads; first a cross-repository mount from each ``mount-from``
+  ``Repository.CHUNK_SIZE`` in chunked uploads; first a cross-repository mount from each ``mount-from``
   repository, which costs nothing when the blob is not there: the registry then opens a
   normal upload). A Kiln manifest is a valid OCI image manifest (artifactType
   ``application/vnd.kiln.artifact.v1``, the build record as config, one layer per file with
@@ -46,24 +46,20 @@ import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import parse_qs, quote, urlparse
+from urllib.parse import parse_qs, urlparse
 
 from ...errors import KilnError, RemoteError
 from ...manifests import MAX_CONFIG_BYTES, Manifest, entry_from_record, parse_record
 from .._fsutil import unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
-from ._bounded import FileSlice, Sink
+from ._bounded import Sink
 from ._oci_auth import find_credentials
-from ._oci_client import RegistryClient, Response
+from ._oci_client import RegistryClient
+from ._oci_repository import EMPTY, EMPTY_JSON, IMAGE_INDEX, MANIFEST, Repository
 
 __all__ = ["OCIRemote"]
 
-MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
-EMPTY = "application/vnd.oci.empty.v1+json"
-EMPTY_JSON = b"{}"
-EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY_JSON).hexdigest()
 KILN_ARTIFACT = "application/vnd.kiln.artifact.v1"  # kiln.manifests._manifest.ARTIFACT_TYPE
 DIRECTORY = "application/vnd.kiln.directory.v1+json"
 KEY_ANNOTATION = "org.kiln.key"
@@ -137,12 +133,9 @@ class OCIRemote(Remote):
     ``mount-from=REPO[,REPO…]`` (repositories of the same registry to mount blobs from).
     """
 
-    CHUNK_SIZE = 64 << 20  # blobs larger than this are uploaded in PATCH chunks of this size
     TIMEOUT = 15.0
     DEADLINE = 60.0
-    MIN_RATE = 1 << 20  # bytes/s: a transfer's deadline is DEADLINE + size / MIN_RATE
     INDEX_ATTEMPTS = 8  # read-modify-write rounds of a directory index under contention
-    MAX_TAG_PAGES = 1000  # of up to 1000 tags each
     lists_blobs = False  # the distribution API has no blob listing: remote gc leaves blobs to the registry's own gc
     # distribution refuses larger manifest bodies (registry/handlers/manifests.go maxManifestBodySize,
     # v2.8.2), and so do ECR, GHCR and Docker Hub: a push checks before a byte moves.
@@ -181,10 +174,10 @@ class OCIRemote(Remote):
         for r in self.mount_from:
             if not _REPOSITORY.fullmatch(r):
                 raise self.error(f"mount-from repository {r!r} in {url!r} is not a valid OCI repository name.")
-        self.client = RegistryClient("http" if self.plain_http else "https", self.host,
-                                     lambda: find_credentials(self.host), timeout=self.timeout,
-                                     deadline=self.deadline, describe=self.describe())
-        self._known_blobs: set[str] = set()  # blobs this process saw in the repository (the empty config, mostly)
+        client = RegistryClient("http" if self.plain_http else "https", self.host, lambda: find_credentials(self.host),
+                                timeout=self.timeout, deadline=self.deadline, describe=self.describe())
+        self.repo = Repository(client, self.host, self.repository, deadline=self.deadline, mount_from=self.mount_from,
+                               describe=self.describe())
 
     def _seconds(self, name: str, value: object) -> float:
         try:
@@ -202,149 +195,6 @@ class OCIRemote(Remote):
     def origin(self) -> str:
         return self.describe()
 
-    # ------------------------------------------------------------------ registry paths and errors
-
-    def _blob(self, digest: str) -> str:
-        return f"/v2/{self.repository}/blobs/{digest}"
-
-    def _manifest(self, reference: str) -> str:
-        return f"/v2/{self.repository}/manifests/{quote(reference, safe=':')}"
-
-    def _fail(self, action: str, what: str, r: Response) -> RemoteError:
-        code = r.error_code()
-        if r.status == 403 or "DENIED" in code:
-            return self.error(f"registry {self.host} denied {action} {what} in {self.describe()} ({code}): check "
-                              "that the credentials may push to (or pull from) this repository.")
-        if r.status == 404 and "NAME_UNKNOWN" in code:
-            return self.error(f"repository {self.repository} does not exist on {self.host} ({code}); create it, or "
-                              "fix the remote URL.")
-        if r.status == 405:
-            return self.error(f"registry {self.host} does not allow {action} {what} ({code}: the operation is "
-                              "disabled or unsupported there).")
-        return self.error(f"registry {self.host} answered {r.status} ({code}) to {action} {what} in {self.describe()}.")
-
-    def _budget(self, size: int) -> float:
-        return self.deadline + size / self.MIN_RATE
-
-    # ------------------------------------------------------------------ blobs
-
-    def _stat_blob(self, digest: str) -> int | None:
-        r = self.client.request("HEAD", self._blob(digest))
-        if r.status == 404:
-            return None
-        if r.status != 200:
-            raise self._fail("check", f"blob {digest}", r)
-        self._known_blobs.add(digest)
-        try:
-            return int(r.header("content-length") or "")
-        except ValueError:
-            raise self.error(f"registry {self.host} gave blob {digest} no Content-Length.") from None
-
-    def _get_blob(self, digest: str, max_size: int) -> bytes | None:
-        r = self.client.request("GET", self._blob(digest), max_bytes=max_size, budget=self._budget(max_size))
-        if r.status == 404:
-            return None
-        if r.status != 200:
-            raise self._fail("read", f"blob {digest}", r)
-        return r.body
-
-    def _start_upload(self, digest: str) -> str | None:
-        """An upload session's URL, or None if a cross-repository mount already placed the blob."""
-        opened = None  # a repository without the blob answers a mount with a normal upload session
-        for source in self.mount_from:
-            r = self.client.request("POST", f"/v2/{self.repository}/blobs/uploads/?mount={digest}&from={source}")
-            if r.status == 201:
-                if opened:
-                    self.client.request("DELETE", opened)  # best effort: the registry expires it anyway
-                return None
-            if r.status == 202 and r.header("location") and opened is None:
-                opened = self._absolute(r.header("location") or "")
-        if opened:
-            return opened
-        r = self.client.request("POST", f"/v2/{self.repository}/blobs/uploads/")
-        if r.status != 202 or not r.header("location"):
-            raise self._fail("start an upload of", f"blob {digest}", r)
-        return self._absolute(r.header("location") or "")
-
-    def _absolute(self, location: str) -> str:
-        return location if "://" in location else self.client.base + location
-
-    def _put_blob_bytes(self, digest: str, data: bytes) -> None:
-        where = self._start_upload(digest)
-        if where is not None:
-            self._finish_upload(where, digest, data, len(data))
-        self._known_blobs.add(digest)
-
-    def _finish_upload(self, where: str, digest: str, body: Any, size: int) -> None:
-        sep = "&" if "?" in where else "?"
-        r = self.client.request("PUT", f"{where}{sep}digest={digest}", body=body, budget=self._budget(size),
-                                headers={"content-type": "application/octet-stream", "content-length": str(size)})
-        if r.status not in (201, 204):
-            raise self._fail("upload", f"blob {digest}", r)
-
-    def _upload_file(self, path: Path, digest: str, size: int, progress: Progress | None) -> None:
-        where = self._start_upload(digest)
-        if where is None:  # mounted
-            if progress:
-                progress(size)
-            return
-        if size <= self.CHUNK_SIZE:
-            self._finish_upload(where, digest, lambda: open(path, "rb"), size)
-            if progress:
-                progress(size)
-            return
-        # Chunked (distribution-spec "Pushing a blob in chunks"): PATCH each range in order to the
-        # Location the registry gave last, then PUT ?digest= with no body.
-        offset = 0
-        while offset < size:
-            length = min(self.CHUNK_SIZE, size - offset)
-            start = offset
-
-            def body(start: int = start, length: int = length) -> Any:
-                return FileSlice(path, start, length)
-
-            r = self.client.request("PATCH", where, body=body, budget=self._budget(length), headers={
-                "content-type": "application/octet-stream", "content-length": str(length),
-                "content-range": f"{start}-{start + length - 1}"})
-            if r.status != 202 or not r.header("location"):
-                raise self._fail("upload a chunk of", f"blob {digest}", r)
-            where = self._absolute(r.header("location") or "")
-            offset += length
-            if progress:
-                progress(length)
-        self._finish_upload(where, digest, None, 0)
-
-    def _ensure_empty_config(self) -> None:
-        if EMPTY_DIGEST not in self._known_blobs and self._stat_blob(EMPTY_DIGEST) is None:
-            self._put_blob_bytes(EMPTY_DIGEST, EMPTY_JSON)
-
-    # ------------------------------------------------------------------ manifests
-
-    def _put_manifest(self, reference: str, data: bytes, media_type: str = MANIFEST) -> Response:
-        r = self.client.request("PUT", self._manifest(reference), body=data, headers={"content-type": media_type})
-        if r.status != 201:
-            raise self._fail("write", f"manifest {reference}", r)
-        return r
-
-    def _get_manifest(self, reference: str, max_size: int, accept: str = MANIFEST) -> bytes | None:
-        r = self.client.request("GET", self._manifest(reference), max_bytes=max_size, headers={"accept": accept})
-        if r.status == 404:
-            return None
-        if r.status != 200:
-            raise self._fail("read", f"manifest {reference}", r)
-        if len(r.body) > max_size:
-            raise self.error(f"manifest {reference} in {self.describe()} is larger than {max_size} bytes: refusing it.")
-        return r.body
-
-    def _manifest_size(self, digest: str) -> int | None:
-        r = self.client.request("HEAD", self._manifest(digest), headers={"accept": MANIFEST})
-        if r.status != 200:
-            return None
-        try:
-            return int(r.header("content-length") or "")
-        except ValueError:
-            return None
-
     # ------------------------------------------------------------------ small objects
 
     @staticmethod
@@ -356,7 +206,7 @@ class OCIRemote(Remote):
         return "d-" + hashlib.sha256(directory.encode()).hexdigest()
 
     def _read_object_manifest(self, key: str) -> dict[str, Any] | None:
-        data = self._get_manifest(self.object_tag(key), MAX_OBJECT_MANIFEST)
+        data = self.repo.get_manifest(self.object_tag(key), MAX_OBJECT_MANIFEST)
         if data is None:
             return None
         try:
@@ -375,7 +225,7 @@ class OCIRemote(Remote):
         if doc is None:
             return None
         layer = doc["layers"][0]
-        data = self._get_blob(str(layer["digest"]), max_size)
+        data = self.repo.get_blob(str(layer["digest"]), max_size)
         if data is None:
             return None  # its manifest without its blob: not (yet, or any longer) there
         if len(data) <= max_size and (len(data) != layer["size"] or _sha(data) != layer["digest"]):
@@ -394,14 +244,14 @@ class OCIRemote(Remote):
             digest = "sha256:" + m.group(1)
         if digest is None:
             return None
-        size = self._manifest_size(digest)
+        size = self.repo.manifest_size(digest)
         return _descriptor(MANIFEST, digest, size, artifactType=KILN_ARTIFACT) if size is not None else None
 
     def _write_object(self, key: str, data: bytes) -> None:
-        self._ensure_empty_config()
+        self.repo.ensure_empty_config()
         digest = _sha(data)
-        if digest not in self._known_blobs and self._stat_blob(digest) != len(data):
-            self._put_blob_bytes(digest, data)
+        if digest not in self.repo.known_blobs and self.repo.stat_blob(digest) != len(data):
+            self.repo.put_blob_bytes(digest, data)
         media_type = _media_type(key)
         doc: dict[str, Any] = {
             "schemaVersion": 2, "mediaType": MANIFEST, "artifactType": media_type,
@@ -417,12 +267,12 @@ class OCIRemote(Remote):
                              "written after its artifact, never before.")
         if m and subject is not None:
             # The artifact under its build key, for every other tool; before the entry (the index) is.
-            artifact = self._get_manifest(subject["digest"], self.max_manifest_bytes)
+            artifact = self.repo.get_manifest(subject["digest"], self.max_manifest_bytes)
             if artifact is None:
                 raise self.error(f"manifest {subject['digest']} vanished from {self.describe()} during the push.")
-            self._put_manifest(m.group(2), artifact)
+            self.repo.put_manifest(m.group(2), artifact)
         manifest = _canonical(doc)
-        r = self._put_manifest(self.object_tag(key), manifest)
+        r = self.repo.put_manifest(self.object_tag(key), manifest)
         if subject is not None and not r.header("oci-subject"):
             self._edit_referrers(subject["digest"], add=_descriptor(MANIFEST, manifest, artifactType=media_type,
                                                                     annotations={KEY_ANNOTATION: key}))
@@ -436,7 +286,7 @@ class OCIRemote(Remote):
         tag = subject.replace(":", "-")
         for _ in range(self.INDEX_ATTEMPTS):
             started = time.monotonic()
-            current = self._get_manifest(tag, MAX_DIRECTORY, accept=IMAGE_INDEX)
+            current = self.repo.get_manifest(tag, MAX_DIRECTORY, accept=IMAGE_INDEX)
             if current is None and add is None:
                 return
             try:
@@ -452,20 +302,20 @@ class OCIRemote(Remote):
             kept = [d for d in listed if d.get("digest") != drop
                     and (key is None or d.get("annotations", {}).get(KEY_ANNOTATION) != key)]
             index["manifests"] = kept + ([add] if add else [])
-            r = self.client.request("PUT", self._manifest(tag), body=_canonical(index), headers={"content-type": IMAGE_INDEX})
+            r = self.repo.try_put_manifest(tag, _canonical(index), IMAGE_INDEX)
             if r.status != 201:
                 if r.status != 400:
-                    raise self._fail("write", f"referrers index {tag}", r)
+                    raise self.repo.fail("write", f"referrers index {tag}", r)
                 # distribution refuses an index naming a manifest it no longer holds (one deleted
                 # by hand, or by another gc): drop those and write again.
-                index["manifests"] = [d for d in index["manifests"] if d is add or self._manifest_size(str(d.get("digest"))) is not None]
-                self._put_manifest(tag, _canonical(index), IMAGE_INDEX)
+                index["manifests"] = [d for d in index["manifests"] if d is add or self.repo.manifest_size(str(d.get("digest"))) is not None]
+                self.repo.put_manifest(tag, _canonical(index), IMAGE_INDEX)
             settle(time.monotonic() - started)  # then re-read: a concurrent writer may have replaced it
 
     # ------------------------------------------------------------------ directory indexes
 
     def _read_directory(self, directory: str) -> dict[str, dict[str, Any]]:
-        data = self._get_manifest(self.directory_tag(directory), MAX_OBJECT_MANIFEST)
+        data = self.repo.get_manifest(self.directory_tag(directory), MAX_OBJECT_MANIFEST)
         if data is None:
             return {}
         try:
@@ -473,7 +323,7 @@ class OCIRemote(Remote):
             config = doc["config"]
             if doc.get("artifactType") != DIRECTORY or config["mediaType"] != DIRECTORY:
                 raise ValueError
-            body = self._get_blob(str(config["digest"]), MAX_DIRECTORY)
+            body = self.repo.get_blob(str(config["digest"]), MAX_DIRECTORY)
             if body is None or len(body) > MAX_DIRECTORY or _sha(body) != config["digest"]:
                 raise ValueError
             listing = json.loads(body)
@@ -490,14 +340,14 @@ class OCIRemote(Remote):
                              f"{self.directory_tag(directory)}) is damaged; refusing it. Pushing again rewrites it.") from None
 
     def _write_directory(self, directory: str, entries: dict[str, dict[str, Any]]) -> None:
-        self._ensure_empty_config()
+        self.repo.ensure_empty_config()
         body = _canonical({"directory": directory, "entries": entries})
         digest = _sha(body)
-        self._put_blob_bytes(digest, body)
+        self.repo.put_blob_bytes(digest, body)
         doc = {"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": DIRECTORY,
                "config": _descriptor(DIRECTORY, body), "layers": [_descriptor(EMPTY, EMPTY_JSON)],
                "annotations": {"org.kiln.directory": directory}}
-        self._put_manifest(self.directory_tag(directory), _canonical(doc))
+        self.repo.put_manifest(self.directory_tag(directory), _canonical(doc))
 
     def _update_directory(self, directory: str, name: str, value: dict[str, Any] | None) -> None:
         """Set (or, with None, remove) one name in a directory index, read-modify-write, checked."""
@@ -536,29 +386,6 @@ class OCIRemote(Remote):
         for depth in range(len(parts) - 2, 0, -1):
             self._update_directory("/".join(parts[:depth]) + "/", parts[depth] + "/", {"size": 0, "added": None})
 
-    def _tags(self) -> Iterator[str]:
-        """Every tag of the repository: the registry's own record, race-free (pages followed by ``Link``)."""
-        path: str | None = f"/v2/{self.repository}/tags/list?n=1000"
-        seen: set[str] = set()
-        for _ in range(self.MAX_TAG_PAGES):
-            if path is None or path in seen:  # the end, or a link back to a page already read
-                return
-            seen.add(path)
-            r = self.client.request("GET", path, max_bytes=MAX_DIRECTORY)
-            if r.status == 404:
-                return  # a repository nothing was pushed to yet
-            if r.status != 200:
-                raise self._fail("list", "tags", r)
-            try:
-                tags = json.loads(r.body).get("tags") or []
-            except (ValueError, AttributeError):
-                raise self.error(f"registry {self.host} answered a tag list that is not JSON.") from None
-            if not tags:
-                return
-            yield from (t for t in tags if isinstance(t, str))
-            link = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', r.header("link") or "")
-            path = link.group(1) if link else None
-
     def entry_names(self, key_prefix: str) -> list[tuple[str, str]]:
         """A full build key is found by its tag, listed or not (a lost listing must not turn a
         deployment's exact ``--key`` into a miss): the tag names the manifest, whose build record
@@ -567,14 +394,14 @@ class OCIRemote(Remote):
             return super().entry_names(key_prefix)
         names = set(super().entry_names(key_prefix))
         try:
-            data = self._get_manifest(key_prefix, self.max_manifest_bytes)
+            data = self.repo.get_manifest(key_prefix, self.max_manifest_bytes)
         except RemoteError:
             data = None  # a damaged tag: the listed entry's pull says precisely what is wrong
         if data is None:
             return sorted(names)
         try:
             config = json.loads(data)["config"]
-            record = self._get_blob(str(config["digest"]), MAX_CONFIG_BYTES)
+            record = self.repo.get_blob(str(config["digest"]), MAX_CONFIG_BYTES)
             if record is None or _sha(record) != config["digest"]:
                 return sorted(names)
             entry = entry_from_record(parse_record(record), _sha(data), Manifest.parse(data))
@@ -589,10 +416,10 @@ class OCIRemote(Remote):
         and its listing, or two index updates at the very same instant), found through the tag list."""
         listed = {info.key for info in self.list("")}
         relisted = 0
-        for tag in self._tags():
+        for tag in self.repo.tags():
             if not tag.startswith("k-"):
                 continue
-            data = self._get_manifest(tag, MAX_OBJECT_MANIFEST)
+            data = self.repo.get_manifest(tag, MAX_OBJECT_MANIFEST)
             try:
                 doc = json.loads(data or b"")
                 key, size = str(doc["annotations"][KEY_ANNOTATION]), int(doc["layers"][0]["size"])
@@ -607,7 +434,7 @@ class OCIRemote(Remote):
 
     def get(self, key: str, max_size: int) -> bytes | None:
         if m := _BLOB_KEY.fullmatch(key):
-            return self._get_blob("sha256:" + m.group(1), max_size)
+            return self.repo.get_blob("sha256:" + m.group(1), max_size)
         return self._read_object(key, max_size)
 
     def put(self, key: str, data: bytes) -> None:
@@ -616,14 +443,14 @@ class OCIRemote(Remote):
         if m := _BLOB_KEY.fullmatch(key):
             digest = "sha256:" + m.group(1)
             if is_kiln_manifest(data):
-                self._put_manifest(digest, data)
-            self._put_blob_bytes(digest, data)
+                self.repo.put_manifest(digest, data)
+            self.repo.put_blob_bytes(digest, data)
         else:
             self._write_object(key, data)
 
     def stat(self, key: str) -> int | None:
         if m := _BLOB_KEY.fullmatch(key):
-            return self._stat_blob("sha256:" + m.group(1))
+            return self.repo.stat_blob("sha256:" + m.group(1))
         doc = self._read_object_manifest(key)
         return None if doc is None else int(doc["layers"][0]["size"])
 
@@ -632,7 +459,7 @@ class OCIRemote(Remote):
         if m is None:
             self._write_object(key, path.read_bytes())
             return
-        self._upload_file(path, "sha256:" + m.group(1), path.stat().st_size, progress)
+        self.repo.upload_file(path, "sha256:" + m.group(1), path.stat().st_size, progress)
 
     def upload_manifest(self, path: Path, key: str, progress: Progress | None = None) -> None:
         """The artifact's manifest as a registry manifest (what tags and tools name), then its blob copy
@@ -641,8 +468,8 @@ class OCIRemote(Remote):
         size = path.stat().st_size
         if m is None or size > self.max_manifest_bytes:
             raise self.error(f"{key} ({size} bytes) cannot be stored as a manifest in {self.describe()}.")
-        self._put_manifest("sha256:" + m.group(1), path.read_bytes())
-        self._upload_file(path, "sha256:" + m.group(1), size, progress)
+        self.repo.put_manifest("sha256:" + m.group(1), path.read_bytes())
+        self.repo.upload_file(path, "sha256:" + m.group(1), size, progress)
 
     def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
         m = _BLOB_KEY.fullmatch(key)
@@ -665,11 +492,7 @@ class OCIRemote(Remote):
 
         try:
             try:
-                r = self.client.request("GET", self._blob(digest), max_bytes=size, sink=write, budget=self._budget(size))
-                if r.status == 404:
-                    raise self.error(f"blob {digest} is missing from {self.describe()}: the artifact there is incomplete.")
-                if r.status != 200:
-                    raise self._fail("download", f"blob {digest}", r)
+                self.repo.download_blob(digest, size, write)
                 if written[0] != size:
                     raise self.size_error(key, size, written[0] if written[0] <= size else f"more than {size}")
                 sink.fsync()
@@ -704,25 +527,21 @@ class OCIRemote(Remote):
 
     def delete(self, key: str) -> None:
         if m := _BLOB_KEY.fullmatch(key):
-            r = self.client.request("DELETE", self._blob("sha256:" + m.group(1)))
-            if r.status not in (202, 404):
-                raise self._fail("delete", f"blob sha256:{m.group(1)}", r)
+            self.repo.delete(self.repo.blob_path("sha256:" + m.group(1)), f"blob sha256:{m.group(1)}")
             return
         # Unlist it first (a reader that lists finds no name without its object), then delete its
         # manifest by digest (registries delete manifests by digest; its tag goes with it). A
         # registry that refuses the delete gets the listing back before the error is raised.
         doc = self._read_object_manifest(key)
-        if doc is None:
+        digest = self.repo.manifest_digest(self.object_tag(key)) if doc is not None else None
+        if doc is None or digest is None:
             return
-        r = self.client.request("HEAD", self._manifest(self.object_tag(key)), headers={"accept": MANIFEST})
-        digest = r.header("docker-content-digest") if r.status == 200 else None
-        if not digest:
-            raise self._fail("find", f"object {key}", r)
         directory, _, name = key.rpartition("/")
         self._update_directory(directory + "/", name, None)
-        r = self.client.request("DELETE", self._manifest(digest))
-        if r.status not in (202, 404):
+        try:
+            self.repo.delete(self.repo.manifest_path(digest), f"object {key}")
+        except RemoteError:
             self._register(key, int(doc["layers"][0]["size"]))
-            raise self._fail("delete", f"object {key}", r)
+            raise
         if m := _SIGNATURE_KEY.fullmatch(key):  # out of the referrers tag too, so that index stays writable
             self._edit_referrers("sha256:" + m.group(1), drop=digest)
