@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,23 @@ def start_registry(workdir: Path, auth: str = "", timeout: float = 30.0) -> Regi
         proc.kill()
         raise RuntimeError("docker-registry did not start")
     return Registry(port, workdir / "data", log, proc)
+
+
+def bcrypt_hash(password: str) -> str | None:
+    """A bcrypt hash distribution's htpasswd accepts ($2a$/$2b$/$2y$: Go's bcrypt reads any minor), low cost."""
+    try:
+        import bcrypt  # type: ignore[import-not-found]
+
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    except ImportError:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # deprecated in 3.11, gone in 3.13
+    except ImportError:
+        return None
+    if crypt.METHOD_BLOWFISH not in crypt.methods:
+        return None
+    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))  # cost 4: fast per request
+    return hashed if hashed and hashed.startswith(("$2a$", "$2b$", "$2y$")) else None

@@ -28,7 +28,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,7 +36,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from tests.remote.conftest import kiln_remote, store_put, tree, write_tree
-from tests.remote.oci_registry import Registry, needs_registry, start_registry
+from tests.remote.oci_registry import Registry, bcrypt_hash, needs_registry, start_registry
 
 pytestmark = needs_registry
 
@@ -48,26 +47,6 @@ REFRESH = "Kiln-refresh-tok-0d94be"  # an identity token (OAuth2 refresh token) 
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def bcrypt_hash(password: str) -> str | None:
-    """A bcrypt hash distribution's htpasswd accepts ($2a$/$2b$/$2y$: Go's bcrypt reads any minor), low cost."""
-    try:
-        import bcrypt  # type: ignore[import-not-found]
-
-        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-    except ImportError:
-        pass
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt  # deprecated in 3.11, gone in 3.13
-    except ImportError:
-        return None
-    if crypt.METHOD_BLOWFISH not in crypt.methods:
-        return None
-    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))  # cost 4: fast per request
-    return hashed if hashed and hashed.startswith(("$2a$", "$2b$", "$2y$")) else None
 
 
 def small_artifact(tmp_path: Path, model: Path, seed: int, batch_size: int = 1) -> tuple[str, dict[str, bytes]]:

@@ -28,7 +28,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -42,7 +41,7 @@ from kiln.cache.remotes.oci import OCIRemote
 from kiln.errors import RemoteError
 from tests.conftest import run_kiln
 from tests.remote.conftest import kiln_remote, store_put, tree, write_tree
-from tests.remote.oci_registry import REGISTRY, Registry, needs_registry, start_registry
+from tests.remote.oci_registry import REGISTRY, Registry, bcrypt_hash, needs_registry, start_registry
 
 pytestmark = needs_registry
 
@@ -73,27 +72,8 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def _bcrypt(password: str) -> str | None:
-    try:
-        import bcrypt  # type: ignore[import-not-found]
-
-        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-    except ImportError:
-        pass
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
-    except ImportError:
-        return None
-    if crypt.METHOD_BLOWFISH not in crypt.methods:
-        return None
-    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
-    return hashed if hashed and hashed.startswith(("$2a$", "$2b$", "$2y$")) else None
-
-
 def _htpasswd_auth(workdir: Path) -> str:
-    hashed = _bcrypt(PASSWORD)
+    hashed = bcrypt_hash(PASSWORD)
     if hashed is None:
         pytest.skip("no bcrypt here for an htpasswd file")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ from urllib.parse import parse_qs, urlparse
 
 from ...errors import KilnError, RemoteError
 from ...manifests import MAX_CONFIG_BYTES, Manifest, entry_from_record, parse_record
+from ...manifests._manifest import ARTIFACT_TYPE
 from .._fsutil import unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
@@ -60,7 +61,6 @@ from ._oci_repository import EMPTY, EMPTY_JSON, IMAGE_INDEX, MANIFEST, Repositor
 
 __all__ = ["OCIRemote"]
 
-KILN_ARTIFACT = "application/vnd.kiln.artifact.v1"  # kiln.manifests._manifest.ARTIFACT_TYPE
 DIRECTORY = "application/vnd.kiln.directory.v1+json"
 KEY_ANNOTATION = "org.kiln.key"
 TITLE = "org.opencontainers.image.title"
@@ -122,7 +122,7 @@ def is_kiln_manifest(data: bytes) -> bool:
         doc = json.loads(data)
     except ValueError:
         return False
-    return isinstance(doc, dict) and doc.get("mediaType") == MANIFEST and doc.get("artifactType") == KILN_ARTIFACT
+    return isinstance(doc, dict) and doc.get("mediaType") == MANIFEST and doc.get("artifactType") == ARTIFACT_TYPE
 
 
 class OCIRemote(Remote):
@@ -245,7 +245,7 @@ class OCIRemote(Remote):
         if digest is None:
             return None
         size = self.repo.manifest_size(digest)
-        return _descriptor(MANIFEST, digest, size, artifactType=KILN_ARTIFACT) if size is not None else None
+        return _descriptor(MANIFEST, digest, size, artifactType=ARTIFACT_TYPE) if size is not None else None
 
     def _write_object(self, key: str, data: bytes) -> None:
         self.repo.ensure_empty_config()
