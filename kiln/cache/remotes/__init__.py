@@ -26,7 +26,6 @@ from ..._redact import redact
 from ...errors import RemoteError
 from ._base import ObjectInfo, Remote
 from .file import FileRemote
-from .oci import OCIRemote
 from .s3 import S3Remote
 
 __all__ = ["FileRemote", "OCIRemote", "ObjectInfo", "Remote", "S3Remote", "open_remote"]
@@ -40,6 +39,8 @@ def open_remote(url: str | None) -> Remote | None:
     if url.startswith("s3://"):
         return S3Remote(url)
     if url.startswith("oci://"):
+        from .oci import OCIRemote  # http.client and ssl: ~30 ms that a lookup without a registry must not pay
+
         return OCIRemote(url)
     if url.startswith("file://"):
         parsed = urlparse(url)
@@ -60,3 +61,11 @@ def open_remote(url: str | None) -> Remote | None:
     except OSError as e:
         raise RemoteError(redact(f"remote directory {path} is not usable: {e.strerror}")) from None
     return FileRemote(path.absolute(), url)
+
+
+def __getattr__(name: str) -> object:
+    if name == "OCIRemote":  # imported on first use, as in open_remote
+        from .oci import OCIRemote
+
+        return OCIRemote
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
