@@ -16,7 +16,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 scripts/setup_debian.sh  # docker-registry and skopeo, for the OCI registry tests
 # The core and the S3 remote, plus the test tools (as in the dev extra); nothing heavy.
-"$VENV/bin/python" -m pip install -q -e ".[s3,signing]" "pytest>=8" "pytest-timeout>=2.3" "jsonschema>=4.20" "moto[server]>=5"
+"$VENV/bin/python" -m pip install -q -e ".[s3,signing]" "pytest>=8" "pytest-timeout>=2.3" "pytest-xdist>=3.5" "jsonschema>=4.20" "moto[server]>=5"
 
 # The point of this run: none of these may be importable (something pulled one in otherwise).
 for mod in torch transformers safetensors numpy; do
