@@ -87,22 +87,65 @@ def _check_runtime_compat(package_meta: dict[str, str], device: torch.device, wh
             )
 
 
+# The call spec export.py's wrapper traces (``forward(input_ids, cache_position) -> logits``), as
+# pytree's JSON (torch 2.13, torch/utils/_pytree.py treespec_dumps): two positional tensors, no
+# keyword arguments, one tensor out.
+_LEAF = {"type": None, "context": None, "children_spec": []}
+_ENGINE_CALL_SPEC = (
+    [1, {"type": "builtins.tuple", "context": "null", "children_spec": [
+        {"type": "builtins.tuple", "context": "null", "children_spec": [_LEAF, _LEAF]},
+        {"type": "builtins.dict", "context": "[]", "children_spec": []}]}],
+    [1, _LEAF],
+)
+
+
+class _PackageRunner:
+    """An AOTI package's C++ loader, called the way export.py's graph takes its inputs.
+
+    torch's own wrapper (``torch.export.pt2_archive._package.AOTICompiledModel``) does the same
+    with pytree, but importing its module imports torch._dynamo and torch.export's serde: about
+    1.1 s of a 2.5 s cold start on the tiny engine (python -X importtime, torch 2.13). The loader
+    itself is in torch._C.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __call__(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        return self.loader.boxed_run([input_ids, cache_position])[0]  # boxed_run takes the list over
+
+    def get_constant_fqns(self) -> list[str]:
+        return self.loader.get_constant_fqns()
+
+    def get_metadata(self) -> dict[str, str]:
+        return self.loader.get_metadata()
+
+    def load_constants(self, constants: dict[str, torch.Tensor], *, check_full_update: bool, user_managed: bool) -> None:
+        self.loader.load_constants(constants, False, check_full_update, user_managed)  # False: not the folded set
+
+
 def load_package(path: Path, device: torch.device, device_index: int) -> Any:
-    """Load an AOTI package without compiling anything.
+    """Load an AOTI package without compiling anything, and without torch's export machinery.
 
     ``torch._inductor.aoti_load_package`` first probes this machine's vector ISA by compiling
     small C++ programs (torch 2.13, ``get_device_information``) only to log a warning on a
     mismatch: that needs a C++ compiler at load time. We check compatibility ourselves (from
-    torch's cpuid helpers) and construct the loader directly, the way torch's own fallback does.
+    torch's cpuid helpers) and construct the C++ loader directly, the way torch's own fallback
+    does. A package whose call spec is not the one export.py traces is run through torch's own
+    pytree wrapper instead (slower to import, same result).
     """
     try:
         from torch._C._aoti import AOTIModelPackageLoader
-        from torch.export.pt2_archive._package import AOTICompiledModel
     except ImportError:  # pragma: no cover - layout of a different torch version
         return torch._inductor.aoti_load_package(str(path), device_index=device_index)
     package_meta = AOTIModelPackageLoader.load_metadata_from_package(str(path), "model")
     _check_runtime_compat(dict(package_meta), device, path.parent)
-    return AOTICompiledModel(AOTIModelPackageLoader(str(path), "model", False, 1, device_index))
+    loader = AOTIModelPackageLoader(str(path), "model", False, 1, device_index)
+    if tuple(json.loads(spec) for spec in loader.get_call_spec()) == _ENGINE_CALL_SPEC:
+        return _PackageRunner(loader)
+    from torch.export.pt2_archive._package import AOTICompiledModel
+
+    return AOTICompiledModel(loader)
 
 
 class Engine:

@@ -369,14 +369,17 @@ def test_worker_logs_stages(engine_dir: BuildFn, build_logs: dict[tuple[Any, ...
 _FRESH_SCRIPT = r"""
 import json, sys
 import torch
-from transformers import AutoTokenizer
 from kiln.targets.torch_aoti.runtime import load_engine
 
 d = sys.argv[1]
 eng = load_engine(d)
-tok = AutoTokenizer.from_pretrained(d)
 ids = torch.tensor(json.loads(sys.argv[2]))
 out = eng.generate(ids, int(sys.argv[3]), eos_token_id=[])
+# What serving this engine imported: not the export machinery, not transformers (issue 18).
+heavy = sorted(m for m in ("torch._dynamo", "torch.export.pt2_archive._package", "torch._inductor",
+                           "transformers") if m in sys.modules)
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(d)
 wide = torch.zeros((1, 2 * ids.shape[1]), dtype=torch.long)
 wide[:, ::2] = ids
 strided = wide[:, ::2]
@@ -385,7 +388,7 @@ eng.reset()
 a = eng.forward(strided, torch.arange(ids.shape[1]))
 eng.reset()
 b = eng.forward(ids.contiguous(), torch.arange(ids.shape[1]))
-print(json.dumps({"tokens": out.tolist(), "strided_equal": bool(torch.equal(a, b)),
+print(json.dumps({"tokens": out.tolist(), "strided_equal": bool(torch.equal(a, b)), "heavy": heavy,
                   "vocab": len(tok), "decoded": tok.decode(out[0])}))
 """
 
@@ -422,6 +425,7 @@ def test_fresh_process_loads_copied_engine_without_model_or_compiler_cache(
     assert result["tokens"] == want
     assert result["strided_equal"] is True
     assert result["vocab"] == 320
+    assert result["heavy"] == [], "loading and running the engine imported " + ", ".join(result["heavy"])
     # Loading compiled nothing: Inductor's cache (kernels, ISA probes) stayed empty.
     assert not inductor_cache.exists() or not any(inductor_cache.rglob("*.*")), sorted(inductor_cache.rglob("*"))
 
