@@ -256,19 +256,23 @@ class Blobs:
             raise
         return digest, size
 
-    def put_downloaded(self, tmp: Path, digest: str, size: int) -> None:
+    def put_downloaded(self, tmp: Path, digest: str, size: int, hashed: tuple[str, int] | None = None) -> None:
         """Adopt a downloaded temp file as blob ``digest`` after verifying its bytes.
 
-        Raises CorruptBlobError (and deletes the temp file) when the bytes do not match.
+        ``hashed``: ``(digest, size)`` of the bytes as the download wrote them (and fsynced
+        them), which saves reading the file again; without it the file is hashed (and fsynced)
+        here. Raises CorruptBlobError (and deletes the temp file) when the bytes do not match.
         """
         try:
-            actual, actual_size = hash_file(tmp, None)
-            if actual != digest or actual_size != size:
+            if hashed is None:
+                hashed = hash_file(tmp, None)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            actual, actual_size = hashed
+            if actual != digest or actual_size != size or os.stat(tmp).st_size != size:
                 raise CorruptBlobError(
                     f"downloaded bytes for {digest} hash to {actual} ({actual_size} bytes, expected {size})", digest
                 )
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
             self.ingest(tmp, digest)
         except BaseException:
             unlink_quiet(tmp)

@@ -304,12 +304,13 @@ class Store:
         """A temp path on the store's filesystem for a download (gc-safe under writer_lock)."""
         return self._new_temp()
 
-    def put_downloaded(self, tmp: Path, digest: str, size: int) -> None:
-        """Adopt a downloaded temp file as blob ``digest`` after verifying its bytes.
+    def put_downloaded(self, tmp: Path, digest: str, size: int, hashed: tuple[str, int] | None = None) -> None:
+        """Adopt a downloaded temp file as blob ``digest`` after verifying its bytes (``hashed``:
+        what :meth:`Remote.download` returned, see there).
 
         Raises CorruptBlobError (and deletes the temp file) when the bytes do not match.
         """
-        self._blobs.put_downloaded(tmp, digest, size)
+        self._blobs.put_downloaded(tmp, digest, size, hashed)
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         return self._blobs.put_bytes(data)

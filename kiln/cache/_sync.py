@@ -417,8 +417,8 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
                 try:
                     # The remote writes at most `size` bytes (a longer object is refused, not
                     # written until the disk is full) and removes its partial file on failure.
-                    remote.download(k, tmp, size, progress)
-                    store.put_downloaded(tmp, digest, size)
+                    hashed = remote.download(k, tmp, size, progress)  # hashed as the bytes arrived
+                    store.put_downloaded(tmp, digest, size, hashed)
                 except BaseException as e:
                     from ._fsutil import unlink_quiet
 

@@ -102,11 +102,15 @@ class Remote(ABC):
                        if (m := ENTRY_NAME.fullmatch(info.key)) and m.group(2).startswith(key_prefix)})
 
     @abstractmethod
-    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
+    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> tuple[str, int] | None:
         """Download an object of ``size`` bytes into ``dest`` (large objects with parallel ranged reads).
 
         Writes at most ``size`` bytes: an object longer or shorter than ``size`` is a RemoteError
         naming both sizes. On every failure ``dest`` is removed.
+
+        Returns ``("sha256:<hex>", n)`` of the bytes written, hashed as they arrived, with
+        ``dest`` fsynced (the pull then verifies without reading the file again), or None:
+        then the pull hashes and fsyncs ``dest`` itself.
         """
 
     @abstractmethod

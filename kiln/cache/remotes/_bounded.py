@@ -17,14 +17,17 @@ never writes to the file, nor to a descriptor number the process has since reuse
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 __all__ = ["Cancelled", "DeadlineExceeded", "FileSlice", "Sink", "run_bounded", "run_parallel"]
 
 T = TypeVar("T")
+
+READ_BACK_CHUNK = 8 << 20  # a region hashed after the bytes before it arrived is read back in these
 
 
 class DeadlineExceeded(Exception):
@@ -106,20 +109,57 @@ class Sink:
 
     Every write holds the lock and checks that the file is still open: once :meth:`close`
     returns, no late worker writes a byte (it gets :class:`Cancelled`).
+
+    It also hashes what it writes, in file order, as the bytes arrive (:meth:`sha256`), so a
+    pull verifies a blob without reading it again. Bytes written at the hashed length go into
+    the hash at once (one stream: every byte); bytes written further on wait until the bytes
+    before them are in, then are read back from the page cache (parallel ranged parts).
     """
 
     def __init__(self, path: Path) -> None:
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self._lock = threading.Lock()
+        self._hash: Any = hashlib.sha256()  # None once a region was written twice
+        self._hashed = 0  # bytes [0, _hashed) of the file are in the hash
+        self._ahead: dict[int, int] = {}  # written but not yet hashed: start -> end
 
     def write_at(self, offset: int, data: bytes) -> None:
         with self._lock:
             if self._fd is None:
                 raise Cancelled
             view = memoryview(data)
+            at = offset
             while view:
-                n = os.pwrite(self._fd, view, offset)
-                view, offset = view[n:], offset + n
+                n = os.pwrite(self._fd, view, at)
+                view, at = view[n:], at + n
+            if self._hash is None or at == offset:
+                return
+            if offset == self._hashed:
+                self._hash.update(data)
+                self._hashed = at
+                self._catch_up(self._fd)
+            elif offset > self._hashed and offset not in self._ahead:
+                self._ahead[offset] = at
+            else:  # bytes written again (a retried part): the file is re-read when it is verified
+                self._hash = None
+
+    def _catch_up(self, fd: int) -> None:
+        """Hash the regions written ahead that now follow the hashed bytes (re-read from the file)."""
+        while self._hashed in self._ahead:
+            end = self._ahead.pop(self._hashed)
+            while self._hashed < end:
+                chunk = os.pread(fd, min(READ_BACK_CHUNK, end - self._hashed), self._hashed)
+                if not chunk:  # pragma: no cover - only if the file was cut behind the sink's back
+                    return
+                self._hash.update(chunk)
+                self._hashed += len(chunk)
+
+    def sha256(self) -> tuple[str, int] | None:
+        """``("sha256:<hex>", n)``: the digest of the file's first ``n`` bytes, all written without a
+        gap (a gap or a short write leaves ``n`` smaller than expected). None when a region was
+        written twice: then only reading the file tells what it holds."""
+        with self._lock:
+            return None if self._hash is None else ("sha256:" + self._hash.hexdigest(), self._hashed)
 
     def fsync(self) -> None:
         with self._lock:

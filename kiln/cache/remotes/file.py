@@ -18,6 +18,7 @@ removes its partial file on every failure.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat as st_
 from pathlib import Path
@@ -27,6 +28,8 @@ from ...errors import RemoteError
 from .._fsutil import atomic_write_bytes, fsync_dir, temp_name, unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
+
+COPY_CHUNK = 8 << 20
 
 __all__ = ["FileRemote"]
 
@@ -107,7 +110,7 @@ class FileRemote(Remote):
         tmp = temp_name(final)
         try:
             with open(path, "rb") as fin:
-                _copy(fin, tmp, None, progress)
+                _copy(fin, tmp, None, progress)  # the digest is the pusher's; this side keeps bytes
             os.replace(tmp, final)
         except OSError as e:
             unlink_quiet(tmp)
@@ -117,7 +120,7 @@ class FileRemote(Remote):
             raise
         fsync_dir(final.parent)
 
-    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
+    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> tuple[str, int] | None:
         try:
             fd = self._open(key)
             if fd is None:
@@ -127,9 +130,10 @@ class FileRemote(Remote):
                 if actual != size:
                     raise self.size_error(key, size, actual)
                 # The cap holds even if the file grows while it is copied.
-                copied = _copy(fin, dest, size + 1, progress)
+                copied, digest = _copy(fin, dest, size + 1, progress)
             if copied != size:
                 raise self.size_error(key, size, f"more than {size}" if copied > size else copied)
+            return digest, copied
         except OSError as e:
             unlink_quiet(dest)
             raise self.error(f"cannot download object {key} from remote {self.describe()}: {e.strerror}") from None
@@ -180,18 +184,24 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a file")
 
 
-def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | None) -> int:
-    """Copy ``fin`` into a new ``dest`` (at most ``limit`` bytes), fsynced; returns the bytes copied."""
+def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | None) -> tuple[int, str]:
+    """Copy ``fin`` into a new ``dest`` (at most ``limit`` bytes), fsynced; returns the bytes copied
+    and their ``sha256:<hex>``, hashed on the way (a pull then verifies without a second read)."""
     copied = 0
-    with open(dest, "wb") as fout:
+    h = hashlib.sha256()
+    buf = bytearray(COPY_CHUNK)
+    view = memoryview(buf)
+    with open(dest, "wb", buffering=0) as fout:
         while limit is None or copied < limit:
-            chunk = fin.read(8 << 20 if limit is None else min(8 << 20, limit - copied))
-            if not chunk:
+            n = fin.readinto(view[: COPY_CHUNK if limit is None else min(COPY_CHUNK, limit - copied)])
+            if not n:
                 break
-            fout.write(chunk)
-            copied += len(chunk)
+            h.update(view[:n])
+            done = 0
+            while done < n:  # an unbuffered write may be short; the next one raises ENOSPC/EFBIG
+                done += fout.write(view[done:n])
+            copied += n
             if progress:
-                progress(len(chunk))
-        fout.flush()
+                progress(n)
         os.fsync(fout.fileno())
-    return copied
+    return copied, "sha256:" + h.hexdigest()

@@ -471,7 +471,7 @@ class OCIRemote(Remote):
         self.repo.put_manifest("sha256:" + m.group(1), path.read_bytes())
         self.repo.upload_file(path, "sha256:" + m.group(1), size, progress)
 
-    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
+    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> tuple[str, int] | None:
         m = _BLOB_KEY.fullmatch(key)
         if m is None:
             raise self.error(f"{key} is not a blob; OCI remotes download only blobs.")
@@ -496,6 +496,7 @@ class OCIRemote(Remote):
                 if written[0] != size:
                     raise self.size_error(key, size, written[0] if written[0] <= size else f"more than {size}")
                 sink.fsync()
+                return sink.sha256()
             finally:
                 sink.close()
         except BaseException:

@@ -308,7 +308,7 @@ class S3Remote(Remote):
                 pass
             raise
 
-    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> None:
+    def download(self, key: str, dest: Path, size: int, progress: Progress | None = None) -> tuple[str, int] | None:
         """Ranged GETs (parallel parts for large objects) into ``dest``, at most ``size`` bytes written.
 
         The last part asks for one byte past the declared end, so an object longer than
@@ -328,6 +328,7 @@ class S3Remote(Remote):
                          for i, (off, length) in enumerate(ranges)]
                 run_parallel(tasks, budget, self.CONCURRENCY)
                 sink.fsync()
+                return sink.sha256()
             finally:
                 sink.close()  # from here on no abandoned part can write a byte
         except BaseException as e:
