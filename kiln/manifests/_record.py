@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
+import platform
 import sys
 from datetime import datetime, timezone
-from importlib import resources
 from typing import Any, Mapping, Sequence
 
 from .._redact import redact_args
@@ -71,7 +70,7 @@ def make_record(
         "notes": list(notes),
         "provenance": {
             "kiln_version": __version__,
-            "host": socket.gethostname(),
+            "host": platform.node(),  # socket.gethostname(), without importing socket on the lookup path
             "started": started,
             "duration_s": round(float(duration_s), 3),
             # URL credentials (--remote s3://…?endpoint=http://KEY:SECRET@host) never enter a
@@ -86,6 +85,8 @@ def make_record(
 
 def record_json_schema() -> dict[str, Any]:
     """The published JSON Schema of build records (a fresh copy: callers may change it)."""
+    from importlib import resources  # only schema checks need it; not imported on the lookup path
+
     text = resources.files("kiln.manifests").joinpath("build_record.schema.json").read_text()
     return json.loads(text)
 

@@ -14,12 +14,12 @@ the rest of Kiln asks it, never its name. What it answers (light: no torch, no c
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .._input import show
+from .._packages import installed_version
 from ..errors import KilnError, SpecError, ToolchainError, ValidationError
 from ..spec import LIMITS, MAX_INT, BuildSpec
 from ..manifests import IndexEntry, Manifest
@@ -264,10 +264,7 @@ class Target:
         """Versions from package metadata (no imports) and the hardware class; None = absent."""
         found: dict[str, str | None] = {}
         for component, dist in self.packages.items():
-            try:
-                found[component] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                found[component] = None
+            found[component] = installed_version(dist)
         found.update(self.static_toolchain)
         found["hardware"] = self.hardware(spec)
         return found

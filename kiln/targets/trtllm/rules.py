@@ -12,10 +12,10 @@ Each rule names where it comes from (``docs/research/trtllm-consumers.md`` holds
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from typing import Any, Mapping
 
+from ..._packages import installed_version
 from ...errors import ValidationError
 from ...spec import LIMITS, BuildSpec
 from ..base import model_dims
@@ -84,10 +84,7 @@ def lmi_n_positions(spec: BuildSpec, consumer: TrtllmConsumer, config: Mapping[s
 
 
 def _installed_tensorrt_llm() -> str | None:
-    try:
-        return importlib.metadata.version("tensorrt_llm")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return installed_version("tensorrt_llm")
 
 
 def check_build(spec: BuildSpec, config: Mapping[str, Any], consumer: TrtllmConsumer,

@@ -21,11 +21,11 @@ shares the store or the remote (see :func:`incomplete_error`).
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import importlib.util
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..._packages import installed_version
 from ...errors import IncompleteBuildError, SpecError, ValidationError
 from ...spec import file_digest
 from .._plan import Stage, Step
@@ -40,10 +40,7 @@ CONVERTER_VERSION = "1"
 
 
 def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
+    return installed_version(dist) or "absent"
 
 
 def conversion_toolchain() -> dict[str, str]:

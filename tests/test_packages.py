@@ -1,0 +1,65 @@
+"""kiln._packages.installed_version: what importlib.metadata says, read from directory names.
+
+Checked against every distribution installed in this environment, and against made-up
+site-packages directories with the layouts installers write (wheels, legacy names with
+hyphens, eggs, egg-info) placed first on sys.path.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiln._packages import installed_version
+
+
+def test_agrees_with_importlib_metadata_for_everything_installed_here() -> None:
+    names = sorted({d.metadata["Name"] for d in importlib.metadata.distributions() if d.metadata["Name"]})
+    assert len(names) > 20
+    for name in names:
+        assert installed_version(name) == importlib.metadata.version(name), name
+        spelled = name.upper().replace("-", "_")  # another spelling of the same project
+        assert installed_version(spelled) == importlib.metadata.version(spelled), spelled
+
+
+def test_an_absent_package_is_none_without_importlib_metadata() -> None:
+    assert installed_version("tensorrt_llm-not-installed-anywhere") is None
+
+
+def _site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *dirs: str) -> None:
+    site = tmp_path / "site"
+    for d in dirs:
+        (site / d).mkdir(parents=True)
+        if d.endswith(".dist-info"):
+            name, version = d[: -len(".dist-info")].rsplit("-", 1)
+            (site / d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        elif d.endswith(".egg-info"):
+            name, version = d[: -len(".egg-info")].split("-")[:2]
+            (site / d / "PKG-INFO").write_text(f"Metadata-Version: 1.1\nName: {name}\nVersion: {version}\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+
+
+@pytest.mark.parametrize("layout,asked,want", [
+    ("tensorrt_llm-0.21.0.dist-info", "tensorrt_llm", "0.21.0"),
+    ("tensorrt_llm-0.21.0.dist-info", "tensorrt-llm", "0.21.0"),
+    ("neuronx_cc-2.16.372.0+4a9b2326.dist-info", "neuronx-cc", "2.16.372.0+4a9b2326"),
+    ("Old.Style_Name-1.0rc1.dist-info", "old-style-name", "1.0rc1"),
+    ("legacyproj-3.2-py3.11.egg-info", "legacyproj", "3.2"),
+])
+def test_made_up_layouts_first_on_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           layout: str, asked: str, want: str) -> None:
+    _site(tmp_path, monkeypatch, layout)
+    assert installed_version(asked) == want == importlib.metadata.version(asked)
+
+
+def test_the_first_directory_on_the_path_wins_as_for_importlib_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shadow = f"pytest-{'0.0.1'}.dist-info"  # shadows the real pytest for this process's path
+    _site(tmp_path, monkeypatch, shadow)
+    assert sys.path[0].endswith("site")
+    assert installed_version("pytest") == "0.0.1" == importlib.metadata.version("pytest")
