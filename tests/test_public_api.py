@@ -151,6 +151,14 @@ def test_load_engine_finds_the_engine_through_a_remote_and_both_loaders_use_its_
 
     ids = torch.tensor([[5, 6, 7]])
     assert loaded.engine.generate(ids, 4, eos_token_id=[]).tolist() == by_key.engine.generate(ids, 4, eos_token_id=[]).tolist()
+    # The light tokenizer (no transformers) encodes and decodes as transformers' own does.
+    text = "ahead of time engines"
+    fast, full = loaded.fast_tokenizer(), loaded.tokenizer()
+    assert fast.encode(text, add_special_tokens=False).ids == full(text, add_special_tokens=False)["input_ids"]
+    assert fast.decode([5, 6, 7]) == full.decode([5, 6, 7])
+    (loaded.directory / "tokenizer.json").unlink()
+    with pytest.raises(kiln.KilnError, match="holds no tokenizer.json"):
+        loaded.fast_tokenizer()
     with pytest.raises(kiln.KilnError, match="no torch-aoti engine"):
         kiln.load_engine(kiln.resolve(spec.replace(batch_size=2), store=server), store=server, remote=remote)
 

@@ -51,6 +51,24 @@ class LoadedEngine:
     directory: Path  # the materialised artifact (tokenizer and config live here too)
     entry: IndexEntry  # the index entry it came from
 
+    def fast_tokenizer(self) -> Any:
+        """The model's ``tokenizer.json`` through the ``tokenizers`` library (``tokenizers.Tokenizer``):
+        what a server that only encodes and decodes needs, without importing transformers (about
+        2 s of a cold start on 2 cores, scripts/bench_coldstart.py). No chat templates: use
+        :meth:`tokenizer` for those."""
+        path = self.directory / "tokenizer.json"
+        if not path.is_file():
+            raise ModelError(
+                f"artifact {self.entry.key[:12]} holds no tokenizer.json (a fast tokenizer): use "
+                "LoadedEngine.tokenizer(), which reads the model's other tokenizer files through transformers."
+            )
+        from tokenizers import Tokenizer
+
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises its own Exception type for a bad file
+            raise ModelError(f"the tokenizer.json stored with artifact {self.entry.key[:12]} cannot be loaded: {e}") from None
+
     def tokenizer(self) -> Any:
         """The model's tokenizer, from the files stored with the engine."""
         if not any((self.directory / name).is_file() for name in TOKENIZER_FILES):

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""The torch-aoti CUDA path on a real GPU, in one short run (scripts/gpu_check.sh sets it up).
+
+Builds a tiny random-weight Llama into a torch-aoti engine with ``device=cuda`` through Kiln's
+own build (worker subprocess, store, publish), loads it from the store, checks its greedy
+tokens against eager transformers on the same GPU, times decode per token against eager, and
+prints one summary line (also as JSON with --json). Exit 0 when the tokens match, 1 when they
+do not, 2 when this machine cannot run the check (no CUDA, a missing package).
+
+No network: the model is made here (tests/tiny_models.py), nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"gpu_check: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per side; the median is reported")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON too")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: the same check on the CPU, to test this script where there is no GPU")
+    args = ap.parse_args()
+    try:
+        import torch
+        import transformers  # noqa: F401 - present, or the check cannot run
+    except ImportError as e:
+        _fail(f"needs torch (CUDA) and transformers preinstalled: {e}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        _fail(f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)")
+    sys.path.insert(0, str(REPO))
+    work = Path(tempfile.mkdtemp(prefix="kiln-gpu-check-"))
+    try:
+        check(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def check(args: argparse.Namespace, work: Path) -> None:
+    import platform
+
+    import torch
+    import transformers
+    from tests.tiny_models import make_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    import kiln
+    from kiln.api import load_engine
+
+    device = torch.device(args.device)
+    gpu = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
+    name = gpu.name if gpu else f"CPU {platform.processor() or platform.machine()}"
+    sm = f"sm {gpu.major}.{gpu.minor}" if gpu else "no GPU"
+    sync: Callable[[], None] = torch.cuda.synchronize if gpu else (lambda: None)
+    model_dir = make_tiny_model("llama", work / "tiny-llama", seed=3)
+    store = kiln.Store(work / "store")
+    spec = kiln.BuildSpec("torch-aoti", str(model_dir), n_positions=128, dtype="fp32", options={"device": args.device})
+    t0 = time.monotonic()
+    res = kiln.resolve(spec, store=store)
+    built = kiln.build(res, store=store)
+    build_s = time.monotonic() - t0
+    loaded = load_engine(res, store=store)
+    engine = loaded.engine
+    eager = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+
+    prompt = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(7)).to(device)
+    new = args.new_tokens
+    with torch.no_grad():
+        mine = engine.generate(prompt, new, eos_token_id=[])
+        theirs = eager.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)
+    match = mine.tolist() == theirs.tolist()
+
+    def timed(fn) -> float:  # type: ignore[no-untyped-def]
+        fn()
+        sync()
+        samples = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            fn()
+            sync()
+            samples.append(time.perf_counter() - t)
+        return statistics.median(samples)
+
+    with torch.no_grad():
+        gen_e = timed(lambda: engine.generate(prompt, new, eos_token_id=[]))
+        one_e = timed(lambda: engine.generate(prompt, 1, eos_token_id=[]))
+        kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+        gen_x = timed(lambda: eager.generate(prompt, max_new_tokens=new, min_new_tokens=new, **kw))
+        one_x = timed(lambda: eager.generate(prompt, max_new_tokens=1, **kw))
+    decode_e = (gen_e - one_e) / (new - 1)  # prefill cancels out
+    decode_x = (gen_x - one_x) / (new - 1)
+    summary = {
+        "ok": match,
+        "device": args.device,
+        "gpu": name,
+        "compute_capability": f"{gpu.major}.{gpu.minor}" if gpu else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "key": built.entry.key,
+        "build_s": round(build_s, 1),
+        "tokens_match": match,
+        "new_tokens": new,
+        "decode_engine_ms": round(decode_e * 1000, 3),
+        "decode_eager_ms": round(decode_x * 1000, 3),
+        "decode_speedup": round(decode_x / decode_e, 2) if decode_e > 0 else None,
+    }
+    print(f"gpu_check: {'PASS' if match else 'FAIL'} {name} ({sm}), torch "
+          f"{torch.__version__} CUDA {torch.version.cuda}: tiny llama torch-aoti {args.device} engine built in {build_s:.0f} s, "
+          f"greedy {new} tokens {'match' if match else 'DIFFER from'} eager, decode {decode_e * 1000:.2f} ms/token vs "
+          f"eager {decode_x * 1000:.2f} ms ({summary['decode_speedup']}x)")
+    if args.json:
+        print(json.dumps(summary))
+    if not match:
+        print(f"gpu_check: engine {mine.tolist()}\ngpu_check: eager  {theirs.tolist()}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""scripts/gpu_check.py, the CUDA check for a GPU machine, run here on the CPU so it cannot rot.
+
+The same script, the same build, load, token comparison and timing as on a GPU, with
+``--device cpu``; without ``--device`` on a machine with no CUDA it must say so and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+def test_the_check_builds_loads_and_compares_tokens_on_the_cpu() -> None:
+    r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--json", "--new-tokens", "8", "--runs", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line, data = r.stdout.strip().splitlines()[-2:]
+    assert line.startswith("gpu_check: PASS") and "greedy 8 tokens match eager" in line, line
+    summary = json.loads(data)
+    assert summary["tokens_match"] is True and summary["device"] == "cpu" and len(summary["key"]) == 64
+    assert summary["decode_engine_ms"] > 0 and summary["decode_eager_ms"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")
+def test_without_cuda_it_says_so_and_exits_2() -> None:
+    r = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"gpu_check: torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)"
