@@ -38,11 +38,13 @@ def main() -> None:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                     help="cpu: the same check on the CPU, to test this script where there is no GPU")
     args = ap.parse_args()
-    try:
-        import torch
-        import transformers  # noqa: F401 - present, or the check cannot run
-    except ImportError as e:
-        _fail(f"needs torch (CUDA) and transformers preinstalled: {e}")
+    import importlib.util
+
+    missing = [name for name in ("torch", "transformers", "safetensors") if importlib.util.find_spec(name) is None]
+    if missing:
+        _fail(f"needs torch (CUDA), transformers and safetensors preinstalled; missing: {', '.join(missing)}")
+    import torch
+
     if args.device == "cuda" and not torch.cuda.is_available():
         _fail(f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)")
     sys.path.insert(0, str(REPO))
