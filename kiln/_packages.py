@@ -3,11 +3,11 @@
 Every lookup keys on toolchain versions (torch, transformers…), read from package metadata.
 ``importlib.metadata`` and what it imports (email, zipfile, socket, importlib.resources) cost
 about 16 ms of a ~140 ms ``kiln lookup`` (``python -X importtime``, Python 3.11), so the common
-case is read from the names of the ``.dist-info`` directories on ``sys.path``, in path order
-as ``importlib.metadata`` searches them: an installed wheel's directory is named
-``{normalized name}-{version}.dist-info`` (PyPA's "Recording installed projects"). Anything
-else (eggs, ``.egg-info``, a name that does not parse, a zip on the path) falls back to
-``importlib.metadata``.
+case is found by the names of the ``.dist-info`` directories on ``sys.path``, in path order
+as ``importlib.metadata`` searches them (an installed wheel's directory is named
+``{normalized name}-{version}.dist-info``, PyPA's "Recording installed projects"), and read
+from that directory's METADATA header. Anything else (eggs, ``.egg-info``, a name with more
+than one ``-``, a missing METADATA, a zip on the path) falls back to ``importlib.metadata``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 __all__ = ["installed_version"]
 
 _SEPARATORS = re.compile(r"[-_.]+")
-_VERSION = re.compile(r"[0-9][0-9A-Za-z.!+_]*")  # a PEP 440 version as pip writes it in a directory name
+_SUFFIXES = (".dist-info", ".egg-info", ".egg")
 
 
 def _normalize(name: str) -> str:
@@ -27,27 +27,50 @@ def _normalize(name: str) -> str:
 
 
 def installed_version(dist: str) -> str | None:
-    """The installed version of distribution ``dist`` (``"torch"``, ``"tensorrt_llm"``), or None."""
+    """The installed version of distribution ``dist`` (``"torch"``, ``"tensorrt_llm"``), or None.
+
+    The first directory on ``sys.path`` that holds the project decides, as for importlib.metadata;
+    the version is its METADATA's ``Version:`` header (importlib.metadata's answer, which a
+    directory name may spell differently). Anything but a plain ``name-version.dist-info`` with a
+    readable METADATA is left to importlib.metadata itself.
+    """
     wanted = _normalize(dist)
     for entry in sys.path:
         try:
             names = os.listdir(entry or ".")
-        except OSError:  # a missing directory, or a zip on the path (read by importlib.metadata below)
+        except OSError:  # not a directory: a zip on the path is importlib.metadata's to read
             if os.path.isfile(entry):
                 return _from_metadata(dist)
             continue
         for name in names:
-            stem, dot, suffix = name.rpartition(".")
-            if suffix not in ("dist-info", "egg-info", "egg") or not dot:
+            lower = name.lower()
+            suffix = next((x for x in _SUFFIXES if lower.endswith(x)), None)
+            if suffix is None:
                 continue
-            # A version holds no "-" (PEP 440; installers write one as "_"), so the last "-" splits
-            # a .dist-info name; eggs add "-pyX.Y" after the version, so their first "-" does.
-            project, _, version = stem.rpartition("-") if suffix == "dist-info" else stem.partition("-")
-            if _normalize(project or stem) != wanted:
+            stem = name[: -len(suffix)]
+            # The project is before the first "-" (wheels, eggs) or, in old names, the last one.
+            if wanted not in (_normalize(stem.partition("-")[0]), _normalize(stem.rpartition("-")[0])):
                 continue
-            if suffix == "dist-info" and _VERSION.fullmatch(version):
-                return version
+            if name.endswith(".dist-info") and stem.count("-") == 1:
+                version = _metadata_version(os.path.join(entry or ".", name, "METADATA"))
+                if version:
+                    return version
             return _from_metadata(dist)
+    return None
+
+
+def _metadata_version(path: str) -> str | None:
+    """The ``Version:`` header of a METADATA file (headers end at the first blank line)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    return None
+                key, _, value = line.partition(":")
+                if key.strip().lower() == "version":
+                    return value.strip() or None
+    except OSError:
+        return None
     return None
 
 

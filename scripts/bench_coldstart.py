@@ -57,7 +57,7 @@ t_lookup = time.time()
 loaded = load_engine(res, store=store)
 t_loaded = time.time()
 import torch
-ids = torch.tensor([loaded.fast_tokenizer().encode(sys.argv[5]).ids])  # tokenizers alone: no transformers import
+ids = torch.tensor([loaded.fast_tokenizer().encode(sys.argv[5], add_special_tokens=False).ids])  # tokenizers alone: no transformers import
 loaded.engine.generate(ids, 1, eos_token_id=[])
 print(json.dumps({"ready_s": time.time() - t0, "resolve_s": t_lookup - t0, "materialise_load_s": t_loaded - t_lookup}))
 """
@@ -132,7 +132,7 @@ t_lookup = time.time()
 loaded = load_engine(res, store=store)
 t_loaded = time.time()
 import torch
-ids = torch.tensor([loaded.fast_tokenizer().encode(sys.argv[5]).ids])
+ids = torch.tensor([loaded.fast_tokenizer().encode(sys.argv[5], add_special_tokens=False).ids])
 loaded.engine.generate(ids, 1, eos_token_id=[])
 heavy = sorted(m for m in ("torch._dynamo", "torch._inductor", "transformers") if m in sys.modules)
 print(json.dumps({"ready_s": time.time() - t0, "resolve_s": t_lookup - t0, "materialise_load_s": t_loaded - t_lookup,

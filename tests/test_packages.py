@@ -56,6 +56,29 @@ def test_made_up_layouts_first_on_the_path(tmp_path: Path, monkeypatch: pytest.M
     assert installed_version(asked) == want == importlib.metadata.version(asked)
 
 
+@pytest.mark.parametrize("layout,metadata", [
+    ("foo-1.0.dist-info", None),  # a half-removed leftover: no METADATA
+    ("foo-1.0rc1.dist-info", "Name: foo\nVersion: 1.0-rc1\n"),  # the name normalised, METADATA raw
+    ("foo-1.0.0_rc1.dist-info", "Name: foo\nVersion: 1.0.0-rc1\n"),  # old wheel escaping
+    ("foo-2.0.dist-info", "Name: foo\nVersion: 2.1\n"),  # hand-edited: METADATA is the truth
+    ("foo-1.0-dev.dist-info", "Name: foo\nVersion: 1.0-dev\n"),  # a "-" in the version
+    ("foo-1.0.DIST-INFO", "Name: foo\nVersion: 1.0\n"),  # upper-case suffix
+    ("foo-1.0.dist-info", "Name: foo\nSummary: x\n\nVersion: 9.9\n"),  # "Version" only in the body
+])
+def test_odd_layouts_get_importlib_metadatas_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    layout: str, metadata: str | None) -> None:
+    (tmp_path / "site" / layout).mkdir(parents=True)
+    if metadata is not None:
+        (tmp_path / "site" / layout / "METADATA").write_text(metadata)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    try:
+        want = importlib.metadata.version("foo")
+    except importlib.metadata.PackageNotFoundError:
+        want = None
+    assert installed_version("foo") == want
+
+
 def test_the_first_directory_on_the_path_wins_as_for_importlib_metadata(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -92,20 +93,49 @@ def publish(
 
 def _put_files(blobs: Blobs, paths: list[tuple[str, Path]], *, move: bool,
                progress: Progress | None) -> list[FileEntry]:
-    """Every file's blob, several files at a time: sha256 runs at ~1 GB/s on one core and
-    releases the GIL, as do the writes and fsyncs, so files in parallel use every core
-    (measured in scripts/bench_store.py). A failure raises the first failing file's error,
-    in path order, once the others have finished; their blobs are unreferenced, for gc."""
+    """Every file's blob, several files at a time, in path order.
+
+    sha256 runs at ~1.4 GB/s on one core here and releases the GIL, as do the writes and
+    fsyncs, so files in parallel use every core (docs/benchmarks.md, issue 18). The first file
+    that fails (or an interrupt) stops the others at their next chunk, and its error is raised;
+    blobs already stored are unreferenced, for gc, and no temp file stays.
+    """
+    stop = threading.Event()
+
     def put(item: tuple[str, Path]) -> FileEntry:
         rel, path = item
-        digest, size = blobs.put_file(path, move=move, progress=progress)
+
+        def advance(n: int) -> None:  # called after every chunk: where a stopped put gives up
+            if stop.is_set():
+                raise _Stopped
+            if progress is not None:
+                progress(n)
+
+        if stop.is_set():
+            raise _Stopped
+        digest, size = blobs.put_file(path, move=move, progress=advance)
         return FileEntry(rel, digest, size)
 
     workers = min(len(paths), PUT_THREADS)
     if workers <= 1:
         return [put(item) for item in paths]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-put") as pool:
-        return list(pool.map(put, paths))
+        futures = [pool.submit(put, item) for item in paths]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            if not all(f.done() and f.exception() is None for f in futures):
+                stop.set()  # a failure or an interrupt: the running files stop at their next chunk
+                for f in futures:
+                    f.cancel()
+        errors = [e for f in futures if not f.cancelled() and (e := f.exception()) and not isinstance(e, _Stopped)]
+        if errors:
+            raise errors[0]
+        return [f.result() for f in futures]
+
+
+class _Stopped(Exception):
+    """A file's put gave up because another file failed."""
 
 
 def artifact_files(src_dir: Path) -> list[tuple[str, Path]]:

@@ -54,20 +54,30 @@ class LoadedEngine:
     def fast_tokenizer(self) -> Any:
         """The model's ``tokenizer.json`` through the ``tokenizers`` library (``tokenizers.Tokenizer``):
         what a server that only encodes and decodes needs, without importing transformers (about
-        2 s of a cold start on 2 cores, scripts/bench_coldstart.py). No chat templates: use
-        :meth:`tokenizer` for those."""
+        2 s of a cold start on 2 cores, scripts/bench_coldstart.py).
+
+        It is the file as saved, without what transformers changes after loading it: no chat
+        template, and special tokens as the file's post-processor adds them (transformers may
+        rebuild that from ``add_bos_token``/``add_eos_token`` in tokenizer_config.json), so use
+        ``encode(text, add_special_tokens=False)`` and add them yourself, or :meth:`tokenizer`,
+        where the two may differ. Truncation and padding saved in the file are switched off."""
         path = self.directory / "tokenizer.json"
         if not path.is_file():
             raise ModelError(
                 f"artifact {self.entry.key[:12]} holds no tokenizer.json (a fast tokenizer): use "
                 "LoadedEngine.tokenizer(), which reads the model's other tokenizer files through transformers."
             )
-        from tokenizers import Tokenizer
-
         try:
-            return Tokenizer.from_file(str(path))
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise ModelError("LoadedEngine.fast_tokenizer() needs the `tokenizers` package: pip install tokenizers") from None
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises its own Exception type for a bad file
             raise ModelError(f"the tokenizer.json stored with artifact {self.entry.key[:12]} cannot be loaded: {e}") from None
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return tokenizer
 
     def tokenizer(self) -> Any:
         """The model's tokenizer, from the files stored with the engine."""
