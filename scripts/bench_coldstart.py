@@ -59,7 +59,9 @@ t_loaded = time.time()
 import torch
 ids = torch.tensor([loaded.fast_tokenizer().encode(sys.argv[5], add_special_tokens=False).ids])  # tokenizers alone: no transformers import
 loaded.engine.generate(ids, 1, eos_token_id=[])
-print(json.dumps({"ready_s": time.time() - t0, "resolve_s": t_lookup - t0, "materialise_load_s": t_loaded - t_lookup}))
+heavy = sorted(m for m in ("torch._dynamo", "torch._inductor", "transformers") if m in sys.modules)
+print(json.dumps({"ready_s": time.time() - t0, "resolve_s": t_lookup - t0, "materialise_load_s": t_loaded - t_lookup,
+                  "heavy": heavy}))
 """
 
 
@@ -121,24 +123,6 @@ def latency(model_dir: Path, store_root: Path, n_positions: int, runs: int) -> d
             "decode_engine_s": dec_engine, "decode_eager_s": dec_eager, "tokens_match": same}
 
 
-TINY_HIT_CHILD = r"""
-import sys, time, json
-t0 = float(sys.argv[1])
-from kiln import BuildSpec, Store, resolve
-from kiln.api import load_engine
-store = Store(sys.argv[3])
-res = resolve(BuildSpec("torch-aoti", sys.argv[2], n_positions=int(sys.argv[4]), dtype="fp32"), store=store)
-t_lookup = time.time()
-loaded = load_engine(res, store=store)
-t_loaded = time.time()
-import torch
-ids = torch.tensor([loaded.fast_tokenizer().encode(sys.argv[5], add_special_tokens=False).ids])
-loaded.engine.generate(ids, 1, eos_token_id=[])
-heavy = sorted(m for m in ("torch._dynamo", "torch._inductor", "transformers") if m in sys.modules)
-print(json.dumps({"ready_s": time.time() - t0, "resolve_s": t_lookup - t0, "materialise_load_s": t_loaded - t_lookup,
-                  "heavy": heavy}))
-"""
-
 IMPORT_TORCH_CHILD = r"""
 import sys, time, json
 t0 = float(sys.argv[1])
@@ -162,7 +146,7 @@ def tiny(runs: int) -> None:
             raise SystemExit(build.stderr)
         pairs = []
         for _ in range(runs + 1):  # the first pair warms the page cache, not counted
-            pairs.append((run_child(TINY_HIT_CHILD, str(model), str(store), "64", PROMPT), run_child(IMPORT_TORCH_CHILD)))
+            pairs.append((run_child(HIT_CHILD, str(model), str(store), "64", PROMPT), run_child(IMPORT_TORCH_CHILD)))
         pairs = pairs[1:]
     finally:
         shutil.rmtree(work, ignore_errors=True)

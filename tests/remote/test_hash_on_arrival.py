@@ -73,17 +73,22 @@ def _artifact(tmp_path: Path) -> dict[str, bytes]:
     return {"engine.bin": rng.randbytes((11 << 20) + 5), "weights.bin": rng.randbytes(3 << 20), "config.json": b"{}"}
 
 
+def _pushed(url: str, model: Path, tmp_path: Path) -> tuple[dict[str, bytes], Store, Any, Any]:
+    """An artifact put in a builder's store (`kiln store put`) and pushed to ``url``."""
+    files = _artifact(tmp_path)
+    src_store = Store(tmp_path / "builder")
+    store_put(write_tree(tmp_path / "art", files), model, env={"KILN_HOME": str(src_store.root)})
+    [entry] = list(src_store.iter_entries())
+    rem = open_remote(url)
+    push(src_store, rem, entry)
+    return files, src_store, entry, rem
+
+
 def test_pull_verifies_without_reading_the_downloads_again(
     remote: RemoteView, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(S3Remote, "PART_SIZE", 5 << 20)  # the 11 MiB file comes in 3 parallel ranged parts
-    files = _artifact(tmp_path)
-    src_store = Store(tmp_path / "builder")
-    key = store_put(write_tree(tmp_path / "art", files), model, env={"KILN_HOME": str(src_store.root)})
-    [entry] = list(src_store.iter_entries())
-    assert entry.key == key
-    rem = open_remote(remote.url)
-    push(src_store, rem, entry)
+    files, _, entry, rem = _pushed(remote.url, model, tmp_path)
 
     rehashed: list[Path] = []
     real = _blobs.hash_file
@@ -125,12 +130,7 @@ class _NoDigest:
 def test_a_download_without_a_digest_is_hashed_after_landing(
     s3_view: S3View, model: Path, tmp_path: Path
 ) -> None:
-    files = _artifact(tmp_path)
-    src_store = Store(tmp_path / "builder")
-    store_put(write_tree(tmp_path / "art", files), model, env={"KILN_HOME": str(src_store.root)})
-    [entry] = list(src_store.iter_entries())
-    rem = open_remote(s3_view.url)
-    push(src_store, rem, entry)
+    files, _, entry, rem = _pushed(s3_view.url, model, tmp_path)
 
     good = Store(tmp_path / "good")
     assert pull(good, _NoDigest(rem), entry).downloaded == 3  # type: ignore[arg-type]
@@ -147,12 +147,7 @@ def test_a_flipped_byte_on_the_remote_is_refused_by_the_hash_on_arrival(
     remote: RemoteView, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(S3Remote, "PART_SIZE", 5 << 20)
-    files = _artifact(tmp_path)
-    src_store = Store(tmp_path / "builder")
-    store_put(write_tree(tmp_path / "art", files), model, env={"KILN_HOME": str(src_store.root)})
-    [entry] = list(src_store.iter_entries())
-    rem = open_remote(remote.url)
-    push(src_store, rem, entry)
+    _, src_store, entry, rem = _pushed(remote.url, model, tmp_path)
     big = next(f for f in src_store.read_manifest(entry.manifest).files if f.path == "engine.bin")
     data = bytearray(remote.read(blob_key(big.digest)))
     data[(7 << 20) + 3] ^= 0x01  # in the second ranged part, hashed after the first has landed
