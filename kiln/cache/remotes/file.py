@@ -110,7 +110,7 @@ class FileRemote(Remote):
         tmp = temp_name(final)
         try:
             with open(path, "rb") as fin:
-                _copy(fin, tmp, None, progress)  # the digest is the pusher's; this side keeps bytes
+                _copy(fin, tmp, None, progress, digest=False)  # the pusher has the digest already
             os.replace(tmp, final)
         except OSError as e:
             unlink_quiet(tmp)
@@ -133,7 +133,7 @@ class FileRemote(Remote):
                 copied, digest = _copy(fin, dest, size + 1, progress)
             if copied != size:
                 raise self.size_error(key, size, f"more than {size}" if copied > size else copied)
-            return digest, copied
+            return (digest, copied) if digest else None
         except OSError as e:
             unlink_quiet(dest)
             raise self.error(f"cannot download object {key} from remote {self.describe()}: {e.strerror}") from None
@@ -184,11 +184,13 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a file")
 
 
-def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | None) -> tuple[int, str]:
+def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | None,
+          digest: bool = True) -> tuple[int, str | None]:
     """Copy ``fin`` into a new ``dest`` (at most ``limit`` bytes), fsynced; returns the bytes copied
-    and their ``sha256:<hex>``, hashed on the way (a pull then verifies without a second read)."""
+    and, with ``digest``, their ``sha256:<hex>``, hashed on the way (a pull then verifies without
+    a second read)."""
     copied = 0
-    h = hashlib.sha256()
+    h = hashlib.sha256() if digest else None
     buf = bytearray(COPY_CHUNK)
     view = memoryview(buf)
     with open(dest, "wb", buffering=0) as fout:
@@ -196,7 +198,8 @@ def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | Non
             n = fin.readinto(view[: COPY_CHUNK if limit is None else min(COPY_CHUNK, limit - copied)])
             if not n:
                 break
-            h.update(view[:n])
+            if h is not None:
+                h.update(view[:n])
             done = 0
             while done < n:  # an unbuffered write may be short; the next one raises ENOSPC/EFBIG
                 done += fout.write(view[done:n])
@@ -204,4 +207,4 @@ def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | Non
             if progress:
                 progress(n)
         os.fsync(fout.fileno())
-    return copied, "sha256:" + h.hexdigest()
+    return copied, None if h is None else "sha256:" + h.hexdigest()
