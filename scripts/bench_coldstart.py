@@ -8,9 +8,10 @@ Measured in one run, on one machine, so the ratios compare like with like:
     then load and run;
   - "Kiln hit": `kiln` lookup + materialise (hard links) + load, then run. Nothing compiles.
 * decode latency per token and prefill latency for a 128-token prompt: the loaded engine vs
-  eager transformers (same weights, same prompt, greedy), medians of several runs.
+  eager transformers (same weights, same prompt, greedy); engine and eager alternate, and the
+  ratio is the median of the per-pair ratios.
 
-    .venv/bin/python scripts/bench_coldstart.py [--n-positions 512] [--runs 5]
+    .venv/bin/python scripts/bench_coldstart.py [--n-positions 512] [--runs 5] [--latency-only]
     .venv/bin/python scripts/bench_coldstart.py --tiny [--runs 5]   # a tiny engine's hit vs `import torch`
 """
 
@@ -91,14 +92,20 @@ def latency(model_dir: Path, store_root: Path, n_positions: int, runs: int) -> d
     ids = chat["input_ids"] if hasattr(chat, "keys") else chat
     new = 32
 
-    def timed(fn) -> float:  # type: ignore[no-untyped-def]
-        fn()  # warm-up
-        samples = []
+    def paired(engine_fn, eager_fn) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+        """Median engine time, median eager time and median per-pair ratio (eager / engine): the
+        two sides alternate, so a noisy moment on this shared machine hits both."""
+        engine_fn(), eager_fn()  # warm-up
+        pairs = []
         for _ in range(runs):
             t = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t)
-        return statistics.median(samples)
+            engine_fn()
+            t_engine = time.perf_counter() - t
+            t = time.perf_counter()
+            eager_fn()
+            pairs.append((t_engine, time.perf_counter() - t))
+        return (statistics.median(e for e, _ in pairs), statistics.median(g for _, g in pairs),
+                statistics.median(g / e for e, g in pairs))
 
     with torch.no_grad():
         def engine_prefill() -> None:
@@ -108,19 +115,34 @@ def latency(model_dir: Path, store_root: Path, n_positions: int, runs: int) -> d
         def eager_prefill() -> None:
             eager(prompt_128, use_cache=True)
 
-        pre_engine, pre_eager = timed(engine_prefill), timed(eager_prefill)
-        gen_engine = timed(lambda: engine.generate(ids, new, eos_token_id=[]))
-        gen_eager = timed(lambda: eager.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False))
-        one_engine = timed(lambda: engine.generate(ids, 1, eos_token_id=[]))
-        one_eager = timed(lambda: eager.generate(ids, max_new_tokens=1, do_sample=False))
+        def engine_decode() -> float:
+            # Per-token decode = (generate N tokens - generate 1 token) / (N - 1): prefill cancels out.
+            t = time.perf_counter()
+            engine.generate(ids, new, eos_token_id=[])
+            t_new = time.perf_counter() - t
+            t = time.perf_counter()
+            engine.generate(ids, 1, eos_token_id=[])
+            return (t_new - (time.perf_counter() - t)) / (new - 1)
+
+        def eager_decode() -> float:
+            t = time.perf_counter()
+            eager.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            t_new = time.perf_counter() - t
+            t = time.perf_counter()
+            eager.generate(ids, max_new_tokens=1, do_sample=False)
+            return (t_new - (time.perf_counter() - t)) / (new - 1)
+
+        pre_engine, pre_eager, pre_ratio = paired(engine_prefill, eager_prefill)
+        decodes = [(engine_decode(), eager_decode()) for _ in range(runs + 1)][1:]  # the first warms up
+        dec_engine = statistics.median(e for e, _ in decodes)
+        dec_eager = statistics.median(g for _, g in decodes)
+        dec_ratio = statistics.median(g / e for e, g in decodes)
         # Correctness with each side's normal EOS handling (min_new_tokens would make eager
         # suppress EOS, which the engine does not, so timings and equality use different calls).
         same = engine.generate(ids, new)[0].tolist() == eager.generate(ids, max_new_tokens=new, do_sample=False)[0].tolist()
-    # Per-token decode = (generate N tokens - generate 1 token) / (N - 1): prefill cancels out.
-    dec_engine = (gen_engine - one_engine) / (new - 1)
-    dec_eager = (gen_eager - one_eager) / (new - 1)
-    return {"prefill128_engine_s": pre_engine, "prefill128_eager_s": pre_eager,
-            "decode_engine_s": dec_engine, "decode_eager_s": dec_eager, "tokens_match": same}
+    return {"prefill128_engine_s": pre_engine, "prefill128_eager_s": pre_eager, "prefill128_ratio": pre_ratio,
+            "decode_engine_s": dec_engine, "decode_eager_s": dec_eager, "decode_ratio": dec_ratio,
+            "tokens_match": same}
 
 
 IMPORT_TORCH_CHILD = r"""
@@ -170,6 +192,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=REPO / ".kiln-demo" / "SmolLM2-135M-Instruct")
     ap.add_argument("--tiny", action="store_true",
                     help="cold start of a tiny engine's hit against `import torch` (no SmolLM2 needed)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="decode and prefill latency only (no JIT and hit cold starts)")
     args = ap.parse_args()
     if args.tiny:
         tiny(args.runs)
@@ -184,21 +208,24 @@ def main() -> None:
                                capture_output=True, text=True)
         if build.returncode != 0:
             raise SystemExit(build.stderr)
-        jit = run_child(JIT_CHILD, str(model), str(work / "jit"), str(args.n_positions), PROMPT)
-        hits = [run_child(HIT_CHILD, str(model), str(store), str(args.n_positions), PROMPT) for _ in range(3)]
-        hit = min(hits, key=lambda h: h["ready_s"])
+        if not args.latency_only:
+            jit = run_child(JIT_CHILD, str(model), str(work / "jit"), str(args.n_positions), PROMPT)
+            hits = [run_child(HIT_CHILD, str(model), str(store), str(args.n_positions), PROMPT) for _ in range(3)]
+            hit = min(hits, key=lambda h: h["ready_s"])
         lat = latency(model, store, args.n_positions, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"SmolLM2-135M-Instruct, torch-aoti fp32, batch 1, n_positions {args.n_positions}, {os.cpu_count()} CPUs\n")
     print("| measure | baseline | Kiln | ratio |")
     print("| --- | --- | --- | --- |")
-    print(f"| cold start to first token (fresh process) | JIT compile {jit['ready_s']:.1f} s | hit {hit['ready_s']:.2f} s "
-          f"(resolve {hit['resolve_s']:.2f} s, materialise+load {hit['materialise_load_s']:.2f} s) | {jit['ready_s'] / hit['ready_s']:.0f}x faster |")
+    if not args.latency_only:
+        print(f"| cold start to first token (fresh process) | JIT compile {jit['ready_s']:.1f} s | hit {hit['ready_s']:.2f} s "
+              f"(resolve {hit['resolve_s']:.2f} s, materialise+load {hit['materialise_load_s']:.2f} s) | "
+              f"{jit['ready_s'] / hit['ready_s']:.0f}x faster |")
     print(f"| decode latency per token | eager {lat['decode_eager_s'] * 1000:.1f} ms | engine {lat['decode_engine_s'] * 1000:.1f} ms | "
-          f"{lat['decode_eager_s'] / lat['decode_engine_s']:.2f}x |")
+          f"{lat['decode_ratio']:.2f}x |")
     print(f"| prefill, 128-token prompt | eager {lat['prefill128_eager_s'] * 1000:.0f} ms | engine {lat['prefill128_engine_s'] * 1000:.0f} ms | "
-          f"{lat['prefill128_eager_s'] / lat['prefill128_engine_s']:.2f}x |")
+          f"{lat['prefill128_ratio']:.2f}x |")
     print(f"\ngreedy tokens engine == eager (32 tokens): {lat['tokens_match']}")
 
 

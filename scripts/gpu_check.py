@@ -90,25 +90,27 @@ def check(args: argparse.Namespace, work: Path) -> None:
                                 eos_token_id=None, pad_token_id=0)
     match = mine.tolist() == theirs.tolist()
 
-    def timed(fn) -> float:  # type: ignore[no-untyped-def]
-        fn()
+    def decode_per_token(generate) -> float:  # type: ignore[no-untyped-def]
+        """Median over runs of (N tokens - 1 token) / (N - 1), each pair timed back to back, so
+        that prefill cancels out and a noisy moment spoils one pair, not the subtraction."""
+        generate(new), generate(1)
         sync()
         samples = []
         for _ in range(args.runs):
             t = time.perf_counter()
-            fn()
+            generate(new)
             sync()
-            samples.append(time.perf_counter() - t)
+            t_new = time.perf_counter() - t
+            t = time.perf_counter()
+            generate(1)
+            sync()
+            samples.append((t_new - (time.perf_counter() - t)) / (new - 1))
         return statistics.median(samples)
 
+    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
     with torch.no_grad():
-        gen_e = timed(lambda: engine.generate(prompt, new, eos_token_id=[]))
-        one_e = timed(lambda: engine.generate(prompt, 1, eos_token_id=[]))
-        kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
-        gen_x = timed(lambda: eager.generate(prompt, max_new_tokens=new, min_new_tokens=new, **kw))
-        one_x = timed(lambda: eager.generate(prompt, max_new_tokens=1, **kw))
-    decode_e = (gen_e - one_e) / (new - 1)  # prefill cancels out
-    decode_x = (gen_x - one_x) / (new - 1)
+        decode_e = decode_per_token(lambda n: engine.generate(prompt, n, eos_token_id=[]))
+        decode_x = decode_per_token(lambda n: eager.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kw))
     summary = {
         "ok": match,
         "device": args.device,

@@ -101,6 +101,21 @@ def test_toolchain_difference_is_a_miss_that_names_it(tmp_path: Path, fake_model
 
 
 @pytest.mark.light
+def test_an_engine_of_another_format_is_a_miss(tmp_path: Path, fake_model: Path) -> None:
+    """What export.py writes is keyed (the target's static toolchain): after a Kiln upgrade that changes
+    the engine format, an engine of the old one is never served, and the miss says why."""
+    from kiln.targets.torch_aoti._facts import ENGINE_FORMAT, ENGINE_FORMAT_VERSION
+
+    old = str(ENGINE_FORMAT_VERSION - 1)
+    art = _artifact(tmp_path)
+    assert run_kiln("store", "put", str(art), str(fake_model), *AOTI, "--toolchain", f"{ENGINE_FORMAT}={old}").returncode == 0
+    miss = run_kiln("lookup", str(fake_model), *AOTI)
+    assert miss.returncode == 1
+    assert f"toolchain {ENGINE_FORMAT}: want {ENGINE_FORMAT_VERSION}" in miss.stdout and f"have {old}" in miss.stdout
+    assert run_kiln("lookup", str(fake_model), *AOTI, "--toolchain", f"{ENGINE_FORMAT}={old}").returncode == 0
+
+
+@pytest.mark.light
 def test_lookup_where_the_toolchain_is_not_installed(tmp_path: Path, fake_model: Path) -> None:
     spec = ["--target", "neuron", "--n-positions", "2048", "--tp-degree", "2", "--instance-type", "ml.inf2.xlarge"]
     pins = ["--toolchain", "neuronx-cc=2.15.128", "--toolchain", "transformers-neuronx=0.12.313", "--toolchain",

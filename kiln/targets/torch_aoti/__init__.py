@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from ...spec import BuildSpec
 from ..base import PROVENANCE_CONFIG_FIELDS, BuildInputs, ResolvedSpec, Target, TargetOption
 from ..hardware import cpu_class, cuda_class
-from ._facts import SUPPORTED_ARCHITECTURES
+from ._facts import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, SUPPORTED_ARCHITECTURES
 
 __all__ = ["TORCH_AOTI", "TorchAotiTarget"]
 
@@ -72,6 +72,8 @@ TORCH_AOTI = TorchAotiTarget(
     description="torch.export + AOTInductor .pt2 engine with a static KV cache (CPU or CUDA)",
     # transformers is in the toolchain because its model code is what gets exported.
     packages={"torch": "torch", "transformers": "transformers"},
+    # Kiln's export code shapes the engine as much as torch does: its format version is keyed.
+    static_toolchain={ENGINE_FORMAT: str(ENGINE_FORMAT_VERSION)},
     dtypes=("fp32", "bf16", "fp16"),
     default_dtype="fp32",
     architectures=SUPPORTED_ARCHITECTURES,

@@ -14,7 +14,10 @@ __all__ = ["SUPPORTED_ARCHITECTURES", "ENGINE_FORMAT", "ENGINE_FORMAT_VERSION", 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
 
 ENGINE_FORMAT = "kiln-torch-aoti-engine"
-ENGINE_FORMAT_VERSION = 1
+# Bumped whenever export.py writes other files or another graph. It is part of every torch-aoti
+# build key (the target's static toolchain): an engine of an older format is never a hit.
+# 2: attention reads only the positions written so far (the attention_span input).
+ENGINE_FORMAT_VERSION = 2
 
 PACKAGE_FILE = "engine.pt2"
 WEIGHTS_FILE = "weights.safetensors"

@@ -25,6 +25,14 @@ decode step is a one-token call to the same compiled graph. The model derives to
 from the cache length, which the wrapper sets from ``cache_position[0]`` on every call, so a
 forward is a pure function of (input_ids, cache_position, KV cache) — no hidden counters.
 
+Attention reads only the cache positions written so far: the graph's third input,
+``attention_span``, is a tensor whose length (a second dynamic dimension, 1..n_positions) is
+the number of leading cache positions attention reads, and the loader passes
+``cache_position[-1] + 1``. Positions past it hold nothing a causal mask would let through, so
+the result is the same as attending over the whole cache; the work is not (format version 1
+attended over all ``n_positions`` at every step: the mask, the grouped-query expansion of K/V and
+the attention itself scaled with the cache, not with the sequence).
+
 KV-cache buffers are user-managed at load (``load_constants(..., user_managed=True)``): the
 runner uses our tensors in place, so ``Engine.reset()`` is a ``zero_()`` and the buffers are
 never part of any file.
@@ -46,6 +54,7 @@ from typing import Any
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.cache_utils import StaticCache, StaticLayer
 
 from .._model_files import GENERATION_CONFIG, TOKENIZER_FILES
 from .._safetensors import save_deterministic
@@ -133,26 +142,80 @@ def _head_dim(config: Any) -> int:
     return int(head_dim) if head_dim else int(config.hidden_size // config.num_attention_heads)
 
 
+class _OneDnnLinear(torch.nn.Linear):
+    """``nn.Linear`` computed by oneDNN (``torch.ops.mkldnn._linear_pointwise``) on plain weights.
+
+    On a CPU, a decode step is one matrix-vector product per weight, and ATen's ``mm`` (MKL
+    sgemm here) is the slower kernel for it: SmolLM2's 211 linears of one fp32 decode step took
+    27 ms through ``mm`` and 18 ms through oneDNN, and its lm_head 7.5 ms against 2.6–3.4 ms
+    (2 cores, torch 2.13; docs/benchmarks.md). AOTInductor calls the op through its C shim
+    (``aoti_torch_cpu__linear_pointwise``). The weight stays the module's own parameter in its
+    plain layout (oneDNN's prepacked layout would be a per-machine blob, not the shared weights
+    file), so names, shapes and bytes of weights.safetensors are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+def _linear_kernel(dev: torch.device, dtype: str) -> str:
+    """Which kernel the engine's linears use: "onednn" for fp32 on a CPU with torch's oneDNN, else "aten".
+
+    Not bf16/fp16: a bf16 1536x576 matrix-vector product took the same time both ways here (48 µs).
+    """
+    return "onednn" if dev.type == "cpu" and dtype == "fp32" and torch.backends.mkldnn.is_available() else "aten"
+
+
+def _use_onednn_linears(model: torch.nn.Module) -> None:
+    """Compute every plain ``nn.Linear`` of ``model`` with :class:`_OneDnnLinear` (same parameters)."""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = _OneDnnLinear
+
+
+class _SpanLayer(StaticLayer):
+    """A full-length static cache layer whose attention reads only its first ``span`` positions.
+
+    The wrapper sets ``span`` on every call (a symbolic size while exporting). New keys and
+    values are still written at their positions in the full-length cache; ``update`` hands
+    attention the leading ``span`` positions and ``get_mask_sizes`` sizes the mask to match
+    (transformers 5.24 ``cache_utils.StaticLayer``: ``update`` returns the whole cache and
+    ``get_mask_sizes`` returns ``max_cache_len``, which is what this overrides).
+    """
+
+    def __init__(self, max_cache_len: int) -> None:
+        super().__init__(max_cache_len)
+        self.span: Any = max_cache_len
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        return keys[:, :, : self.span], values[:, :, : self.span]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.span, 0
+
+
 class _StaticCacheLM(torch.nn.Module):
-    """``(input_ids [B, S], cache_position [S]) -> logits [B, S, V]`` over a static KV cache.
+    """``(input_ids [B, S], cache_position [S], attention_span [T]) -> logits [B, S, V]`` over a
+    static KV cache, attending over cache positions ``0..T-1`` (the caller passes
+    ``T = cache_position[-1] + 1``; only ``attention_span``'s length is read).
 
     The cache is a transformers ``StaticCache`` whose per-layer tensors are registered here as
     non-persistent buffers (names ``kiln_kv_*``), so export lifts them as mutable constants.
-    Sliding-window layers are replaced by full-length static layers: the sliding-window mask
-    still applies (the model builds it from ``config.sliding_window``), and a full-length layer
-    has no data-dependent control flow, so generation past the window is exact.
+    Every layer is a full-length static layer that attends over the span (:class:`_SpanLayer`);
+    sliding-window layers are replaced too: the sliding-window mask still applies (the model
+    builds it from ``config.sliding_window``), and a full-length layer has no data-dependent
+    control flow, so generation past the window is exact.
     """
 
     def __init__(self, model: Any, batch_size: int, max_cache_len: int, device: torch.device) -> None:
         super().__init__()
-        from transformers.cache_utils import StaticCache, StaticLayer
-
         config = model.config.get_text_config()
         self.model = model
         self.static_cache = StaticCache(config=config, max_cache_len=max_cache_len)
-        for i, layer in enumerate(self.static_cache.layers):
-            if type(layer) is not StaticLayer:
-                self.static_cache.layers[i] = StaticLayer(max_cache_len)
+        for i in range(len(self.static_cache.layers)):
+            self.static_cache.layers[i] = _SpanLayer(max_cache_len)
         self.static_cache.early_initialization(
             batch_size, int(config.num_key_value_heads), _head_dim(config), model.dtype, device
         )
@@ -161,11 +224,13 @@ class _StaticCacheLM(torch.nn.Module):
             self.register_buffer(_KV_VALUE.format(i), layer.values, persistent=False)
             self.register_buffer(_KV_LENGTH.format(i), layer.cumulative_length, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor,
+                attention_span: torch.Tensor) -> torch.Tensor:
         # The model takes its positions from the cache length; set it from the caller's
         # position on every call so that the KV tensors are the only state between calls.
         for layer in self.static_cache.layers:
             layer.cumulative_length.copy_(cache_position[0])
+            layer.span = attention_span.shape[0]
         out = self.model(
             input_ids=input_ids,
             attention_mask=None,
@@ -272,20 +337,27 @@ def export_engine(
     config, model, architecture, model_kwargs = _load_model(model_dir, dtype, dev, gguf_file, log)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    linear_kernel = _linear_kernel(dev, dtype)
+    if linear_kernel == "onednn":
+        _use_onednn_linears(model)
     wrapper = _StaticCacheLM(model, batch_size, n_positions, dev).eval()
 
-    # Trace with a sequence length of 2 (not 1: export specialises dims of size 0/1).
-    example_len = 2
+    # Trace with a sequence length of 2 (not 1: export specialises dims of size 0/1) and a
+    # span of 3 where the cache allows it (a span equal to the sequence would trace the prefill's
+    # case only).
+    example_len, example_span = 2, min(3, n_positions)
     example = (
         torch.zeros((batch_size, example_len), dtype=torch.long, device=dev),
         torch.arange(example_len, dtype=torch.long, device=dev),
+        torch.arange(example_span, dtype=torch.long, device=dev),
     )
     seq = torch.export.Dim("seq", min=1, max=n_positions)
+    span = torch.export.Dim("span", min=1, max=n_positions)
     t1 = time.perf_counter()
     log("stage: export")
     with torch.no_grad(), _quiet_export():
         exported = torch.export.export(
-            wrapper, example, dynamic_shapes=({1: seq}, {0: seq}), strict=True
+            wrapper, example, dynamic_shapes=({1: seq}, {0: seq}, {0: span}), strict=True
         )
     log(f"export done in {time.perf_counter() - t1:.1f}s")
 
@@ -351,9 +423,12 @@ def export_engine(
         "num_hidden_layers": int(text_config.num_hidden_layers),
         "sliding_window": getattr(text_config, "sliding_window", None),
         "experts_implementation": model_kwargs.get("experts_implementation"),
+        "linear_kernel": linear_kernel,
         "inputs": [
             {"name": "input_ids", "dtype": "int64", "shape": [batch_size, "seq"]},
             {"name": "cache_position", "dtype": "int64", "shape": ["seq"]},
+            # only its length is read: the number of leading cache positions attention reads
+            {"name": "attention_span", "dtype": "int64", "shape": ["span"]},
         ],
         "outputs": [{"name": "logits", "dtype": tensor_dtype_name(torch_dtype), "shape": [batch_size, "seq", "vocab_size"]}],
         "files": {"package": PACKAGE_FILE, "weights": WEIGHTS_FILE},

@@ -87,13 +87,13 @@ def _check_runtime_compat(package_meta: dict[str, str], device: torch.device, wh
             )
 
 
-# The call spec export.py's wrapper traces (``forward(input_ids, cache_position) -> logits``), as
-# pytree's JSON (torch 2.13, torch/utils/_pytree.py treespec_dumps): two positional tensors, no
-# keyword arguments, one tensor out.
+# The call spec export.py's wrapper traces (``forward(input_ids, cache_position, attention_span)
+# -> logits``), as pytree's JSON (torch 2.13, torch/utils/_pytree.py treespec_dumps): three
+# positional tensors, no keyword arguments, one tensor out.
 _LEAF = {"type": None, "context": None, "children_spec": []}
 _ENGINE_CALL_SPEC = (
     [1, {"type": "builtins.tuple", "context": "null", "children_spec": [
-        {"type": "builtins.tuple", "context": "null", "children_spec": [_LEAF, _LEAF]},
+        {"type": "builtins.tuple", "context": "null", "children_spec": [_LEAF, _LEAF, _LEAF]},
         {"type": "builtins.dict", "context": "[]", "children_spec": []}]}],
     [1, _LEAF],
 )
@@ -111,8 +111,8 @@ class _PackageRunner:
     def __init__(self, loader: Any) -> None:
         self.loader = loader
 
-    def __call__(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
-        return self.loader.boxed_run([input_ids, cache_position])[0]  # boxed_run takes the list over
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.loader.boxed_run(list(inputs))[0]  # boxed_run takes the list over
 
     def get_constant_fqns(self) -> list[str]:
         return self.loader.get_constant_fqns()
@@ -189,6 +189,9 @@ class Engine:
                 spec["shape"], dtype=getattr(torch, spec["dtype"]), device=self.device
             )
         self._kv = list(self._buffers.values())
+        # The graph's attention_span input: only its length is read (attend over positions
+        # 0..length-1, see export.py), so every call passes a view of this one tensor.
+        self._span = torch.arange(self.n_positions, dtype=torch.long, device=self.device)
         # A weights blob is shared by many engines and fetched separately: check it is the one
         # this engine was built with (names, shapes, dtypes) before handing pointers to C++.
         for spec in meta["weights"]:
@@ -259,7 +262,7 @@ class Engine:
         # numbers otherwise (unless AOTI_RUNTIME_CHECK_INPUTS=1, then they raise).
         ids = input_ids.to(device=self.device, dtype=torch.long).contiguous()
         pos = cache_position.to(device=self.device, dtype=torch.long).contiguous()
-        return self._runner(ids, pos)
+        return self._runner(ids, pos, self._span[: start + seq])
 
     __call__ = forward
 

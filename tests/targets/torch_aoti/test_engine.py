@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover - depends on how pytest was started
     from tiny_models import make_tiny_model
 
 from kiln.targets.torch_aoti import runtime as _aoti_engine
+from kiln.targets.torch_aoti._facts import ENGINE_FORMAT_VERSION
 from kiln.targets.torch_aoti.export import export_engine
 from kiln.targets.torch_aoti.runtime import load_engine
 
@@ -226,6 +227,49 @@ def test_mistral_generates_past_sliding_window(engine: Any, eager: Any) -> None:
     torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_attention_reads_only_the_positions_written(kind: str, engine: Any) -> None:
+    """Cache positions past the current one are never read: NaN there changes nothing.
+
+    A causal mask alone would not do: it adds -inf to the scores of later positions, and
+    NaN + -inf is NaN, so an engine that attends over its whole cache returns NaN here.
+    """
+    eng = engine(kind)
+    ids = _prompt(1)
+    seq = eng.generate(ids, 8, eos_token_id=[])
+    clean = engine_logits(eng, seq, PROMPT_LEN)
+
+    eng.reset()
+    parts = [eng.forward(seq[:, :PROMPT_LEN], torch.arange(PROMPT_LEN))]
+    for pos in range(PROMPT_LEN, seq.shape[1]):
+        for name, t in eng._buffers.items():
+            if "length" not in name:  # keys and values: [batch, kv_heads, n_positions, head_dim]
+                t[:, :, pos:].fill_(float("nan"))
+        parts.append(eng.forward(seq[:, pos : pos + 1], torch.tensor([pos])))
+    poisoned = torch.cat(parts, dim=1)
+    assert torch.isfinite(poisoned).all()
+    torch.testing.assert_close(poisoned, clean, rtol=0, atol=0)
+
+
+def _package_calls(engine_dir: Path) -> set[str]:
+    """The ATen C-shim functions the package's compiled wrapper calls."""
+    import re
+
+    with zipfile.ZipFile(engine_dir / "engine.pt2") as zf:
+        wrapper = next(n for n in zf.namelist() if n.endswith(".wrapper.cpp"))
+        return set(re.findall(r"aoti_torch_cpu_\w+", zf.read(wrapper).decode()))
+
+
+def test_fp32_cpu_linears_run_on_onednn_and_bf16_on_aten(engine_dir: BuildFn) -> None:
+    fp32 = engine_dir("llama")
+    assert json.loads((fp32 / "engine.json").read_text())["linear_kernel"] == "onednn"
+    calls = _package_calls(fp32)
+    assert "aoti_torch_cpu__linear_pointwise" in calls and "aoti_torch_cpu_mm_out" not in calls, calls
+    bf16 = engine_dir("llama", dtype="bf16")
+    assert json.loads((bf16 / "engine.json").read_text())["linear_kernel"] == "aten"
+    assert "aoti_torch_cpu__linear_pointwise" not in _package_calls(bf16)
+
+
 def test_mixtral_uses_batched_mm_experts(engine: Any) -> None:
     assert engine("mixtral").metadata["experts_implementation"] == "batched_mm"
 
@@ -342,7 +386,7 @@ def test_engine_dir_is_self_contained_and_metadata(engine_dir: BuildFn, model_di
             "tokenizer.json", "tokenizer_config.json"} <= names  # fmt: skip
     assert not any(n.startswith(".engine-") or n.endswith(".tmp") for n in names)
     meta = json.loads((d / "engine.json").read_text())
-    assert meta["format"] == "kiln-torch-aoti-engine" and meta["format_version"] == 1
+    assert meta["format"] == "kiln-torch-aoti-engine" and meta["format_version"] == ENGINE_FORMAT_VERSION
     assert meta["architecture"] == "LlamaForCausalLM"
     assert (meta["batch_size"], meta["n_positions"], meta["dtype"], meta["device"]) == (1, N_POSITIONS, "fp32", "cpu")
     assert meta["vocab_size"] == 320 and meta["eos_token_id"] == [2]
