@@ -254,7 +254,7 @@ def _plant(store: Store, model: Path, manifest_bytes: bytes) -> api.Resolution:
     except UnsafeManifestError:
         entry = IndexEntry(
             key=res.key, manifest=mdigest, spec=res.entry_spec(), model=res.model_summary(),
-            toolchain=TOOLCHAIN, size=0, created="2026-01-01T00:00:00.000000Z", files=1,
+            toolchain=res.inputs()["toolchain"], size=0, created="2026-01-01T00:00:00.000000Z", files=1,
         )
     atomic_write_bytes(store.entry_path(entry.model_hex, res.key), entry.to_bytes())
     return res
@@ -264,7 +264,7 @@ def _crafted(store: Store, model: Path, files: dict[str, bytes]) -> bytes:
     """A manifest listing ``files`` with the real build record of ``model``'s spec as its config."""
     res = api.resolve(_spec(model), store=store, toolchain=TOOLCHAIN)
     record = make_record(key=res.key, inputs=res.inputs(), spec=res.spec.to_json(), model=res.model.to_json(),
-                         toolchain=TOOLCHAIN, started=utc_now(), duration_s=0.0)
+                         toolchain=res.inputs()["toolchain"], started=utc_now(), duration_s=0.0)
     entries = []
     with store.writer_lock():
         cdigest, csize = store.put_bytes(json.dumps(record, sort_keys=True).encode())
