@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ._fsutil import atomic_write_bytes
+from ._fsutil import WriteBehind, atomic_write_bytes
 from ._progress import Progress
 
 CHUNK = 8 * 1024 * 1024
@@ -33,15 +33,14 @@ def hash_stream(src: Path, dest: Path | None = None, progress: Progress | None =
     with open(src, "rb", buffering=0) as fin, (open(dest, "wb", buffering=0) if dest else contextlib.nullcontext()) as fout:
         buf = bytearray(CHUNK)
         view = memoryview(buf)
+        out = WriteBehind(fout) if fout is not None else None
         while True:
             n = fin.readinto(buf)
             if not n:
                 break
             h.update(view[:n])
-            if fout is not None:
-                done = 0
-                while done < n:  # an unbuffered write may be short (a full disk, a file-size limit)
-                    done += fout.write(view[done:n])  # the next one raises ENOSPC/EFBIG
+            if out is not None:
+                out.write(view[:n])
             size += n
             if progress:
                 progress(n)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ...errors import RemoteError
-from .._fsutil import atomic_write_bytes, fsync_dir, temp_name, unlink_quiet
+from .._fsutil import WriteBehind, atomic_write_bytes, fsync_dir, temp_name, unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
 
@@ -194,15 +194,14 @@ def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | Non
     buf = bytearray(COPY_CHUNK)
     view = memoryview(buf)
     with open(dest, "wb", buffering=0) as fout:
+        out = WriteBehind(fout)
         while limit is None or copied < limit:
             n = fin.readinto(view[: COPY_CHUNK if limit is None else min(COPY_CHUNK, limit - copied)])
             if not n:
                 break
             if h is not None:
                 h.update(view[:n])
-            done = 0
-            while done < n:  # an unbuffered write may be short; the next one raises ENOSPC/EFBIG
-                done += fout.write(view[done:n])
+            out.write(view[:n])
             copied += n
             if progress:
                 progress(n)
