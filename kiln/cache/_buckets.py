@@ -27,14 +27,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
-from ._fsutil import unlink_quiet
+from ._fsutil import remove_tree, unlink_quiet
 
 __all__ = [
     "FAILED_LOG_MAX_AGE_S",
@@ -58,7 +55,7 @@ FAILED_LOG_MAX_AGE_S = 30 * 86400  # failed builds' logs: kept a month for the u
 def build_dir(builds_dir: Path, key: str) -> Iterator[Path]:
     """A fresh directory under ``builds_dir`` owned by this process while in use (see above)."""
     builds_dir.mkdir(parents=True, exist_ok=True)
-    path = builds_dir / f"{key[:16]}-{os.getpid()}-{secrets.token_hex(3)}"
+    path = builds_dir / f"{key[:16]}-{os.getpid()}-{os.urandom(3).hex()}"
     fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -66,7 +63,7 @@ def build_dir(builds_dir: Path, key: str) -> Iterator[Path]:
         yield path
     finally:
         # Directory first, lock last: while any of the directory remains, the lock is held.
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         unlink_quiet(Path(str(path) + ".lock"))
         os.close(fd)
 
@@ -100,6 +97,8 @@ def keep_failed_log(logs_dir: Path, key: str, log: Path) -> Path:
     """Copy a failed build's log where the user can read it (gc removes it after 30 days)."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     saved = logs_dir / f"{key[:16]}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    import shutil  # only a failed build's log is copied
+
     shutil.copyfile(log, saved)
     return saved
 
@@ -109,6 +108,8 @@ def new_run_dir(run_dir_root: Path) -> Path:
 
     Leased by this process until :func:`release_run_dir` or until it exits (see above).
     """
+    import tempfile  # only where an engine is loaded
+
     run_dir_root.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="engine-", dir=run_dir_root))
     tmp = path / f".{LEASE}.tmp-{os.getpid()}"
@@ -118,7 +119,7 @@ def new_run_dir(run_dir_root: Path) -> Path:
         os.rename(tmp, path / LEASE)  # visible only once locked
     except BaseException:
         os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         raise
     _leases[path] = fd
     return path
@@ -126,7 +127,7 @@ def new_run_dir(run_dir_root: Path) -> Path:
 
 def release_run_dir(path: Path) -> None:
     """Remove a run directory this process leased, then drop the lease (directory first)."""
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
     fd = _leases.pop(Path(path), None)
     if fd is not None:
         os.close(fd)

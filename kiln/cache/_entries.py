@@ -40,7 +40,6 @@ file. ``kiln verify`` and gc pass their own ``on_bad`` and report each themselve
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .._input import show_path
+from .._warn import warn
 from ..errors import UnsafeManifestError
 from ..manifests._index import ENTRY_SCHEMA, MAX_ENTRY_BYTES, IndexEntry, UnfamiliarSpecError
 from ..manifests._json import load_json
@@ -96,18 +96,11 @@ class _Bad(Exception):
         self.bad = bad
 
 
-_log = logging.getLogger("kiln")
-_warned: set[str] = set()
 
 
 def warn_bad_entry(bad: BadEntry) -> None:
     """The default report of a bad entry file: one ``kiln: WARNING`` line, once per process."""
-    text = bad.message()
-    if text in _warned:
-        return
-    if len(_warned) < 10_000:
-        _warned.add(text)
-    _log.warning("kiln: WARNING: %s", text)
+    warn(bad.message(), once=True)
 
 
 def _newer_schema(data: bytes) -> int | None:

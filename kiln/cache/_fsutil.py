@@ -19,7 +19,6 @@ import contextlib
 import errno
 import functools
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -124,6 +123,16 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return call  # type: ignore[no-any-return]
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree if it is there, ignoring errors (cleanup of Kiln's own temp trees).
+
+    shutil is imported here, not by the modules that clean up: with bz2 and lzma it is ~1.5 ms
+    of every `kiln lookup`, which removes nothing (docs/benchmarks.md, issue 18, "Lookup")."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def unlink_quiet(path: Path) -> None:
     """Remove a file if it is there: used for cleanup, where a missing file is the goal."""
     try:
@@ -134,7 +143,7 @@ def unlink_quiet(path: Path) -> None:
 
 def temp_name(final: Path) -> Path:
     # Hidden, unique, and in the final directory, so the rename never crosses filesystems.
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
 
 
 def atomic_write_bytes(final: Path, data: bytes, *, mode: int = 0o644, durable: bool = False,

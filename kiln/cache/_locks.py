@@ -36,7 +36,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -227,7 +226,7 @@ def _write_holder(fd: int) -> None:
     """Who holds the lock, for waiters' messages. Advisory: nothing depends on it being there."""
     info = {
         "pid": os.getpid(),
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }  # no command line: it may carry a remote URL with credentials, and lock files are world-readable
     data = json.dumps(info, sort_keys=True).encode()

@@ -43,9 +43,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
-import socket
 import stat
 from pathlib import Path
 from contextlib import AbstractContextManager
@@ -54,7 +51,7 @@ from typing import Callable, Mapping
 from ..errors import CorruptBlobError, StoreError
 from ..manifests._manifest import Manifest
 from ._blobs import Blobs
-from ._fsutil import atomic_write_bytes, exchange
+from ._fsutil import atomic_write_bytes, exchange, remove_tree
 from ._hashmemo import hash_stream, stat_signature
 from ._progress import Progress
 
@@ -114,7 +111,7 @@ def materialize(
     dest.parent.mkdir(parents=True, exist_ok=True)
     sweep_staging(dest.parent)  # what killed materialisations left here
 
-    staging = dest.parent / f".{dest.name}.kiln-{_owner()}-{secrets.token_hex(4)}"
+    staging = dest.parent / f".{dest.name}.kiln-{_owner()}-{os.urandom(4).hex()}"
     staging.mkdir()
     owned = _hold(staging)  # flocked while we work in it: a sweeper never takes it
     try:
@@ -133,16 +130,16 @@ def materialize(
             if exchange(staging, dest):
                 # One atomic swap: dest is the old tree or the new one at every instant;
                 # staging now holds the old tree.
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_tree(staging)
             else:
-                old = dest.parent / f".{dest.name}.kiln-old-{_owner()}-{secrets.token_hex(4)}"
+                old = dest.parent / f".{dest.name}.kiln-old-{_owner()}-{os.urandom(4).hex()}"
                 os.rename(dest, old)
                 os.rename(staging, dest)
-                shutil.rmtree(old, ignore_errors=True)
+                remove_tree(old)
         else:
             os.rename(staging, dest)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
     finally:
         if owned is not None:
@@ -170,7 +167,7 @@ def _host_tag() -> str:
         ns = os.readlink("/proc/self/ns/pid")
     except OSError:
         ns = ""
-    return hashlib.sha256(f"{socket.gethostname()}\0{ns}".encode()).hexdigest()[:8]
+    return hashlib.sha256(f"{os.uname().nodename}\0{ns}".encode()).hexdigest()[:8]
 
 
 def _owner() -> str:
@@ -232,7 +229,7 @@ def sweep_staging(parent: Path) -> list[Path]:
         except OSError:
             pass  # no flock on this filesystem: the dead pid is enough
         try:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
         finally:
             os.close(fd)
         if not path.exists():

@@ -23,13 +23,13 @@ warning, never used.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import quote
 
 from .._input import read_small_file, show_path
+from .._warn import warn
 from ..errors import KilnError, StoreError, UnsafeManifestError
 from ..manifests._model_record import (
     MAX_MODEL_RECORD_BYTES,
@@ -39,12 +39,13 @@ from ..manifests._model_record import (
     is_commit,
 )
 from ._fsutil import atomic_write_bytes
-from .remotes import Remote
+
+if TYPE_CHECKING:  # annotations only: a remote's module is imported when one is opened
+    from .remotes import Remote
 
 __all__ = ["ModelRecordFiles", "record_key", "pointer_prefix", "pointer_key", "remote_model_record",
            "remote_revision_pointers", "push_model_records"]
 
-_log = logging.getLogger("kiln")
 BadReport = Callable[[str], None]
 
 
@@ -66,7 +67,7 @@ def pointer_key(p: RevisionPointer) -> str:
 
 
 def _warn(message: str) -> None:
-    _log.warning("kiln: WARNING: %s", message)
+    warn(message)
 
 
 class ModelRecordFiles:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from ..trust import MAX_SIGNATURE_BYTES, Signature
-from ._fsutil import atomic_write_bytes
+from ._fsutil import atomic_write_bytes, remove_tree
+
+if TYPE_CHECKING:  # kiln.trust (model-signing's bundle format, keys, policies) is read only where signatures are
+    from ..trust import Signature
 
 __all__ = ["SignatureFiles", "MAX_SIGNATURES", "SIG_SUFFIX", "PROVENANCE_SUFFIX", "signature_name", "manifest_hex"]
 
@@ -38,6 +39,8 @@ def signature_bound(files: int) -> int:
     """The most bytes a signature (or signed provenance) of an artifact of ``files`` files may
     have: a bundle is about 300 bytes per file (path, digest, base64) and provenance adds the
     model's files; this leaves room for long paths and large models, not for padding."""
+    from ..trust import MAX_SIGNATURE_BYTES
+
     return min(MAX_SIGNATURE_BYTES, 1024 * 1024 + 2048 * files)
 SIG_SUFFIX = ".sig"
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -66,6 +69,8 @@ class SignatureFiles:
         return self.dir / manifest_hex(manifest_digest)
 
     def _read(self, manifest_digest: str, suffix: str) -> list[Signature]:  # local files: bounded by the 64 MiB cap
+        from ..trust import MAX_SIGNATURE_BYTES, Signature
+
         d = self.path(manifest_digest)
         try:
             names = sorted(os.listdir(d))
@@ -125,4 +130,4 @@ class SignatureFiles:
                 yield f"sha256:{name}"
 
     def remove(self, manifest_digest: str) -> None:
-        shutil.rmtree(self.path(manifest_digest), ignore_errors=True)
+        remove_tree(self.path(manifest_digest))

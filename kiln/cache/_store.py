@@ -77,38 +77,36 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from .._input import show_path
 from ..errors import StoreError, TrustError
 from ..manifests._index import IndexEntry
 from ..manifests._manifest import Manifest
 from ..manifests._record import check_record_describes
-from ..trust import Signature, SigningKey, TrustPolicy, Verified
 from . import _buckets
 from ._blobs import Blobs
 from ._buckets import FAILED_LOG_MAX_AGE_S, RUN_DIR_MAX_AGE_S
 from ._entries import IndexFiles
-from ._gc import Collector, GcPlan
 from ._hashmemo import HashMemo
 from ._locks import SingleFlight, single_flight, store_lock, sweep_build_locks
 from ._model_records import ModelRecordFiles
 from ._materialize import check_outside_store, holds, materialize, remember
 from ._progress import Progress
-from ._publish import publish
 from ._signatures import PROVENANCE_SUFFIX, SignatureFiles
-from ._verify import VerifyReport, verify
+
+if TYPE_CHECKING:  # gc, verify, publish and signing are imported by the methods that run them: a lookup needs none
+    from ..trust import Signature, SigningKey, TrustPolicy, Verified
+    from ._gc import Collector, GcPlan
+    from ._verify import VerifyReport
 
 __all__ = [
     "FAILED_LOG_MAX_AGE_S",
-    "GcPlan",
     "Progress",
     "RUN_DIR_MAX_AGE_S",
     "Store",
-    "VerifyReport",
     "default_store_root",
 ]
 
@@ -166,7 +164,11 @@ class Store:
         # The parts (no I/O here: constructing a Store touches nothing on disk).
         self._blobs = Blobs(self.root, self.blob_dir, self.stamp_dir, self.quarantine_dir, self._new_temp)
         self._index = IndexFiles(self.index_dir)
-        self._collector = Collector(
+
+    def _collector(self) -> Collector:
+        from ._gc import Collector
+
+        return Collector(
             self._blobs,
             self._index,
             lock_dir=self.lock_dir,
@@ -228,7 +230,7 @@ class Store:
         # tmp/<pid>-<random>: everything in tmp/ belongs to a writer holding the shared store
         # lock, so gc (exclusive lock) may remove whatever it finds there.
         self._writable()
-        return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(6)}"
+        return self.tmp_dir / f"{os.getpid()}-{os.urandom(6).hex()}"
 
     def writer_lock(self) -> AbstractContextManager[None]:
         """The shared store lock: hold it from writing a blob until an entry references it."""
@@ -404,7 +406,7 @@ class Store:
         An artifact pulled from a remote is refused unless ``force``: a signature says "built
         by us", and a CI job that signs whatever its build found would sign what anyone with
         write access to the bucket planted there."""
-        from ..trust import provenance_statement, sign_manifest, sign_statement
+        from ..trust import Signature, provenance_statement, sign_manifest, sign_statement
 
         origins = self.pulled_from(entry)
         if origins and not force:
@@ -434,6 +436,8 @@ class Store:
         before_index: Callable[[], None] | None = None,
     ) -> IndexEntry:
         """Store every file under ``src_dir`` and make the artifact visible under ``key``."""
+        from ._publish import publish
+
         return publish(
             self._blobs, self._index, self.writer_lock, src_dir,
             key=key, spec=spec, model=model, toolchain=toolchain, record=record,
@@ -487,6 +491,8 @@ class Store:
 
     # ------------------------------------------------------------------ maintenance
     def verify(self, progress: Progress | None = None) -> VerifyReport:
+        from ._verify import verify
+
         return verify(self._blobs, self._index, progress)
 
     def gc(self, *, max_size: int | None = None, older_than: float | None = None, dry_run: bool = False) -> GcPlan:
@@ -495,10 +501,12 @@ class Store:
         Runs under the exclusive store lock: no publisher is between writing a blob and
         referencing it, and no live writer owns a file in tmp/.
         """
+        from ._gc import GcPlan
+
         if not self.root.exists():
             return GcPlan((), (), (), 0, 0)  # `kiln gc` on no store creates none
         self._writable("gc")
-        plan = self._collector.run(max_size=max_size, older_than=older_than, dry_run=dry_run)
+        plan = self._collector().run(max_size=max_size, older_than=older_than, dry_run=dry_run)
         if not dry_run:
             # Free build locks of builders that died (removed under their own flock, so
             # single-flight holds; live builders unlink theirs themselves).

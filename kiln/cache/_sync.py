@@ -26,13 +26,13 @@ but not yet its index entry.
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import threading
 from typing import Any, Callable, Iterator
 
+from .._warn import warn
 from ..errors import CorruptBlobError, KilnError, NotFoundError, RemoteError, UnsafeManifestError
 from ..manifests._index import MAX_ENTRY_BYTES, IndexEntry
 from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
@@ -143,22 +143,12 @@ class _MalformedEntry(RemoteError):
 
 # (message) -> None: how a reader reports remote data it refuses and skips.
 BadDataReport = Callable[[str], None]
-_log = logging.getLogger("kiln")
-_warned: set[str] = set()
 
 
 def warn_bad_remote_data(message: str) -> None:
-    """The default report of refused remote data: one ``kiln: WARNING: …`` line, once per process.
-
-    Logged on the ``kiln`` logger, which Python prints on stderr when nothing configured
-    logging. Once per message: one lookup may list a model's entries more than once (the
-    exact read, then the miss explanation), and the user needs to hear of a bad object once.
-    """
-    if message in _warned:
-        return
-    if len(_warned) < 10_000:
-        _warned.add(message)
-    _log.warning("kiln: WARNING: %s", message)
+    """The default report of refused remote data: one ``kiln: WARNING: …`` line, once per process
+    (one lookup may list a model's entries more than once: the exact read, then the miss explanation)."""
+    warn(message, once=True)
 
 
 def _parse_entry(data: bytes | None, where: str, remote: Remote) -> IndexEntry | None:

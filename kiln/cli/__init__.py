@@ -1,7 +1,8 @@
 """`kiln` command line: a shell around :mod:`kiln.api` (the only part of Kiln it imports).
 
-The root group (``_app``) adds one module per command group (``keys``, ``lookup``,
-``build``, ``store``, ``maintenance`` — gc and rm —, ``remote``, ``signing``, ``matrix``); the command
+The root group (``_app``) names one module per command group (``keys``, ``lookup``,
+``build``, ``store``, ``maintenance`` — gc and rm —, ``remote``, ``signing``, ``matrix``) and
+imports a command's module only when that command runs or help lists them all; the command
 modules never import the root. Shared options are defined once (``_options``: the spec flags
 as one :class:`~kiln.cli._options.SpecRequest` value, ``--layout``, ``--toolchain``,
 ``--remote``; ``_output``: ``--json``, tables, times), progress lives in ``_progress``, result
@@ -11,42 +12,43 @@ docs/json/.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import NoReturn, Sequence
 
 import click
 
-from . import build, keys, lookup, maintenance, matrix, remote, signing, store
+from .._warn import lines_to_stderr
 from ._app import cli
 
 __all__ = ["cli", "main"]
 
-for command in (
-    keys.key,
-    lookup.lookup,
-    lookup.fetch,
-    build.build,
-    build.generate,
-    build.presets,
-    store.ls_cmd,
-    store.show,
-    store.verify,
-    maintenance.gc,
-    maintenance.rm,
-    store.store_group,
-    remote.push_cmd,
-    remote.pull_cmd,
-    remote.ensure,
-    signing.sign,
-    matrix.matrix,
-):
-    cli.add_command(command)
+# Every command, by name, and where it lives; imported when it runs (KilnGroup.add_lazy_command).
+_COMMANDS = {
+    "key": ".keys:key",
+    "lookup": ".lookup:lookup",
+    "fetch": ".lookup:fetch",
+    "build": ".build:build",
+    "generate": ".build:generate",
+    "presets": ".build:presets",
+    "ls": ".store:ls_cmd",
+    "show": ".store:show",
+    "verify": ".store:verify",
+    "gc": ".maintenance:gc",
+    "rm": ".maintenance:rm",
+    "store": ".store:store_group",
+    "push": ".remote:push_cmd",
+    "pull": ".remote:pull_cmd",
+    "ensure": ".remote:ensure",
+    "sign": ".signing:sign",
+    "matrix": ".matrix:matrix",
+}
+for _name, _where in _COMMANDS.items():
+    cli.add_lazy_command(_name, _where)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the `kiln` command; exits with its code (0 hit/success, 1 miss, 2+ errors)."""
-    _warnings_to_stderr()
+    lines_to_stderr()  # warnings Kiln logs (refused remote data…) go to stderr as they are, one line each
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="kiln", standalone_mode=False)
     except click.UsageError as e:
@@ -62,13 +64,3 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         click.echo("kiln: aborted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def _warnings_to_stderr() -> None:
-    """Warnings Kiln logs (refused remote data…) go to stderr as they are, one line each."""
-    logger = logging.getLogger("kiln")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,31 @@ __all__ = ["KilnGroup", "cli"]
 
 
 class KilnGroup(click.Group):
-    """Turns Kiln's own errors into one clear line and an exit code, never a traceback."""
+    """Turns Kiln's own errors into one clear line and an exit code, never a traceback.
+
+    Commands may be registered by where they live (:meth:`add_lazy_command`): a command's module
+    is imported when that command runs, or when help lists every command, so `kiln lookup` does
+    not import the modules of build, matrix, signing… (docs/benchmarks.md, issue 18, "Lookup").
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, str] = {}  # name -> "module:attribute", module relative to kiln.cli
+
+    def add_lazy_command(self, name: str, where: str) -> None:
+        self.lazy_commands[name] = where
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module, attribute = self.lazy_commands[cmd_name].split(":")
+            command = getattr(importlib.import_module(module, __package__), attribute)
+            if command.name != cmd_name:  # the table and the command disagree: a bug here, not the user's
+                raise RuntimeError(f"kiln.cli{module}:{attribute} is named {command.name!r}, registered as {cmd_name!r}")
+            self.add_command(command)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -243,8 +243,21 @@ def layout_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--container-dir", metavar="PATH",
                      help="Where DEST will be seen by the consumer, for paths written into the layout (default: DEST; "
                           "/opt/ml/model for a Neuron --layout lmi made outside an LMI container).")(f)
-    return click.option("--layout", type=click.Choice(list(api.layout_names())), default="raw",
+    return click.option("--layout", type=_LayoutChoice([]), default="raw",
                         show_default=True, help="Arrange the files for a consumer (see README).")(f)
+
+
+class _LayoutChoice(click.Choice):  # type: ignore[type-arg]
+    """click.Choice of every layout, asked of the targets when first needed (help, or a value to
+    check), not when the commands are defined: defining them must not import every target."""
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        return list(api.layout_names())
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        pass  # click.Choice.__init__ assigns its argument; the list is always the targets'
 
 
 def key_option(f: Callable[..., Any]) -> Callable[..., Any]:

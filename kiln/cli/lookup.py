@@ -24,7 +24,6 @@ from ._options import (
 from ._output import json_option
 from ._progress import TransferBar
 from ._report import report_lookup
-from .remote import deliver_by_key
 
 __all__ = ["lookup", "fetch"]
 
@@ -72,6 +71,8 @@ def fetch(ctx: click.Context, spec: SpecRequest, key: str | None, dest: Path, fo
     With --key KEY instead of MODEL and spec flags: exactly that build, no model needed.
     """
     if key is not None:
+        from .remote import deliver_by_key  # imports build (and ensure's --on-miss build): `kiln fetch --key` only
+
         refuse_spec_with_key(spec, key)
         deliver_by_key(ctx, key, dest, force=force, link=link, layout=layout, container_dir=container_dir,
                        as_json=as_json)

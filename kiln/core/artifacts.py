@@ -21,16 +21,18 @@ import os
 from dataclasses import dataclass, field
 from dataclasses import replace as replace_fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
-from ..cache import Remote, Store
+from ..cache import Store
 from ..errors import CorruptBlobError, NotFoundError, SpecError, StoreError
 from ..manifests import MAX_CONFIG_BYTES, FileEntry, IndexEntry, Manifest, make_record, utc_now
 from ..spec import build_key
 from ..targets import get_target
-from ..trust import SIGNATURE_FILE
 from .find import LookupResult, ambiguous_key, find_by_key, key_prefix, lookup
 from .resolution import Resolution
+
+if TYPE_CHECKING:  # annotations only: the remotes are imported when one is opened
+    from ..cache import Remote
 
 __all__ = ["put", "fetch", "fetch_by_key", "lookup_key", "KeyLookup", "materialize_layout", "Query", "list_artifacts", "entry_consumer", "consumer_matches",
            "find_artifact"]
@@ -216,6 +218,8 @@ def materialize_layout(
     this (left untouched). A non-empty ``dest`` holding anything else is refused unless
     ``replace``, saying what differs.
     """
+    from ..trust import SIGNATURE_FILE  # materialising reads signatures; a lookup does not
+
     dest = Path(dest).absolute()
     store.check_destination(dest)  # before anything is read or written
     target = get_target(str(entry.spec.get("target")))
@@ -255,6 +259,8 @@ def materialize_layout(
 
 def _keep_signature_current(dest: Path, signature: bytes | None) -> None:
     """DEST/model.sig holds ``signature`` (replaced atomically), or is absent for an unsigned artifact."""
+    from ..trust import SIGNATURE_FILE
+
     target = dest / SIGNATURE_FILE
     try:
         current = target.read_bytes() if target.is_file() else None

@@ -18,18 +18,21 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from .._input import show
-from ..cache import Remote, Store, pull, remote_entries, remote_entry
+from .. import cache  # cache.pull, cache.remote_entry…: the transfers, imported once a remote is asked
+from ..cache import Store
 from ..errors import CorruptBlobError, KilnError, NotFoundError, RemoteError, SpecError, TrustError, UnsafeManifestError
 from ..manifests import IndexEntry, Manifest, spec_differences, toolchain_differences
-from ..presets import PRESETS, load_preset
 from ..targets import get_target
 from ..targets.instances import instance_devices
 from .progress import current_progress
 from .resolution import Resolution
 from .specs import spec_from_fields
+
+if TYPE_CHECKING:  # annotations only: the remotes are imported when one is opened
+    from ..cache import Remote
 
 __all__ = ["LookupResult", "Found", "first_verified", "find_entry", "find_by_key", "key_prefix", "ambiguous_key", "lookup",
            "lookup_any", "select", "matches", "explain_miss"]
@@ -73,7 +76,7 @@ def first_verified(store: Store, remote: Remote | None, candidates: Iterable[tup
         try:
             if where == REMOTE:
                 assert remote is not None
-                pulled = pull(store, remote, entry, progress=current_progress(), requested=requested)
+                pulled = cache.pull(store, remote, entry, progress=current_progress(), requested=requested)
             manifest = store.check_artifact(entry)
             trusted = pulled.trusted if where == REMOTE else store.check_trusted(entry, manifest, requested=requested)
         except TrustError as e:
@@ -109,7 +112,7 @@ def find_entry(store: Store, remote: Remote | None, model_hex: str, key: str,
         if entry is not None:
             yield entry, LOCAL
         if remote is not None:
-            found = remote_entry(remote, model_hex, key)
+            found = cache.remote_entry(remote, model_hex, key)
             if found is not None:
                 yield found, REMOTE
 
@@ -168,7 +171,7 @@ def find_by_key(store: Store, remote: Remote | None, ref: str) -> Found:
             if len({key for _, key in names}) > 1:
                 raise ambiguous_key(wanted, (key for _, key in names), remote.describe())
         for model_hex, key in names:
-            entry = remote_entry(remote, model_hex, key)  # a malformed one is warned about and skipped
+            entry = cache.remote_entry(remote, model_hex, key)  # a malformed one is warned about and skipped
             if entry is not None:
                 yield entry, REMOTE
 
@@ -259,14 +262,14 @@ def lookup(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
         def candidates() -> Iterator[tuple[IndexEntry, str]]:
             yield from ((e, LOCAL) for e in local)
             if remote is not None:
-                remote_seen.extend(remote_entries(remote, res.model_hex))
+                remote_seen.extend(cache.remote_entries(remote, res.model_hex))
                 yield from ((e, REMOTE) for e in newest_matching(res, remote_seen))
 
         found = first_verified(store, remote, candidates(), requested_models(res))
     if found.entry is not None:
         return LookupResult(res, found.entry, found.manifest, (), found.damaged, notes + found.notes, found.source)
     if remote is not None and remote_seen is None:
-        remote_seen = list(remote_entries(remote, res.model_hex))
+        remote_seen = list(cache.remote_entries(remote, res.model_hex))
     local_seen = list(store.iter_entries(res.model_hex))
     local_keys = {e.key for e in local_seen}
     seen = local_seen + [e for e in remote_seen or [] if e.key not in local_keys]
@@ -403,6 +406,8 @@ def _nearest(res: Resolution, *, store: Store, seen: list[IndexEntry], where: st
 
 def explain_presets(res: Resolution, limit: int = 3) -> list[str]:
     """Nearest rows of shipped presets for this model and target (what could be prebuilt)."""
+    from ..presets import PRESETS, load_preset  # only a miss explains itself with presets
+
     names = {res.spec.model, res.model.repo_id, res.model.ref} - {None}
     lines: list[str] = []
     for preset, (_, target, _) in PRESETS.items():
@@ -444,7 +449,7 @@ def select(res: Resolution, *, store: Store, remote: Remote | None = None) -> Lo
     entries = {e.key: e for e in store.iter_entries(res.model_hex)}
     local = set(entries)
     if remote is not None:
-        for e in remote_entries(remote, res.model_hex):
+        for e in cache.remote_entries(remote, res.model_hex):
             entries.setdefault(e.key, e)
     fields = {"n_positions", "batch_size", "tp_degree", "dtype"} & res.given
     fields |= {"quantization"} if {"smoothquant_alpha", "int8_kv_cache"} & res.given else set()

@@ -19,19 +19,20 @@ into a private temporary directory instead of a run directory of the store.
 from __future__ import annotations
 
 import atexit
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..cache import Remote, Store
+from ..cache import Store
 from ..errors import ModelError, NotFoundError, StoreError, ToolchainError
 from ..manifests import IndexEntry, Manifest
 from ..targets import TOKENIZER_FILES, get_target
 from .artifacts import find_artifact
 from .find import lookup
 from .resolution import Resolution
+
+if TYPE_CHECKING:  # annotations only: the remotes are imported when one is opened
+    from ..cache import Remote
 
 __all__ = ["LoadedEngine", "load_engine", "load_engine_by_key", "engine_device"]
 
@@ -147,6 +148,9 @@ def _materialize(entry: IndexEntry, manifest: Manifest, *, store: Store, directo
         try:
             parent = store.new_run_dir()  # leased by this process until it exits
         except StoreError:  # a read-only store has no run directories: a private temp one
+            import shutil
+            import tempfile
+
             parent = Path(tempfile.mkdtemp(prefix="kiln-engine-"))
             atexit.register(shutil.rmtree, parent, True)
         else:

@@ -14,9 +14,9 @@ This is where the Python API and the CLI meet: ``kiln.resolve(kiln.BuildSpec(...
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..cache import Remote, Store
+from ..cache import Store
 from .._input import show
 from ..errors import SpecError, ToolchainError
 from ..models import ModelSource, architecture_or_why, keep_model_record, locate_or_recall, resolve_model
@@ -24,6 +24,9 @@ from ..spec import BuildSpec, build_key, key_inputs
 from ..targets import TOKENIZER_FILES, get_target, normalize_target
 from ..targets.base import model_dims
 from .specs import SpecSource
+
+if TYPE_CHECKING:  # annotations only: the remotes are imported when one is opened
+    from ..cache import Remote
 
 __all__ = ["Resolution", "resolve", "compute_key"]
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..errors import SpecError, ToolchainError
-from ..lmi import interpret, properties_from_env, read_serving_properties
 from .._input import show
 from ..spec import LIMITS, BuildSpec, Field, Quantization, normalize_dtype, parse_alpha, parse_bool, parse_positive_int
 from ..targets import TARGETS, normalize_target
@@ -154,6 +153,8 @@ def spec_from_sources(
     """
     if not from_env and serving_properties is None:
         return _with_detected_consumer(SpecSource(spec_from_fields(flags), given=frozenset(flags)), from_lmi=False)
+    from ..lmi import interpret, properties_from_env, read_serving_properties  # only LMI configurations need it
+
     env_map = os.environ if env is None else env
     props = {}
     if from_env:

@@ -18,12 +18,25 @@ recurses only as deep as the schema does.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any, Mapping
 
 from .._input import show
 
-__all__ = ["SchemaChecker", "SchemaDefinitionError", "json_equal"]
+__all__ = ["SchemaChecker", "SchemaDefinitionError", "json_equal", "shipped_schema"]
+
+
+def shipped_schema(name: str) -> dict[str, Any]:
+    """A JSON Schema shipped beside this module (a fresh copy: callers may change it).
+
+    Read from the package directory, not through ``importlib.resources``: Kiln is installed
+    as files (a wheel or an editable install), and importlib.resources' readers import zipfile
+    and tempfile, ~3 ms of every `kiln lookup` (docs/benchmarks.md, issue 18, "Lookup").
+    """
+    data: dict[str, Any] = json.loads((Path(__file__).parent / name).read_text())
+    return data
 
 _ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description", "$comment"}
 _KEYWORDS = {

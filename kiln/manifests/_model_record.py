@@ -32,12 +32,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Iterable, Mapping
 
 from ..errors import UnsafeManifestError
 from ._json import load_json
-from ._jsonschema import SchemaChecker
+from ._jsonschema import SchemaChecker, shipped_schema
 from ._manifest import safe_relpath
 
 __all__ = ["MODEL_RECORD_SCHEMA", "REVISION_SCHEMA", "MAX_MODEL_RECORD_BYTES", "MAX_RECORD_CONFIG_BYTES",
@@ -86,7 +85,7 @@ def model_tree_digest(files: Iterable[tuple[str, str, int]]) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _checker(name: str) -> SchemaChecker:
-    return SchemaChecker(json.loads(resources.files("kiln.manifests").joinpath(name).read_text()))
+    return SchemaChecker(shipped_schema(name))
 
 
 def _check_schema(data: Any, name: str, what: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from ..spec import MODEL_DIGESTS, build_key
 from ._entry_shape import ENTRY_SCHEMA
 from ._index import IndexEntry
 from ._json import load_json
-from ._jsonschema import SchemaChecker, json_equal
+from ._jsonschema import SchemaChecker, json_equal, shipped_schema
 from ._manifest import MAX_CONFIG_BYTES, Manifest
 
 RECORD_SCHEMA = "kiln.build-record/v1"
@@ -85,10 +85,7 @@ def make_record(
 
 def record_json_schema() -> dict[str, Any]:
     """The published JSON Schema of build records (a fresh copy: callers may change it)."""
-    from importlib import resources  # only schema checks need it; not imported on the lookup path
-
-    text = resources.files("kiln.manifests").joinpath("build_record.schema.json").read_text()
-    return json.loads(text)
+    return shipped_schema("build_record.schema.json")
 
 
 @functools.lru_cache(maxsize=1)

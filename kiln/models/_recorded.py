@@ -32,17 +32,20 @@ lookup and fetch work; a build stops at :meth:`~kiln.models.ModelSource.require_
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._input import read_small_file, show_path
-from ..cache import Remote, Store, remote_model_record, remote_revision_pointers
+from ..cache import Store, remote_model_record, remote_revision_pointers
 from ..errors import KilnError, ModelError, ModelNotFoundError, RemoteError
 from ..manifests import utc_now
 from ..manifests._model_record import MAX_RECORD_CONFIG_BYTES, ModelRecord, RevisionPointer, is_commit, is_repo_id
 from ._hub import SnapshotUnavailable
 from ._refs import parse_model_ref
 from ._resolve import ModelLocation, ModelSource, locate_model, s3_download_location
-from ._s3model import S3Listing, list_s3_model, read_s3_object, s3_sha256s, s3_signature
+
+if TYPE_CHECKING:  # annotations only: remotes and the S3 half are imported where they are used
+    from ..cache import Remote
+    from ._s3model import S3Listing
 
 __all__ = ["locate_or_recall", "locate_s3", "keep_model_record", "strict_revision_from_env", "RemoteOpener"]
 
@@ -112,6 +115,8 @@ def _keep_s3_record(store: Store, model: ModelSource) -> None:
 
 def _record_from_checksums(listing: S3Listing) -> ModelRecord | None:
     """A record of an S3 model from S3's full-object SHA-256 checksums (config.json read, nothing else), or None."""
+    from ._s3model import read_s3_object, s3_sha256s, s3_signature
+
     sums = s3_sha256s(listing)
     if sums is None:
         return None
@@ -133,6 +138,8 @@ def _record_from_checksums(listing: S3Listing) -> ModelRecord | None:
 
 def locate_s3(ref: str, *, store: Store, remote: RemoteOpener | None) -> ModelLocation:
     """An s3:// model's location: its record (local, then the remote's), else its download, hashed later."""
+    from ._s3model import list_s3_model
+
     listing = list_s3_model(ref)
     cache = listing.cache_dir(store.s3_models_dir)
     repo_id, commit = listing.repo_id, listing.commit

@@ -30,19 +30,21 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._input import read_small_file, show_path
 from ..cache import HashMemo
 from ..errors import ModelError
 from ..manifests._model_record import ModelRecord
 from ._hub import hub_offline, hub_snapshot
-from ._hub_api import HubMetadata, hub_metadata_or_snapshot
 from ._refs import missing_directory_error, parse_model_ref
-from ._s3model import S3Listing, download_s3_model, list_s3_model
 from ._architecture import TensorSignature, local_signature
 from ._tree import MODEL_FILE_IGNORES, ModelFile, TreeFile, TreeListing, scan_tree
 from ._tree import tree_digest as _tree_digest  # the one digest of a file list (the Hub metadata path uses it too)
+
+if TYPE_CHECKING:  # the Hub API and S3 halves are imported where a Hub id or an s3:// URI is resolved
+    from ._hub_api import HubMetadata
+    from ._s3model import S3Listing
 
 __all__ = ["ModelFile", "ModelLocation", "ModelSource", "fetch_model_files", "locate_model", "read_config", "resolve_model",
            "parse_model_ref", "MODEL_FILE_IGNORES", "MAX_CONFIG_BYTES"]
@@ -234,6 +236,7 @@ def locate_model(ref: str, *, signature: bool = True) -> ModelLocation:
     assert where is not None
     if kind == "s3":  # no store given: downloaded into the default store's model cache, no record consulted
         from ..cache import Store
+        from ._s3model import list_s3_model
 
         listing = list_s3_model(where)
         return s3_download_location(ref, listing, listing.cache_dir(Store(trust=None).s3_models_dir))
@@ -248,6 +251,8 @@ def locate_model(ref: str, *, signature: bool = True) -> ModelLocation:
 
 def s3_download_location(ref: str, listing: S3Listing, cache: Path) -> ModelLocation:
     """An s3:// model downloaded into ``cache`` (its directory in the model cache), listed for hashing."""
+    from ._s3model import download_s3_model
+
     path = download_s3_model(listing, cache)
     return ModelLocation(ref.strip(), "s3", path, repo_id=listing.repo_id, listing=scan_tree(path), s3=listing,
                          s3_cache=path)
@@ -257,6 +262,8 @@ def _locate_hub(ref: str, repo_id: str, revision: str | None, signature: bool = 
     """A Hub id's location. Online, unless the cache holds its complete snapshot, the Hub's file
     metadata identifies it and only its small files are downloaded (:mod:`._hub_api`: same
     files, same digest as the snapshot); offline, the cached snapshot."""
+    from ._hub_api import HubMetadata, hub_metadata_or_snapshot
+
     found = hub_snapshot(repo_id, revision) if hub_offline() else \
         hub_metadata_or_snapshot(repo_id, revision, read_config, signature)
     if isinstance(found, HubMetadata):
@@ -337,6 +344,8 @@ def fetch_model_files(model: ModelSource, memo: HashMemo | None = None) -> None:
     if model.files_local:
         return
     if model.s3 is not None:  # an s3:// model identified by its record: download it now, of the recorded bytes
+        from ._s3model import download_s3_model
+
         assert model.path is not None
         download_s3_model(model.s3, model.path, {f.path: f.sha256 for f in model.files})
         files = _hash_tree(scan_tree(model.path), memo or HashMemo(None), trust_lfs_names=False)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .._input import show, show_path
+from .._warn import say
 from ..errors import KilnError, ModelError, SpecError
 from ..manifests._model_record import s3_listing_digest
 from ._architecture import TensorSignature, signature_of, weight_files
@@ -44,7 +44,6 @@ from ._tree import ignored
 __all__ = ["S3Object", "S3Listing", "parse_s3_uri", "list_s3_model", "download_s3_model", "is_s3_uri", "s3_sha256s",
            "read_s3_object"]
 
-_log = logging.getLogger("kiln")
 _MAX_OBJECTS = 100_000  # the tree's own bound (MAX_TREE_ENTRIES)
 _CHUNK = 1 << 20
 _PART = ".kiln-part"
@@ -332,7 +331,7 @@ def _download(listing: S3Listing, final: Path, sha256s: dict[str, str] | None) -
         expected = (sha256s or {}).get(o.rel)
         if _good(dest, o.size, expected):
             continue  # kept from an interrupted download
-        _log.warning("kiln: downloading %s (%d/%d, %d bytes)", f"s3://{listing.bucket}/{o.key}", i, total, o.size)
+        say(f"downloading s3://{listing.bucket}/{o.key} ({i}/{total}, {o.size} bytes)")
         _fetch(remote, listing, o, dest, expected)
     for leftover in partial.rglob("*" + _PART):  # a crashed download's (none is being written: we hold the lock)
         leftover.unlink(missing_ok=True)

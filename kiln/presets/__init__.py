@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from ..errors import SpecError
@@ -103,6 +102,8 @@ def load_preset(name: str, model: str | None = None, consumer: str | None = None
     if name not in PRESETS:
         raise SpecError(f"preset {name!r} is not known; `kiln presets` lists them ({', '.join(PRESETS)}).")
     filename, target, _ = PRESETS[name]
+    from importlib import resources  # only when a preset is read: it imports zipfile and tempfile
+
     text = resources.files("kiln.presets").joinpath(filename).read_text()
     rows: list[PresetRow] = []
     seen: set[tuple[Any, ...]] = set()

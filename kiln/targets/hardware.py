@@ -11,8 +11,6 @@ import functools
 import os
 import platform
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 _AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
@@ -214,6 +212,8 @@ def _uuid_entries(gpus: list[Gpu], value: str, mig_parents: dict[str, str]) -> l
 
 
 def _run_smi(smi: str, *args: str) -> str | None:
+    import subprocess  # only where nvidia-smi exists: a lookup on a CPU machine never starts one
+
     try:
         return subprocess.run([smi, *args], capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
@@ -241,6 +241,8 @@ def first_visible_gpu() -> Gpu | None:
     Indices are nvidia-smi's (PCI bus order). A CUDA process enumerates fastest-first unless
     CUDA_DEVICE_ORDER=PCI_BUS_ID, which only matters on a machine that mixes GPU models.
     """
+    import shutil
+
     smi = shutil.which("nvidia-smi")
     if not smi:
         return None

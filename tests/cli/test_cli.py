@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,3 +263,53 @@ def test_put_of_empty_dir_is_refused(tmp_path: Path, fake_model: Path) -> None:
     r = run_kiln("store", "put", str(empty), str(fake_model), *AOTI)
     assert r.returncode == 2 and "never published" in r.stderr
     assert json.loads(run_kiln("ls", "--json").stdout) == []
+
+
+# What a local `kiln lookup` hit must not import (issue 18: a hit within +60 ms of `python -c pass`,
+# docs/benchmarks.md "Lookup"). Each was on that path once; each is imported where it is used.
+_NOT_ON_A_LOOKUP = (
+    "kiln.targets.trtllm", "kiln.targets.neuron",  # one target asked for, one imported
+    "kiln.trust",  # no policy: no signature is read
+    "kiln.cache._gc", "kiln.cache._verify", "kiln.cache._publish", "kiln.cache._sync", "kiln.cache.remotes",
+    "kiln.models._hub_api", "kiln.models._s3model", "kiln.lmi", "kiln.presets",
+    "kiln.cli.build", "kiln.cli.remote", "kiln.cli.matrix", "kiln.cli.signing", "kiln.cli.maintenance",
+    "logging", "shutil", "tempfile", "secrets", "socket", "subprocess", "zipfile", "concurrent.futures",
+    "importlib.resources", "importlib.metadata",
+)
+
+
+@pytest.mark.light
+def test_a_local_lookup_hit_imports_only_what_it_uses(tmp_path: Path, fake_model: Path) -> None:
+    assert run_kiln("store", "put", str(_artifact(tmp_path)), str(fake_model), *AOTI).returncode == 0
+    probe = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from kiln.cli import main\n"
+        "try:\n"
+        f"    main(['lookup', {str(fake_model)!r}, *{AOTI!r}])\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "sys.stderr.write(f'exit {code}\\n')\n"
+        "print('\\n'.join(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "exit 0" in done.stderr, done.stderr  # a hit
+    imported = set(done.stdout.split())
+    assert "kiln.targets.torch_aoti" in imported and "kiln.core.find" in imported  # the probe saw the lookup
+    assert sorted(m for m in _NOT_ON_A_LOOKUP if m in imported) == []
+
+
+@pytest.mark.light
+def test_every_command_is_registered_under_its_own_name() -> None:
+    """The CLI imports a command's module when it runs (KilnGroup.add_lazy_command); the table of
+    names must match the commands, or `kiln NAME` would run another command or none."""
+    import click
+
+    from kiln.cli import cli
+
+    ctx = click.Context(cli)
+    names = cli.list_commands(ctx)
+    assert {"lookup", "fetch", "build", "ensure", "push", "pull", "gc", "matrix", "sign"} <= set(names)
+    for name in names:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name, name

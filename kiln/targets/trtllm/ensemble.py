@@ -23,8 +23,6 @@ business, not this module's.
 
 from __future__ import annotations
 
-from importlib import resources
-
 from ...errors import SpecError
 
 __all__ = ["ensemble_files"]
@@ -133,6 +131,8 @@ for Triton to find version 1. Written by Kiln.
 
 
 def _model_source(name: str) -> bytes:
+    from importlib import resources  # only when an ensemble is written: it imports zipfile and tempfile
+
     return resources.files(__package__).joinpath("triton_models", name).read_bytes()
 
 
