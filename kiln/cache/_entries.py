@@ -96,8 +96,6 @@ class _Bad(Exception):
         self.bad = bad
 
 
-
-
 def warn_bad_entry(bad: BadEntry) -> None:
     """The default report of a bad entry file: one ``kiln: WARNING`` line, once per process."""
     warn(bad.message(), once=True)

@@ -66,10 +66,6 @@ def pointer_key(p: RevisionPointer) -> str:
     return pointer_prefix(p.repo_id, p.revision) + f"{p.commit}.json"
 
 
-def _warn(message: str) -> None:
-    warn(message)
-
-
 class ModelRecordFiles:
     """The store's ``models/`` directory (``root`` is the store root: keys are relative to it)."""
 
@@ -98,10 +94,10 @@ class ModelRecordFiles:
                 return None
             record = ModelRecord.parse(data, f"model record {show_path(path)}")
         except (KilnError, OSError) as e:
-            (on_bad or _warn)(f"{e}; ignoring it (remove it: Kiln writes it again when it resolves the model)")
+            (on_bad or warn)(f"{e}; ignoring it (remove it: Kiln writes it again when it resolves the model)")
             return None
         if (record.repo_id, record.commit) != (repo_id, commit):
-            (on_bad or _warn)(f"model record {show_path(path)} describes {record.repo_id}@{record.commit[:12]}, "
+            (on_bad or warn)(f"model record {show_path(path)} describes {record.repo_id}@{record.commit[:12]}, "
                               "not the place it is stored at; ignoring it")
             return None
         return record
@@ -123,7 +119,7 @@ class ModelRecordFiles:
                     continue
                 p = RevisionPointer.parse(data, f"model revision pointer {show_path(d / name)}")
             except (KilnError, OSError) as e:
-                (on_bad or _warn)(f"{e}; ignoring it")
+                (on_bad or warn)(f"{e}; ignoring it")
                 continue
             if (p.repo_id, p.revision, f"{p.commit}.json") == (repo_id, revision, name):
                 out.append(p)
@@ -194,10 +190,10 @@ def remote_model_record(remote: Remote, repo_id: str, commit: str, on_bad: BadRe
     try:
         record = ModelRecord.parse(data, f"model record {k} on {remote.describe()}")
     except UnsafeManifestError as e:
-        (on_bad or _warn)(f"{e}; refusing it (a damaged or hostile remote: push the artifact again from a good store)")
+        (on_bad or warn)(f"{e}; refusing it (a damaged or hostile remote: push the artifact again from a good store)")
         return None
     if (record.repo_id, record.commit) != (repo_id, commit):
-        (on_bad or _warn)(f"model record {k} on {remote.describe()} describes {record.repo_id}@{record.commit[:12]}, "
+        (on_bad or warn)(f"model record {k} on {remote.describe()} describes {record.repo_id}@{record.commit[:12]}, "
                           "not the place it is stored at; refusing it")
         return None
     return record
@@ -218,10 +214,10 @@ def remote_revision_pointers(remote: Remote, repo_id: str, revision: str,
         try:
             p = RevisionPointer.parse(data, f"model revision pointer {info.key} on {remote.describe()}")
         except UnsafeManifestError as e:
-            (on_bad or _warn)(f"{e}; refusing it")
+            (on_bad or warn)(f"{e}; refusing it")
             continue
         if pointer_key(p) != info.key:
-            (on_bad or _warn)(f"model revision pointer {info.key} on {remote.describe()} describes "
+            (on_bad or warn)(f"model revision pointer {info.key} on {remote.describe()} describes "
                               f"{p.repo_id}@{p.revision} → {p.commit[:12]}, not the place it is stored at; refusing it")
             continue
         out.append(p)
