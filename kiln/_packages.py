@@ -8,10 +8,15 @@ as ``importlib.metadata`` searches them (an installed wheel's directory is named
 ``{normalized name}-{version}.dist-info``, PyPA's "Recording installed projects"), and read
 from that directory's METADATA header. Anything else (eggs, ``.egg-info``, a name with more
 than one ``-``, a missing METADATA, a zip on the path) falls back to ``importlib.metadata``.
+
+A directory is listed once per process while its mtime stands (importlib.metadata's path cache
+does the same): a lookup asks for two or three packages, each of which re-listed the standard
+library and site-packages.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -36,27 +41,45 @@ def installed_version(dist: str) -> str | None:
     """
     wanted = _normalize(dist)
     for entry in sys.path:
+        directory = os.path.abspath(entry or ".")
         try:
-            names = os.listdir(entry or ".")
-        except OSError:  # not a directory: a zip on the path is importlib.metadata's to read
-            if os.path.isfile(entry):
+            mtime = os.stat(directory).st_mtime_ns
+        except OSError:
+            continue
+        index = _distributions(directory, mtime)
+        if index is None:  # not a directory: a zip on the path is importlib.metadata's to read
+            if os.path.isfile(directory):
                 return _from_metadata(dist)
             continue
-        for name in names:
-            lower = name.lower()
-            suffix = next((x for x in _SUFFIXES if lower.endswith(x)), None)
-            if suffix is None:
-                continue
-            stem = name[: -len(suffix)]
-            # The project is before the first "-" (wheels, eggs) or, in old names, the last one.
-            if wanted not in (_normalize(stem.partition("-")[0]), _normalize(stem.rpartition("-")[0])):
-                continue
-            if name.endswith(".dist-info") and stem.count("-") == 1:
-                version = _metadata_version(os.path.join(entry or ".", name, "METADATA"))
-                if version:
-                    return version
-            return _from_metadata(dist)
+        name = index.get(wanted)
+        if name is None:
+            continue
+        if name.endswith(".dist-info") and name[: -len(".dist-info")].count("-") == 1:
+            version = _metadata_version(os.path.join(directory, name, "METADATA"))
+            if version:
+                return version
+        return _from_metadata(dist)
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _distributions(directory: str, mtime_ns: int) -> dict[str, str] | None:
+    """The distribution entries of ``directory`` (as of ``mtime_ns``) by normalized project name, the
+    first in listing order for each; None when it is not a directory."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    index: dict[str, str] = {}
+    for name in names:
+        lower = name.lower()
+        if not lower.endswith(_SUFFIXES):
+            continue
+        stem = name[: -len(next(x for x in _SUFFIXES if lower.endswith(x)))]
+        # The project is before the first "-" (wheels, eggs) or, in old names, the last one.
+        for project in (_normalize(stem.partition("-")[0]), _normalize(stem.rpartition("-")[0])):
+            index.setdefault(project, name)
+    return index
 
 
 def _metadata_version(path: str) -> str | None:

@@ -34,9 +34,10 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "kiln.compile.matrix": ("MatrixRow", "load_matrix"),
     "kiln.compile.plan": ("PlannedRow", "plan_rows", "shared_errors"),
     "kiln.core.artifacts": ("KeyLookup", "entry_consumer", "fetch_by_key", "lookup_key"),
+    "kiln.core.load": ("LoadedEngine", "load_engine", "load_engine_by_key"),  # not on the lookup path
     "kiln.core": (
-        "LoadedEngine", "LookupResult", "Query", "Resolution", "SpecSource", "compute_key", "fetch",
-        "find_artifact", "list_artifacts", "load_engine", "load_engine_by_key", "lookup",
+        "LookupResult", "Query", "Resolution", "SpecSource", "compute_key", "fetch",
+        "find_artifact", "list_artifacts", "lookup",
         "parse_toolchain_pins", "put", "reporting_transfers", "resolve", "select",
         "spec_from_fields", "spec_from_sources", "with_each_consumer", "lookup_any"
     ),
@@ -71,7 +72,6 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
     from .compile.matrix import MatrixRow, load_matrix
     from .compile.plan import PlannedRow, plan_rows, shared_errors
     from .core import (
-        LoadedEngine,
         LookupResult,
         Query,
         Resolution,
@@ -80,8 +80,6 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
         fetch,
         find_artifact,
         list_artifacts,
-        load_engine,
-        load_engine_by_key,
         lookup,
         parse_toolchain_pins,
         put,
@@ -94,6 +92,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
         lookup_any,
     )
     from .core.artifacts import KeyLookup, entry_consumer, fetch_by_key, lookup_key
+    from .core.load import LoadedEngine, load_engine, load_engine_by_key
     from .errors import KilnError
     from .manifests import IndexEntry, Manifest
     from .presets import PRESETS, PresetRow, load_preset

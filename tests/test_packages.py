@@ -86,3 +86,14 @@ def test_the_first_directory_on_the_path_wins_as_for_importlib_metadata(
     _site(tmp_path, monkeypatch, shadow)
     assert sys.path[0].endswith("site")
     assert installed_version("pytest") == "0.0.1" == importlib.metadata.version("pytest")
+
+
+def test_a_package_installed_while_the_process_runs_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Directory listings are kept per process, but only while the directory is unchanged."""
+    _site(tmp_path, monkeypatch, "present-1.0.dist-info")
+    monkeypatch.setattr("kiln._packages._from_metadata", lambda dist: pytest.fail(f"importlib.metadata asked for {dist}"))
+    assert installed_version("present") == "1.0"
+    assert installed_version("latecomer") is None
+    (tmp_path / "site" / "latecomer-2.0.dist-info").mkdir()
+    (tmp_path / "site" / "latecomer-2.0.dist-info" / "METADATA").write_text("Name: latecomer\nVersion: 2.0\n")
+    assert installed_version("latecomer") == "2.0"

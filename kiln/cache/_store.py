@@ -93,7 +93,6 @@ from ._entries import IndexFiles
 from ._hashmemo import HashMemo
 from ._locks import SingleFlight, single_flight, store_lock, sweep_build_locks
 from ._model_records import ModelRecordFiles
-from ._materialize import check_outside_store, holds, materialize, remember
 from ._progress import Progress
 from ._signatures import PROVENANCE_SUFFIX, SignatureFiles
 
@@ -467,6 +466,8 @@ class Store:
         files). Needs no write access to the store. ``remember_as``: the manifest a later
         :meth:`holds` will check ``dest`` against, when it is not ``manifest`` itself.
         """
+        from ._materialize import materialize, remember  # not on the lookup path
+
         del copy
         dest = Path(dest).absolute()
         self.check_destination(dest)
@@ -479,6 +480,8 @@ class Store:
 
     def check_destination(self, dest: Path) -> None:
         """Refuse (StoreError) a destination that overlaps the store, before anything is touched."""
+        from ._materialize import check_outside_store
+
         check_outside_store(Path(dest).absolute(), self.root, allowed=(self.builds_dir, self.run_dir_root))
 
     def holds(self, manifest: Manifest, dest: Path, ignore: frozenset[str] = frozenset()) -> tuple[bool, str]:
@@ -487,6 +490,8 @@ class Store:
         Fast when Kiln materialised it and nothing was written since (stat signatures), exact
         otherwise (every file hashed).
         """
+        from ._materialize import holds
+
         return holds(self.deployments_dir, manifest, _digest(manifest), Path(dest).absolute(), ignore)
 
     # ------------------------------------------------------------------ maintenance

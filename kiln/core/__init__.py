@@ -2,19 +2,18 @@
 
 Layered between the orchestration (``kiln.compile``, which may import it) and the parts
 (targets, store, manifests, LMI parsing, model resolution). ``kiln.api`` re-exports the public
-names; everything here is importable by Kiln's own packages.
+names; everything here is importable by Kiln's own packages. Loading an engine in-process
+(``kiln.core.load``) is imported from its module: a lookup never needs it.
 """
 
 from .artifacts import Query, fetch, find_artifact, list_artifacts, materialize_layout, put
 from .find import Found, LookupResult, explain_miss, find_entry, first_verified, lookup, lookup_any, matches, select
-from .load import LoadedEngine, load_engine, load_engine_by_key
 from .progress import current_progress, reporting_transfers
 from .resolution import Resolution, compute_key, resolve
 from .specs import SpecSource, parse_toolchain_pins, spec_from_fields, spec_from_sources, with_each_consumer
 
 __all__ = [
     "Found",
-    "LoadedEngine",
     "LookupResult",
     "Query",
     "Resolution",
@@ -29,8 +28,6 @@ __all__ = [
     "find_entry",
     "first_verified",
     "list_artifacts",
-    "load_engine",
-    "load_engine_by_key",
     "lookup",
     "matches",
     "materialize_layout",

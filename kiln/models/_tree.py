@@ -47,13 +47,15 @@ path under it). The two resolutions of the same commit therefore give the same d
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .._input import show_path
 from ..errors import ModelError
@@ -110,12 +112,20 @@ class TreeListing:
 
 def ignored(rel: str) -> bool:
     """The file at ``rel`` (relative to the model directory) does not count: the one selection rule."""
-    return any(fnmatch.fnmatch(rel, pat) for pat in MODEL_FILE_IGNORES)
+    return _ignore_matcher(prune=False)(rel) is not None
 
 
 def _pruned(rel_dir: str) -> bool:
     """Every path under the directory ``rel_dir`` is ignored (see the module docstring)."""
-    return any(pat.endswith("*") and fnmatch.fnmatch(rel_dir + "/", pat) for pat in MODEL_FILE_IGNORES)
+    return _ignore_matcher(prune=True)(rel_dir + "/") is not None
+
+
+@functools.cache
+def _ignore_matcher(prune: bool) -> Callable[[str], re.Match[str] | None]:
+    """``fnmatch.fnmatch`` over the patterns (all, or those that prune), as one regular expression:
+    one compile instead of ten (a few ms of every lookup that scans a model directory)."""
+    patterns = [p for p in MODEL_FILE_IGNORES if p.endswith("*")] if prune else MODEL_FILE_IGNORES
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
 
 
 def tree_root(model_dir: Path) -> Path:

@@ -32,6 +32,22 @@ def test_local_digest_is_stable_and_ignores_docs(tmp_path: Path) -> None:
     assert {f.path for f in first.files} == {"config.json", "model.safetensors", "tokenizer.json"}
 
 
+@pytest.mark.parametrize("rel", [
+    "README.md", "docs/guide.md", "a.mdx", "md", "LICENSE", "LICENSE.txt", "sub/LICENSE", "NOTICE", "USE_POLICY.md",
+    ".gitattributes", "sub/.gitattributes", ".gitignore", "original/consolidated.00.pth", "original", "originals/x",
+    ".git/HEAD", ".cache/huggingface/download/x.lock", ".huggingface/y", "config.json", "model.safetensors",
+])
+def test_the_ignore_rule_is_fnmatch_over_each_pattern(rel: str) -> None:
+    """ignored() and directory pruning match exactly what fnmatch does pattern by pattern (they run
+    as one compiled expression, for speed): the selection rule the digest's docs state."""
+    from fnmatch import fnmatch
+
+    from kiln.models._tree import MODEL_FILE_IGNORES, _pruned, ignored
+
+    assert ignored(rel) == any(fnmatch(rel, p) for p in MODEL_FILE_IGNORES)
+    assert _pruned(rel) == any(p.endswith("*") and fnmatch(rel + "/", p) for p in MODEL_FILE_IGNORES)
+
+
 def test_one_byte_in_a_weight_file_changes_the_digest(tmp_path: Path) -> None:
     m = write_fake_model(tmp_path / "m", weight_bytes=10_000)
     memo = HashMemo(tmp_path / "memo")
