@@ -612,6 +612,7 @@ def test_a_dropped_connection_on_a_read_is_tried_again(oci_registry: Registry, t
     listener.listen(8)
     port = listener.getsockname()[1]
     seen = [0]
+    forwarded: list[socket.socket] = []  # closed at the end: a pipe only shuts its two ends down
 
     def pipe(a: socket.socket, b: socket.socket) -> None:
         try:
@@ -637,6 +638,7 @@ def test_a_dropped_connection_on_a_read_is_tried_again(oci_registry: Registry, t
                 conn.close()  # dropped, unanswered
                 continue
             up = socket.create_connection(upstream)
+            forwarded.extend((conn, up))
             threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
             threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
 
@@ -649,3 +651,5 @@ def test_a_dropped_connection_on_a_read_is_tried_again(oci_registry: Registry, t
         assert seen[0] >= 2, "the first connection was dropped and a second one made"
     finally:
         listener.close()
+        for s_ in forwarded:  # an unclosed one is a ResourceWarning when its pipe thread ends: an error
+            s_.close()
