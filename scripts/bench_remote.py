@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=4, help="large files in the artifact (default 4)")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir, removed afterwards)")
     ap.add_argument("--rounds", type=int, default=5,
-                    help="paired S3 rounds: kiln pull, the same without write-behind, one get_object (default 5)")
+                    help="paired S3 rounds: kiln pull, one get_object, one get_object + fsync (default 5)")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-bench-remote-"))
@@ -253,33 +253,36 @@ def main() -> None:
             wipe("raw-bench")
 
         # ---------------------------------------------------------------- S3: paired rounds
-        # Kiln's pull, the same pull with write-behind off (Sink's sync_file_range calls made
-        # no-ops), and one get_object, rotated in each round: single timings on a shared 2-core
-        # machine move by more than the differences measured.
+        # Kiln's pull (verified, fsynced, published), one get_object into a file, and the same
+        # get_object with an fsync at the end, rotated in each round: single timings on a shared
+        # 2-core machine move by more than the differences measured.
         put_object()
-        from kiln.cache import _fsutil
-        queue_writeback = _fsutil.start_writeback
-        rounds: dict[str, list[float]] = {"pull": [], "pull_no_wb": [], "get_object": []}
+        rounds: dict[str, list[float]] = {"pull": [], "get_object": [], "get_object_fsync": []}
 
-        def pull_once(write_behind: bool) -> None:
-            _fsutil.start_writeback = queue_writeback if write_behind else (lambda fd, offset, length: None)
+        def pull_once() -> None:
             try:
                 pull(Store(work / "pull-store"), remote, entry)
             finally:
-                _fsutil.start_writeback = queue_writeback
                 shutil.rmtree(work / "pull-store")
 
-        runs = {"pull": lambda: pull_once(True), "pull_no_wb": lambda: pull_once(False), "get_object": get_object}
+        def get_object_fsync() -> None:
+            get_object()
+            with open(dl, "rb+") as f:
+                os.fsync(f.fileno())
+
+        runs = {"pull": pull_once, "get_object": get_object, "get_object_fsync": get_object_fsync}
         for r in range(args.rounds):
             order = list(runs)[r % 3:] + list(runs)[:r % 3]
             for name in order:
                 t, _ = timed(runs[name])
                 rounds[name].append(t)
-            dl.unlink()
+                dl.unlink(missing_ok=True)
         paired = {name: statistics.median(ts) for name, ts in rounds.items()}
+        for name, ts in rounds.items():
+            print(f"    rounds, {name}: {' '.join(f'{t:.2f}' for t in ts)}", flush=True)
         row(f"kiln pull, median of {args.rounds} rotated rounds", paired["pull"], total)
-        row("kiln pull without write-behind, same rounds", paired["pull_no_wb"], total)
         row("boto3 get_object, one request, same rounds", paired["get_object"], total)
+        row("boto3 get_object + fsync, same rounds", paired["get_object_fsync"], total)
         wipe("raw-bench")
         wipe("kiln-bench")
 
@@ -321,9 +324,9 @@ def main() -> None:
     print(f"  kiln pull vs boto3 download_file (Kiln sett.)  {raw['b3_kiln_down'] / kiln_pull[0]:.2f}x  ({rate(raw['b3_kiln_down'])})")
     print(f"  kiln pull vs boto3 get_object                  {raw['b3_one_down'] / kiln_pull[0]:.2f}x  ({rate(raw['b3_one_down'])})")
     ratios = [g / p for g, p in zip(rounds["get_object"], rounds["pull"])]
-    ratios_no_wb = [g / p for g, p in zip(rounds["get_object"], rounds["pull_no_wb"])]
+    ratios_fsync = [g / p for g, p in zip(rounds["get_object_fsync"], rounds["pull"])]
     print(f"  kiln pull vs get_object, paired rounds         {statistics.median(ratios):.2f}x median of {len(ratios)} "
-          f"(without write-behind {statistics.median(ratios_no_wb):.2f}x)")
+          f"(vs get_object + fsync {statistics.median(ratios_fsync):.2f}x)")
     print(f"  obstore vs boto3, multipart upload, 8 MiB parts {raw['b3_tm_up'] / raw['ob_mp_up']:.2f}x")
     print(f"  obstore vs boto3, one-request upload            {raw['b3_one_up'] / raw['ob_one_up']:.2f}x")
     print(f"  obstore vs boto3, one-request download          {raw['b3_one_down'] / raw['ob_one_down']:.2f}x")

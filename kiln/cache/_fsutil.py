@@ -99,12 +99,11 @@ class WriteBehind:
             done += self.raw.write(data[done:])  # the next one raises ENOSPC/EFBIG
         self.written += done
         if self.written - self.queued >= self.EVERY:
-            start_writeback(self.raw.fileno(), self.queued, self.written - self.queued)
+            _start_writeback(self.raw.fileno(), self.queued, self.written - self.queued)
             self.queued = self.written
 
 
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Queue bytes ``[offset, offset + length)`` of ``fd`` for writeback without waiting (best effort)."""
+def _start_writeback(fd: int, offset: int, length: int) -> None:
     call = _sync_file_range()
     if call is not None:
         call(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; a failure is the fsync's to report

@@ -24,7 +24,7 @@ from kiln.cache._hashmemo import hash_stream
 @pytest.fixture
 def ranges(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
-    monkeypatch.setattr(_fsutil, "start_writeback", lambda fd, offset, length: seen.append((offset, length)))
+    monkeypatch.setattr(_fsutil, "_start_writeback", lambda fd, offset, length: seen.append((offset, length)))
     return seen
 
 
@@ -86,26 +86,3 @@ def test_sync_file_range_is_found_and_accepts_the_call_kiln_makes(tmp_path: Path
         f.write(b"y" * (1 << 20))
         assert call(f.fileno(), 0, 1 << 20, 2) == 0  # 64-bit offsets: wrong argtypes give EINVAL here
         os.fsync(f.fileno())
-
-
-def test_a_download_sink_hands_its_hashed_prefix_to_writeback_as_parts_land(
-        tmp_path: Path, ranges: list[tuple[int, int]]) -> None:
-    """Ranged parts land out of order (S3, OCI pulls); only bytes with none missing before them are queued."""
-    from kiln.cache.remotes._bounded import Sink
-
-    part = WriteBehind.EVERY // 2 + 777
-    data = random.Random(2).randbytes(7 * part)
-    order = [1, 0, 3, 2, 4, 6, 5]
-    sink = Sink(tmp_path / "blob")
-    for i in order:
-        sink.write_at(i * part, data[i * part:(i + 1) * part])
-        queued = ranges[-1][0] + ranges[-1][1] if ranges else 0
-        assert queued <= sink.sha256()[1]  # never a byte beyond what arrived in order
-    sink.close()
-    assert (tmp_path / "blob").read_bytes() == data
-    assert ranges and ranges[0][0] == 0
-    for (offset, length), (next_offset, _) in zip(ranges, ranges[1:]):
-        assert next_offset == offset + length
-    assert all(length >= WriteBehind.EVERY for _, length in ranges)
-    end = ranges[-1][0] + ranges[-1][1]
-    assert len(data) - WriteBehind.EVERY < end <= len(data)

@@ -23,9 +23,6 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from .. import _fsutil
-from .._fsutil import WriteBehind
-
 __all__ = ["Cancelled", "DeadlineExceeded", "FileSlice", "Sink", "run_bounded", "run_parallel"]
 
 T = TypeVar("T")
@@ -117,10 +114,6 @@ class Sink:
     pull verifies a blob without reading it again. Bytes written at the hashed length go into
     the hash at once (one stream: every byte); bytes written further on wait until the bytes
     before them are in, then are read back from the page cache (parallel ranged parts).
-
-    And it writes behind, as a put does (:class:`~kiln.cache._fsutil.WriteBehind`): every
-    ``WriteBehind.EVERY`` bytes of hashed prefix are handed to writeback, so the disk works while
-    the network does and the fsync at the end has little left to wait for.
     """
 
     def __init__(self, path: Path) -> None:
@@ -129,7 +122,6 @@ class Sink:
         self._hash: Any = hashlib.sha256()  # None once a region was written twice
         self._hashed = 0  # bytes [0, _hashed) of the file are in the hash
         self._ahead: dict[int, int] = {}  # written but not yet hashed: start -> end
-        self._queued = 0  # bytes [0, _queued) have been handed to writeback
 
     def write_at(self, offset: int, data: bytes) -> None:
         with self._lock:
@@ -146,9 +138,6 @@ class Sink:
                 self._hash.update(data)
                 self._hashed = at
                 self._catch_up(self._fd)
-                if self._hashed - self._queued >= WriteBehind.EVERY:
-                    _fsutil.start_writeback(self._fd, self._queued, self._hashed - self._queued)
-                    self._queued = self._hashed
             elif offset > self._hashed and offset not in self._ahead:
                 self._ahead[offset] = at
             else:  # bytes written again (a retried part): the file is re-read when it is verified
