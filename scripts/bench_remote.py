@@ -11,10 +11,14 @@ uses a directory as a filesystem remote. For an artifact of several files (defau
 * baselines with the same bytes as ONE object: boto3 ``upload_file``/``download_file``
   (transfer manager defaults: 8 MiB parts, 10 threads), boto3 ``put_object``/``get_object``
   (one request each way), obstore ``put``/``get`` (Rust object_store; defaults: 5 MiB parts,
-  12 concurrent) and, for the directory, a plain copy + fsync.
+  12 concurrent) and, for the directory, a plain copy + fsync;
+* ``--rounds`` paired rounds, rotated, every round printed: Kiln's S3 pull, one get_object, one
+  get_object + fsync; Kiln's directory pull, a copy + fsync. The ratios the goals name are
+  medians of these per-round ratios (single timings here vary by 2-3x from run to run).
 
     .venv/bin/python scripts/bench_remote.py                 # 1 GiB
     .venv/bin/python scripts/bench_remote.py --size-mib 128  # quick
+    .venv/bin/python scripts/bench_remote.py --size-mib 256 --rounds 12  # docs/benchmarks.md, issue 18
 
 moto is an in-memory Python server (werkzeug, one process, the GIL): on a small machine it is
 usually the bottleneck, and client and server share the CPU, so absolute numbers say little
@@ -295,17 +299,30 @@ def main() -> None:
         fs_push = t
         t, fa = timed(lambda: push(store, fremote, entry))
         row(f"kiln push again, unchanged ({fa.uploaded_bytes} bytes moved)", t, 0)
-        fresh = Store(work / "pull-store")
-        t, fpl = timed(lambda: pull(fresh, fremote, entry))
-        row("kiln pull from the directory (verified, fsynced)", t, fpl.downloaded_bytes)
-        fs_pull = t
-        shutil.rmtree(work / "pull-store")
+        # Kiln's pull from the directory and a copy + fsync of the same bytes, rotated in each round.
+        fs_rounds: dict[str, list[float]] = {"pull": [], "copy_fsync": []}
+
+        def fs_pull_once() -> None:
+            try:
+                pull(Store(work / "pull-store"), fremote, entry)
+            finally:
+                shutil.rmtree(work / "pull-store")
+
+        def copy_once() -> None:
+            copy_fsync(single, work / "copy.bin")
+            (work / "copy.bin").unlink()
+
+        fs_runs = {"pull": fs_pull_once, "copy_fsync": copy_once}
+        for r in range(args.rounds):
+            for name in (list(fs_runs) if r % 2 == 0 else list(fs_runs)[::-1]):
+                t, _ = timed(fs_runs[name])
+                fs_rounds[name].append(t)
+        for name, ts in fs_rounds.items():
+            print(f"    rounds, {name}: {' '.join(f'{t:.2f}' for t in ts)}", flush=True)
+        fs_pull, fs_copy = (statistics.median(fs_rounds[n]) for n in ("pull", "copy_fsync"))
+        row(f"kiln pull from the directory (verified, fsynced), median of {args.rounds} rounds", fs_pull, total)
+        row("copy + fsync of the same bytes, one file (baseline), same rounds", fs_copy, total)
         shutil.rmtree(froot)
-        froot.mkdir()
-        t, _ = timed(lambda: copy_fsync(single, froot / "one"))
-        row("copy + fsync of the same bytes, one file (baseline)", t, total)
-        fs_copy = t
-        (froot / "one").unlink()
     finally:
         moto.kill()
         moto.wait()
@@ -330,8 +347,9 @@ def main() -> None:
     print(f"  obstore vs boto3, multipart upload, 8 MiB parts {raw['b3_tm_up'] / raw['ob_mp_up']:.2f}x")
     print(f"  obstore vs boto3, one-request upload            {raw['b3_one_up'] / raw['ob_one_up']:.2f}x")
     print(f"  obstore vs boto3, one-request download          {raw['b3_one_down'] / raw['ob_one_down']:.2f}x")
-    print(f"  kiln push to dir vs copy+fsync                  {fs_copy / fs_push:.2f}x")
-    print(f"  kiln pull from dir vs copy+fsync                {fs_copy / fs_pull:.2f}x")
+    fs_ratios = [c / p for c, p in zip(fs_rounds["copy_fsync"], fs_rounds["pull"])]
+    print(f"  kiln push to dir vs copy+fsync (one push)       {fs_copy / fs_push:.2f}x")
+    print(f"  kiln pull from dir vs copy+fsync, paired rounds {statistics.median(fs_ratios):.2f}x median of {len(fs_ratios)}")
     print(f"  second push: {second_push[1]} bytes in {second_push[0]:.3f} s in-process, "
           f"{cli_second[1]} bytes in {cli_second[0]:.3f} s via the CLI")
     print("\n| measurement | time | throughput |\n| --- | --- | --- |")
