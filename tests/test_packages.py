@@ -8,6 +8,7 @@ hyphens, eggs, egg-info) placed first on sys.path.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import sys
 from pathlib import Path
 
@@ -96,4 +97,7 @@ def test_a_package_installed_while_the_process_runs_is_found(tmp_path: Path, mon
     assert installed_version("latecomer") is None
     (tmp_path / "site" / "latecomer-2.0.dist-info").mkdir()
     (tmp_path / "site" / "latecomer-2.0.dist-info" / "METADATA").write_text("Name: latecomer\nVersion: 2.0\n")
+    # The kernel stamps mtimes from a clock that ticks every few ms: move it on as a later install would.
+    st = (tmp_path / "site").stat()
+    os.utime(tmp_path / "site", ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
     assert installed_version("latecomer") == "2.0"
