@@ -109,6 +109,21 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, r
 
 
+def rotated_rounds(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each run in each of ``rounds`` rounds, the order rotated from round to round (so no
+    run always follows the same one), every round printed: single timings on a shared 2-core machine
+    move by more than the differences measured."""
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t, _ = timed(runs[name])
+            times[name].append(t)
+    for name, ts in times.items():
+        print(f"    rounds, {name}: {' '.join(f'{t:.2f}' for t in ts)}", flush=True)
+    return times
+
+
 def copy_fsync(src: Path, dest: Path) -> None:
     with open(src, "rb") as fin, open(dest, "wb") as fout:
         shutil.copyfileobj(fin, fout, 8 * MiB)
@@ -261,29 +276,23 @@ def main() -> None:
         # get_object with an fsync at the end, rotated in each round: single timings on a shared
         # 2-core machine move by more than the differences measured.
         put_object()
-        rounds: dict[str, list[float]] = {"pull": [], "get_object": [], "get_object_fsync": []}
 
-        def pull_once() -> None:
+        def pull_once(from_remote: Any) -> None:
             try:
-                pull(Store(work / "pull-store"), remote, entry)
+                pull(Store(work / "pull-store"), from_remote, entry)
             finally:
                 shutil.rmtree(work / "pull-store")
 
-        def get_object_fsync() -> None:
+        def get_object_once(fsync: bool) -> None:
             get_object()
-            with open(dl, "rb+") as f:
-                os.fsync(f.fileno())
+            if fsync:
+                with open(dl, "rb+") as f:
+                    os.fsync(f.fileno())
+            dl.unlink()
 
-        runs = {"pull": pull_once, "get_object": get_object, "get_object_fsync": get_object_fsync}
-        for r in range(args.rounds):
-            order = list(runs)[r % 3:] + list(runs)[:r % 3]
-            for name in order:
-                t, _ = timed(runs[name])
-                rounds[name].append(t)
-                dl.unlink(missing_ok=True)
+        rounds = rotated_rounds({"pull": lambda: pull_once(remote), "get_object": lambda: get_object_once(False),
+                                 "get_object_fsync": lambda: get_object_once(True)}, args.rounds)
         paired = {name: statistics.median(ts) for name, ts in rounds.items()}
-        for name, ts in rounds.items():
-            print(f"    rounds, {name}: {' '.join(f'{t:.2f}' for t in ts)}", flush=True)
         row(f"kiln pull, median of {args.rounds} rotated rounds", paired["pull"], total)
         row("boto3 get_object, one request, same rounds", paired["get_object"], total)
         row("boto3 get_object + fsync, same rounds", paired["get_object_fsync"], total)
@@ -299,26 +308,13 @@ def main() -> None:
         fs_push = t
         t, fa = timed(lambda: push(store, fremote, entry))
         row(f"kiln push again, unchanged ({fa.uploaded_bytes} bytes moved)", t, 0)
-        # Kiln's pull from the directory and a copy + fsync of the same bytes, rotated in each round.
-        fs_rounds: dict[str, list[float]] = {"pull": [], "copy_fsync": []}
 
-        def fs_pull_once() -> None:
-            try:
-                pull(Store(work / "pull-store"), fremote, entry)
-            finally:
-                shutil.rmtree(work / "pull-store")
-
+        # Kiln's pull from the directory and a copy + fsync of the same bytes, in rotated rounds.
         def copy_once() -> None:
             copy_fsync(single, work / "copy.bin")
             (work / "copy.bin").unlink()
 
-        fs_runs = {"pull": fs_pull_once, "copy_fsync": copy_once}
-        for r in range(args.rounds):
-            for name in (list(fs_runs) if r % 2 == 0 else list(fs_runs)[::-1]):
-                t, _ = timed(fs_runs[name])
-                fs_rounds[name].append(t)
-        for name, ts in fs_rounds.items():
-            print(f"    rounds, {name}: {' '.join(f'{t:.2f}' for t in ts)}", flush=True)
+        fs_rounds = rotated_rounds({"pull": lambda: pull_once(fremote), "copy_fsync": copy_once}, args.rounds)
         fs_pull, fs_copy = (statistics.median(fs_rounds[n]) for n in ("pull", "copy_fsync"))
         row(f"kiln pull from the directory (verified, fsynced), median of {args.rounds} rounds", fs_pull, total)
         row("copy + fsync of the same bytes, one file (baseline), same rounds", fs_copy, total)
