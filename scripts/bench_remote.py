@@ -137,7 +137,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=4, help="large files in the artifact (default 4)")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir, removed afterwards)")
     ap.add_argument("--rounds", type=int, default=5,
-                    help="paired S3 rounds: kiln pull, one get_object, one get_object + fsync (default 5)")
+                    help="paired rounds, rotated: S3 (kiln pull, get_object, get_object + fsync) and the directory "
+                         "remote (kiln pull, copy + fsync) (default 5)")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-bench-remote-"))
