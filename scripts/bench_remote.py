@@ -13,7 +13,8 @@ uses a directory as a filesystem remote. For an artifact of several files (defau
   (one request each way), obstore ``put``/``get`` (Rust object_store; defaults: 5 MiB parts,
   12 concurrent) and, for the directory, a plain copy + fsync;
 * ``--rounds`` paired rounds, rotated, every round printed: Kiln's S3 pull, one get_object, one
-  get_object + fsync; Kiln's directory pull, a copy + fsync. The ratios the goals name are
+  get_object + fsync, Kiln's S3 pull without its downloads' background writeback (the same-run
+  "before" of that change); Kiln's directory pull, a copy + fsync. The ratios the goals name are
   medians of these per-round ratios (single timings here vary by 2-3x from run to run).
 
     .venv/bin/python scripts/bench_remote.py                 # 1 GiB
@@ -137,7 +138,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=4, help="large files in the artifact (default 4)")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir, removed afterwards)")
     ap.add_argument("--rounds", type=int, default=5,
-                    help="paired rounds, rotated: S3 (kiln pull, get_object, get_object + fsync) and the directory "
+                    help="paired rounds, rotated: S3 (kiln pull, get_object, get_object + fsync, kiln pull without "
+                         "background writeback) and the directory "
                          "remote (kiln pull, copy + fsync) (default 5)")
     args = ap.parse_args()
 
@@ -159,6 +161,7 @@ def main() -> None:
 
     from kiln import api
     from kiln.cache import Store
+    from kiln.cache._fsutil import BackgroundWriteback
     from kiln.cache.remotes import open_remote
     from kiln.cache._sync import pull, push
     from kiln.spec import BuildSpec
@@ -278,10 +281,14 @@ def main() -> None:
         # 2-core machine move by more than the differences measured.
         put_object()
 
-        def pull_once(from_remote: Any) -> None:
+        def pull_once(from_remote: Any, writeback: bool = True) -> None:
+            every = BackgroundWriteback.EVERY
+            if not writeback:  # the same-run "before" of the downloads' background writeback
+                BackgroundWriteback.EVERY = 1 << 62
             try:
                 pull(Store(work / "pull-store"), from_remote, entry)
             finally:
+                BackgroundWriteback.EVERY = every
                 shutil.rmtree(work / "pull-store")
 
         def get_object_once(fsync: bool) -> None:
@@ -292,11 +299,13 @@ def main() -> None:
             dl.unlink()
 
         rounds = rotated_rounds({"pull": lambda: pull_once(remote), "get_object": lambda: get_object_once(False),
-                                 "get_object_fsync": lambda: get_object_once(True)}, args.rounds)
+                                 "get_object_fsync": lambda: get_object_once(True),
+                                 "pull_no_writeback": lambda: pull_once(remote, writeback=False)}, args.rounds)
         paired = {name: statistics.median(ts) for name, ts in rounds.items()}
         row(f"kiln pull, median of {args.rounds} rotated rounds", paired["pull"], total)
         row("boto3 get_object, one request, same rounds", paired["get_object"], total)
         row("boto3 get_object + fsync, same rounds", paired["get_object_fsync"], total)
+        row("kiln pull without background writeback, same rounds", paired["pull_no_writeback"], total)
         wipe("raw-bench")
         wipe("kiln-bench")
 
@@ -341,6 +350,8 @@ def main() -> None:
     ratios_fsync = [g / p for g, p in zip(rounds["get_object_fsync"], rounds["pull"])]
     print(f"  kiln pull vs get_object, paired rounds         {statistics.median(ratios):.2f}x median of {len(ratios)} "
           f"(vs get_object + fsync {statistics.median(ratios_fsync):.2f}x)")
+    wb = [n / p for n, p in zip(rounds["pull_no_writeback"], rounds["pull"])]
+    print(f"  kiln pull vs the same without background writeback {statistics.median(wb):.2f}x median of {len(wb)}")
     print(f"  obstore vs boto3, multipart upload, 8 MiB parts {raw['b3_tm_up'] / raw['ob_mp_up']:.2f}x")
     print(f"  obstore vs boto3, one-request upload            {raw['b3_one_up'] / raw['ob_one_up']:.2f}x")
     print(f"  obstore vs boto3, one-request download          {raw['b3_one_down'] / raw['ob_one_down']:.2f}x")
