@@ -49,10 +49,11 @@ from contextlib import AbstractContextManager
 from typing import Callable, Mapping
 
 from ..errors import CorruptBlobError, StoreError
-from ..manifests._manifest import Manifest
+from ..manifests._manifest import FileEntry, Manifest
 from ._blobs import Blobs
 from ._fsutil import atomic_write_bytes, exchange, remove_tree
 from ._hashmemo import hash_stream, stat_signature
+from ._per_file import each_file
 from ._progress import Progress
 
 __all__ = ["materialize", "holds", "check_outside_store", "sweep_staging"]
@@ -115,17 +116,23 @@ def materialize(
     staging.mkdir()
     owned = _hold(staging)  # flocked while we work in it: a sweeper never takes it
     try:
+        for parent in sorted({staging.joinpath(*f.path.split("/")).parent for f in manifest.files}):
+            parent.mkdir(parents=True, exist_ok=True)
+
+        def place(f: FileEntry, advance: Callable[[int], None]) -> None:
+            target = staging.joinpath(*f.path.split("/"))
+            data = (generated or {}).get(f.digest)
+            if data is not None:
+                _write_generated(target, data, advance)
+                return
+            if verify:
+                blobs.check(f.digest, f.size)
+            _place(blobs, f.digest, target, link=link, verify=verify, progress=advance, size=f.size)
+
         with reader_lock():
-            for f in manifest.files:
-                target = staging.joinpath(*f.path.split("/"))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                data = (generated or {}).get(f.digest)
-                if data is not None:
-                    _write_generated(target, data, progress)
-                    continue
-                if verify:
-                    blobs.check(f.digest, f.size)
-                _place(blobs, f.digest, target, link=link, verify=verify, progress=progress, size=f.size)
+            # Copies (and re-hashes of changed blobs) use every core, one file per thread; links
+            # and clones are a system call each, cheaper than starting threads.
+            each_file(manifest.files, place, progress=progress, threads=1 if link else None, name="kiln-copy")
         if dest.exists():
             if exchange(staging, dest):
                 # One atomic swap: dest is the old tree or the new one at every instant;

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -37,11 +35,10 @@ from ..manifests._record import utc_now
 from ._blobs import Blobs
 from ._entries import IndexFiles
 from ._fsutil import fsync_dir
+from ._per_file import each_file
 from ._progress import Progress
 
 __all__ = ["artifact_files", "publish"]
-
-PUT_THREADS = max(2, min(8, os.cpu_count() or 1))  # at least 2: one file's fsync overlaps another's hashing
 
 
 def publish(
@@ -93,49 +90,16 @@ def publish(
 
 def _put_files(blobs: Blobs, paths: list[tuple[str, Path]], *, move: bool,
                progress: Progress | None) -> list[FileEntry]:
-    """Every file's blob, several files at a time, in path order.
+    """Every file's blob, several files at a time (:func:`~kiln.cache._per_file.each_file`), in
+    path order. On a failure the blobs already stored are unreferenced, for gc, and no temp file
+    stays."""
 
-    sha256 runs at ~1.4 GB/s on one core here and releases the GIL, as do the writes and
-    fsyncs, so files in parallel use every core (docs/benchmarks.md, issue 18). The first file
-    that fails (or an interrupt) stops the others at their next chunk, and its error is raised;
-    blobs already stored are unreferenced, for gc, and no temp file stays.
-    """
-    stop = threading.Event()
-
-    def put(item: tuple[str, Path]) -> FileEntry:
+    def put(item: tuple[str, Path], advance: Callable[[int], None]) -> FileEntry:
         rel, path = item
-
-        def advance(n: int) -> None:  # called after every chunk: where a stopped put gives up
-            if stop.is_set():
-                raise _Stopped
-            if progress is not None:
-                progress(n)
-
-        if stop.is_set():
-            raise _Stopped
         digest, size = blobs.put_file(path, move=move, progress=advance)
         return FileEntry(rel, digest, size)
 
-    workers = min(len(paths), PUT_THREADS)
-    if workers <= 1:
-        return [put(item) for item in paths]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-put") as pool:
-        futures = [pool.submit(put, item) for item in paths]
-        try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-        finally:
-            if not all(f.done() and f.exception() is None for f in futures):
-                stop.set()  # a failure or an interrupt: the running files stop at their next chunk
-                for f in futures:
-                    f.cancel()
-        errors = [e for f in futures if not f.cancelled() and (e := f.exception()) and not isinstance(e, _Stopped)]
-        if errors:
-            raise errors[0]
-        return [f.result() for f in futures]
-
-
-class _Stopped(Exception):
-    """A file's put gave up because another file failed."""
+    return each_file(paths, put, progress=progress, name="kiln-put")
 
 
 def artifact_files(src_dir: Path) -> list[tuple[str, Path]]:
