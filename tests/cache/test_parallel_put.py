@@ -74,9 +74,8 @@ def test_one_failing_file_stops_the_others_and_publishes_nothing(pub: Pub, monke
 # ---------------------------------------------------------------- copying out: the same pool
 
 
-def test_a_copied_out_artifact_is_written_in_parallel_with_every_byte(
-        pub: Pub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(_per_file, "FILE_THREADS", 4)
+def _threads_placing_files(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The names of the threads that place a materialised file, filled in as they do."""
     seen: set[str] = set()
     real = _materialize._place
 
@@ -85,6 +84,13 @@ def test_a_copied_out_artifact_is_written_in_parallel_with_every_byte(
         return real(*a, **kw)
 
     monkeypatch.setattr(_materialize, "_place", recording)
+    return seen
+
+
+def test_a_copied_out_artifact_is_written_in_parallel_with_every_byte(
+        pub: Pub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(_per_file, "FILE_THREADS", 4)
+    seen = _threads_placing_files(monkeypatch)
     files = {**_files(6, 300_000), "sub/dir/config.json": b"{}"}
     manifest = pub.publish(1, files)
     reported: list[int] = []
@@ -96,14 +102,7 @@ def test_a_copied_out_artifact_is_written_in_parallel_with_every_byte(
 
 
 def test_hard_links_are_made_in_the_calling_thread(pub: Pub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    seen: set[str] = set()
-    real = _materialize._place
-
-    def recording(*a, **kw):  # type: ignore[no-untyped-def]
-        seen.add(threading.current_thread().name)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(_materialize, "_place", recording)
+    seen = _threads_placing_files(monkeypatch)
     manifest = pub.publish(1, _files(4, 1000))
     pub.store.materialize(manifest, tmp_path / "deploy", link=True)
     assert seen == {threading.current_thread().name}  # a link is one system call: no pool to start
