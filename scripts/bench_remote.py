@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Remote transfer benchmark: Kiln push/pull against raw clients, same bytes, same server, same run.
 
-Starts an S3-protocol server (``python -m moto.server`` on 127.0.0.1, a separate process) and
-uses a directory as a filesystem remote. For an artifact of several files (default 1 GiB):
+Starts an S3-protocol server on 127.0.0.1, a separate process (``python -m moto.server``, or with
+``--server s3rver`` the npm package s3rver, installed under ``.bench/`` on first use), and uses
+a directory as a filesystem remote. For an artifact of several files (default 1 GiB):
 
 * Kiln ``push`` / ``pull`` (the library calls the CLI makes: stat + upload of every blob with
   boto3's transfer manager, index entry last; pull downloads, sha256-verifies, fsyncs and
@@ -20,11 +21,14 @@ uses a directory as a filesystem remote. For an artifact of several files (defau
     .venv/bin/python scripts/bench_remote.py                 # 1 GiB
     .venv/bin/python scripts/bench_remote.py --size-mib 128  # quick
     .venv/bin/python scripts/bench_remote.py --size-mib 256 --rounds 12  # docs/benchmarks.md, issue 18
+    .venv/bin/python scripts/bench_remote.py --size-mib 256 --rounds 12 --server s3rver  # ranges at their cost
 
 moto is an in-memory Python server (werkzeug, one process, the GIL): on a small machine it is
 usually the bottleneck, and client and server share the CPU, so absolute numbers say little
 about real S3; the ratios between clients on the same server say more, and still understate
-the difference a faster client makes against a fast server.
+the difference a faster client makes against a fast server. moto also reads a whole object to
+serve any range of it, so Kiln's parallel ranged parts cost it more than one plain GET does;
+s3rver (Node.js, objects as files) reads only the range.
 """
 
 from __future__ import annotations
@@ -54,24 +58,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )
+def _serve(argv: list[str], port: int, probe: str, name: str) -> tuple[subprocess.Popen, str]:
+    """Start a server process on 127.0.0.1:``port`` and wait until ``probe`` answers."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2) as r:
+            with urllib.request.urlopen(endpoint + probe, timeout=2) as r:
                 r.read()
             return proc, endpoint
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise SystemExit("moto server did not start")
+                raise SystemExit(f"{name} did not start")
             time.sleep(0.1)
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    return _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, "/moto-api/",
+                  "moto server")
+
+
+S3RVER = "s3rver@3.7.1"  # npm; Node's own S3 stand-in, objects as files on disk
+S3RVER_HOME = REPO / ".bench" / "s3rver"
+
+
+def start_s3rver(data: Path) -> tuple[subprocess.Popen, str]:
+    """s3rver from npm (installed under .bench/ on first use), its objects under ``data``.
+
+    Unlike moto, whose ranged GET reads the whole object and slices it (a 64 MiB range of a
+    384 MiB object took as long as the whole object), s3rver reads a range from its file, as
+    S3 serves one: a client's parallel ranged parts are not penalised by the stand-in.
+    """
+    binary = S3RVER_HOME / "node_modules" / ".bin" / "s3rver"
+    if not binary.exists():
+        if shutil.which("npm") is None or shutil.which("node") is None:
+            raise SystemExit("--server s3rver needs Node.js and npm (Debian: apt-get install nodejs npm)")
+        print(f"installing {S3RVER} under {S3RVER_HOME} (npm)", flush=True)
+        subprocess.run(["npm", "install", "--silent", "--prefix", str(S3RVER_HOME), S3RVER], check=True)
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    return _serve([str(binary), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "--silent"], port, "/",
+                  "s3rver")
 
 
 def write_artifact(root: Path, total: int, n_files: int, seed: int = 0) -> dict[str, int]:
@@ -137,6 +167,9 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024, help="artifact size (default 1024)")
     ap.add_argument("--files", type=int, default=4, help="large files in the artifact (default 4)")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir, removed afterwards)")
+    ap.add_argument("--server", choices=("moto", "s3rver"), default="moto",
+                    help="the S3-protocol server: moto (Python, in memory; the default) or s3rver (Node.js, from npm, "
+                         "files on disk; ranged GETs cost what the range costs)")
     ap.add_argument("--rounds", type=int, default=5,
                     help="paired rounds, rotated: S3 (kiln pull, get_object, get_object + fsync, kiln pull without "
                          "background writeback) and the directory "
@@ -145,8 +178,9 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-bench-remote-"))
     work.mkdir(parents=True, exist_ok=True)
+    key = "S3RVER" if args.server == "s3rver" else "bench"  # s3rver accepts its own fixed key pair only
     os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=key, AWS_DEFAULT_REGION="us-east-1",
         AWS_EC2_METADATA_DISABLED="true", KILN_HOME=str(work / "store"),
     )
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "KILN_REMOTE"):
@@ -174,9 +208,10 @@ def main() -> None:
         rate = f"{nbytes / 1e6 / seconds:8.1f} MB/s" if nbytes else ""
         print(f"  {what:<58} {seconds:8.2f} s {rate}", flush=True)
 
-    moto, endpoint = start_moto()
+    server, endpoint = start_moto() if args.server == "moto" else start_s3rver(work / "s3rver-data")
     try:
-        print(f"artifact: {args.size_mib} MiB in {args.files} large files + 2 small; moto at {endpoint}; work {work}", flush=True)
+        print(f"artifact: {args.size_mib} MiB in {args.files} large files + 2 small; {args.server} at {endpoint}; "
+              f"work {work}", flush=True)
         src = work / "artifact"
         files = write_artifact(src, size, args.files)
         total = sum(files.values())
@@ -196,7 +231,7 @@ def main() -> None:
 
         client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
-        ostore_kw = dict(endpoint=endpoint, access_key_id="bench", secret_access_key="bench", region="us-east-1",
+        ostore_kw = dict(endpoint=endpoint, access_key_id=key, secret_access_key=key, region="us-east-1",
                          virtual_hosted_style_request=False, client_options={"allow_http": True, "timeout": "600s"})
 
         def wipe(bucket: str) -> None:
@@ -205,7 +240,7 @@ def main() -> None:
                     client.delete_object(Bucket=bucket, Key=o["Key"])
 
         # ---------------------------------------------------------------- S3: Kiln
-        print("S3 (moto):", flush=True)
+        print(f"S3 ({args.server}):", flush=True)
         client.create_bucket(Bucket="kiln-bench")
         url = f"s3://kiln-bench/kiln?endpoint={endpoint}"
         remote = open_remote(url)
@@ -330,8 +365,8 @@ def main() -> None:
         row("copy + fsync of the same bytes, one file (baseline), same rounds", fs_copy, total)
         shutil.rmtree(froot)
     finally:
-        moto.kill()
-        moto.wait()
+        server.kill()
+        server.wait()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
