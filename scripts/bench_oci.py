@@ -22,7 +22,7 @@ random bytes (default 256 MiB in 4 files, 4:3:2:1) through it with each client, 
 Every push starts from an empty registry storage (the registry's storage directory is emptied
 between measurements; it runs with no blob-descriptor cache), and every pull is checked
 afterwards against the source bytes (outside the timing). Each measurement is repeated
-``--runs`` times, the order of the clients rotated between rounds; medians are reported, and
+``--runs`` times, the clients in balanced orders (``_rounds.py``); medians are reported, and
 ratios of medians (kiln/oras, kiln/raw: > 1 means Kiln took longer).
 
 Then, not throughput: the fixed cost of a push (a 1 MiB artifact: time, requests by method from
@@ -64,6 +64,10 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _rounds import balanced_orders  # noqa: E402
+
 MiB = 1 << 20
 TOOLCHAIN = {"torch": "2.0.0", "transformers": "5.0.0", "hardware": "cpu-bench"}
 
@@ -375,8 +379,9 @@ def main() -> None:
             shutil.rmtree(dest)
 
         rounds = [kiln_round, oras_round, raw_round]
+        orders = balanced_orders(len(rounds))
         for i in range(args.runs):
-            order = rounds[i % 3:] + rounds[: i % 3]
+            order = [rounds[k] for k in orders[i % len(orders)]]
             print(f"round {i + 1}/{args.runs}: {', '.join(f.__name__.split('_')[0] for f in order)}", flush=True)
             for f in order:
                 f(i)

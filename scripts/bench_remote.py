@@ -13,7 +13,7 @@ a directory as a filesystem remote. For an artifact of several files (default 1 
   (transfer manager defaults: 8 MiB parts, 10 threads), boto3 ``put_object``/``get_object``
   (one request each way), obstore ``put``/``get`` (Rust object_store; defaults: 5 MiB parts,
   12 concurrent) and, for the directory, a plain copy + fsync;
-* ``--rounds`` paired rounds, rotated, every round printed: Kiln's S3 pull, one get_object, one
+* ``--rounds`` paired rounds, in balanced orders (``_rounds.py``), every round printed: Kiln's S3 pull, one get_object, one
   get_object + fsync, Kiln's S3 pull without its downloads' background writeback (the same-run
   "before" of that change); Kiln's directory pull, a copy + fsync. The ratios the goals name are
   medians of these per-round ratios (single timings here vary by 2-3x from run to run).
@@ -49,6 +49,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _rounds import timed_rounds  # noqa: E402
 MiB = 1 << 20
 
 
@@ -140,21 +143,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, r
 
 
-def rotated_rounds(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each run in each of ``rounds`` rounds, the order rotated from round to round (so no
-    run always follows the same one), every round printed: single timings on a shared 2-core machine
-    move by more than the differences measured."""
-    names = list(runs)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t, _ = timed(runs[name])
-            times[name].append(t)
-    for name, ts in times.items():
-        print(f"    rounds, {name}: {' '.join(f'{t:.2f}' for t in ts)}", flush=True)
-    return times
-
-
 def copy_fsync(src: Path, dest: Path) -> None:
     with open(src, "rb") as fin, open(dest, "wb") as fout:
         shutil.copyfileobj(fin, fout, 8 * MiB)
@@ -171,7 +159,7 @@ def main() -> None:
                     help="the S3-protocol server: moto (Python, in memory; the default) or s3rver (Node.js, from npm, "
                          "files on disk; ranged GETs cost what the range costs)")
     ap.add_argument("--rounds", type=int, default=5,
-                    help="paired rounds, rotated: S3 (kiln pull, get_object, get_object + fsync, kiln pull without "
+                    help="paired rounds, in balanced orders: S3 (kiln pull, get_object, get_object + fsync, kiln pull without "
                          "background writeback) and the directory "
                          "remote (kiln pull, copy + fsync) (default 5)")
     args = ap.parse_args()
@@ -312,7 +300,7 @@ def main() -> None:
 
         # ---------------------------------------------------------------- S3: paired rounds
         # Kiln's pull (verified, fsynced, published), one get_object into a file, and the same
-        # get_object with an fsync at the end, rotated in each round: single timings on a shared
+        # get_object with an fsync at the end, in balanced orders: single timings on a shared
         # 2-core machine move by more than the differences measured.
         put_object()
 
@@ -333,11 +321,11 @@ def main() -> None:
                     os.fsync(f.fileno())
             dl.unlink()
 
-        rounds = rotated_rounds({"pull": lambda: pull_once(remote), "get_object": lambda: get_object_once(False),
+        rounds = timed_rounds({"pull": lambda: pull_once(remote), "get_object": lambda: get_object_once(False),
                                  "get_object_fsync": lambda: get_object_once(True),
                                  "pull_no_writeback": lambda: pull_once(remote, writeback=False)}, args.rounds)
         paired = {name: statistics.median(ts) for name, ts in rounds.items()}
-        row(f"kiln pull, median of {args.rounds} rotated rounds", paired["pull"], total)
+        row(f"kiln pull, median of {args.rounds} balanced rounds", paired["pull"], total)
         row("boto3 get_object, one request, same rounds", paired["get_object"], total)
         row("boto3 get_object + fsync, same rounds", paired["get_object_fsync"], total)
         row("kiln pull without background writeback, same rounds", paired["pull_no_writeback"], total)
@@ -354,12 +342,12 @@ def main() -> None:
         t, fa = timed(lambda: push(store, fremote, entry))
         row(f"kiln push again, unchanged ({fa.uploaded_bytes} bytes moved)", t, 0)
 
-        # Kiln's pull from the directory and a copy + fsync of the same bytes, in rotated rounds.
+        # Kiln's pull from the directory and a copy + fsync of the same bytes, in balanced rounds.
         def copy_once() -> None:
             copy_fsync(single, work / "copy.bin")
             (work / "copy.bin").unlink()
 
-        fs_rounds = rotated_rounds({"pull": lambda: pull_once(fremote), "copy_fsync": copy_once}, args.rounds)
+        fs_rounds = timed_rounds({"pull": lambda: pull_once(fremote), "copy_fsync": copy_once}, args.rounds)
         fs_pull, fs_copy = (statistics.median(fs_rounds[n]) for n in ("pull", "copy_fsync"))
         row(f"kiln pull from the directory (verified, fsynced), median of {args.rounds} rounds", fs_pull, total)
         row("copy + fsync of the same bytes, one file (baseline), same rounds", fs_copy, total)

@@ -7,7 +7,7 @@
 * materialise: ``Store.materialize`` by default (``kiln fetch``: a copy-on-write clone where the
   filesystem has reflinks, else read, sha256 and write every byte) and with ``link=True``
   (``kiln fetch --link``: hard links) vs ``cp -r``; the default also one file at a time (the
-  same-run "before" of copying files out in parallel), in rotated rounds with ``cp -r``.
+  same-run "before" of copying files out in parallel), in balanced rounds with ``cp -r``.
 * lookup: wall time of the real CLI, ``python -m kiln lookup`` (a new process each run, as a
   serving container would call it), with N artifacts in the index, vs ``python -c pass``.
 
@@ -38,15 +38,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
 from kiln import api  # noqa: E402
 from kiln.cache import Store, _per_file  # noqa: E402
 from kiln.cache._fsutil import WriteBehind  # noqa: E402
 from kiln.spec import BuildSpec  # noqa: E402
+from _rounds import balanced_orders, timed_rounds  # noqa: E402
 
 TOOLCHAIN = {"torch": "2.0.0", "transformers": "5.0.0", "hardware": "cpu-bench"}
 MODEL_CONFIG = {
@@ -110,12 +111,15 @@ def median_walls(cmds: dict[str, tuple[list[str], dict[str, str], int]], runs: i
     """Median wall time of each command (name -> (argv, env, expected exit status)).
 
     One untimed run of each first (it writes the .pyc files a real install has), then ``runs``
-    rounds that run every command once in turn, so a slow spell of the machine hits all of
-    them alike instead of one whole series.
+    rounds that run every command once, in balanced orders (``_rounds.py``), so a slow spell of
+    the machine hits all of them alike instead of one whole series.
     """
     times: dict[str, list[float]] = {name: [] for name in cmds}
+    names = list(cmds)
+    orders = balanced_orders(len(names))
     for round_ in range(runs + 1):
-        for name, (cmd, env, expect) in cmds.items():
+        for name in (names[i] for i in orders[round_ % len(orders)]):
+            cmd, env, expect = cmds[name]
             t0 = time.perf_counter()
             r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             elapsed = time.perf_counter() - t0
@@ -192,23 +196,17 @@ def main() -> None:
 
         # cp + sync, put and put without write-behind alternate, and each ratio is the median of the
         # per-round ratios: a round sees one state of the disk. Each copy is deleted right after it
-        # is timed, and the order rotates from round to round: on this machine's disk (ext4 mounted
+        # is timed, and the orders are balanced (scripts/_rounds.py): on this machine's disk (ext4 mounted
         # with `discard`, over a thin-provisioned virtual disk) whichever writer ran just after a
         # deletion was 2-3x slower in some rounds, and keeping the copies instead made every write
         # land on freshly discarded blocks, 3-5x slower for all three. The artifact's own dirty
         # pages are written back first.
-        contenders: list[tuple[Callable[[Path], None], str]] = [
-            (cp_sync, "cp-copy"), (lambda d: put(d, True), "put-store"), (lambda d: put(d, False), "put-without")]
         os.sync()
-        rounds = []
-        for i in range(max(args.repeat, 3)):
-            times: dict[str, float] = {}
-            for k in range(3):
-                run, name = contenders[(i + k) % 3]
-                dest = tmp / name
-                times[name] = timed(lambda: run(dest))
-                shutil.rmtree(dest)
-            rounds.append((times["cp-copy"], times["put-store"], times["put-without"]))
+        put_times = timed_rounds({"cp-copy": lambda: cp_sync(tmp / "cp-copy"),
+                                  "put-store": lambda: put(tmp / "put-store", True),
+                                  "put-without": lambda: put(tmp / "put-without", False)},
+                                 max(args.repeat, 3), after=lambda name: shutil.rmtree(tmp / name))
+        rounds = list(zip(put_times["cp-copy"], put_times["put-store"], put_times["put-without"]))
         t_cp_sync = min(r[0] for r in rounds)
         t_put = min(r[1] for r in rounds)
         t_put_nowb = min(r[2] for r in rounds)
@@ -246,18 +244,11 @@ def main() -> None:
             finally:
                 _per_file.FILE_THREADS = default
 
-        # cp -r, the default materialise and the same one file at a time, rotated in each round.
-        copiers: list[tuple[Callable[[], None], str]] = [
-            (lambda: sh("cp", "-r", str(src), str(dest)), "cp"), (lambda: materialize(None), "fetch"),
-            (lambda: materialize(1), "fetch-serial")]
-        out_rounds: list[dict[str, float]] = []
-        for i in range(max(args.repeat, 3)):
-            times = {}
-            for k in range(3):
-                run, name = copiers[(i + k) % 3]
-                times[name] = timed(run)
-                shutil.rmtree(dest)
-            out_rounds.append(times)
+        # cp -r, the default materialise and the same one file at a time, in balanced rounds.
+        out_times = timed_rounds({"cp": lambda: sh("cp", "-r", str(src), str(dest)), "fetch": lambda: materialize(None),
+                                  "fetch-serial": lambda: materialize(1)},
+                                 max(args.repeat, 3), after=lambda name: shutil.rmtree(dest))
+        out_rounds = [dict(zip(out_times, r)) for r in zip(*out_times.values())]
         t_copy = min(r["fetch"] for r in out_rounds)
         t_copy_serial = min(r["fetch-serial"] for r in out_rounds)
         copy_vs_cp = statistics.median(r["fetch"] / r["cp"] for r in out_rounds)
