@@ -13,10 +13,10 @@ a directory as a filesystem remote. For an artifact of several files (default 1 
   (transfer manager defaults: 8 MiB parts, 10 threads), boto3 ``put_object``/``get_object``
   (one request each way), obstore ``put``/``get`` (Rust object_store; defaults: 5 MiB parts,
   12 concurrent) and, for the directory, a plain copy + fsync;
-* ``--rounds`` paired rounds, in balanced orders (``_rounds.py``), every round printed: Kiln's S3 pull, one get_object, one
-  get_object + fsync, Kiln's S3 pull without its downloads' background writeback (the same-run
-  "before" of that change); Kiln's directory pull, a copy + fsync. The ratios the goals name are
-  medians of these per-round ratios (single timings here vary by 2-3x from run to run).
+* ``--rounds`` paired rounds, in balanced orders (``_rounds.py``), every round printed: Kiln's S3
+  pull, one get_object, one get_object + fsync; Kiln's directory pull, a copy + fsync. What a run
+  wrote is deleted after its timing. The ratios the goals name are medians of these per-round
+  ratios (single timings here vary by 2-3x from run to run).
 
     .venv/bin/python scripts/bench_remote.py                 # 1 GiB
     .venv/bin/python scripts/bench_remote.py --size-mib 128  # quick
@@ -159,9 +159,8 @@ def main() -> None:
                     help="the S3-protocol server: moto (Python, in memory; the default) or s3rver (Node.js, from npm, "
                          "files on disk; ranged GETs cost what the range costs)")
     ap.add_argument("--rounds", type=int, default=5,
-                    help="paired rounds, in balanced orders: S3 (kiln pull, get_object, get_object + fsync, kiln pull without "
-                         "background writeback) and the directory "
-                         "remote (kiln pull, copy + fsync) (default 5)")
+                    help="paired rounds, in balanced orders: S3 (kiln pull, get_object, get_object + fsync) and the "
+                         "directory remote (kiln pull, copy + fsync) (default 5)")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-bench-remote-"))
@@ -183,7 +182,6 @@ def main() -> None:
 
     from kiln import api
     from kiln.cache import Store
-    from kiln.cache._fsutil import BackgroundWriteback
     from kiln.cache.remotes import open_remote
     from kiln.cache._sync import pull, push
     from kiln.spec import BuildSpec
@@ -304,31 +302,28 @@ def main() -> None:
         # 2-core machine move by more than the differences measured.
         put_object()
 
-        def pull_once(from_remote: Any, writeback: bool = True) -> None:
-            every = BackgroundWriteback.EVERY
-            if not writeback:  # the same-run "before" of the downloads' background writeback
-                BackgroundWriteback.EVERY = 1 << 62
-            try:
-                pull(Store(work / "pull-store"), from_remote, entry)
-            finally:
-                BackgroundWriteback.EVERY = every
-                shutil.rmtree(work / "pull-store")
+        def pull_once(from_remote: Any) -> None:
+            pull(Store(work / "pull-store"), from_remote, entry)
 
         def get_object_once(fsync: bool) -> None:
             get_object()
             if fsync:
                 with open(dl, "rb+") as f:
                     os.fsync(f.fileno())
-            dl.unlink()
+
+        def delete_output(name: str) -> None:  # after each timing, outside it
+            if name == "pull":
+                shutil.rmtree(work / "pull-store")
+            else:
+                dl.unlink(missing_ok=True)
+                (work / "copy.bin").unlink(missing_ok=True)
 
         rounds = timed_rounds({"pull": lambda: pull_once(remote), "get_object": lambda: get_object_once(False),
-                                 "get_object_fsync": lambda: get_object_once(True),
-                                 "pull_no_writeback": lambda: pull_once(remote, writeback=False)}, args.rounds)
+                               "get_object_fsync": lambda: get_object_once(True)}, args.rounds, after=delete_output)
         paired = {name: statistics.median(ts) for name, ts in rounds.items()}
         row(f"kiln pull, median of {args.rounds} balanced rounds", paired["pull"], total)
         row("boto3 get_object, one request, same rounds", paired["get_object"], total)
         row("boto3 get_object + fsync, same rounds", paired["get_object_fsync"], total)
-        row("kiln pull without background writeback, same rounds", paired["pull_no_writeback"], total)
         wipe("raw-bench")
         wipe("kiln-bench")
 
@@ -343,11 +338,9 @@ def main() -> None:
         row(f"kiln push again, unchanged ({fa.uploaded_bytes} bytes moved)", t, 0)
 
         # Kiln's pull from the directory and a copy + fsync of the same bytes, in balanced rounds.
-        def copy_once() -> None:
-            copy_fsync(single, work / "copy.bin")
-            (work / "copy.bin").unlink()
-
-        fs_rounds = timed_rounds({"pull": lambda: pull_once(fremote), "copy_fsync": copy_once}, args.rounds)
+        fs_rounds = timed_rounds({"pull": lambda: pull_once(fremote),
+                                  "copy_fsync": lambda: copy_fsync(single, work / "copy.bin")},
+                                 args.rounds, after=delete_output)
         fs_pull, fs_copy = (statistics.median(fs_rounds[n]) for n in ("pull", "copy_fsync"))
         row(f"kiln pull from the directory (verified, fsynced), median of {args.rounds} rounds", fs_pull, total)
         row("copy + fsync of the same bytes, one file (baseline), same rounds", fs_copy, total)
@@ -373,8 +366,6 @@ def main() -> None:
     ratios_fsync = [g / p for g, p in zip(rounds["get_object_fsync"], rounds["pull"])]
     print(f"  kiln pull vs get_object, paired rounds         {statistics.median(ratios):.2f}x median of {len(ratios)} "
           f"(vs get_object + fsync {statistics.median(ratios_fsync):.2f}x)")
-    wb = [n / p for n, p in zip(rounds["pull_no_writeback"], rounds["pull"])]
-    print(f"  kiln pull vs the same without background writeback {statistics.median(wb):.2f}x median of {len(wb)}")
     print(f"  obstore vs boto3, multipart upload, 8 MiB parts {raw['b3_tm_up'] / raw['ob_mp_up']:.2f}x")
     print(f"  obstore vs boto3, one-request upload            {raw['b3_one_up'] / raw['ob_one_up']:.2f}x")
     print(f"  obstore vs boto3, one-request download          {raw['b3_one_down'] / raw['ob_one_down']:.2f}x")

@@ -21,14 +21,10 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from .._input import show_path
 from ..errors import StoreError
-
-if TYPE_CHECKING:
-    import queue
-    import threading
 
 # errno values that mean "no room for these bytes here", whatever wrote them.
 FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e is not None)
@@ -105,73 +101,6 @@ class WriteBehind:
         if self.written - self.queued >= self.EVERY:
             _start_writeback(self.raw.fileno(), self.queued, self.written - self.queued)
             self.queued = self.written
-
-
-class BackgroundWriteback:
-    """Hands a file's written bytes to writeback from a thread of its own, so no writer waits on the disk.
-
-    :class:`WriteBehind` makes its call in the writing thread, which suits one writer that
-    hashes as it copies. A download's :class:`~kiln.cache.remotes._bounded.Sink` is written by
-    the threads receiving its parts, under one lock, and there a call that waits for a full
-    device queue held every part and the server's sends behind them: measured slower than no
-    write-behind at all (docs/benchmarks.md, issue 18, "Fourth session"). Here writers only
-    note what they wrote (:meth:`wrote`, never a system call); every ``EVERY`` bytes the span
-    written since the last note goes to this file's thread, which calls
-    ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on a duplicate of the descriptor. The duplicate
-    is its own, so :meth:`close` never races a call in flight, and a call made after the
-    writer's descriptor was closed touches only this file. As with WriteBehind, the fsync is
-    what makes the file durable and what reports a write error. Linux only, best effort:
-    without ``sync_file_range`` nothing is started and only the writes happen.
-    """
-
-    EVERY = WriteBehind.EVERY
-
-    def __init__(self, fd: int) -> None:
-        self._call = _sync_file_range()
-        self._fd = os.dup(fd) if self._call is not None else None
-        self._lo, self._hi, self._noted = 0, 0, 0  # the span written since the last hand-over
-        self._spans: queue.SimpleQueue[tuple[int, int] | None] | None = None  # started at the first span
-        self._thread: threading.Thread | None = None
-
-    def wrote(self, offset: int, length: int) -> None:
-        """Note ``length`` bytes written at ``offset``. The caller serialises its calls (the Sink's lock)."""
-        if self._fd is None or length <= 0:
-            return
-        if self._noted:
-            self._lo, self._hi = min(self._lo, offset), max(self._hi, offset + length)
-        else:
-            self._lo, self._hi = offset, offset + length
-        self._noted += length
-        if self._noted >= self.EVERY:
-            if self._spans is None:
-                self._start()
-            assert self._spans is not None
-            self._spans.put((self._lo, self._hi - self._lo))  # never blocks
-            self._noted = 0
-
-    def _start(self) -> None:
-        import queue  # only downloads write in the background: never on a lookup's path
-        import threading
-
-        self._spans = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="kiln-writeback", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        assert self._spans is not None and self._call is not None
-        while (span := self._spans.get()) is not None:
-            self._call(self._fd, span[0], span[1], 2)  # SYNC_FILE_RANGE_WRITE; failures are the fsync's
-
-    def close(self) -> None:
-        """Stop the thread (after the span it is on, if any) and close the duplicate descriptor."""
-        if self._thread is not None:
-            assert self._spans is not None
-            self._spans.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:

@@ -2,9 +2,7 @@
 
 The speed is measured in scripts/bench_store.py (docs/benchmarks.md, issue 18, "Put"); here, what
 can go wrong: the bytes, the ranges handed to the kernel (contiguous, from the start, never past
-what was written), short writes, and the real ``sync_file_range`` call on this machine. Downloads
-(``Sink``) hand their ranges to a thread of their own: that no writer waits for it, and that it and
-its descriptor are gone once the download is closed.
+what was written), short writes, and the real ``sync_file_range`` call on this machine.
 """
 
 from __future__ import annotations
@@ -14,15 +12,13 @@ import io
 import os
 import random
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from kiln.cache import _fsutil
-from kiln.cache._fsutil import BackgroundWriteback, WriteBehind
+from kiln.cache._fsutil import WriteBehind
 from kiln.cache._hashmemo import hash_stream
-from kiln.cache.remotes._bounded import Sink
 
 
 @pytest.fixture
@@ -90,97 +86,3 @@ def test_sync_file_range_is_found_and_accepts_the_call_kiln_makes(tmp_path: Path
         f.write(b"y" * (1 << 20))
         assert call(f.fileno(), 0, 1 << 20, 2) == 0  # 64-bit offsets: wrong argtypes give EINVAL here
         os.fsync(f.fileno())
-
-
-# ---------------------------------------------------------------- downloads: writeback from a thread of the file's own
-
-
-class _RecordedCalls:
-    """Stands in for libc's sync_file_range: records each call and the file it reached, and can hold
-    a call until released (a device queue that is full)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int, int, int]] = []  # (inode, offset, length, flags)
-        self.release = threading.Event()
-        self.release.set()
-        self.entered = threading.Event()
-
-    def __call__(self, fd: int, offset: int, length: int, flags: int) -> int:
-        self.entered.set()
-        self.release.wait()
-        self.calls.append((os.fstat(fd).st_ino, offset, length, flags))
-        return 0
-
-
-@pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> _RecordedCalls:
-    calls = _RecordedCalls()
-    monkeypatch.setattr(_fsutil, "_sync_file_range", lambda: calls)
-    return calls
-
-
-def _writeback_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "kiln-writeback"]
-
-
-def test_a_download_hands_what_its_parts_wrote_to_writeback_and_stops_its_thread_on_close(
-        tmp_path: Path, recorded: _RecordedCalls) -> None:
-    every = BackgroundWriteback.EVERY
-    data = random.Random(3).randbytes(4 * every + 999)
-    halves = [(0, data[: 2 * every]), (2 * every, data[2 * every:])]  # two ranged parts, the second first
-    sink = Sink(tmp_path / "blob")
-    for offset, part in reversed(halves):
-        for at in range(0, len(part), 1 << 20):
-            sink.write_at(offset + at, part[at: at + (1 << 20)])
-    assert sink.sha256() == ("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
-    sink.close()
-    assert _writeback_threads() == []
-    assert (tmp_path / "blob").read_bytes() == data
-    inode = os.stat(tmp_path / "blob").st_ino
-    assert recorded.calls and {(ino, flags) for ino, _, _, flags in recorded.calls} == {(inode, 2)}
-    covered = sorted((offset, offset + length) for _, offset, length, _ in recorded.calls)
-    assert all(0 <= lo < hi <= len(data) for lo, hi in covered)
-    # Every 8 MiB written goes to writeback; only the last, smaller stretch is left to the fsync.
-    assert sum(hi - lo for lo, hi in covered) >= len(data) - every
-
-
-def test_writers_do_not_wait_for_a_writeback_call_that_waits_on_the_disk(
-        tmp_path: Path, recorded: _RecordedCalls) -> None:
-    every = BackgroundWriteback.EVERY
-    data = random.Random(4).randbytes(3 * every)
-    recorded.release.clear()  # the first call blocks, as on a full device queue
-    sink = Sink(tmp_path / "blob")
-    writer = threading.Thread(target=lambda: [sink.write_at(at, data[at: at + every]) for at in range(0, len(data), every)])
-    writer.start()
-    writer.join(timeout=60)  # a hang guard, not a timing: a writer that waited would never finish
-    assert not writer.is_alive(), "a write waited for the writeback call"
-    assert recorded.entered.is_set() and recorded.calls == []  # the call was made, and is still held
-    closing = threading.Thread(target=sink.close)
-    closing.start()
-    recorded.release.set()
-    closing.join(timeout=60)
-    assert not closing.is_alive() and _writeback_threads() == []
-    assert (tmp_path / "blob").read_bytes() == data
-
-
-def test_without_sync_file_range_a_download_starts_no_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_fsutil, "_sync_file_range", lambda: None)
-    data = random.Random(5).randbytes(2 * BackgroundWriteback.EVERY + 1)
-    sink = Sink(tmp_path / "blob")
-    sink.write_at(0, data)
-    assert _writeback_threads() == []
-    sink.close()
-    assert (tmp_path / "blob").read_bytes() == data
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
-def test_a_download_with_the_real_call_closes_its_duplicate_descriptor(tmp_path: Path) -> None:
-    before = set(os.listdir("/proc/self/fd"))
-    data = random.Random(6).randbytes(2 * BackgroundWriteback.EVERY + 5)
-    sink = Sink(tmp_path / "blob")
-    sink.write_at(0, data)
-    sink.fsync()
-    sink.close()
-    assert _writeback_threads() == []
-    assert set(os.listdir("/proc/self/fd")) <= before  # the writer's and the thread's descriptors are both closed
-    assert (tmp_path / "blob").read_bytes() == data

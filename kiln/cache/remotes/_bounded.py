@@ -23,8 +23,6 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from .._fsutil import BackgroundWriteback
-
 __all__ = ["Cancelled", "DeadlineExceeded", "FileSlice", "Sink", "run_bounded", "run_parallel"]
 
 T = TypeVar("T")
@@ -116,18 +114,10 @@ class Sink:
     pull verifies a blob without reading it again. Bytes written at the hashed length go into
     the hash at once (one stream: every byte); bytes written further on wait until the bytes
     before them are in, then are read back from the page cache (parallel ranged parts).
-
-    What it writes goes to writeback from a thread of the sink's own (:class:`BackgroundWriteback`),
-    so the disk works while the parts arrive and the fsync at the end finds little left.
     """
 
     def __init__(self, path: Path) -> None:
         self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            self._writeback = BackgroundWriteback(self._fd)
-        except BaseException:
-            os.close(self._fd)
-            raise
         self._lock = threading.Lock()
         self._hash: Any = hashlib.sha256()  # None once a region was written twice
         self._hashed = 0  # bytes [0, _hashed) of the file are in the hash
@@ -142,7 +132,6 @@ class Sink:
             while view:
                 n = os.pwrite(self._fd, view, at)
                 view, at = view[n:], at + n
-            self._writeback.wrote(offset, at - offset)
             if self._hash is None or at == offset:
                 return
             if offset == self._hashed:
@@ -182,7 +171,6 @@ class Sink:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-        self._writeback.close()  # outside the lock: it may wait for the call in flight
 
 
 class FileSlice:
