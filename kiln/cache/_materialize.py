@@ -130,8 +130,9 @@ def materialize(
             _place(blobs, f.digest, target, link=link, verify=verify, progress=advance, size=f.size)
 
         with reader_lock():
-            # Copies (and re-hashes of changed blobs) use every core, one file per thread; links
-            # and clones are a system call each, cheaper than starting threads.
+            # Copies (and re-hashes of changed blobs) use every core, one file per thread. Links are
+            # a system call each, cheaper than starting threads; whether a clone works is known only
+            # per file, so clones go through the pool with the copies.
             each_file(manifest.files, place, progress=progress, threads=1 if link else None, name="kiln-copy")
         if dest.exists():
             if exchange(staging, dest):
