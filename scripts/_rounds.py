@@ -33,13 +33,18 @@ def balanced_orders(n: int) -> list[list[int]]:
 
 def timed_rounds(runs: dict[str, Callable[[], object]], rounds: int, *,
                  after: Callable[[str], None] | None = None) -> dict[str, list[float]]:
-    """Seconds of each run in each of ``rounds`` rounds, in :func:`balanced_orders`, every round
-    printed: single timings on a shared 2-core machine move by more than the differences measured.
-    ``after(name)`` runs untimed after each run (to delete what it wrote)."""
+    """Seconds of each run in each of at least ``rounds`` rounds, in :func:`balanced_orders`, every
+    round printed: single timings on a shared 2-core machine move by more than the differences
+    measured. The rounds are rounded up to whole cycles of the orders (the balance holds only
+    over those: 6 for three contenders). ``after(name)`` runs untimed after each run (to delete
+    what it wrote)."""
     names = list(runs)
     orders = balanced_orders(len(names))
+    whole = -(-rounds // len(orders)) * len(orders)
+    if whole != rounds:
+        print(f"    {whole} rounds rather than {rounds}: whole cycles of {len(orders)} balanced orders", flush=True)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
+    for r in range(whole):
         for i in orders[r % len(orders)]:
             t0 = time.perf_counter()
             runs[names[i]]()

@@ -22,7 +22,8 @@ random bytes (default 256 MiB in 4 files, 4:3:2:1) through it with each client, 
 Every push starts from an empty registry storage (the registry's storage directory is emptied
 between measurements; it runs with no blob-descriptor cache), and every pull is checked
 afterwards against the source bytes (outside the timing). Each measurement is repeated
-``--runs`` times, the clients in balanced orders (``_rounds.py``); medians are reported, and
+``--runs`` times, the clients in balanced orders (``_rounds.py``: the balance is exact over
+multiples of 6 runs, the number of orders for three clients); medians are reported, and
 ratios of medians (kiln/oras, kiln/raw: > 1 means Kiln took longer).
 
 Then, not throughput: the fixed cost of a push (a 1 MiB artifact: time, requests by method from

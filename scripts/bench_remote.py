@@ -158,9 +158,9 @@ def main() -> None:
     ap.add_argument("--server", choices=("moto", "s3rver"), default="moto",
                     help="the S3-protocol server: moto (Python, in memory; the default) or s3rver (Node.js, from npm, "
                          "files on disk; ranged GETs cost what the range costs)")
-    ap.add_argument("--rounds", type=int, default=5,
+    ap.add_argument("--rounds", type=int, default=6,
                     help="paired rounds, in balanced orders: S3 (kiln pull, get_object, get_object + fsync) and the "
-                         "directory remote (kiln pull, copy + fsync) (default 5)")
+                         "directory remote (kiln pull, copy + fsync); rounded up to whole cycles of the orders (default 6)")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kiln-bench-remote-"))
@@ -311,17 +311,18 @@ def main() -> None:
                 with open(dl, "rb+") as f:
                     os.fsync(f.fileno())
 
+        outputs = {"get_object": dl, "get_object_fsync": dl, "copy_fsync": work / "copy.bin"}
+
         def delete_output(name: str) -> None:  # after each timing, outside it
             if name == "pull":
                 shutil.rmtree(work / "pull-store")
             else:
-                dl.unlink(missing_ok=True)
-                (work / "copy.bin").unlink(missing_ok=True)
+                outputs[name].unlink()
 
         rounds = timed_rounds({"pull": lambda: pull_once(remote), "get_object": lambda: get_object_once(False),
                                "get_object_fsync": lambda: get_object_once(True)}, args.rounds, after=delete_output)
         paired = {name: statistics.median(ts) for name, ts in rounds.items()}
-        row(f"kiln pull, median of {args.rounds} balanced rounds", paired["pull"], total)
+        row(f"kiln pull, median of {len(rounds['pull'])} balanced rounds", paired["pull"], total)
         row("boto3 get_object, one request, same rounds", paired["get_object"], total)
         row("boto3 get_object + fsync, same rounds", paired["get_object_fsync"], total)
         wipe("raw-bench")
@@ -342,7 +343,7 @@ def main() -> None:
                                   "copy_fsync": lambda: copy_fsync(single, work / "copy.bin")},
                                  args.rounds, after=delete_output)
         fs_pull, fs_copy = (statistics.median(fs_rounds[n]) for n in ("pull", "copy_fsync"))
-        row(f"kiln pull from the directory (verified, fsynced), median of {args.rounds} rounds", fs_pull, total)
+        row(f"kiln pull from the directory (verified, fsynced), median of {len(fs_rounds['pull'])} rounds", fs_pull, total)
         row("copy + fsync of the same bytes, one file (baseline), same rounds", fs_copy, total)
         shutil.rmtree(froot)
     finally:

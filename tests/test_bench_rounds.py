@@ -26,18 +26,19 @@ def test_each_contender_follows_each_other_equally_often(n: int) -> None:
     assert len(set(pairs.values())) <= 1  # the same count for every ordered pair
 
 
-def test_a_plain_rotation_would_not_be_balanced() -> None:
-    rotations = [[(i + r) % 3 for i in range(3)] for r in range(3)]
-    pairs = Counter((a, b) for order in rotations for a, b in zip(order, order[1:]))
-    assert (1, 0) not in pairs  # 0 never runs right after 1: what balanced_orders exists to avoid
-
-
-def test_rounds_time_every_run_once_a_round_and_clean_up_after_each(capsys: pytest.CaptureFixture[str]) -> None:
+def test_rounds_run_in_the_balanced_orders_and_clean_up_after_each(capsys: pytest.CaptureFixture[str]) -> None:
     log: list[str] = []
-    runs = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c", "d")}
-    times = timed_rounds(runs, 5, after=lambda name: log.append("after " + name))
-    assert {name: len(ts) for name, ts in times.items()} == {"a": 5, "b": 5, "c": 5, "d": 5}
+    names = ("a", "b", "c", "d")
+    runs = {name: (lambda name=name: log.append(name)) for name in names}
+    times = timed_rounds(runs, 4, after=lambda name: log.append("after " + name))
+    assert {name: len(ts) for name, ts in times.items()} == {"a": 4, "b": 4, "c": 4, "d": 4}
     assert all(log[i + 1] == "after " + log[i] for i in range(0, len(log), 2))
-    firsts = [log[i] for i in range(0, len(log), 8)]
-    assert len(set(firsts)) > 1  # the order changes from round to round
+    assert log[::2] == [names[i] for order in balanced_orders(4) for i in order]
     assert "rounds, a:" in capsys.readouterr().out
+
+
+def test_rounds_are_rounded_up_to_whole_cycles_of_the_orders(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = {name: (lambda: None) for name in ("a", "b", "c")}  # three contenders: 6 orders
+    times = timed_rounds(runs, 5)
+    assert {name: len(ts) for name, ts in times.items()} == {"a": 6, "b": 6, "c": 6}
+    assert "6 rounds rather than 5" in capsys.readouterr().out

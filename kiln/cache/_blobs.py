@@ -133,8 +133,10 @@ class Blobs:
         unlink_quiet(self.stamp_path(digest))
 
     # ------------------------------------------------------------------ checks on the way out
-    def check(self, digest: str, size: int) -> None:
-        """Raise unless the blob exists with the right size and bytes (stamp fast path)."""
+    def check(self, digest: str, size: int, progress: Progress | None = None) -> None:
+        """Raise unless the blob exists with the right size and bytes (stamp fast path).
+
+        ``progress`` sees the chunks of a re-hash (a blob whose stamp no longer vouches for it)."""
         path = self.path(digest)
         try:
             st = os.stat(path)
@@ -151,7 +153,7 @@ class Blobs:
             stamp = ""
         if stamp == stat_signature(st):
             return
-        actual, _ = hash_file(path, None)
+        actual, _ = hash_file(path, progress)
         if actual != digest:
             self.quarantine(digest)
             raise CorruptBlobError(

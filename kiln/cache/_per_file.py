@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
 
 from ._progress import Progress
@@ -32,12 +32,15 @@ class _Stopped(Exception):
 def each_file(items: Sequence[T], work: Callable[[T, Callable[[int], None]], R], *,
               progress: Progress | None, threads: int | None = None, name: str = "kiln-file") -> list[R]:
     """``work(item, advance)`` for every item, up to ``threads`` (default :data:`FILE_THREADS`) at a
-    time; the results in the items' order, or the first failure raised once the others stopped.
+    time; the results in the items' order, or the first failure (the earliest, whichever file it
+    was in) raised once the others stopped.
 
     ``work`` passes ``advance`` as the progress callback of its chunked I/O: it reports ``n``
     bytes to ``progress`` and raises inside a file whose siblings failed.
     """
     stop = threading.Event()
+    failures: list[BaseException] = []  # in the order they happened, not the items' order
+    failed = threading.Lock()
 
     def advance(n: int) -> None:  # called after every chunk
         if stop.is_set():
@@ -48,21 +51,32 @@ def each_file(items: Sequence[T], work: Callable[[T, Callable[[int], None]], R],
     def one(item: T) -> R:
         if stop.is_set():
             raise _Stopped
-        return work(item, advance)
+        try:
+            return work(item, advance)
+        except _Stopped:
+            raise
+        except BaseException as e:
+            # The first to fail is the cause; later ones may be its consequences (a sibling with
+            # the same digest finds the blob this one quarantined "missing").
+            with failed:
+                failures.append(e)
+            stop.set()
+            raise
 
     workers = min(len(items), FILE_THREADS if threads is None else threads)
     if workers <= 1:
         return [work(item, advance) for item in items]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
-        futures = [pool.submit(one, item) for item in items]
-        try:
+        futures: list[Future[R]] = []
+        try:  # an interrupt while files are still being handed out stops the ones already running
+            for item in items:
+                futures.append(pool.submit(one, item))
             wait(futures, return_when=FIRST_EXCEPTION)
         finally:
-            if not all(f.done() and f.exception() is None for f in futures):
+            if len(futures) < len(items) or not all(f.done() and f.exception() is None for f in futures):
                 stop.set()  # a failure or an interrupt: the running files stop at their next chunk
                 for f in futures:
                     f.cancel()
-        errors = [e for f in futures if not f.cancelled() and (e := f.exception()) and not isinstance(e, _Stopped)]
-        if errors:
-            raise errors[0]
+        if failures:
+            raise failures[0]
         return [f.result() for f in futures]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -108,9 +110,16 @@ def test_hard_links_are_made_in_the_calling_thread(pub: Pub, monkeypatch: pytest
     assert seen == {threading.current_thread().name}  # a link is one system call: no pool to start
 
 
+def _no_reflinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies, chunk by chunk, also where this filesystem could clone (XFS, btrfs): a clone is one
+    system call reported as one chunk, and these tests count the chunks of the files that stop."""
+    monkeypatch.setattr(_materialize, "_clone", lambda src, dest: False)
+
+
 def test_a_corrupt_blob_stops_the_other_copies_and_leaves_no_destination(
         pub: Pub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(_per_file, "FILE_THREADS", 2)
+    _no_reflinks(monkeypatch)
     size = 64 << 20  # 8 chunks each: the others notice the failure at their next chunk
     files = _files(6, size)
     manifest = pub.publish(1, files)
@@ -164,9 +173,81 @@ def test_a_file_midway_stops_at_its_next_chunk_when_a_sibling_fails(
         with pytest.raises(StoreError, match="stand-in"):
             pub.store.publish(src, key="k", spec={}, model={}, toolchain={}, record={}, progress=progress)
     else:
+        _no_reflinks(monkeypatch)
         manifest = pub.publish(1, files)
         monkeypatch.setattr(_materialize, "_place", _fails_once_another_file_moved(
             _materialize._place, lambda blobs, digest, target, **kw: target.name, moved))
         with pytest.raises(StoreError, match="stand-in"):
             pub.store.materialize(manifest, tmp_path / "deploy", progress=progress)
     assert 0 < sum(reported) < size, f"part-01 went on to its end after part-00 failed: {sum(reported)} bytes"
+
+
+def test_a_blob_being_rehashed_stops_at_its_next_chunk_when_a_sibling_fails(
+        pub: Pub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A blob whose stamp no longer vouches for it is hashed again before it is copied; that re-hash
+    stops with its siblings too, rather than reading the whole blob first."""
+    monkeypatch.setattr(_per_file, "FILE_THREADS", 2)
+    _no_reflinks(monkeypatch)
+    size = 128 << 20  # 16 chunks of 8 MiB
+    files = _files(2, size)
+    manifest = pub.publish(1, files)
+    stale = next(f for f in manifest.files if f.path == "part-01.bin")
+    os.chmod(pub.store.blob_path(stale.digest), 0o444)  # a new ctime, same bytes: the stamp no longer vouches
+    moved = threading.Event()
+    reported: list[int] = []
+
+    def progress(n: int) -> None:
+        reported.append(n)
+        moved.set()
+
+    monkeypatch.setattr(_materialize, "_place", _fails_once_another_file_moved(
+        _materialize._place, lambda blobs, digest, target, **kw: target.name, moved))
+    with pytest.raises(StoreError, match="stand-in"):
+        pub.store.materialize(manifest, tmp_path / "deploy", progress=progress)
+    assert sum(reported) == 0  # the re-hash counts no bytes, and no copy began
+    assert 0 < len(reported) < size >> 23, f"the re-hash read all {len(reported)} chunks after part-00 failed"
+
+
+# ---------------------------------------------------------------- the pool itself
+
+
+def test_the_failure_raised_is_the_earliest_not_the_first_file_s() -> None:
+    """File "a" fails only because "b" failed first (as a file whose blob its sibling quarantined
+    finds it missing): the cause, b's error, is what the caller sees."""
+
+    def work(item: str, advance) -> None:  # type: ignore[no-untyped-def]
+        if item == "b":
+            raise ValueError("b failed first")
+        for _ in range(100_000):  # a hang guard: b's failure stops this within a few polls
+            try:
+                advance(0)
+            except _per_file._Stopped:
+                raise KeyError("a failed because b did") from None
+            time.sleep(0.001)
+        raise AssertionError("a was never stopped")
+
+    with pytest.raises(ValueError, match="b failed first"):
+        _per_file.each_file(["a", "b"], work, progress=None, threads=2)
+
+
+def test_an_interrupt_stops_the_running_files_and_starts_no_more() -> None:
+    """A real SIGINT to the main thread while it waits for the files (Ctrl-C): the running files
+    stop at their next chunk, the queued ones never start, and the interrupt goes on up."""
+    main = threading.main_thread().ident
+    assert main is not None
+    started: list[str] = []
+    chunks = {"a": 0, "b": 0}
+
+    def work(item: str, advance) -> None:  # type: ignore[no-untyped-def]
+        started.append(item)
+        if item == "a":
+            signal.pthread_kill(main, signal.SIGINT)
+        for _ in range(100_000):  # a hang guard, as above
+            advance(1)
+            chunks[item] += 1
+            time.sleep(0.001)
+
+    with pytest.raises(KeyboardInterrupt):
+        _per_file.each_file(["a", "b", "c", "d"], work, progress=None, threads=2)
+    assert "c" not in started and "d" not in started
+    assert all(n < 100_000 for n in chunks.values()), chunks
