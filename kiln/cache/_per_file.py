@@ -1,4 +1,4 @@
-"""An artifact's files, several at a time: the one pool that puts and copy-outs share.
+"""An artifact's files, several at a time: the one pool that puts, copy-outs, pushes and pulls share.
 
 sha256 runs at ~1.4–1.8 GB/s on one core here and releases the GIL, as do reads, writes and
 fsyncs, so one file per thread uses every core (docs/benchmarks.md, issue 18). The first file

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import threading
 from typing import Any, Callable, Iterator
@@ -39,6 +38,7 @@ from ..manifests._manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest
 from ..manifests._record import check_record_describes, entry_from_record, parse_record
 from ..trust import Signature, Verified
 from ._model_records import push_model_records, remote_model_record
+from ._per_file import each_file
 from ._progress import Progress
 from ._signatures import (MAX_SIGNATURES, PROVENANCE_SUFFIX, SIG_SUFFIX, manifest_hex, parse_name, signature_bound,
                           signature_name)
@@ -48,7 +48,7 @@ from .remotes import Remote
 __all__ = ["PushResult", "PullResult", "push", "pull", "read_remote_artifact", "remote_entry", "remote_entries", "remote_gc",
            "RemoteGcPlan", "remote_signatures", "push_signatures", "warn_bad_remote_data"]
 
-PARALLEL_FILES = 4
+PARALLEL_FILES = 4  # blobs in flight to or from a remote at once (each S3 blob also has its parts in parallel)
 
 
 def blob_key(digest: str) -> str:
@@ -250,7 +250,7 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
     count = threading.Lock()  # the counters are updated from the upload threads
     skipped: set[str] = set()
 
-    def send(item: tuple[str, int], as_manifest: bool = False) -> None:
+    def send(item: tuple[str, int], advance: Progress | None, as_manifest: bool = False) -> None:
         digest, size = item
         k = blob_key(digest)
         if remote.stat(k) == size:
@@ -258,19 +258,20 @@ def push(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
             with count:
                 result.skipped += 1
                 result.skipped_bytes += size
-            if progress:
-                progress(size)
+            if advance:
+                advance(size)
             return
-        (remote.upload_manifest if as_manifest else remote.upload)(store.blob_path(digest), k, progress)
+        (remote.upload_manifest if as_manifest else remote.upload)(store.blob_path(digest), k, advance)
         with count:
             result.uploaded += 1
             result.uploaded_bytes += size
 
-    with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
-        list(pool.map(send, sorted(files.items(), key=lambda kv: -kv[1])))
+    # The first blob that fails stops the others at their next chunk (each_file).
+    each_file(sorted(files.items(), key=lambda kv: -kv[1]), send, progress=progress, threads=PARALLEL_FILES,
+              name="kiln-upload")
     # Record, then manifest: what an index entry points at must exist before the entry.
-    send((manifest.config.digest, manifest.config.size))
-    send((entry.manifest, manifest_size), as_manifest=True)
+    send((manifest.config.digest, manifest.config.size), progress)
+    send((entry.manifest, manifest_size), progress, as_manifest=True)
     # The model record (a Hub model's files, commit and config): a machine without the weights
     # finds the entry through it, so it lands before the entry.
     push_model_records(store.model_records, remote, entry.model.get("repo_id"), entry.model.get("commit"))
@@ -391,7 +392,7 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
             except (NotFoundError, CorruptBlobError):
                 needed[f.digest] = f.size
 
-        def fetch(item: tuple[str, int]) -> None:
+        def fetch(item: tuple[str, int], advance: Progress) -> None:
             digest, size = item
             k = blob_key(digest)
             for attempt in (1, 2):
@@ -407,7 +408,7 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
                 try:
                     # The remote writes at most `size` bytes (a longer object is refused, not
                     # written until the disk is full) and removes its partial file on failure.
-                    hashed = remote.download(k, tmp, size, progress)  # hashed as the bytes arrived
+                    hashed = remote.download(k, tmp, size, advance)  # hashed as the bytes arrived
                     store.put_downloaded(tmp, digest, size, hashed)
                 except BaseException as e:
                     from ._fsutil import unlink_quiet
@@ -431,8 +432,9 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
                     result.downloaded_bytes += size
                 return
 
-        with ThreadPoolExecutor(max_workers=PARALLEL_FILES) as pool:
-            list(pool.map(fetch, sorted(needed.items(), key=lambda kv: -kv[1])))
+        # The first blob that fails stops the others at their next chunk (each_file).
+        each_file(sorted(needed.items(), key=lambda kv: -kv[1]), fetch, progress=progress, threads=PARALLEL_FILES,
+                  name="kiln-download")
         store.put_bytes(record_bytes)
         store.put_bytes(manifest_bytes)
         store.add_signatures(believed, sigs, prov, origin)  # before the entry; where it came from, always
