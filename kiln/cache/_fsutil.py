@@ -46,6 +46,17 @@ def full_disk_error(e: OSError, path: Path | str | None, store_root: Path) -> St
     )
 
 
+def store_write_error(e: OSError, path: Path | str, store_root: Path) -> StoreError:
+    """The one-line StoreError for any failed write of ``path`` in the store: a full disk's
+    (:func:`full_disk_error`), or one naming the errno for the rest (EIO, EROFS, EACCES…)."""
+    if e.errno in FULL_ERRNOS:
+        return full_disk_error(e, path, store_root)
+    return StoreError(
+        f"cannot write {show_path(path)} in the Kiln store at {show_path(store_root)}: {e.strerror or e}; check that "
+        "filesystem (permissions, read-only mount, I/O errors in the kernel log), or set KILN_HOME elsewhere."
+    )
+
+
 @contextlib.contextmanager
 def store_writes(path: Path | str | None, store_root: Path | None) -> Iterator[None]:
     """Turn a full-disk OSError raised inside into :func:`full_disk_error` (others pass through).

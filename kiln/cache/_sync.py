@@ -44,6 +44,7 @@ from ._signatures import (MAX_SIGNATURES, PROVENANCE_SUFFIX, SIG_SUFFIX, manifes
                           signature_name)
 from ._store import Store
 from .remotes import Remote
+from .remotes._bounded import LocalWriteError
 
 __all__ = ["PushResult", "PullResult", "push", "pull", "read_remote_artifact", "remote_entry", "remote_entries", "remote_gc",
            "RemoteGcPlan", "remote_signatures", "push_signatures", "warn_bad_remote_data"]
@@ -411,9 +412,11 @@ def pull(store: Store, remote: Remote, entry: IndexEntry, progress: Progress | N
                     hashed = remote.download(k, tmp, size, advance)  # hashed as the bytes arrived
                     store.put_downloaded(tmp, digest, size, hashed)
                 except BaseException as e:
-                    from ._fsutil import unlink_quiet
+                    from ._fsutil import store_write_error, unlink_quiet
 
                     unlink_quiet(tmp)  # on every failure (an error, an interrupt): no temp file stays
+                    if isinstance(e, LocalWriteError):  # this store's disk, not the remote: say so, with the fix
+                        raise store_write_error(e.error, e.path, store.root) from None
                     if not isinstance(e, CorruptBlobError):
                         raise
                     if attempt == 2:

@@ -17,13 +17,15 @@ never writes to the file, nor to a descriptor number the process has since reuse
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-__all__ = ["Cancelled", "DeadlineExceeded", "FileSlice", "Sink", "run_bounded", "run_parallel"]
+__all__ = ["Cancelled", "DeadlineExceeded", "FileSlice", "LocalWriteError", "Sink", "local_writes", "run_bounded",
+           "run_parallel"]
 
 T = TypeVar("T")
 
@@ -36,6 +38,27 @@ class DeadlineExceeded(Exception):
 
 class Cancelled(Exception):
     """Raised inside a worker whose work was abandoned (deadline, or another part failed)."""
+
+
+class LocalWriteError(Exception):
+    """Writing a download's own file failed (a full disk, a file-size limit, an I/O error).
+
+    That is the local store's problem, not the remote's: every remote lets it through unchanged
+    (it is not an OSError, which they turn into "cannot reach" or "cannot download" errors), and
+    pull turns it into the store's one-line error with the fix (``cache/_sync.py``)."""
+
+    def __init__(self, error: OSError, path: Path) -> None:
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+        self.error, self.path = error, path
+
+
+@contextlib.contextmanager
+def local_writes(path: Path) -> Iterator[None]:
+    """An OSError inside (writing or reading back ``path``, a download's file) is a :class:`LocalWriteError`."""
+    try:
+        yield
+    except OSError as e:
+        raise LocalWriteError(e, path) from None
 
 
 def run_bounded(fn: Callable[[], T], seconds: float) -> T:
@@ -117,7 +140,9 @@ class Sink:
     """
 
     def __init__(self, path: Path) -> None:
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.path = path
+        with local_writes(path):
+            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         self._lock = threading.Lock()
         self._hash: Any = hashlib.sha256()  # None once a region was written twice
         self._hashed = 0  # bytes [0, _hashed) of the file are in the hash
@@ -129,9 +154,10 @@ class Sink:
                 raise Cancelled
             view = memoryview(data)
             at = offset
-            while view:
-                n = os.pwrite(self._fd, view, at)
-                view, at = view[n:], at + n
+            with local_writes(self.path):
+                while view:
+                    n = os.pwrite(self._fd, view, at)
+                    view, at = view[n:], at + n
             if self._hash is None or at == offset:
                 return
             if offset == self._hashed:
@@ -148,7 +174,8 @@ class Sink:
         while self._hashed in self._ahead:
             end = self._ahead.pop(self._hashed)
             while self._hashed < end:
-                chunk = os.pread(fd, min(READ_BACK_CHUNK, end - self._hashed), self._hashed)
+                with local_writes(self.path):
+                    chunk = os.pread(fd, min(READ_BACK_CHUNK, end - self._hashed), self._hashed)
                 if not chunk:  # pragma: no cover - only if the file was cut behind the sink's back
                     return
                 self._hash.update(chunk)
@@ -164,7 +191,8 @@ class Sink:
     def fsync(self) -> None:
         with self._lock:
             if self._fd is not None:
-                os.fsync(self._fd)
+                with local_writes(self.path):
+                    os.fsync(self._fd)
 
     def close(self) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ removes its partial file on every failure.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat as st_
@@ -28,6 +29,7 @@ from ...errors import RemoteError
 from .._fsutil import WriteBehind, atomic_write_bytes, fsync_dir, temp_name, unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
+from ._bounded import local_writes
 
 COPY_CHUNK = 8 << 20
 
@@ -130,7 +132,7 @@ class FileRemote(Remote):
                 if actual != size:
                     raise self.size_error(key, size, actual)
                 # The cap holds even if the file grows while it is copied.
-                copied, digest = _copy(fin, dest, size + 1, progress)
+                copied, digest = _copy(fin, dest, size + 1, progress, local_dest=True)
             if copied != size:
                 raise self.size_error(key, size, f"more than {size}" if copied > size else copied)
             return (digest, copied) if digest else None
@@ -185,15 +187,19 @@ def _kind(mode: int) -> str:
 
 
 def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | None,
-          digest: bool = True) -> tuple[int, str | None]:
+          digest: bool = True, local_dest: bool = False) -> tuple[int, str | None]:
     """Copy ``fin`` into a new ``dest`` (at most ``limit`` bytes), fsynced; returns the bytes copied
     and, with ``digest``, their ``sha256:<hex>``, hashed on the way (a pull then verifies without
-    a second read)."""
+    a second read). ``local_dest``: ``dest`` is a download's file in the local store, so failing
+    to write it is a LocalWriteError (the store's problem), not the remote's."""
+    writes = (lambda: local_writes(dest)) if local_dest else contextlib.nullcontext
     copied = 0
     h = hashlib.sha256() if digest else None
     buf = bytearray(COPY_CHUNK)
     view = memoryview(buf)
-    with open(dest, "wb", buffering=0) as fout:
+    with writes():
+        fout = open(dest, "wb", buffering=0)
+    with fout:
         out = WriteBehind(fout)
         while limit is None or copied < limit:
             n = fin.readinto(view[: COPY_CHUNK if limit is None else min(COPY_CHUNK, limit - copied)])
@@ -201,9 +207,11 @@ def _copy(fin: BinaryIO, dest: Path, limit: int | None, progress: Progress | Non
                 break
             if h is not None:
                 h.update(view[:n])
-            out.write(view[:n])
+            with writes():
+                out.write(view[:n])
             copied += n
             if progress:
                 progress(n)
-        os.fsync(fout.fileno())
+        with writes():
+            os.fsync(fout.fileno())
     return copied, None if h is None else "sha256:" + h.hexdigest()

@@ -476,10 +476,7 @@ class OCIRemote(Remote):
         if m is None:
             raise self.error(f"{key} is not a blob; OCI remotes download only blobs.")
         digest = "sha256:" + m.group(1)
-        try:
-            sink = Sink(dest)
-        except OSError as e:
-            raise self.error(f"cannot write the download of {digest} to {dest}: {e.strerror}") from None
+        sink = Sink(dest)  # writes and fsyncs that fail raise LocalWriteError, which passes every handler here
         written = [0]
 
         def write(chunk: bytes) -> None:

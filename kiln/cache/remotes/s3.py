@@ -33,7 +33,7 @@ from ...errors import RemoteError
 from .._fsutil import unlink_quiet
 from .._progress import Progress
 from ._base import ObjectInfo, Remote
-from ._bounded import Cancelled, DeadlineExceeded, FileSlice, Sink, run_bounded, run_parallel
+from ._bounded import Cancelled, DeadlineExceeded, FileSlice, LocalWriteError, Sink, run_bounded, run_parallel
 
 T = TypeVar("T")
 
@@ -317,10 +317,7 @@ class S3Remote(Remote):
         the server sends. Bounded by :meth:`_transfer_budget` in all.
         """
         budget = self._transfer_budget(size)
-        try:
-            sink = Sink(dest)
-        except OSError as e:
-            raise self.error(f"cannot write the download of {self._name(key)} to {dest}: {e.strerror}") from None
+        sink = Sink(dest)  # a file it cannot create is the store's problem: LocalWriteError
         try:
             try:
                 ranges = _ranges(size, self.PART_SIZE)
@@ -335,7 +332,7 @@ class S3Remote(Remote):
             unlink_quiet(dest)
             if isinstance(e, DeadlineExceeded):
                 raise self._late("download", key, budget) from None
-            if isinstance(e, RemoteError) or not isinstance(e, Exception):
+            if isinstance(e, (RemoteError, LocalWriteError)) or not isinstance(e, Exception):
                 raise
             if self._missing(e):
                 raise self.error(f"object {self._name(key)} is missing from the remote {self.describe()}") from None
