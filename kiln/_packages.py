@@ -11,7 +11,10 @@ than one ``-``, a missing METADATA, a zip on the path) falls back to ``importlib
 
 A directory is listed once per process while its mtime stands (importlib.metadata's path cache
 does the same): a lookup asks for two or three packages, each of which re-listed the standard
-library and site-packages.
+library and site-packages. A directory changed in the last two seconds is listed afresh every
+time: an install in the same tick of the mtime clock as the listing (a few ms on Linux, 2 s on
+some filesystems) leaves the mtime as it was, and a kept listing would miss that install for
+the life of the process (git's "racy timestamp" problem), giving a wrong toolchain version.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import functools
 import os
 import re
 import sys
+import time
 
 __all__ = ["installed_version"]
 
 _SEPARATORS = re.compile(r"[-_.]+")
 _SUFFIXES = (".dist-info", ".egg-info", ".egg")
+_RACY_NS = 2_000_000_000  # a listing of a directory changed this recently is not kept
 
 
 def _normalize(name: str) -> str:
@@ -46,7 +51,8 @@ def installed_version(dist: str) -> str | None:
             mtime = os.stat(directory).st_mtime_ns
         except OSError:
             continue
-        index = _distributions(directory, mtime)
+        listing = _distributions if time.time_ns() - mtime >= _RACY_NS else _distributions.__wrapped__
+        index = listing(directory, mtime)
         if index is None:  # not a directory: a zip on the path is importlib.metadata's to read
             if os.path.isfile(directory):
                 return _from_metadata(dist)

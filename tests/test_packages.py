@@ -101,3 +101,18 @@ def test_a_package_installed_while_the_process_runs_is_found(tmp_path: Path, mon
     st = (tmp_path / "site").stat()
     os.utime(tmp_path / "site", ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
     assert installed_version("latecomer") == "2.0"
+
+
+def test_an_install_in_the_same_mtime_tick_as_a_listing_is_still_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A package installed into a directory listed moments before, in the same tick of the mtime
+    clock (so the directory's mtime did not move), is found: a recently changed directory is never
+    listed from memory. The same tick is a stand-in: the mtime is put back as it was."""
+    _site(tmp_path, monkeypatch, "present-1.0.dist-info")
+    assert installed_version("pytest") == importlib.metadata.version("pytest")  # not in site: found further on
+    st = (tmp_path / "site").stat()
+    (tmp_path / "site" / "pytest-0.0.1.dist-info").mkdir()
+    (tmp_path / "site" / "pytest-0.0.1.dist-info" / "METADATA").write_text("Name: pytest\nVersion: 0.0.1\n")
+    os.utime(tmp_path / "site", ns=(st.st_atime_ns, st.st_mtime_ns))  # the same tick as the listing
+    assert installed_version("pytest") == "0.0.1"
