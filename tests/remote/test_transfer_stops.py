@@ -77,3 +77,49 @@ def test_a_failing_blob_stops_the_others_midway(
     else:
         assert remote_entry(rem, entry.model_hex, entry.key) is None  # nothing announced
         assert blob_key(small.digest) not in remote.objects()
+
+
+def test_a_failing_part_stops_the_other_parts_of_an_s3_upload_midway(
+    s3_view: Any, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parts of one multipart upload stop sending when one of them fails, so no part goes on
+    uploading into an upload that has been aborted (S3 may keep such a part until a second abort).
+    The failing part is a stand-in (a wrapper of upload_part that raises once the others started)."""
+    from kiln.cache.remotes import _bounded
+
+    part = 16 << 20
+    monkeypatch.setattr(S3Remote, "PART_SIZE", part)
+    size = 4 * part  # four parts, all in flight at once
+    builder = Store(tmp_path / "builder")
+    store_put(write_tree(tmp_path / "art", {"engine.bin": random.Random(4).randbytes(size)}), model,
+              env={"KILN_HOME": str(builder.root)})
+    [entry] = list(builder.iter_entries())
+    rem = open_remote(s3_view.url)
+
+    sent: dict[int, int] = {}  # bytes read from each part's body, by its start offset
+    started, failed = threading.Event(), threading.Event()
+    real_read = _bounded.FileSlice.read
+
+    def counting_read(self: Any, n: int = -1) -> bytes:
+        data = real_read(self, n)
+        sent[self._start] = sent.get(self._start, 0) + len(data)
+        if self._start and data:  # the other parts go on only once part 1 has failed: no race to win
+            started.set()
+            assert failed.wait(timeout=120), "part 1 never failed"  # a hang guard, not a timing
+        return data
+
+    monkeypatch.setattr(_bounded.FileSlice, "read", counting_read)
+    real_upload_part = rem.client.upload_part
+
+    def failing_part(**kw: Any) -> Any:
+        if kw["PartNumber"] == 1:
+            assert started.wait(timeout=120), "no other part started"  # a hang guard, not a timing
+            failed.set()
+            raise RemoteError("stand-in for a failed part")
+        return real_upload_part(**kw)
+
+    monkeypatch.setattr(rem.client, "upload_part", failing_part)
+    with pytest.raises(RemoteError, match="stand-in"):
+        push(builder, rem, entry)
+    others = {start: n for start, n in sent.items() if start}
+    assert others and all(n < part for n in others.values()), f"parts went on sending after part 1 failed: {others}"

@@ -205,17 +205,22 @@ class FileSlice:
     """``length`` bytes of a file from ``start``, as a seekable body for one upload part.
 
     It has a length and no ``fileno`` on purpose: botocore sizes a body with a ``fileno`` by
-    the whole file, which would be wrong for a slice.
+    the whole file, which would be wrong for a slice. Once ``cancel`` is set, every read raises
+    :class:`Cancelled`: a part whose upload was abandoned (another part failed, the push was
+    stopped) sends no more bytes, rather than finishing after its upload was aborted.
     """
 
-    def __init__(self, path: Path, start: int, length: int) -> None:
+    def __init__(self, path: Path, start: int, length: int, cancel: threading.Event | None = None) -> None:
         self._f = open(path, "rb")
         self._start, self._len, self._pos = start, length, 0
+        self._cancel = cancel
 
     def __len__(self) -> int:
         return self._len
 
     def read(self, n: int = -1) -> bytes:
+        if self._cancel is not None and self._cancel.is_set():
+            raise Cancelled
         left = self._len - self._pos
         n = left if n is None or n < 0 else min(n, left)
         if n <= 0:

@@ -284,7 +284,7 @@ class S3Remote(Remote):
             def task(cancel: threading.Event) -> None:
                 if cancel.is_set():
                     raise Cancelled
-                with FileSlice(path, offset, length) as body:
+                with FileSlice(path, offset, length, cancel) as body:  # stops sending once cancelled
                     r = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body)
                 etags[number] = r["ETag"]
                 if progress:
