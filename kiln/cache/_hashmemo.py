@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,6 @@ from ._fsutil import WriteBehind, atomic_write_bytes
 from ._progress import Progress
 
 CHUNK = 8 * 1024 * 1024
-_RACY_NS = 2_000_000_000  # a file changed this recently may change again unseen: its digest is not kept
 
 
 def stat_signature(st: os.stat_result) -> str:
@@ -68,17 +66,13 @@ class HashMemo:
         return self.root / name[:2] / name
 
     @staticmethod
-    def _settled(path: Path, before: os.stat_result, signature: str) -> bool:
-        """Whether the digest just read may be kept for ``signature``: the file is as it was when
-        hashing began, and was last changed more than two seconds before. A rewrite in the same
-        tick of the mtime clock as the first stat (a few ms on Linux, 2 s on some filesystems)
-        leaves every stamp as it was, and the memo would keep a digest of mixed bytes for good
-        (git's "racy timestamp" problem): such a file is hashed again next time instead."""
+    def _unchanged(path: Path, signature: str) -> bool:
+        """Whether the file still has the stamps it had when hashing began (all of them, not just
+        the mtime: a same-size rewrite moves the ctime), so the digest just read may be kept."""
         try:
-            after = os.stat(path)
+            return stat_signature(os.stat(path)) == signature
         except OSError:
             return False
-        return stat_signature(after) == signature and time.time_ns() - before.st_mtime_ns >= _RACY_NS
 
     def sha256(self, path: Path) -> str:
         st = os.stat(path)
@@ -94,7 +88,7 @@ class HashMemo:
             self.on_hash(path, st.st_size)
         digest, size = hash_stream(path, None, self.progress)
         self.hashed_bytes += size
-        if self.root is not None and self._settled(path, st, signature):
+        if self.root is not None and self._unchanged(path, signature):
             try:
                 atomic_write_bytes(self._entry(signature), digest.encode())
             except OSError:
