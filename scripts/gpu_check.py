@@ -5,7 +5,8 @@ Builds a tiny random-weight Llama into a torch-aoti engine with ``device=cuda`` 
 own build (worker subprocess, store, publish), loads it from the store, checks its greedy
 tokens against eager transformers on the same GPU, times decode per token against eager, and
 prints one summary line (also as JSON with --json). Exit 0 when the tokens match, 1 when they
-do not, 2 when this machine cannot run the check (no CUDA, a missing package).
+do not or the build fails (the end of the worker's log is printed, --keep-logs keeps it whole),
+2 when this machine cannot run the check (no CUDA, a missing package).
 
 No network: the model is made here (tests/tiny_models.py), nothing is downloaded.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
+_LOG_LINES = 80  # of a failed build's worker log, printed before the work directory goes
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -37,6 +40,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the summary as JSON too")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                     help="cpu: the same check on the CPU, to test this script where there is no GPU")
+    ap.add_argument("--keep-logs", type=Path, metavar="DIR",
+                    help="copy the build's worker logs here (the work directory is deleted at the end)")
     args = ap.parse_args()
     import importlib.util
 
@@ -48,9 +53,26 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         _fail(f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)")
     sys.path.insert(0, str(REPO))
+    # A build worker that crashes (SIGSEGV in a compiler, a driver or torch's loader) leaves its
+    # Python stack in its log: the workers inherit this.
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     work = Path(tempfile.mkdtemp(prefix="kiln-gpu-check-"))
+    from kiln.errors import BuildError
+
     try:
         check(args, work)
+    except BuildError as exc:
+        # The worker's log is inside the work directory, which goes: show its end now (a
+        # crash's faulthandler stack is in it).
+        logs = sorted((work / "store" / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
+        tail = logs[-1].read_text(errors="replace").splitlines()[-_LOG_LINES:] if logs else exc.log_tail.splitlines()
+        # [:300]: faulthandler's "Extension modules: ..." is one line of kilobytes
+        print("\n".join(f"gpu_check: | {line[:300]}" for line in tail), file=sys.stderr)
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in logs:
+                shutil.copy2(log, args.keep_logs / log.name)
+        _fail(f"the build failed: {exc}", code=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

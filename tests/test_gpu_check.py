@@ -7,6 +7,7 @@ The same script, the same build, load, token comparison and timing as on a GPU, 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,32 @@ def test_without_cuda_it_says_so_and_exits_2() -> None:
     r = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip() == f"gpu_check: torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)"
+
+
+def test_a_crashing_build_worker_leaves_its_stack_on_stderr_and_in_kept_logs(tmp_path: Path) -> None:
+    """On a GPU machine the check runs once, and its work directory (with the worker's log) is
+    deleted at the end: a crash must be readable from the check's own output.
+
+    Stand-in for the fault: a sitecustomize that makes the torch-aoti build worker dereference
+    NULL (a real SIGSEGV). Seen for real on an H200 image (torch 2.11.0+cu130), where torch's AOTI
+    package loader crashed (docs/benchmarks.md, "GPU check").
+    """
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        "if 'kiln.targets.torch_aoti.worker' in getattr(sys, 'orig_argv', []):\n"
+        "    import ctypes\n"
+        "    ctypes.string_at(0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONFAULTHANDLER", None)  # the check turns it on for its workers itself
+    kept = tmp_path / "logs"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--keep-logs", str(kept)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "gpu_check: | Fatal Python error: Segmentation fault" in r.stderr, r.stderr[-3000:]
+    assert "gpu_check: | " in r.stderr and "sitecustomize.py" in r.stderr  # the crashing frame
+    assert r.stderr.rstrip().splitlines()[-1].startswith("gpu_check: the build failed: the torch-aoti compile worker failed (exit -11)")
+    (log,) = kept.glob("*.log")
+    assert "Fatal Python error: Segmentation fault" in log.read_text()
