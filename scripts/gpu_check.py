@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -41,7 +40,7 @@ def main() -> None:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                     help="cpu: the same check on the CPU, to test this script where there is no GPU")
     ap.add_argument("--keep-logs", type=Path, metavar="DIR",
-                    help="copy the build's worker logs here (the work directory is deleted at the end)")
+                    help="copy a failed build's worker log here (the work directory is deleted at the end)")
     args = ap.parse_args()
     import importlib.util
 
@@ -53,9 +52,6 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         _fail(f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)")
     sys.path.insert(0, str(REPO))
-    # A build worker that crashes (SIGSEGV in a compiler, a driver or torch's loader) leaves its
-    # Python stack in its log: the workers inherit this.
-    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     work = Path(tempfile.mkdtemp(prefix="kiln-gpu-check-"))
     from kiln.errors import BuildError
 
@@ -63,15 +59,14 @@ def main() -> None:
         check(args, work)
     except BuildError as exc:
         # The worker's log is inside the work directory, which goes: show its end now (a
-        # crash's faulthandler stack is in it).
-        logs = sorted((work / "store" / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
-        tail = logs[-1].read_text(errors="replace").splitlines()[-_LOG_LINES:] if logs else exc.log_tail.splitlines()
+        # crash's faulthandler stack is in it: kiln.compile.worker turns faulthandler on).
+        log = Path(exc.log_path) if exc.log_path else None
+        tail = log.read_text(errors="replace").splitlines()[-_LOG_LINES:] if log else exc.log_tail.splitlines()
         # [:300]: faulthandler's "Extension modules: ..." is one line of kilobytes
         print("\n".join(f"gpu_check: | {line[:300]}" for line in tail), file=sys.stderr)
-        if args.keep_logs:
+        if args.keep_logs and log:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for log in logs:
-                shutil.copy2(log, args.keep_logs / log.name)
+            shutil.copy2(log, args.keep_logs / log.name)
         _fail(f"the build failed: {exc}", code=1)
     finally:
         shutil.rmtree(work, ignore_errors=True)

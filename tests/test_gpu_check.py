@@ -56,13 +56,14 @@ def test_a_crashing_build_worker_leaves_its_stack_on_stderr_and_in_kept_logs(tmp
         "    ctypes.string_at(0)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    env.pop("PYTHONFAULTHANDLER", None)  # the check turns it on for its workers itself
+    env.pop("PYTHONFAULTHANDLER", None)  # Kiln turns it on for its workers itself
     kept = tmp_path / "logs"
     r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--keep-logs", str(kept)],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 1, r.stderr[-3000:]
     assert "gpu_check: | Fatal Python error: Segmentation fault" in r.stderr, r.stderr[-3000:]
     assert "gpu_check: | " in r.stderr and "sitecustomize.py" in r.stderr  # the crashing frame
-    assert r.stderr.rstrip().splitlines()[-1].startswith("gpu_check: the build failed: the torch-aoti compile worker failed (exit -11)")
+    assert r.stderr.rstrip().splitlines()[-1].startswith(
+        "gpu_check: the build failed: the torch-aoti compile worker was killed by SIGSEGV (a crash in native code")
     (log,) = kept.glob("*.log")
     assert "Fatal Python error: Segmentation fault" in log.read_text()

@@ -76,6 +76,9 @@ def run_worker(
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
+    # A crash in native code (a compiler, a driver, torch's package loader) leaves the worker's
+    # Python stack in its log instead of a bare exit status.
+    full_env.setdefault("PYTHONFAULTHANDLER", "1")
     t0 = time.monotonic()
     tail: deque[str] = deque(maxlen=40)
     stages: dict[str, float] = {}
@@ -109,11 +112,33 @@ def run_worker(
     result = WorkerResult(rc, now - t0, stages, "\n".join(tail))
     if rc != 0:
         raise BuildError(
-            f"the {what} worker failed (exit {rc}) after {result.seconds:.1f} s; nothing was published. "
-            f"Full log: {log_path}",
+            f"the {what} worker {_how_it_ended(rc)} in its {current!r} stage after {result.seconds:.1f} s; "
+            f"nothing was published. Full log: {log_path}",
             log_tail=result.tail,
         )
     return result
+
+
+# What a signal that ended a worker most likely means, for the error message.
+_CRASH_HINTS = {
+    "SIGSEGV": "a crash in native code: a compiler, a driver or torch",
+    "SIGBUS": "a crash in native code, or a file it had mapped shrank or its disk filled",
+    "SIGILL": "an instruction this CPU lacks: code built for another CPU",
+    "SIGABRT": "native code aborted",
+    "SIGKILL": "sent from outside; on Linux often by the kernel's out-of-memory killer (see dmesg)",
+}
+
+
+def _how_it_ended(returncode: int) -> str:
+    """``failed (exit 3)``, or ``was killed by SIGSEGV (a crash in native code ...)``."""
+    if returncode >= 0:
+        return f"failed (exit {returncode})"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+    hint = _CRASH_HINTS.get(name)
+    return f"was killed by {name}" + (f" ({hint})" if hint else "")
 
 
 def _kill_group(proc: "subprocess.Popen[str]") -> None:

@@ -166,6 +166,29 @@ def test_a_worker_that_writes_nothing_publishes_nothing(tmp_path: Path, store: S
     assert list(store.iter_entries()) == []
 
 
+def test_a_worker_that_crashes_is_named_with_its_signal_stage_and_python_stack(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (named as such): a real SIGSEGV (a NULL read through ctypes) in a worker
+    that has announced its compile stage, standing in for a compiler or torch's package loader
+    crashing (seen on an H200 image, docs/benchmarks.md "GPU check"). The error names the signal
+    and the stage instead of "exit -11", and the worker's log holds its Python stack."""
+    from kiln.targets.torch_aoti import TorchAotiTarget
+
+    crash = "import ctypes\nprint('stage: compile', flush=True)\nctypes.string_at(0)"
+    model = make_tiny_model("llama", tmp_path / "m", seed=5)
+    monkeypatch.setattr(TorchAotiTarget, "worker_argv", lambda self, res, out, **_kw: ["-c", crash])
+    monkeypatch.delenv("PYTHONFAULTHANDLER", raising=False)
+    res = resolve(BuildSpec("torch-aoti", str(model), n_positions=32, dtype="fp32"), store=store)
+    with pytest.raises(BuildError) as info:
+        build(res, store=store)
+    message = str(info.value)
+    assert "was killed by SIGSEGV (a crash in native code" in message and "in its 'compile' stage" in message, message
+    assert "Fatal Python error: Segmentation fault" in info.value.log_tail
+    assert 'File "<string>", line 3' in info.value.log_tail  # the crashing line, from faulthandler
+    assert list(store.iter_entries()) == []
+
+
 def test_sigkill_during_a_build_leaves_the_store_consistent(tmp_path: Path, store: Store) -> None:
     model = make_tiny_model("llama", tmp_path / "m", seed=6)
     proc = subprocess.Popen([sys.executable, "-m", "kiln", "build", str(model), "--target", "torch-aoti", "--n-positions", "32"],
