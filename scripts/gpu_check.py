@@ -6,7 +6,8 @@ own build (worker subprocess, store, publish), loads it from the store, checks i
 tokens against eager transformers on the same GPU, times decode per token against eager, and
 prints one summary line (also as JSON with --json). Exit 0 when the tokens match, 1 when they
 do not or the build fails (the end of the worker's log is printed, --keep-logs keeps it whole),
-2 when this machine cannot run the check (no CUDA, a missing package).
+2 when this machine cannot run the check (no CUDA, a missing package). A crash while loading
+the engine in this process prints its Python stack and ends the check with that signal.
 
 No network: the model is made here (tests/tiny_models.py), nothing is downloaded.
 """
@@ -14,6 +15,7 @@ No network: the model is made here (tests/tiny_models.py), nothing is downloaded
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import shutil
 import statistics
@@ -21,7 +23,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from kiln.errors import BuildError
 
 REPO = Path(__file__).resolve().parents[1]
 _LOG_LINES = 80  # of a failed build's worker log, printed before the work directory goes
@@ -52,24 +57,38 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         _fail(f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)")
     sys.path.insert(0, str(REPO))
-    work = Path(tempfile.mkdtemp(prefix="kiln-gpu-check-"))
     from kiln.errors import BuildError
 
+    # The engine is loaded in this process: a crash in torch's loader prints its stack here.
+    faulthandler.enable()
+    work = Path(tempfile.mkdtemp(prefix="kiln-gpu-check-"))
     try:
         check(args, work)
     except BuildError as exc:
-        # The worker's log is inside the work directory, which goes: show its end now (a
-        # crash's faulthandler stack is in it: kiln.compile.worker turns faulthandler on).
-        log = Path(exc.log_path) if exc.log_path else None
-        tail = log.read_text(errors="replace").splitlines()[-_LOG_LINES:] if log else exc.log_tail.splitlines()
-        # [:300]: faulthandler's "Extension modules: ..." is one line of kilobytes
-        print("\n".join(f"gpu_check: | {line[:300]}" for line in tail), file=sys.stderr)
-        if args.keep_logs and log:
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(log, args.keep_logs / log.name)
-        _fail(f"the build failed: {exc}", code=1)
+        _report_failed_build(exc, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _report_failed_build(exc: BuildError, args: argparse.Namespace) -> None:
+    """Show a failed build's log now: it lies in the work directory, which is deleted at the end."""
+    log = Path(exc.log_path) if exc.log_path else None
+    if "Fatal Python error" in exc.log_tail or log is None:
+        tail = exc.log_tail.splitlines()  # a crash: Kiln keeps faulthandler's whole report
+    else:
+        tail = [line[:300] for line in log.read_text(errors="replace").splitlines()[-_LOG_LINES:]]
+    print("\n".join(f"gpu_check: | {line}" for line in tail), file=sys.stderr)
+    message = str(exc)
+    if log is not None:
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            kept = shutil.copy2(log, args.keep_logs / log.name)
+            message = message.replace(str(log), str(kept))
+        else:
+            message = message.replace(str(log), f"{log} (deleted with the work directory; keep it with --keep-logs DIR)")
+    if args.json:
+        print(json.dumps({"ok": False, "device": args.device, "error": message}))
+    _fail(f"the build failed: {message}", code=1)
 
 
 def check(args: argparse.Namespace, work: Path) -> None:

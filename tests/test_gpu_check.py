@@ -43,27 +43,45 @@ def test_a_crashing_build_worker_leaves_its_stack_on_stderr_and_in_kept_logs(tmp
     """On a GPU machine the check runs once, and its work directory (with the worker's log) is
     deleted at the end: a crash must be readable from the check's own output.
 
-    Stand-in for the fault: a sitecustomize that makes the torch-aoti build worker dereference
-    NULL (a real SIGSEGV). Seen for real on an H200 image (torch 2.11.0+cu130), where torch's AOTI
-    package loader crashed (docs/benchmarks.md, "GPU check").
+    Stand-in for the fault: a sitecustomize that makes the torch-aoti build worker itself (not
+    the few lines that start it, kiln.compile.worker._DIE_WITH_PARENT) dereference NULL, a real
+    SIGSEGV, before it announces a stage. Seen for real on an H200 image (torch 2.11.0+cu130),
+    where torch's AOTI package loader crashed (docs/benchmarks.md, "GPU check").
     """
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
         "import sys\n"
-        "if 'kiln.targets.torch_aoti.worker' in getattr(sys, 'orig_argv', []):\n"
+        "if sys.orig_argv[1:3] == ['-m', 'kiln.targets.torch_aoti.worker']:\n"
         "    import ctypes\n"
         "    ctypes.string_at(0)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    path = [str(hook), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     env.pop("PYTHONFAULTHANDLER", None)  # Kiln turns it on for its workers itself
     kept = tmp_path / "logs"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--keep-logs", str(kept)],
+    r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--json", "--keep-logs", str(kept)],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 1, r.stderr[-3000:]
     assert "gpu_check: | Fatal Python error: Segmentation fault" in r.stderr, r.stderr[-3000:]
-    assert "gpu_check: | " in r.stderr and "sitecustomize.py" in r.stderr  # the crashing frame
-    assert r.stderr.rstrip().splitlines()[-1].startswith(
-        "gpu_check: the build failed: the torch-aoti compile worker was killed by SIGSEGV (a crash in native code")
+    assert "sitecustomize.py" in r.stderr  # the crashing frame, from faulthandler across the exec
+    last = r.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("gpu_check: the build failed: the torch-aoti compile worker was killed by SIGSEGV "
+                           "(a crash in native code"), last
+    assert "before its first stage" in last
     (log,) = kept.glob("*.log")
     assert "Fatal Python error: Segmentation fault" in log.read_text()
+    assert f"Full log: {log}" in last  # the kept copy, not the deleted original
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is False and "killed by SIGSEGV" in summary["error"]
+
+
+def test_the_aoti_load_probe_loads_torchs_own_packages_on_the_cpu() -> None:
+    """scripts/aoti_load_probe.py, the Kiln-free half of a GPU-machine diagnosis: here, where
+    torch's loader works, both packages load and match eager."""
+    probe = SCRIPT.with_name("aoti_load_probe.py")
+    r = subprocess.run([sys.executable, str(probe), "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if ": loads and runs, max abs difference from eager " in line]
+    assert [line.split(":")[1].strip() for line in lines] == ["cpu default", "cpu constants_not_in_so"], r.stdout
+    assert all(float(line.rsplit(" ", 1)[1]) < 1e-4 for line in lines), r.stdout

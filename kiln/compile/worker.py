@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from ..errors import BuildError
 from ..targets import BUILD_LOG
+from ..targets._worker_main import EXIT_MEANINGS, describe_exit
 
 __all__ = ["BUILD_LOG", "OnStage", "WorkerResult", "run_worker"]
 
@@ -81,6 +82,7 @@ def run_worker(
     full_env.setdefault("PYTHONFAULTHANDLER", "1")
     t0 = time.monotonic()
     tail: deque[str] = deque(maxlen=40)
+    crash_report: list[str] = []  # faulthandler's block, which can be longer than the tail
     stages: dict[str, float] = {}
     current, since = "start", t0
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,9 @@ def run_worker(
                     log.write(line)
                     log.flush()
                     tail.append(line.rstrip("\n"))
+                    if line.startswith("Fatal Python error: ") or 0 < len(crash_report) < _CRASH_LINES:
+                        # [:300]: its "Extension modules: ..." line runs to kilobytes
+                        crash_report.append(line.rstrip("\n")[:300])
                     if line.startswith("stage: "):
                         now = time.monotonic()
                         stages[current] = stages.get(current, 0.0) + now - since
@@ -109,36 +114,21 @@ def run_worker(
                 raise
     now = time.monotonic()
     stages[current] = stages.get(current, 0.0) + now - since
-    result = WorkerResult(rc, now - t0, stages, "\n".join(tail))
+    result = WorkerResult(rc, now - t0, stages, "\n".join(crash_report or tail))
     if rc != 0:
+        # The stage a worker last announced began before the crash; it may have finished (the
+        # H200's SIGSEGV came from loading the compiled package, after "compile done").
+        where = f"after its {current!r} stage began" if current != "start" else "before its first stage"
+        crash = " Its Python stack is at the end of the log." if crash_report else ""
         raise BuildError(
-            f"the {what} worker {_how_it_ended(rc)} in its {current!r} stage after {result.seconds:.1f} s; "
-            f"nothing was published. Full log: {log_path}",
+            f"the {what} worker {describe_exit(rc, EXIT_MEANINGS)} {where}, {result.seconds:.1f} s in; "
+            f"nothing was published.{crash} Full log: {log_path}",
             log_tail=result.tail,
         )
     return result
 
 
-# What a signal that ended a worker most likely means, for the error message.
-_CRASH_HINTS = {
-    "SIGSEGV": "a crash in native code: a compiler, a driver or torch",
-    "SIGBUS": "a crash in native code, or a file it had mapped shrank or its disk filled",
-    "SIGILL": "an instruction this CPU lacks: code built for another CPU",
-    "SIGABRT": "native code aborted",
-    "SIGKILL": "sent from outside; on Linux often by the kernel's out-of-memory killer (see dmesg)",
-}
-
-
-def _how_it_ended(returncode: int) -> str:
-    """``failed (exit 3)``, or ``was killed by SIGSEGV (a crash in native code ...)``."""
-    if returncode >= 0:
-        return f"failed (exit {returncode})"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        return f"was killed by signal {-returncode}"
-    hint = _CRASH_HINTS.get(name)
-    return f"was killed by {name}" + (f" ({hint})" if hint else "")
+_CRASH_LINES = 80  # of faulthandler's report, kept as the error's log tail
 
 
 def _kill_group(proc: "subprocess.Popen[str]") -> None:

@@ -17,19 +17,35 @@ Exit codes (the same for every worker)::
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import traceback
-from typing import Callable
+from typing import Callable, Mapping
 
-__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_SPEC", "EXIT_UNSUPPORTED", "EXIT_NO_TOOLCHAIN",
-           "UnsupportedArchitectureError", "log", "error", "stage", "run"]
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_SPEC", "EXIT_UNSUPPORTED", "EXIT_NO_TOOLCHAIN", "EXIT_MEANINGS",
+           "UnsupportedArchitectureError", "describe_exit", "log", "error", "stage", "run"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_SPEC = 2
 EXIT_UNSUPPORTED = 3
 EXIT_NO_TOOLCHAIN = 4
+EXIT_MEANINGS = {
+    EXIT_FAILED: "the step failed",
+    EXIT_BAD_SPEC: "bad input",
+    EXIT_UNSUPPORTED: "unsupported architecture",
+    EXIT_NO_TOOLCHAIN: "toolchain not installed here",
+}
+
+# What a signal that ended a process most likely means, for the error message.
+_SIGNAL_HINTS = {
+    "SIGSEGV": "a crash in native code: a compiler, a driver or torch",
+    "SIGBUS": "a crash in native code, or a file it had mapped shrank or its disk filled",
+    "SIGILL": "an instruction this CPU lacks: code built for another CPU",
+    "SIGABRT": "an assertion or an uncaught C++ exception in native code",
+    "SIGKILL": "sent from outside; on Linux often by the kernel's out-of-memory killer, see dmesg",
+}
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -74,3 +90,18 @@ def run(what: str, body: Callable[[], str | None]) -> int:
         return EXIT_FAILED
     log(f"finished in {time.perf_counter() - t0:.1f}s" + (f" {summary}" if summary else ""))
     return EXIT_OK
+
+
+def describe_exit(returncode: int, meanings: Mapping[int, str] | None = None) -> str:
+    """How a process ended, for an error message: ``failed (exit 4: toolchain not installed here)``
+    with ``meanings=EXIT_MEANINGS`` for a worker, or ``was killed by SIGSEGV (a crash in native
+    code: ...)`` for a signal (a negative ``subprocess`` return code)."""
+    if returncode >= 0:
+        meaning = (meanings or {}).get(returncode)
+        return f"failed (exit {returncode}" + (f": {meaning})" if meaning else ")")
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+    hint = _SIGNAL_HINTS.get(name)
+    return f"was killed by {name}" + (f" ({hint})" if hint else "")

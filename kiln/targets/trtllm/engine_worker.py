@@ -57,7 +57,7 @@ def _build(args: argparse.Namespace) -> str:
     w.stage("engine", " ".join(cmd))
     rc = subprocess.call(cmd)
     if rc != 0:
-        raise RuntimeError(f"trtllm-build exited {rc}")
+        raise RuntimeError(f"trtllm-build {w.describe_exit(rc)}")
     for name in (GENERATION_CONFIG, *TOKENIZER_FILES):
         if (args.tokenizer_dir / name).is_file():
             shutil.copyfile(args.tokenizer_dir / name, args.out_dir / name)
