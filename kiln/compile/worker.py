@@ -99,8 +99,11 @@ def run_worker(
                     log.write(line)
                     log.flush()
                     tail.append(line.rstrip("\n"))
-                    if line.startswith("Fatal Python error: ") or 0 < len(crash_report) < _CRASH_LINES:
-                        # [:300]: its "Extension modules: ..." line runs to kilobytes
+                    # The last report counts: a compiler's child process may have crashed earlier.
+                    # [:300]: its "Extension modules: ..." line runs to kilobytes.
+                    if line.startswith("Fatal Python error: "):
+                        crash_report = [line.rstrip("\n")[:300]]
+                    elif 0 < len(crash_report) < _CRASH_LINES:
                         crash_report.append(line.rstrip("\n")[:300])
                     if line.startswith("stage: "):
                         now = time.monotonic()
@@ -114,12 +117,13 @@ def run_worker(
                 raise
     now = time.monotonic()
     stages[current] = stages.get(current, 0.0) + now - since
-    result = WorkerResult(rc, now - t0, stages, "\n".join(crash_report or tail))
+    crashed = rc < 0 and bool(crash_report)  # killed by a signal faulthandler reported
+    result = WorkerResult(rc, now - t0, stages, "\n".join(crash_report if crashed else tail))
     if rc != 0:
         # The stage a worker last announced began before the crash; it may have finished (the
         # H200's SIGSEGV came from loading the compiled package, after "compile done").
         where = f"after its {current!r} stage began" if current != "start" else "before its first stage"
-        crash = " Its Python stack is at the end of the log." if crash_report else ""
+        crash = " Its Python stack is at the end of the log." if crashed else ""
         raise BuildError(
             f"the {what} worker {describe_exit(rc, EXIT_MEANINGS)} {where}, {result.seconds:.1f} s in; "
             f"nothing was published.{crash} Full log: {log_path}",

@@ -190,6 +190,26 @@ def test_a_worker_that_crashes_is_named_with_its_signal_stage_and_python_stack(
     assert list(store.iter_entries()) == []
 
 
+def test_a_crash_report_from_a_child_does_not_hide_the_workers_own_failure(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiler's child process may crash and print faulthandler's report into the worker's
+    output while the worker goes on; when the worker then fails by itself (exit 1), the error
+    shows the end of the log, not that earlier report. Fault injection (named as such)."""
+    from kiln.targets.torch_aoti import TorchAotiTarget
+
+    body = ("import sys\nprint('Fatal Python error: Segmentation fault', flush=True)\n"
+            "print('stage: compile', flush=True)\nprint('error: the real cause', flush=True)\nsys.exit(1)")
+    model = make_tiny_model("llama", tmp_path / "m", seed=5)
+    monkeypatch.setattr(TorchAotiTarget, "worker_argv", lambda self, res, out, **_kw: ["-c", body])
+    res = resolve(BuildSpec("torch-aoti", str(model), n_positions=32, dtype="fp32"), store=store)
+    with pytest.raises(BuildError) as info:
+        build(res, store=store)
+    assert "failed (exit 1: the step failed) after its 'compile' stage began" in str(info.value), str(info.value)
+    assert "Python stack" not in str(info.value)
+    assert info.value.log_tail.rstrip().endswith("error: the real cause")
+
+
 def test_sigkill_during_a_build_leaves_the_store_consistent(tmp_path: Path, store: Store) -> None:
     model = make_tiny_model("llama", tmp_path / "m", seed=6)
     proc = subprocess.Popen([sys.executable, "-m", "kiln", "build", str(model), "--target", "torch-aoti", "--n-positions", "32"],
