@@ -34,9 +34,9 @@ _LOAD = """
 import torch
 data = torch.load({data!r})
 model = torch._inductor.aoti_load_package({package!r})
-missing = [n for n in model.get_constant_fqns() if n in data["state"]]
-if missing:  # weights kept out of the package (package_constants_in_so=False)
-    model.load_constants({{n: data["state"][n].to({device!r}) for n in missing}}, check_full_update=True)
+if {configs!r}.get("aot_inductor.package_constants_in_so") is False:  # the weights are not in the package
+    names = model.get_constant_fqns()
+    model.load_constants({{n: data["state"][n].to({device!r}) for n in names}}, check_full_update=True)
 y = model(data["x"].to({device!r}))
 print(f"max abs difference from eager {{(y.cpu() - data['y']).abs().max().item():.2e}}")
 """
