@@ -9,6 +9,7 @@ object key, in the ways a broken or hostile server can:
     trickle-body     correct headers, then the body one byte at a time, forever
     long             GET ignores Range: 200 with the object plus ``extra`` bytes (a GET longer than HEAD)
     endless          GET ignores Range: 200, no Content-Length, zeros until the client hangs up
+    no-range         GET ignores Range: 200 with exactly the object (a server without Range support)
     short            GET sends ``extra`` bytes fewer than the object (HEAD still says the full size)
 
 ``default`` applies to every request (HEAD and LIST included) whose key has no mode of its
@@ -111,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, "NoSuchKey", head)
             if head:
                 return self._headers(200, {"Content-Length": str(len(data)), "ETag": '"x"'})
+            if mode == "no-range":
+                self._headers(200, {"Content-Length": str(len(data))})
+                return self._body(key, data)
             if mode in ("long", "endless", "short", "trickle-body"):
                 return self._misbehave(key, mode, data)
             self._ranged(key, data)

@@ -206,3 +206,34 @@ def test_endpoint_credentials_never_printed(
     r = kiln_remote(f"s3://b/p?deadline=soon&endpoint=http://KEY:{SECRET}@127.0.0.1:1", "ls", "--remote")
     assert r.returncode == 2 and "deadline 'soon' is not a positive number" in r.stderr, r.stderr
     assert SECRET not in r.stdout + r.stderr
+
+
+def test_an_s3_server_without_range_support_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that ignores Range sends the whole object for every ranged GET. An object of one
+    part downloads (that answer is the object); one of several parts is refused as a server Kiln
+    cannot download from in parts, not as an object longer than declared, which it is not."""
+    from kiln.cache.remotes.s3 import S3Remote
+
+    aws_env(monkeypatch)
+    monkeypatch.setattr(S3Remote, "PART_SIZE", 1 << 20)
+    # One part at a time, so part 0 answers first: later parts always said it, part 0 did not.
+    monkeypatch.setattr(S3Remote, "CONCURRENCY", 1)
+    small, large = random.Random(3).randbytes(100_000), random.Random(4).randbytes(3 << 20)
+    with hostile_s3() as server:
+        server.objects.update({"p/small": small, "p/large": large})
+        server.default = "no-range"
+        rem = open_remote(f"s3://b/p?endpoint={server.endpoint}&deadline=60")
+        assert isinstance(rem, S3Remote)
+
+        assert rem.download("small", tmp_path / "small", len(small)) == (
+            "sha256:" + hashlib.sha256(small).hexdigest(), len(small))
+        assert (tmp_path / "small").read_bytes() == small
+
+        with pytest.raises(RemoteError) as refused:
+            rem.download("large", tmp_path / "large", len(large))
+    message = str(refused.value)
+    assert "without a Content-Range: Kiln needs a server that supports Range requests" in message, message
+    assert "s3://b/p/large" in message and "were declared" not in message, message
+    assert not (tmp_path / "large").exists()

@@ -350,9 +350,16 @@ class S3Remote(Remote):
                 raise
             body = obj["Body"]
             try:
-                total = self._total(key, obj, offset)
+                total = self._total(key, obj)
                 if total is not None and total != size:
                     raise self.size_error(key, size, total)
+                if not obj.get("ContentRange") and not (offset == 0 and last):
+                    # Range ignored: the whole object comes, which is one part's worth only when
+                    # there is one part. Said before its bytes are read as "more than declared".
+                    raise self.error(
+                        f"the S3 endpoint {self.endpoint or 'of AWS'} answered a ranged read of {self._name(key)} "
+                        "without a Content-Range: Kiln needs a server that supports Range requests."
+                    )
                 got = 0
                 while got <= length:
                     if cancel.is_set():
@@ -372,18 +379,14 @@ class S3Remote(Remote):
                 body.close()
         return task
 
-    def _total(self, key: str, obj: dict[str, Any], offset: int) -> int | None:
-        """The object's full size as the GET response states it (Content-Range), if it does."""
+    def _total(self, key: str, obj: dict[str, Any]) -> int | None:
+        """The object's full size as the GET response states it (Content-Range, or the length of
+        a 200 that sent the whole object), if it does."""
         crange = str(obj.get("ContentRange") or "")
         if "/" in crange:
             total = crange.rsplit("/", 1)[1].strip()
             return int(total) if total.isdigit() else None
-        if offset:
-            raise self.error(
-                f"the S3 endpoint {self.endpoint or 'of AWS'} answered a ranged read of {self._name(key)} "
-                "without a Content-Range: Kiln needs a server that supports Range requests."
-            )
-        length = obj.get("ContentLength")  # a 200 with the whole object: its length is the object's
+        length = obj.get("ContentLength")
         return int(length) if obj.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 and length is not None else None
 
     # ------------------------------------------------------------------ listing, deleting
