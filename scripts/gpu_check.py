@@ -5,9 +5,12 @@ Builds a tiny random-weight Llama into a torch-aoti engine with ``device=cuda`` 
 own build (worker subprocess, store, publish), loads it from the store, checks its greedy
 tokens against eager transformers on the same GPU, times decode per token against eager, and
 prints one summary line (also as JSON with --json). Exit 0 when the tokens match, 1 when they
-do not or the build fails (the end of the worker's log is printed, --keep-logs keeps it whole),
-2 when this machine cannot run the check (no CUDA, a missing package). A crash while loading
-the engine in this process prints its Python stack and ends the check with that signal.
+do not, 2 when this machine cannot run the check (no CUDA, a missing package), 3 when the build
+fails: the end of the worker's log is printed (--keep-logs keeps it whole), and when the worker
+crashed, scripts/aoti_load_probe.py runs next on the same device (torch alone, Kiln's inductor
+settings) to say whether this machine's torch loads any AOTInductor package, and if not, in
+which layer it crashes. A crash while loading the engine in this process prints its Python
+stack and ends the check with that signal.
 
 No network: the model is made here (tests/tiny_models.py), nothing is downloaded.
 """
@@ -30,9 +33,10 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 _LOG_LINES = 80  # of a failed build's worker log, printed before the work directory goes
+EXIT_TOKENS_DIFFER, EXIT_CANNOT_RUN, EXIT_BUILD_FAILED = 1, 2, 3
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = EXIT_CANNOT_RUN) -> None:
     print(f"gpu_check: {message}", file=sys.stderr)
     raise SystemExit(code)
 
@@ -46,6 +50,8 @@ def main() -> None:
                     help="cpu: the same check on the CPU, to test this script where there is no GPU")
     ap.add_argument("--keep-logs", type=Path, metavar="DIR",
                     help="copy a failed build's worker log here (the work directory is deleted at the end)")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="after a crashed build, do not run scripts/aoti_load_probe.py (about a minute)")
     args = ap.parse_args()
     import importlib.util
 
@@ -73,7 +79,8 @@ def main() -> None:
 def _report_failed_build(exc: BuildError, args: argparse.Namespace) -> None:
     """Show a failed build's log now: it lies in the work directory, which is deleted at the end."""
     log = Path(exc.log_path) if exc.log_path else None
-    if "Fatal Python error" in exc.log_tail or log is None:
+    crashed = "Fatal Python error" in exc.log_tail  # Kiln keeps faulthandler's report as the tail
+    if crashed or log is None:
         tail = exc.log_tail.splitlines()  # a crash: Kiln keeps faulthandler's whole report
     else:
         tail = [line[:300] for line in log.read_text(errors="replace").splitlines()[-_LOG_LINES:]]
@@ -86,9 +93,30 @@ def _report_failed_build(exc: BuildError, args: argparse.Namespace) -> None:
             message = message.replace(str(log), str(kept))
         else:
             message = message.replace(str(log), f"{log} (deleted with the work directory; keep it with --keep-logs DIR)")
+    probe = _probe_torch_alone(args.device) if crashed and not args.no_probe else None
     if args.json:
-        print(json.dumps({"ok": False, "device": args.device, "error": message}))
-    _fail(f"the build failed: {message}", code=1)
+        print(json.dumps({"ok": False, "device": args.device, "error": message,
+                          **({"probe": probe} if probe is not None else {})}))
+    _fail(f"the build failed: {message}", code=EXIT_BUILD_FAILED)
+
+
+def _probe_torch_alone(device: str) -> list[str]:
+    """After a crashed build: can this torch load any AOTInductor package (an MLP, Kiln's
+    inductor settings, no Kiln code), and if not, in which layer does it crash? Its lines are
+    printed to stderr when it ends, and returned for --json."""
+    import subprocess
+
+    probe = [sys.executable, str(REPO / "scripts" / "aoti_load_probe.py"), "--device", device,
+             "--config", "constants_not_in_so"]
+    print(f"gpu_check: the worker crashed; probing torch alone: {' '.join(probe[1:])}", file=sys.stderr, flush=True)
+    try:
+        r = subprocess.run(probe, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        lines = ["aoti_load_probe: timed out after 240 s"]
+    else:
+        lines = (r.stdout + r.stderr).splitlines()
+    print("\n".join(lines), file=sys.stderr)
+    return lines
 
 
 def check(args: argparse.Namespace, work: Path) -> None:
@@ -171,7 +199,7 @@ def check(args: argparse.Namespace, work: Path) -> None:
         print(json.dumps(summary))
     if not match:
         print(f"gpu_check: engine {mine.tolist()}\ngpu_check: eager  {theirs.tolist()}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_TOKENS_DIFFER)
 
 
 if __name__ == "__main__":

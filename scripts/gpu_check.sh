@@ -2,9 +2,10 @@
 # The torch-aoti CUDA path on a machine with an NVIDIA GPU, torch (CUDA) and transformers already
 # installed, and no network: installs Kiln alone (`pip install --no-deps -e .`), builds a tiny
 # engine with device=cuda, checks its greedy tokens against eager on the GPU, times decode, and
-# prints one summary line (scripts/gpu_check.py). A few minutes; exit 0 pass, 1 tokens differ or
-# the build failed, 2 this machine cannot run it. Extra arguments go to gpu_check.py (--json,
-# --new-tokens N, --keep-logs DIR).
+# prints one summary line (scripts/gpu_check.py). A few minutes; exit 0 pass, 1 tokens differ,
+# 2 this machine cannot run it, 3 the build failed (after a crash, scripts/aoti_load_probe.py
+# runs too). Extra arguments go to gpu_check.py (--json, --new-tokens N, --keep-logs DIR,
+# --no-probe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

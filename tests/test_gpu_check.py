@@ -62,9 +62,12 @@ def test_a_crashing_build_worker_leaves_its_stack_on_stderr_and_in_kept_logs(tmp
     kept = tmp_path / "logs"
     r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--json", "--keep-logs", str(kept)],
                        capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 1, r.stderr[-3000:]
+    assert r.returncode == 3, r.stderr[-3000:]
     assert "gpu_check: | Fatal Python error: Segmentation fault" in r.stderr, r.stderr[-3000:]
     assert "sitecustomize.py" in r.stderr  # the crashing frame, from faulthandler across the exec
+    # Then torch alone, on the same device: here its own package loads (only Kiln's worker crashes).
+    probed = "aoti_load_probe: cpu constants_not_in_so: loads and runs, max abs difference from eager"
+    assert probed in r.stderr, r.stderr[-3000:]
     last = r.stderr.rstrip().splitlines()[-1]
     assert last.startswith("gpu_check: the build failed: the torch-aoti compile worker was killed by SIGSEGV "
                            "(a crash in native code"), last
@@ -74,6 +77,7 @@ def test_a_crashing_build_worker_leaves_its_stack_on_stderr_and_in_kept_logs(tmp
     assert f"Full log: {log}" in last  # the kept copy, not the deleted original
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["ok"] is False and "killed by SIGSEGV" in summary["error"]
+    assert any(line.startswith(probed) for line in summary["probe"]), summary["probe"]
 
 
 def test_the_aoti_load_probe_loads_torchs_own_packages_on_the_cpu() -> None:
@@ -85,3 +89,61 @@ def test_the_aoti_load_probe_loads_torchs_own_packages_on_the_cpu() -> None:
     lines = [line for line in r.stdout.splitlines() if ": loads and runs, max abs difference from eager " in line]
     assert [line.split(":")[1].strip() for line in lines] == ["cpu default", "cpu constants_not_in_so"], r.stdout
     assert all(float(line.rsplit(" ", 1)[1]) < 1e-4 for line in lines), r.stdout
+
+
+def test_the_probe_takes_a_crashing_package_load_apart_layer_by_layer(tmp_path: Path) -> None:
+    """Where torch's package loader crashes, the probe opens the compiled library, starts its
+    model container and runs torch's runner on it, each in a fresh process, and says which layer
+    is at fault. Stand-in for the fault (seen on an H200 image, docs/benchmarks.md "GPU check"): a
+    sitecustomize that dereferences NULL, a real SIGSEGV, in the process that calls torch's
+    ``aoti_load_package`` and in no other."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        "if sys.orig_argv[1:2] == ['-c'] and 'aoti_load_package(' in sys.orig_argv[2]:\n"
+        "    import ctypes\n"
+        "    ctypes.string_at(0)\n"
+    )
+    path = [str(hook), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    probe = SCRIPT.with_name("aoti_load_probe.py")
+    r = subprocess.run([sys.executable, str(probe), "--device", "cpu", "--config", "default"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    assert "aoti_load_probe: cpu default: LOAD FAILED: its process was killed by SIGSEGV" in out, out
+    assert "Fatal Python error: Segmentation fault" in out  # faulthandler's report of the load
+    (layers,) = [line for line in out.splitlines() if line.startswith("aoti_load_probe: cpu default: by layer: ")]
+    assert layers.endswith("unpack ok; dlopen opens; container creates and deletes a model container; "
+                           "runner runs, max abs difference from eager 0.00e+00"), layers
+    assert out.rstrip().splitlines()[-1].startswith(
+        "aoti_load_probe: cpu default: the compiled model opens, starts and runs without torch's package loader"), out
+    environment = out.splitlines()[1]
+    assert environment.startswith(f"aoti_load_probe: environment: torch {torch.__version__}, C++11 ABI "), environment
+
+
+def test_the_probe_names_the_layer_that_crashes(tmp_path: Path) -> None:
+    """A crash under the loader, here when the model container starts (stand-in: a
+    sitecustomize that dereferences NULL in the layer process that calls the library's
+    ``AOTInductorModelContainerCreateWithDevice``), ends the walk there, named."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        "if sys.orig_argv[1:2] == ['-c'] and ('aoti_load_package(' in sys.orig_argv[2]\n"
+        "                                      or 'ContainerCreateWithDevice' in sys.orig_argv[2]):\n"
+        "    import ctypes\n"
+        "    ctypes.string_at(0)\n"
+    )
+    path = [str(hook), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    probe = SCRIPT.with_name("aoti_load_probe.py")
+    r = subprocess.run([sys.executable, str(probe), "--device", "cpu", "--config", "constants_not_in_so"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    (layers,) = [line for line in r.stdout.splitlines() if ": by layer: " in line]
+    assert layers == ("aoti_load_probe: cpu constants_not_in_so: by layer: unpack ok; dlopen opens; "
+                      "container FAILED: its process was killed by SIGSEGV (a crash in native code: a compiler, a driver or torch)"), layers
+    assert "runner" not in r.stdout.split(": by layer: ")[1]
+    assert "without torch's package loader" not in r.stdout
