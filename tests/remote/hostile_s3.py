@@ -10,6 +10,8 @@ object key, in the ways a broken or hostile server can:
     long             GET ignores Range: 200 with the object plus ``extra`` bytes (a GET longer than HEAD)
     endless          GET ignores Range: 200, no Content-Length, zeros until the client hangs up
     no-range         GET ignores Range: 200 with exactly the object (a server without Range support)
+    wrong-range      GET answers every Range from byte 0: a 206 of the asked length, Content-Range
+                     saying so (a server that drops the range's start)
     short            GET sends ``extra`` bytes fewer than the object (HEAD still says the full size)
 
 ``default`` applies to every request (HEAD and LIST included) whose key has no mode of its
@@ -115,6 +117,11 @@ class _Handler(BaseHTTPRequestHandler):
             if mode == "no-range":
                 self._headers(200, {"Content-Length": str(len(data))})
                 return self._body(key, data)
+            if mode == "wrong-range":
+                first, _, last = self.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")
+                n = min(int(last) if last else len(data) - 1, len(data) - 1) - int(first) + 1
+                self._headers(206, {"Content-Length": str(n), "Content-Range": f"bytes 0-{n - 1}/{len(data)}"})
+                return self._body(key, data[:n])
             if mode in ("long", "endless", "short", "trickle-body"):
                 return self._misbehave(key, mode, data)
             self._ranged(key, data)

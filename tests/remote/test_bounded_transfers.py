@@ -237,3 +237,25 @@ def test_an_s3_server_without_range_support_is_named_as_such(
     assert "without a Content-Range: Kiln needs a server that supports Range requests" in message, message
     assert "s3://b/p/large" in message and "were declared" not in message, message
     assert not (tmp_path / "large").exists()
+
+
+def test_an_s3_answer_from_another_offset_is_refused_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers every ranged GET from byte 0 (a 206 of the asked length): the
+    second part's Content-Range starts at 0, not where it was asked to. That is named before a
+    byte of it is written, not found later by the hash as a corrupt object."""
+    from kiln.cache.remotes.s3 import S3Remote
+
+    aws_env(monkeypatch)
+    monkeypatch.setattr(S3Remote, "PART_SIZE", 1 << 20)
+    monkeypatch.setattr(S3Remote, "CONCURRENCY", 1)  # parts in order: the second is the first refused
+    data = random.Random(5).randbytes(3 << 20)
+    with hostile_s3() as server:
+        server.objects["p/large"] = data
+        server.default = "wrong-range"
+        rem = open_remote(f"s3://b/p?endpoint={server.endpoint}&deadline=60")
+        with pytest.raises(RemoteError) as refused:
+            rem.download("large", tmp_path / "large", len(data))  # type: ignore[union-attr]
+    message = str(refused.value)
+    assert "answered a read of s3://b/p/large from byte 1048576 with Content-Range 'bytes 0-1048575/3145728'" in message, message
+    assert "honours Range requests" in message, message
+    assert not (tmp_path / "large").exists()

@@ -353,12 +353,19 @@ class S3Remote(Remote):
                 total = self._total(key, obj)
                 if total is not None and total != size:
                     raise self.size_error(key, size, total)
-                if not obj.get("ContentRange") and not (offset == 0 and last):
+                crange = str(obj.get("ContentRange") or "")
+                if not crange and not (offset == 0 and last):
                     # Range ignored: the whole object comes, which is one part's worth only when
                     # there is one part. Said before its bytes are read as "more than declared".
                     raise self.error(
                         f"the S3 endpoint {self.endpoint or 'of AWS'} answered a ranged read of {self._name(key)} "
                         "without a Content-Range: Kiln needs a server that supports Range requests."
+                    )
+                if crange and not _range_starts_at(crange, offset):
+                    # Bytes of another offset would be written here and found only by the hash, as "corrupt".
+                    raise self.error(
+                        f"the S3 endpoint {self.endpoint or 'of AWS'} answered a read of {self._name(key)} from byte "
+                        f"{offset} with Content-Range {crange[:80]!r}: Kiln needs a server that honours Range requests."
                     )
                 got = 0
                 while got <= length:
@@ -438,6 +445,13 @@ class S3Remote(Remote):
             raise
         except Exception as e:
             raise self._fail("clean up multipart uploads in", "", e) from None
+
+
+def _range_starts_at(content_range: str, offset: int) -> bool:
+    """Whether a Content-Range (``bytes START-END/TOTAL``) starts at ``offset``."""
+    unit, _, span = content_range.strip().partition(" ")
+    start = span.partition("-")[0].strip()
+    return unit.lower() == "bytes" and start.isdigit() and int(start) == offset
 
 
 def _ranges(size: int, part: int) -> list[tuple[int, int]]:
