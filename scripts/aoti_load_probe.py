@@ -48,16 +48,22 @@ torch._inductor.aoti_compile_and_package(ep, package_path={package!r}, inductor_
 torch.save({{"x": x.cpu(), "y": m(x).detach().cpu(), "state": {{k: v.cpu() for k, v in m.state_dict().items()}}}}, {data!r})
 """
 
+# Each step of the load announces itself when it begins (LOAD_STEP), so a crash is placed: only one
+# inside the package loader's constructor is that loader's, not the weights' or the run's.
 _LOAD = """
 import torch
 data = torch.load({data!r})
+print("LOAD_STEP package loader", flush=True)
 model = torch._inductor.aoti_load_package({package!r})
 if {configs!r}.get("aot_inductor.package_constants_in_so") is False:  # the weights are not in the package
+    print("LOAD_STEP load_constants", flush=True)
     names = model.get_constant_fqns()
     model.load_constants({{n: data["state"][n].to({device!r}) for n in names}}, check_full_update=True)
+print("LOAD_STEP run", flush=True)
 y = model(data["x"].to({device!r}))
 print(f"max abs difference from eager {{(y.cpu() - data['y']).abs().max().item():.2e}}")
 """
+_STEP = "LOAD_STEP "
 
 # The layers under torch's package loader, each run in a fresh process after `import torch`
 # (the library resolves its symbols against the libtorch that import loaded).
@@ -107,7 +113,8 @@ try:
     facts.append(f"compiler {cxx} ({version[0].strip() if version else 'no --version'})")
 except Exception as e:  # the probe reports; it does not need every fact
     facts.append(f"compiler unknown ({type(e).__name__}: {e})")
-facts.append("glibc " + "-".join(platform.libc_ver()))
+libc, libc_version = platform.libc_ver()
+facts.append(f"{libc or 'libc'} {libc_version or 'unknown'}")
 with open("/proc/self/maps") as maps:
     stdcxx = sorted({line.split()[-1] for line in maps if "libstdc++" in line})
 facts.append("libstdc++ " + (", ".join(stdcxx) or "not loaded"))
@@ -117,28 +124,48 @@ print(", ".join(facts))
 _CONFIGS = {"default": {}, "constants_not_in_so": {"aot_inductor.package_constants_in_so": False}}
 
 
-def _run(code: str, timeout: float) -> tuple[int, str]:
+def _run(code: str, timeout: float) -> tuple[int, str, str]:
+    """Exit status, the last line of stdout (the answer), and the end of stdout + stderr (the
+    report of a failure: warnings on stderr are common on a GPU machine and are not the answer)."""
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     try:
         r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                            timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return 124, f"timed out after {timeout:.0f} s"
-    lines = [line[:300] for line in (r.stdout + r.stderr).splitlines()]
-    return r.returncode, "\n".join(lines[-25:])
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return 124, "", "\n".join(out.splitlines()[-24:] + [f"timed out after {timeout:.0f} s"])
+    answer = r.stdout.strip().splitlines()[-1:] or [""]
+    lines = [line[:300] for line in r.stdout.splitlines() + r.stderr.splitlines()]
+    return r.returncode, answer[0][:300], "\n".join(lines[-25:])
+
+
+def _last_step(output: str) -> str | None:
+    """The last step a load announced before it ended."""
+    steps = [line[len(_STEP):] for line in output.splitlines() if line.startswith(_STEP)]
+    return steps[-1] if steps else None
 
 
 def _unpack(package: str, into: Path) -> tuple[str, str]:
-    """The package's compiled model library and the directory beside it (where the package loader
-    points CUDA at its kernels: ``cubin_dir``)."""
+    """The package's compiled model library and its directory, ``<archive>/data/aotinductor/model/``,
+    where the package loader points CUDA at the kernels (``cubin_dir``,
+    torch/csrc/inductor/aoti_package/model_package_loader.cpp). The wrapper library where there
+    are several (Triton CPU packages also hold kernel and launcher libraries)."""
     import zipfile
 
     with zipfile.ZipFile(package) as archive:
         archive.extractall(into)
-    libraries = sorted(into.rglob("*.so"))
-    if len(libraries) != 1:
-        raise RuntimeError(f"expected one compiled library in {package}, found {[str(p) for p in libraries]}")
-    return str(libraries[0]), str(libraries[0].parent)
+    model_dirs = [d for d in into.glob("*/data/aotinductor/model") if d.is_dir()]
+    libraries = sorted(lib for d in model_dirs for lib in d.glob("*.so"))
+    wrappers = [lib for lib in libraries if lib.name.endswith(".wrapper.so")]
+    chosen = wrappers if len(wrappers) == 1 else libraries
+    if len(chosen) != 1:
+        raise LookupError(f"no one model library under data/aotinductor/model/ in {package}: "
+                          f"{[lib.name for lib in libraries] or 'none'}")
+    outside = sorted(p.name for p in into.rglob("*") if p.suffix == ".blob" or p.parent.name == "constants")
+    if outside:  # the loader would apply these; the layers below do not
+        raise LookupError(f"{package} keeps weights outside its library ({', '.join(outside[:3])}), "
+                          "which these layers do not load")
+    return str(chosen[0]), str(chosen[0].parent)
 
 
 def _layers(fields: dict[str, object], into: Path, timeout: float, describe_exit) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
@@ -146,15 +173,17 @@ def _layers(fields: dict[str, object], into: Path, timeout: float, describe_exit
     Returns the report and whether every layer worked."""
     try:
         so, cubin_dir = _unpack(str(fields["package"]), into)
+    except LookupError as e:
+        return f"cannot take it apart: {e}", False
     except Exception as e:  # noqa: BLE001 - a report, whatever the archive holds
         return f"unpack FAILED ({type(e).__name__}: {e})", False
     parts = ["unpack ok"]
     for layer, code in _LAYERS.items():
-        rc, out = _run(code.format(**fields, so=so, cubin_dir=cubin_dir), timeout)
+        rc, answer, report = _run(code.format(**fields, so=so, cubin_dir=cubin_dir), timeout)
         if rc != 0:
-            parts.append(f"{layer} FAILED: its process {describe_exit(rc)}\n{textwrap.indent(out, '  | ')}")
+            parts.append(f"{layer} FAILED: its process {describe_exit(rc)}\n{textwrap.indent(report, '  | ')}")
             return "; ".join(parts), False
-        parts.append(f"{layer} {out.splitlines()[-1]}")
+        parts.append(f"{layer} {answer}")
     return "; ".join(parts), True
 
 
@@ -175,10 +204,10 @@ def main() -> int:
 
     devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"aoti_load_probe: Python {sys.version.split()[0]}, devices {', '.join(devices)}")
-    rc, out = _run(_ENVIRONMENT, args.timeout)
-    print(f"aoti_load_probe: environment: {out.splitlines()[-1] if rc == 0 and out else describe_exit(rc)}")
+    rc, answer, _ = _run(_ENVIRONMENT, args.timeout)
+    print(f"aoti_load_probe: environment: {answer if rc == 0 else 'unknown: its process ' + describe_exit(rc)}")
     failed = 0
-    loader_only: list[str] = []  # cases where only torch's package loader failed
+    loader_only: list[str] = []  # cases that crashed inside torch's package loader and nowhere below it
     with tempfile.TemporaryDirectory(prefix="aoti-probe-") as tmp:
         for device in devices:
             for name in args.config or _CONFIGS:
@@ -186,27 +215,33 @@ def main() -> int:
                 case = f"{device} {name}"
                 fields = dict(device=device, configs=configs, package=f"{tmp}/{device}-{name}.pt2",
                               data=f"{tmp}/{device}-{name}.data")
-                rc, out = _run(_COMPILE.format(**fields), args.timeout)
+                rc, _, report = _run(_COMPILE.format(**fields), args.timeout)
                 if rc != 0:
                     failed += 1
-                    print(f"aoti_load_probe: {case}: COMPILE FAILED: its process {describe_exit(rc)}\n{textwrap.indent(out, '  | ')}")
+                    print(f"aoti_load_probe: {case}: COMPILE FAILED: its process {describe_exit(rc)}\n"
+                          f"{textwrap.indent(report, '  | ')}")
                     continue
-                rc, out = _run(_LOAD.format(**fields), args.timeout)
+                rc, answer, report = _run(_LOAD.format(**fields), args.timeout)
+                step = _last_step(report)
                 if rc != 0:
                     failed += 1
-                    print(f"aoti_load_probe: {case}: LOAD FAILED: its process {describe_exit(rc)}\n{textwrap.indent(out, '  | ')}")
+                    print(f"aoti_load_probe: {case}: LOAD FAILED in step {step or 'before the package loader'!r}: "
+                          f"its process {describe_exit(rc)}\n{textwrap.indent(report, '  | ')}")
                 else:
-                    print(f"aoti_load_probe: {case}: loads and runs, {out.splitlines()[-1]}")
+                    print(f"aoti_load_probe: {case}: loads and runs, {answer}")
                 if args.layers == "always" or (args.layers == "failed" and rc != 0):
-                    report, every_layer_works = _layers(fields, Path(tmp, f"{device}-{name}.unpacked"), args.timeout,
-                                                        describe_exit)
-                    print(f"aoti_load_probe: {case}: by layer: {report}")
-                    if rc != 0 and every_layer_works:
+                    walk, every_layer_works = _layers(fields, Path(tmp, f"{device}-{name}.unpacked"), args.timeout,
+                                                      describe_exit)
+                    print(f"aoti_load_probe: {case}: by layer: {walk}")
+                    # Only a crash (a signal) inside the loader's constructor, where every layer under
+                    # it works, is the loader's own: an exception or a later step is something else.
+                    if rc < 0 and step == "package loader" and every_layer_works:
                         loader_only.append(case)
     if loader_only:
         print(f"aoti_load_probe: {', '.join(loader_only)}: the compiled model opens, starts and runs without torch's "
-              "package loader, so the crash is in the loader's own steps (unpacking the archive, its temporary "
-              "directory), not in the compiled code")
+              "package loader, and the load crashed inside the loader's constructor, so the crash is in the "
+              "loader's own steps (unpacking the archive, its temporary directory, its set-up of the runner), "
+              "not in the compiled code")
     return 1 if failed else 0
 
 

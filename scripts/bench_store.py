@@ -145,10 +145,13 @@ def plain_python(where: Path) -> str:
     import venv
 
     venv.create(where, with_pip=False, symlinks=True)
-    site = Path(sysconfig.get_paths(vars={"base": str(where), "platbase": str(where)})["purelib"])
+    python = str(where / "bin" / "python")
+    # Its own site-packages, as it computes it (a distro Python's scheme can differ from a venv's).
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
     entries = [str(REPO), *dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))]
-    (site / "_kiln_bench.pth").write_text("\n".join(entries) + "\n")
-    return str(where / "bin" / "python")
+    Path(site, "_kiln_bench.pth").write_text("\n".join(entries) + "\n")
+    return python
 
 
 def resolution(store: Store, model: Path, n_positions: int, batch_size: int) -> api.Resolution:

@@ -7,10 +7,11 @@ tokens against eager transformers on the same GPU, times decode per token agains
 prints one summary line (also as JSON with --json). Exit 0 when the tokens match, 1 when they
 do not, 2 when this machine cannot run the check (no CUDA, a missing package), 3 when the build
 fails: the end of the worker's log is printed (--keep-logs keeps it whole), and when the worker
-crashed, scripts/aoti_load_probe.py runs next on the same device (torch alone, Kiln's inductor
-settings) to say whether this machine's torch loads any AOTInductor package, and if not, in
-which layer it crashes. A crash while loading the engine in this process prints its Python
-stack and ends the check with that signal.
+crashed, scripts/aoti_load_probe.py runs next on the same device (torch alone, Kiln's
+``package_constants_in_so=False``) to say whether this machine's torch loads any AOTInductor
+package, and if not, in which layer it crashes; 4 when the check fails outside the build (making
+the model, loading the engine, eager, the GPU), with its traceback. A crash while loading the engine in this
+process prints its Python stack and ends the check with that signal.
 
 No network: the model is made here (tests/tiny_models.py), nothing is downloaded.
 """
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 _LOG_LINES = 80  # of a failed build's worker log, printed before the work directory goes
-EXIT_TOKENS_DIFFER, EXIT_CANNOT_RUN, EXIT_BUILD_FAILED = 1, 2, 3
+EXIT_TOKENS_DIFFER, EXIT_CANNOT_RUN, EXIT_BUILD_FAILED, EXIT_CHECK_FAILED = 1, 2, 3, 4
+_PROBE_STEP_S, _PROBE_TOTAL_S = 120, 420  # the probe's limit per compile, load or layer, and in all
 
 
 def _fail(message: str, code: int = EXIT_CANNOT_RUN) -> None:
@@ -72,6 +74,13 @@ def main() -> None:
         check(args, work)
     except BuildError as exc:
         _report_failed_build(exc, args)
+    except Exception as exc:  # making the model, loading the engine, eager, the GPU: neither wrong tokens nor the build
+        import traceback
+
+        traceback.print_exc()
+        if args.json:
+            print(json.dumps({"ok": False, "device": args.device, "error": f"{type(exc).__name__}: {exc}"}))
+        _fail(f"the check failed outside the build: {type(exc).__name__}: {exc}", code=EXIT_CHECK_FAILED)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -100,23 +109,30 @@ def _report_failed_build(exc: BuildError, args: argparse.Namespace) -> None:
     _fail(f"the build failed: {message}", code=EXIT_BUILD_FAILED)
 
 
-def _probe_torch_alone(device: str) -> list[str]:
-    """After a crashed build: can this torch load any AOTInductor package (an MLP, Kiln's
-    inductor settings, no Kiln code), and if not, in which layer does it crash? Its lines are
-    printed to stderr when it ends, and returned for --json."""
+def _probe_torch_alone(device: str) -> dict[str, object]:
+    """After a crashed build: can this torch load any AOTInductor package (an MLP built with
+    Kiln's ``package_constants_in_so=False``, no Kiln code), and if not, in which layer does it
+    crash? Its lines are printed to stderr when it ends; its exit status and lines are returned
+    for --json. Past its time limit the probe and every process it started are killed (it runs in
+    a session of its own), and what it had printed is kept."""
+    import os
+    import signal
     import subprocess
 
     probe = [sys.executable, str(REPO / "scripts" / "aoti_load_probe.py"), "--device", device,
-             "--config", "constants_not_in_so"]
+             "--config", "constants_not_in_so", "--timeout", str(_PROBE_STEP_S)]
     print(f"gpu_check: the worker crashed; probing torch alone: {' '.join(probe[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(probe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        r = subprocess.run(probe, capture_output=True, text=True, timeout=240)
+        out, _ = proc.communicate(timeout=_PROBE_TOTAL_S)
+        status: int | str = proc.returncode
     except subprocess.TimeoutExpired:
-        lines = ["aoti_load_probe: timed out after 240 s"]
-    else:
-        lines = (r.stdout + r.stderr).splitlines()
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        status = f"timed out after {_PROBE_TOTAL_S} s"
+    lines = out.splitlines() + ([f"aoti_load_probe: {status}"] if isinstance(status, str) else [])
     print("\n".join(lines), file=sys.stderr)
-    return lines
+    return {"exit": status, "lines": lines}
 
 
 def check(args: argparse.Namespace, work: Path) -> None:

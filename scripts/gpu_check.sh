@@ -4,8 +4,8 @@
 # engine with device=cuda, checks its greedy tokens against eager on the GPU, times decode, and
 # prints one summary line (scripts/gpu_check.py). A few minutes; exit 0 pass, 1 tokens differ,
 # 2 this machine cannot run it, 3 the build failed (after a crash, scripts/aoti_load_probe.py
-# runs too). Extra arguments go to gpu_check.py (--json, --new-tokens N, --keep-logs DIR,
-# --no-probe).
+# runs too), 4 the check failed outside the build. Extra arguments go to gpu_check.py (--json,
+# --new-tokens N, --keep-logs DIR, --no-probe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
