@@ -20,12 +20,14 @@ where the crash is:
    once it has unpacked the archive (torch/csrc/inductor/aoti_package/model_package_loader.cpp),
    given the weights where the package lacks them and run against eager.
 
-If every layer works where the package loader crashed, the fault is in the loader's own steps
-(unpacking, its temporary directory), and a loader that unpacks the package itself would work
-on that machine. One line per case and layer, an environment line first (torch's C++ ABI,
+The load announces each step as it begins (the package loader, the weights, the run), so a
+failure names its step. If the load crashed (a signal) inside the package loader's constructor
+and every layer works, the fault is in the loader's own steps (unpacking, its temporary
+directory, its set-up of the runner), and a loader that unpacks the package itself would work
+on that machine. One line per case and layer, after an environment line (torch's C++ ABI,
 CUDA, the C++ compiler inductor uses, glibc, the libstdc++ torch loaded); exit 0 when every
 package loads and runs, 1 when one does not. Run it where scripts/gpu_check.sh fails in
-torch's loader, to tell Kiln from torch.
+torch's loader, to tell Kiln from torch (gpu_check.sh runs it itself after a crashed build).
 """
 
 from __future__ import annotations
@@ -125,23 +127,28 @@ _CONFIGS = {"default": {}, "constants_not_in_so": {"aot_inductor.package_constan
 
 
 def _run(code: str, timeout: float) -> tuple[int, str, str]:
-    """Exit status, the last line of stdout (the answer), and the end of stdout + stderr (the
-    report of a failure: warnings on stderr are common on a GPU machine and are not the answer)."""
+    """Exit status, the whole of stdout (where the answer and the step lines are: warnings on
+    stderr are common on a GPU machine and are not the answer), and the end of stdout + stderr
+    (the report of a failure)."""
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     try:
         r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                            timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return 124, "", "\n".join(out.splitlines()[-24:] + [f"timed out after {timeout:.0f} s"])
-    answer = r.stdout.strip().splitlines()[-1:] or [""]
+        return 124, out, "\n".join(out.splitlines()[-24:] + [f"timed out after {timeout:.0f} s"])
     lines = [line[:300] for line in r.stdout.splitlines() + r.stderr.splitlines()]
-    return r.returncode, answer[0][:300], "\n".join(lines[-25:])
+    return r.returncode, r.stdout, "\n".join(lines[-25:])
 
 
-def _last_step(output: str) -> str | None:
+def _answer(stdout: str) -> str:
+    """A step's answer: the last line it printed."""
+    return (stdout.strip().splitlines()[-1:] or [""])[0][:300]
+
+
+def _last_step(stdout: str) -> str | None:
     """The last step a load announced before it ended."""
-    steps = [line[len(_STEP):] for line in output.splitlines() if line.startswith(_STEP)]
+    steps = [line[len(_STEP):] for line in stdout.splitlines() if line.startswith(_STEP)]
     return steps[-1] if steps else None
 
 
@@ -179,11 +186,11 @@ def _layers(fields: dict[str, object], into: Path, timeout: float, describe_exit
         return f"unpack FAILED ({type(e).__name__}: {e})", False
     parts = ["unpack ok"]
     for layer, code in _LAYERS.items():
-        rc, answer, report = _run(code.format(**fields, so=so, cubin_dir=cubin_dir), timeout)
+        rc, stdout, report = _run(code.format(**fields, so=so, cubin_dir=cubin_dir), timeout)
         if rc != 0:
             parts.append(f"{layer} FAILED: its process {describe_exit(rc)}\n{textwrap.indent(report, '  | ')}")
             return "; ".join(parts), False
-        parts.append(f"{layer} {answer}")
+        parts.append(f"{layer} {_answer(stdout)}")
     return "; ".join(parts), True
 
 
@@ -204,8 +211,8 @@ def main() -> int:
 
     devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"aoti_load_probe: Python {sys.version.split()[0]}, devices {', '.join(devices)}")
-    rc, answer, _ = _run(_ENVIRONMENT, args.timeout)
-    print(f"aoti_load_probe: environment: {answer if rc == 0 else 'unknown: its process ' + describe_exit(rc)}")
+    rc, stdout, _ = _run(_ENVIRONMENT, args.timeout)
+    print(f"aoti_load_probe: environment: {_answer(stdout) if rc == 0 else 'unknown: its process ' + describe_exit(rc)}")
     failed = 0
     loader_only: list[str] = []  # cases that crashed inside torch's package loader and nowhere below it
     with tempfile.TemporaryDirectory(prefix="aoti-probe-") as tmp:
@@ -221,14 +228,14 @@ def main() -> int:
                     print(f"aoti_load_probe: {case}: COMPILE FAILED: its process {describe_exit(rc)}\n"
                           f"{textwrap.indent(report, '  | ')}")
                     continue
-                rc, answer, report = _run(_LOAD.format(**fields), args.timeout)
-                step = _last_step(report)
+                rc, stdout, report = _run(_LOAD.format(**fields), args.timeout)
+                step = _last_step(stdout)
                 if rc != 0:
                     failed += 1
                     print(f"aoti_load_probe: {case}: LOAD FAILED in step {step or 'before the package loader'!r}: "
                           f"its process {describe_exit(rc)}\n{textwrap.indent(report, '  | ')}")
                 else:
-                    print(f"aoti_load_probe: {case}: loads and runs, {answer}")
+                    print(f"aoti_load_probe: {case}: loads and runs, {_answer(stdout)}")
                 if args.layers == "always" or (args.layers == "failed" and rc != 0):
                     walk, every_layer_works = _layers(fields, Path(tmp, f"{device}-{name}.unpacked"), args.timeout,
                                                       describe_exit)
