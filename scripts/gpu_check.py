@@ -10,8 +10,8 @@ fails: the end of the worker's log is printed (--keep-logs keeps it whole), and 
 crashed, scripts/aoti_load_probe.py runs next on the same device (torch alone, Kiln's
 ``package_constants_in_so=False``) to say whether this machine's torch loads any AOTInductor
 package, and if not, in which layer it crashes; 4 when the check fails outside the build (making
-the model, loading the engine, eager, the GPU), with its traceback. A crash while loading the engine in this
-process prints its Python stack and ends the check with that signal.
+the model, loading the engine, eager, the GPU), with its traceback. A crash while loading the
+engine in this process prints its Python stack and ends the check with that signal.
 
 No network: the model is made here (tests/tiny_models.py), nothing is downloaded.
 """

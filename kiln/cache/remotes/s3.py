@@ -350,7 +350,7 @@ class S3Remote(Remote):
                 raise
             body = obj["Body"]
             try:
-                total = self._total(key, obj)
+                total = _stated_total(obj)
                 if total is not None and total != size:
                     raise self.size_error(key, size, total)
                 crange = str(obj.get("ContentRange") or "")
@@ -385,16 +385,6 @@ class S3Remote(Remote):
             finally:
                 body.close()
         return task
-
-    def _total(self, key: str, obj: dict[str, Any]) -> int | None:
-        """The object's full size as the GET response states it (Content-Range, or the length of
-        a 200 that sent the whole object), if it does."""
-        crange = str(obj.get("ContentRange") or "")
-        if "/" in crange:
-            total = crange.rsplit("/", 1)[1].strip()
-            return int(total) if total.isdigit() else None
-        length = obj.get("ContentLength")
-        return int(length) if obj.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 and length is not None else None
 
     # ------------------------------------------------------------------ listing, deleting
 
@@ -445,6 +435,17 @@ class S3Remote(Remote):
             raise
         except Exception as e:
             raise self._fail("clean up multipart uploads in", "", e) from None
+
+
+def _stated_total(obj: dict[str, Any]) -> int | None:
+    """The object's full size as a GET response states it (Content-Range, or the length of a 200
+    that sent the whole object), if it does."""
+    crange = str(obj.get("ContentRange") or "")
+    if "/" in crange:
+        total = crange.rsplit("/", 1)[1].strip()
+        return int(total) if total.isdigit() else None
+    length = obj.get("ContentLength")
+    return int(length) if obj.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 and length is not None else None
 
 
 def _range_starts_at(content_range: str, offset: int) -> bool:
