@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
+from .._content_range import parse_content_range
 from .._input import read_small_file, show
 from ..errors import ModelError
 from ._architecture import TensorSignature, signature_of, weight_files
@@ -363,14 +364,11 @@ def _ranged_get(url: str, start: int, length: int, entry: HubEntry, repo_id: str
         yield _Body(chunks, 0 if status == 206 else start), status == 200
 
 
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
-
-
 def _check_content_range(value: str | None, start: int, entry: HubEntry, where: str, repo_id: str,
                          commit: str) -> None:
     """A 206 answer is of the range asked, of a file of the listed size (the header is checked against it)."""
-    m = _CONTENT_RANGE.match((value or "").strip())
-    if m is None or int(m.group(1)) != start or (m.group(3) != "*" and int(m.group(3)) != entry.size):
+    stated = parse_content_range(value)
+    if stated is None or stated[0] != start or (stated[2] is not None and stated[2] != entry.size):
         raise ModelError(f"the Hub at {hub_endpoint()} answered the ranged read of weight file {where} (from byte "
                          f"{start} of the {entry.size} bytes its listing gives) with Content-Range {show(value)}; "
                          f"{_hub_fix(repo_id, commit)}.")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import parse_qs, urlparse
 
+from ..._content_range import parse_content_range
 from ..._redact import redact
 from ...errors import RemoteError
 from .._fsutil import unlink_quiet
@@ -361,7 +362,8 @@ class S3Remote(Remote):
                         f"the S3 endpoint {self.endpoint or 'of AWS'} answered a ranged read of {self._name(key)} "
                         "without a Content-Range: Kiln needs a server that supports Range requests."
                     )
-                if crange and not _range_starts_at(crange, offset):
+                stated = parse_content_range(crange) if crange else None
+                if crange and (stated is None or stated[0] != offset):
                     # Bytes of another offset would be written here and found only by the hash, as "corrupt".
                     raise self.error(
                         f"the S3 endpoint {self.endpoint or 'of AWS'} answered a read of {self._name(key)} from byte "
@@ -440,19 +442,11 @@ class S3Remote(Remote):
 def _stated_total(obj: dict[str, Any]) -> int | None:
     """The object's full size as a GET response states it (Content-Range, or the length of a 200
     that sent the whole object), if it does."""
-    crange = str(obj.get("ContentRange") or "")
-    if "/" in crange:
-        total = crange.rsplit("/", 1)[1].strip()
-        return int(total) if total.isdigit() else None
+    if obj.get("ContentRange"):
+        stated = parse_content_range(obj["ContentRange"])
+        return stated[2] if stated is not None else None
     length = obj.get("ContentLength")
     return int(length) if obj.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 and length is not None else None
-
-
-def _range_starts_at(content_range: str, offset: int) -> bool:
-    """Whether a Content-Range (``bytes START-END/TOTAL``) starts at ``offset``."""
-    unit, _, span = content_range.strip().partition(" ")
-    start = span.partition("-")[0].strip()
-    return unit.lower() == "bytes" and start.isdigit() and int(start) == offset
 
 
 def _ranges(size: int, part: int) -> list[tuple[int, int]]:
