@@ -110,12 +110,17 @@ class TrustError(KilnError):
 
 
 class BuildError(KilnError):
-    """A build failed; ``log_tail`` holds the end of the worker's log when there is one."""
+    """A build failed; ``log_tail`` holds the end of the worker's log when there is one.
 
-    def __init__(self, message: str, log_tail: str = "", log_path: str | None = None) -> None:
+    ``crashed``: the worker was killed by a signal and faulthandler reported it; ``log_tail`` is
+    then that report (its Python stack), not the last lines of the log.
+    """
+
+    def __init__(self, message: str, log_tail: str = "", log_path: str | None = None, crashed: bool = False) -> None:
         super().__init__(message)
         self.log_tail = log_tail
         self.log_path = log_path
+        self.crashed = crashed
 
 
 class IncompleteBuildError(BuildError):

@@ -88,9 +88,9 @@ def main() -> None:
 def _report_failed_build(exc: BuildError, args: argparse.Namespace) -> None:
     """Show a failed build's log now: it lies in the work directory, which is deleted at the end."""
     log = Path(exc.log_path) if exc.log_path else None
-    crashed = "Fatal Python error" in exc.log_tail  # Kiln keeps faulthandler's report as the tail
+    crashed = exc.crashed
     if crashed or log is None:
-        tail = exc.log_tail.splitlines()  # a crash: Kiln keeps faulthandler's whole report
+        tail = exc.log_tail.splitlines()  # a crash: Kiln keeps faulthandler's whole report as the tail
     else:
         tail = [line[:300] for line in log.read_text(errors="replace").splitlines()[-_LOG_LINES:]]
     print("\n".join(f"gpu_check: | {line}" for line in tail), file=sys.stderr)

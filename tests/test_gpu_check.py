@@ -20,6 +20,16 @@ pytest.importorskip("transformers")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 
+def _env_with_sitecustomize(tmp_path: Path, source: str) -> dict[str, str]:
+    """The environment with a ``sitecustomize`` of ``source`` first on PYTHONPATH: every Python
+    process started with it runs that code at start-up (how these tests inject a crash)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(source)
+    path = [str(hook), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def test_the_check_builds_loads_and_compares_tokens_on_the_cpu() -> None:
     r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--json", "--new-tokens", "8", "--runs", "1"],
                        capture_output=True, text=True, timeout=600)
@@ -48,16 +58,12 @@ def test_a_crashing_build_worker_leaves_its_stack_on_stderr_and_in_kept_logs(tmp
     SIGSEGV, before it announces a stage. Seen for real on an H200 image (torch 2.11.0+cu130),
     where torch's AOTI package loader crashed (docs/benchmarks.md, "GPU check").
     """
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
+    env = _env_with_sitecustomize(tmp_path, (
         "import sys\n"
         "if sys.orig_argv[1:3] == ['-m', 'kiln.targets.torch_aoti.worker']:\n"
         "    import ctypes\n"
         "    ctypes.string_at(0)\n"
-    )
-    path = [str(hook), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    ))
     env.pop("PYTHONFAULTHANDLER", None)  # Kiln turns it on for its workers itself
     kept = tmp_path / "logs"
     r = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--json", "--keep-logs", str(kept)],
@@ -119,11 +125,7 @@ if "aoti_load_package(" in code and {step!r}:
 
 
 def _probe_with_crash(tmp_path: Path, config: str, step: str = "", layer: str = "") -> subprocess.CompletedProcess[str]:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_CRASH_HOOK.format(step=step, layer=layer))
-    path = [str(hook), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    env = _env_with_sitecustomize(tmp_path, _CRASH_HOOK.format(step=step, layer=layer))
     probe = SCRIPT.with_name("aoti_load_probe.py")
     r = subprocess.run([sys.executable, str(probe), "--device", "cpu", "--config", config],
                        capture_output=True, text=True, timeout=600, env=env)

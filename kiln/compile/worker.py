@@ -128,6 +128,7 @@ def run_worker(
             f"the {what} worker {describe_exit(rc, EXIT_MEANINGS)} {where}, {result.seconds:.1f} s in; "
             f"nothing was published.{crash} Full log: {log_path}",
             log_tail=result.tail,
+            crashed=crashed,
         )
     return result
 

@@ -186,6 +186,7 @@ def test_a_worker_that_crashes_is_named_with_its_signal_stage_and_python_stack(
     assert "was killed by SIGSEGV (a crash in native code" in message and "after its 'compile' stage began" in message, message
     assert "Its Python stack is at the end of the log." in message
     assert info.value.log_tail.startswith("Fatal Python error: Segmentation fault")  # faulthandler's whole report
+    assert info.value.crashed is True
     assert 'File "<string>", line 3' in info.value.log_tail  # the crashing line, from faulthandler
     assert list(store.iter_entries()) == []
 
@@ -207,6 +208,7 @@ def test_a_crash_report_from_a_child_does_not_hide_the_workers_own_failure(
         build(res, store=store)
     assert "failed (exit 1: the step failed) after its 'compile' stage began" in str(info.value), str(info.value)
     assert "Python stack" not in str(info.value)
+    assert info.value.crashed is False  # a child's report in the log is not the worker's crash
     assert info.value.log_tail.rstrip().endswith("error: the real cause")
 
 
